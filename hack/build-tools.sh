@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Builds the local control plane's binaries (etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubectl, kwok, helm) from the pinned
+# Go modules in tools/go.mod, once per machine: the result is cached outside the
+# repo under ${FGO_CACHE_DIR:-~/.cache/fgo}/tools-<hash of go.mod, go.sum, Go version>/bin,
+# so fresh clones reuse it. Idempotent; prints progress for the long builds.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+tools="$repo/tools"
+cache_root=${FGO_CACHE_DIR:-$HOME/.cache/fgo}
+key=$(cat "$tools/go.mod" "$tools/go.sum" "$tools/cmd/etcd/main.go" <(go version) | sha256sum | cut -c1-12)
+k8s_version=$(awk '$1=="require" && $2=="k8s.io/kubernetes" {print $3}' "$tools/go.mod")
+out="$cache_root/tools-$k8s_version-$key/bin"
+
+if [[ "${1:-}" == "--print-dir" ]]; then
+  echo "$out"
+  exit 0
+fi
+
+mkdir -p "$out"
+minor=${k8s_version#v1.}; minor=${minor%%.*}
+ldflags="-s -w \
+ -X k8s.io/component-base/version.gitVersion=$k8s_version \
+ -X k8s.io/component-base/version.gitMajor=1 \
+ -X k8s.io/component-base/version.gitMinor=$minor \
+ -X k8s.io/component-base/version.gitTreeState=clean \
+ -X k8s.io/client-go/pkg/version.gitVersion=$k8s_version"
+
+targets=(
+  "etcd ./cmd/etcd"
+  "kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver"
+  "kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler"
+  "kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager"
+  "kubectl k8s.io/kubernetes/cmd/kubectl"
+  "kwok sigs.k8s.io/kwok/cmd/kwok"
+  "helm helm.sh/helm/v3/cmd/helm"
+)
+
+total=${#targets[@]}
+i=0
+cd "$tools"
+for entry in "${targets[@]}"; do
+  i=$((i + 1))
+  name=${entry%% *}
+  pkg=${entry#* }
+  if [[ -x "$out/$name" ]]; then
+    echo "[$i/$total] $name: cached ($out/$name)"
+    continue
+  fi
+  echo "[$i/$total] building $name from $pkg (first build on this machine; several minutes) ..."
+  start=$(date +%s)
+  # Build to a temp name and rename, so an interrupted build never leaves a broken binary.
+  CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out/.$name.tmp" "$pkg"
+  mv "$out/.$name.tmp" "$out/$name"
+  echo "[$i/$total] $name built in $(( $(date +%s) - start ))s"
+done
+echo "tools ready in $out"

@@ -1,0 +1,1 @@
+"""Service runtime: logging, settings, task supervision, health and metrics endpoints."""

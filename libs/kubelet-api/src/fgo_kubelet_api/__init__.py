@@ -1,0 +1,1 @@
+"""Kubelet wire protocols (our .proto files and generated stubs)."""

@@ -1,0 +1,1 @@
+"""Local control plane: etcd, kube-apiserver, scheduler, controller-manager and KWOK on loopback."""

@@ -1,0 +1,1 @@
+"""Kubelet DRA plugin for driver gpu.nvidia.com on real nodes."""

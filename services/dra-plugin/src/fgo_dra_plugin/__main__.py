@@ -1,0 +1,3 @@
+from fgo_dra_plugin.main import main
+
+raise SystemExit(main())

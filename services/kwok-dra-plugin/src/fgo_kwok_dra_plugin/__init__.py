@@ -1,0 +1,1 @@
+"""Central controller publishing gpu.nvidia.com ResourceSlices for KWOK nodes."""

@@ -1,0 +1,1 @@
+"""dcgm-exporter compatible metrics and GPU feature discovery labels, per node and for KWOK nodes."""

@@ -1,0 +1,3 @@
+from fgo_status_exporter.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,3 @@
+from fgo_status_updater.main import main
+
+raise SystemExit(main())
