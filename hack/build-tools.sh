@@ -10,7 +10,15 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 tools="$repo/tools"
 cache_root=${FGO_CACHE_DIR:-$HOME/.cache/fgo}
 key=$(cat "$tools/go.mod" "$tools/go.sum" "$tools/cmd/etcd/main.go" <(go version) | sha256sum | cut -c1-12)
-k8s_version=$(awk '$1=="require" && $2=="k8s.io/kubernetes" {print $3}' "$tools/go.mod")
+# go.mod lists k8s.io/kubernetes inside a `require ( ... )` block; accept the one-line form too.
+k8s_version=$(awk '($1=="require" && $2=="k8s.io/kubernetes") {print $3; exit}
+                   ($1=="k8s.io/kubernetes") {print $2; exit}' "$tools/go.mod")
+# An empty version would be linked into the binaries as gitVersion="", and every
+# Kubernetes component panics at start-up parsing it (component-base compatibility).
+if [[ -z "$k8s_version" ]]; then
+  echo "build-tools: cannot find the k8s.io/kubernetes version in $tools/go.mod" >&2
+  exit 1
+fi
 out="$cache_root/tools-$k8s_version-$key/bin"
 
 if [[ "${1:-}" == "--print-dir" ]]; then
