@@ -32,6 +32,9 @@ class MigProfile:
     ofa: int
     p2p: bool
     placements: tuple[MigPlacement, ...]
+    # NVML_GPU_INSTANCE_PROFILE_* constant (the index nvmlDeviceGetGpuInstanceProfileInfo takes);
+    # -1 where unknown. nvidia-smi lists profiles by (slice count, this index).
+    nvml_profile_index: int = -1
 
     @property
     def resource_suffix(self) -> str:
@@ -90,6 +93,8 @@ class GpuProfile:
     mig_profiles: tuple[MigProfile, ...] = ()
     mig_max_gpu_instances: int = 0
     fan_count: int = 0  # 0 prints "N/A" for the fan column (passively cooled boards)
+    gpu_part_number: str = "N/A"  # `nvidia-smi -q` "GPU Part Number"
+    inforom_image_version: str = "N/A"  # `nvidia-smi -q` "Inforom Version / Image Version"
     sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property
