@@ -28,10 +28,8 @@ def mig_uuid(parent_uuid: str, gi_id: int, ci_id: int) -> str:
 
 def pci_bus_id(index: int) -> str:
     """NVML-style bus id (``00000000:18:00.0``) of GPU ``index`` on a simulated board."""
-    if index < len(_HGX_BUSES):
-        bus = _HGX_BUSES[index]
-    else:
-        bus = 0x01 + index  # beyond a standard board: keep them unique and valid
+    # Beyond a standard board, keep bus numbers unique and valid.
+    bus = _HGX_BUSES[index] if index < len(_HGX_BUSES) else 0x01 + index
     return f"00000000:{bus:02X}:00.0"
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 from dataclasses import dataclass
 
 from fgo_common.profiles import GpuProfile
@@ -56,7 +55,7 @@ class GpuSample:
 def _unit_random(*parts: object) -> float:
     """Deterministic uniform [0, 1) from ``parts`` (stable across processes, unlike hash())."""
     digest = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
+    return float(int.from_bytes(digest, "big")) / 2.0**64
 
 
 def pod_utilization(usage: PodUsage, gpu_id: str, pod_uid: str, bucket: int, seed: int) -> int:
@@ -76,7 +75,7 @@ def _utilization_at(usages: dict[str, PodUsage], gpu_id: str, bucket: int, seed:
 def _power(profile: GpuProfile, util: int) -> float:
     span = profile.power_default_limit_w - profile.power_idle_w
     # Power rises steeply at low load then flattens, as measured on datacenter GPUs.
-    return profile.power_idle_w + span * (util / 100.0) ** 0.8
+    return float(profile.power_idle_w + span * (util / 100.0) ** 0.8)
 
 
 def _energy_mj(gpu: GpuRecord, profile: GpuProfile, t: float, boot: float) -> int:
@@ -105,10 +104,13 @@ def sample_gpu(
     usage_map = gpu.status.usage if usages is None else usages
     bucket = math.floor(t / BUCKET_SECONDS)
     util = _utilization_at(usage_map, gpu.id, bucket, seed)
-    lagged = sum(
-        _utilization_at(usage_map, gpu.id, bucket - lag, seed)
-        for lag in range(TEMPERATURE_LAG_BUCKETS)
-    ) / TEMPERATURE_LAG_BUCKETS
+    lagged = (
+        sum(
+            _utilization_at(usage_map, gpu.id, bucket - lag, seed)
+            for lag in range(TEMPERATURE_LAG_BUCKETS)
+        )
+        / TEMPERATURE_LAG_BUCKETS
+    )
 
     power = _power(profile, util) + (_unit_random(seed, gpu.id, "power", bucket) - 0.5) * 2.0
     power = max(profile.power_idle_w * 0.95, min(profile.power_default_limit_w, power))
@@ -140,7 +142,9 @@ def sample_gpu(
         power_limit_w=profile.power_default_limit_w,
         energy_mj=_energy_mj(gpu, profile, t, boot_time),
         gpu_temp_c=round(temp),
-        mem_temp_c=round(temp) + profile.memory_temp_offset_c if profile.memory_temp_offset_c else 0,
+        mem_temp_c=round(temp) + profile.memory_temp_offset_c
+        if profile.memory_temp_offset_c
+        else 0,
         sm_clock_mhz=sm_clock,
         mem_clock_mhz=profile.clock_mem_mhz,
         gr_engine_active=round(ratio, 6),

@@ -98,8 +98,12 @@ class Holder:
 
     def to_dict(self) -> dict[str, str]:
         out = {"namespace": self.namespace, "pod": self.pod, "container": self.container}
-        for key, value in (("podUid", self.pod_uid), ("kind", self.kind), ("claim", self.claim),
-                           ("resource", self.resource)):
+        for key, value in (
+            ("podUid", self.pod_uid),
+            ("kind", self.kind),
+            ("claim", self.claim),
+            ("resource", self.resource),
+        ):
             if value:
                 out[key] = value
         return out
@@ -169,8 +173,10 @@ class MigDevice:
             memory_mib=int(raw.get("memory", 0)),
             sm_count=int(raw.get("smCount", 0)),
             holders=[Holder.from_dict(h) for h in raw.get("holders") or []],
-            usage={str(k): PodUsage.from_dict(v)
-                   for k, v in (raw.get("podGpuUsageStatus") or {}).items()},
+            usage={
+                str(k): PodUsage.from_dict(v)
+                for k, v in (raw.get("podGpuUsageStatus") or {}).items()
+            },
             health=str(raw.get("health", HEALTHY)),
         )
 
@@ -218,8 +224,10 @@ class GpuStatus:
             holders = [Holder.from_dict(first)]
         return cls(
             holders=holders,
-            usage={str(k): PodUsage.from_dict(v)
-                   for k, v in (raw.get("podGpuUsageStatus") or {}).items()},
+            usage={
+                str(k): PodUsage.from_dict(v)
+                for k, v in (raw.get("podGpuUsageStatus") or {}).items()
+            },
             energy_banked_j=float(raw.get("energyBankedJ", 0.0)),
         )
 
@@ -363,12 +371,16 @@ class NodeTopology:
                 driver_version=str(raw.get("driverVersion", "")),
                 cuda_version=str(raw.get("cudaVersion", "")),
                 mig_strategy=str(raw.get("migStrategy", "none")),
-                other_devices=[OtherDevice(str(d["name"]), int(d["count"]))
-                               for d in raw.get("otherDevices") or []],
+                other_devices=[
+                    OtherDevice(str(d["name"]), int(d["count"]))
+                    for d in raw.get("otherDevices") or []
+                ],
                 kwok=bool(raw.get("kwok", False)),
                 generation=int(raw.get("generation", 1)),
             )
-            node.gpus = [GpuRecord.from_dict(g, i, node) for i, g in enumerate(raw.get("gpus") or [])]
+            node.gpus = [
+                GpuRecord.from_dict(g, i, node) for i, g in enumerate(raw.get("gpus") or [])
+            ]
         except (KeyError, TypeError, ValueError) as exc:
             raise TopologyFormatError(f"malformed node topology: {exc}") from exc
         return node

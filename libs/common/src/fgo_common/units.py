@@ -29,8 +29,21 @@ _UNIT_BYTES: dict[str, int] = {
     "tib": 1024**4,
 }
 
-ALLOWED_MEMORY_UNITS = ("MiB (bare integer)", "B", "KB", "Ki", "MB", "Mi", "MiB", "GB", "Gi",
-                        "GiB", "TB", "Ti", "TiB")
+ALLOWED_MEMORY_UNITS = (
+    "MiB (bare integer)",
+    "B",
+    "KB",
+    "Ki",
+    "MB",
+    "Mi",
+    "MiB",
+    "GB",
+    "Gi",
+    "GiB",
+    "TB",
+    "Ti",
+    "TiB",
+)
 
 
 class MemoryParseError(ValueError):

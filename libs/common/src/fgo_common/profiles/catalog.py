@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from fgo_common.profiles._data import BUILTIN_PROFILES
 from fgo_common.profiles.model import GpuProfile
@@ -60,7 +60,7 @@ class ProfileCatalog:
     def keys(self) -> list[str]:
         return sorted(self._by_key)
 
-    def __iter__(self) -> Iterable[GpuProfile]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[GpuProfile]:
         return iter(self._by_key.values())
 
 

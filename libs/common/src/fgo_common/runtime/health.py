@@ -39,7 +39,11 @@ def build_health_app(
     extra_routes: list[web.RouteDef] | None = None,
 ) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok\n") if liveness() else web.Response(status=503, text="unhealthy\n")
+        return (
+            web.Response(text="ok\n")
+            if liveness()
+            else web.Response(status=503, text="unhealthy\n")
+        )
 
     async def readyz(_: web.Request) -> web.Response:
         if readiness.ready:
@@ -52,8 +56,14 @@ def build_health_app(
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
-    app.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz),
-                    web.get("/metrics", metrics), *(extra_routes or [])])
+    app.add_routes(
+        [
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+            web.get("/metrics", metrics),
+            *(extra_routes or []),
+        ]
+    )
     return app
 
 

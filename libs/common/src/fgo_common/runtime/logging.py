@@ -9,8 +9,9 @@ from typing import Any
 import structlog
 
 
-def configure_logging(component: str, level: str = "INFO", *, json: bool | None = None,
-                      **context: Any) -> structlog.stdlib.BoundLogger:
+def configure_logging(
+    component: str, level: str = "INFO", *, json: bool | None = None, **context: Any
+) -> structlog.stdlib.BoundLogger:
     """Configure process-wide logging once; returns a logger bound to ``component``."""
     use_json = (not sys.stderr.isatty()) if json is None else json
     shared: list[Any] = [
@@ -31,8 +32,10 @@ def configure_logging(component: str, level: str = "INFO", *, json: bool | None 
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer])
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

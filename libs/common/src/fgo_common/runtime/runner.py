@@ -34,7 +34,9 @@ class ServiceContext:
     name: str
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     readiness: Readiness = field(default_factory=Readiness)
-    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
+    registry: CollectorRegistry = field(
+        default_factory=lambda: CollectorRegistry(auto_describe=True)
+    )
     extra_routes: list[web.RouteDef] = field(default_factory=list)
 
     async def sleep(self, seconds: float) -> bool:

@@ -1,0 +1,516 @@
+"""The cluster topology config: node pools and their GPUs, from any of the accepted shapes.
+
+Three shapes are accepted per pool (a file may mix them) and normalised into one model:
+
+(a) the seed README's ``nodePools.<pool>.gpus: [{type, memory, count}]`` (several types per pool);
+(b) the reference's legacy ``gpuProduct`` / ``gpuCount`` / ``gpuMemory`` (+ ``otherDevices``);
+(c) the reference's profile form ``gpu: {backend, profile, overrides}`` (+ ``resources``, ``numa``).
+
+Every error names the offending field by its path (``nodePools.a.gpus[0].count``) and the allowed
+values, because the topology is typed by hand into Helm values and a vague error costs an hour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from fgo_common.profiles import BUILTIN_CATALOG, DEFAULT_PROFILE_KEY, GpuProfile, ProfileCatalog
+from fgo_common.topology import OtherDevice
+from fgo_common.units import MemoryParseError, parse_memory_mib
+
+DEFAULT_NODE_POOL_LABEL_KEY = "run.ai/simulated-gpu-node-pool"
+MIG_STRATEGIES = ("none", "single", "mixed")
+BACKENDS = ("fake",)
+MAX_GPUS_PER_NODE = 64
+MAX_OTHER_DEVICE_COUNT = 1024
+
+_TOP_KEYS = ("nodePools", "nodePoolLabelKey", "migStrategy", "gpuOperator")
+_SEED_POOL_KEYS = (
+    "gpus",
+    "otherDevices",
+    "resources",
+    "numa",
+    "mig",
+    "driverVersion",
+    "cudaVersion",
+)
+_LEGACY_POOL_KEYS = (
+    "gpuProduct",
+    "gpuCount",
+    "gpuMemory",
+    "otherDevices",
+    "numa",
+    "mig",
+    "driverVersion",
+    "cudaVersion",
+)
+_PROFILE_POOL_KEYS = ("gpu", "resources", "numa", "otherDevices", "mig")
+_GPU_KEYS = ("type", "memory", "count", "profile")
+_PROFILE_GPU_KEYS = ("backend", "profile", "overrides")
+_OVERRIDE_KEYS = (
+    "device_defaults",
+    "system",
+    "device_count",
+    "devices",
+    "version",
+    "nvlink",
+    "infiniband",
+    "pcie_topology",
+)
+_NUMA_KEYS = (
+    "zones",
+    "gpusPerZone",
+    "topologyManagerPolicy",
+    "topologyManagerScope",
+    "cpuPerZone",
+    "memPerZone",
+    "distances",
+)
+
+
+class ConfigError(ValueError):
+    """An invalid topology config; ``path`` names the field."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuGroup:
+    """``count`` identical GPUs of one product in a pool."""
+
+    profile: GpuProfile
+    count: int
+
+    @property
+    def product(self) -> str:
+        return self.profile.name
+
+    @property
+    def memory_mib(self) -> int:
+        return self.profile.memory_mib
+
+
+@dataclass(frozen=True, slots=True)
+class NumaConfig:
+    zones: int
+    gpus_per_zone: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    name: str
+    groups: tuple[GpuGroup, ...]
+    other_devices: tuple[OtherDevice, ...] = ()
+    driver_version: str = ""
+    cuda_version: str = ""
+    numa: NumaConfig | None = None
+    mig_config: str = ""  # name of a MIG layout applied to the pool's GPUs ("" = MIG disabled)
+
+    @property
+    def gpu_count(self) -> int:
+        return sum(g.count for g in self.groups)
+
+    def gpu_profiles(self) -> list[GpuProfile]:
+        """The profile of every GPU of a node in this pool, in index order."""
+        return [g.profile for g in self.groups for _ in range(g.count)]
+
+    @property
+    def effective_driver_version(self) -> str:
+        return self.driver_version or (self.groups[0].profile.driver_version if self.groups else "")
+
+    @property
+    def effective_cuda_version(self) -> str:
+        return self.cuda_version or (self.groups[0].profile.cuda_version if self.groups else "")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    node_pool_label_key: str = DEFAULT_NODE_POOL_LABEL_KEY
+    mig_strategy: str = "none"
+    pools: Mapping[str, PoolConfig] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+
+def _expect_mapping(value: object, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(path, f"expected a mapping, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _check_keys(raw: Mapping[str, Any], allowed: tuple[str, ...], path: str) -> None:
+    for key in raw:
+        if key not in allowed:
+            where = f"{path}." if path else ""
+            raise ConfigError(
+                f"{where}{key}", f"unknown key; allowed keys here: {', '.join(allowed)}"
+            )
+
+
+def _positive_int(value: object, path: str, *, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(path, f"must be an integer between 1 and {maximum}, got {value!r}")
+    if not 1 <= value <= maximum:
+        raise ConfigError(path, f"must be between 1 and {maximum}, got {value}")
+    return value
+
+
+def _string(value: object, path: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(path, f"must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _memory(value: object, path: str) -> int:
+    try:
+        return parse_memory_mib(value)
+    except MemoryParseError as exc:
+        raise ConfigError(path, str(exc)) from None
+
+
+def _with_memory(profile: GpuProfile, memory_mib: int | None) -> GpuProfile:
+    if memory_mib is None or memory_mib == profile.memory_mib:
+        return profile
+    return dataclasses.replace(
+        profile,
+        memory_mib=memory_mib,
+        memory_reserved_mib=min(profile.memory_reserved_mib, memory_mib // 8),
+    )
+
+
+def _custom_product(name: str, memory_mib: int, catalog: ProfileCatalog) -> GpuProfile:
+    """A product we have no data for: generic physics, the user's name and memory."""
+    base = catalog.get(DEFAULT_PROFILE_KEY)
+    return dataclasses.replace(
+        base,
+        key=f"custom:{name}",
+        name=name,
+        aliases=(),
+        memory_mib=memory_mib,
+        memory_reserved_mib=0,
+        sources={"all": "custom product: generic values, name and memory from the topology config"},
+    )
+
+
+def _other_devices(raw: object, path: str) -> list[OtherDevice]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError(path, "must be a list of {name, count}")
+    out = []
+    for i, item in enumerate(raw):
+        item_path = f"{path}[{i}]"
+        entry = _expect_mapping(item, item_path)
+        _check_keys(entry, ("name", "count"), item_path)
+        out.append(
+            OtherDevice(
+                _string(entry.get("name"), f"{item_path}.name"),
+                _positive_int(
+                    entry.get("count"), f"{item_path}.count", maximum=MAX_OTHER_DEVICE_COUNT
+                ),
+            )
+        )
+    return out
+
+
+def _resources(raw: object, path: str) -> list[OtherDevice]:
+    """The profile form's ``resources: [{<name>: <count>}]``; nvidia.com/gpu entries ignored."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError(
+            path, "must be a list of single-key mappings such as {nvidia.com/mig-1g.10gb: 7}"
+        )
+    out = []
+    for i, item in enumerate(raw):
+        entry = _expect_mapping(item, f"{path}[{i}]")
+        if len(entry) != 1:
+            raise ConfigError(f"{path}[{i}]", "each entry must have exactly one key")
+        ((name, count),) = entry.items()
+        if name == "nvidia.com/gpu":
+            continue
+        out.append(
+            OtherDevice(
+                _string(name, f"{path}[{i}]"),
+                _positive_int(count, f"{path}[{i}].{name}", maximum=MAX_OTHER_DEVICE_COUNT),
+            )
+        )
+    return out
+
+
+def _numa(raw: object, path: str, gpu_count: int) -> NumaConfig | None:
+    if raw is None:
+        return None
+    entry = _expect_mapping(raw, path)
+    _check_keys(entry, _NUMA_KEYS, path)
+    zones = entry.get("zones", 0)
+    if zones in (0, None):
+        return None
+    zones = _positive_int(zones, f"{path}.zones", maximum=16)
+    per_zone = entry.get("gpusPerZone")
+    if per_zone is None:
+        return NumaConfig(zones)
+    if (
+        not isinstance(per_zone, list)
+        or len(per_zone) != zones
+        or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in per_zone)
+    ):
+        raise ConfigError(
+            f"{path}.gpusPerZone", f"must list {zones} non-negative integers, got {per_zone!r}"
+        )
+    if sum(per_zone) != gpu_count:
+        raise ConfigError(
+            f"{path}.gpusPerZone",
+            f"must sum to the pool's GPU count {gpu_count}, got {sum(per_zone)}",
+        )
+    return NumaConfig(zones, tuple(per_zone))
+
+
+def _mig(raw: object, path: str) -> str:
+    if raw is None:
+        return ""
+    entry = _expect_mapping(raw, path)
+    _check_keys(entry, ("config",), path)
+    return _string(entry.get("config"), f"{path}.config")
+
+
+def _seed_pool(
+    name: str, raw: dict[str, Any], path: str, catalog: ProfileCatalog, warnings: list[str]
+) -> PoolConfig:
+    _check_keys(raw, _SEED_POOL_KEYS, path)
+    gpus = raw.get("gpus")
+    if not isinstance(gpus, list) or not gpus:
+        raise ConfigError(f"{path}.gpus", "must be a non-empty list of {type, memory, count}")
+    groups = []
+    for i, item in enumerate(gpus):
+        gpath = f"{path}.gpus[{i}]"
+        entry = _expect_mapping(item, gpath)
+        _check_keys(entry, _GPU_KEYS, gpath)
+        count = _positive_int(entry.get("count", 1), f"{gpath}.count", maximum=MAX_GPUS_PER_NODE)
+        memory = _memory(entry["memory"], f"{gpath}.memory") if "memory" in entry else None
+        wanted = entry.get("profile") or entry.get("type")
+        if wanted is None:
+            raise ConfigError(
+                f"{gpath}.type", f"required; known types: {', '.join(catalog.keys())}"
+            )
+        wanted = _string(wanted, f"{gpath}.type")
+        profile = catalog.find(wanted)
+        if profile is None:
+            if memory is None:
+                raise ConfigError(
+                    f"{gpath}.type",
+                    f"unknown GPU type {wanted!r}; known: {', '.join(catalog.keys())} "
+                    "(or give `memory` to simulate a product we have no data for)",
+                )
+            warnings.append(
+                f"{gpath}.type: {wanted!r} is not a built-in product; "
+                "using generic values with the given name and memory"
+            )
+            profile = _custom_product(wanted, memory, catalog)
+        groups.append(GpuGroup(_with_memory(profile, memory), count))
+    _check_total(groups, path)
+    others = _other_devices(raw.get("otherDevices"), f"{path}.otherDevices")
+    others += _resources(raw.get("resources"), f"{path}.resources")
+    return PoolConfig(
+        name=name,
+        groups=tuple(groups),
+        other_devices=tuple(sorted(others, key=lambda d: d.name)),
+        driver_version=_optional_str(raw, "driverVersion", path),
+        cuda_version=_optional_str(raw, "cudaVersion", path),
+        numa=_numa(raw.get("numa"), f"{path}.numa", sum(g.count for g in groups)),
+        mig_config=_mig(raw.get("mig"), f"{path}.mig"),
+    )
+
+
+def _optional_str(raw: Mapping[str, Any], key: str, path: str) -> str:
+    if key not in raw or raw[key] is None:
+        return ""
+    return _string(
+        str(raw[key]) if isinstance(raw[key], int | float) else raw[key], f"{path}.{key}"
+    )
+
+
+def _check_total(groups: list[GpuGroup], path: str) -> None:
+    total = sum(g.count for g in groups)
+    if total > MAX_GPUS_PER_NODE:
+        raise ConfigError(
+            f"{path}.gpus",
+            f"a node can have at most {MAX_GPUS_PER_NODE} GPUs, this pool has {total}",
+        )
+
+
+def _legacy_pool(
+    name: str, raw: dict[str, Any], path: str, catalog: ProfileCatalog, warnings: list[str]
+) -> PoolConfig:
+    _check_keys(raw, _LEGACY_POOL_KEYS, path)
+    product = _string(raw.get("gpuProduct", "Tesla-K80"), f"{path}.gpuProduct")
+    count = _positive_int(raw.get("gpuCount"), f"{path}.gpuCount", maximum=MAX_GPUS_PER_NODE)
+    memory = _memory(raw["gpuMemory"], f"{path}.gpuMemory") if "gpuMemory" in raw else None
+    profile = catalog.find(product)
+    if profile is None:
+        # The reference accepted any product string here; keep accepting it.
+        warnings.append(
+            f"{path}.gpuProduct: {product!r} is not a built-in product; "
+            "using generic values with the given name"
+        )
+        profile = _custom_product(
+            product, memory or catalog.get(DEFAULT_PROFILE_KEY).memory_mib, catalog
+        )
+    return PoolConfig(
+        name=name,
+        groups=(GpuGroup(_with_memory(profile, memory), count),),
+        other_devices=tuple(
+            sorted(
+                _other_devices(raw.get("otherDevices"), f"{path}.otherDevices"),
+                key=lambda d: d.name,
+            )
+        ),
+        driver_version=_optional_str(raw, "driverVersion", path),
+        cuda_version=_optional_str(raw, "cudaVersion", path),
+        numa=_numa(raw.get("numa"), f"{path}.numa", count),
+        mig_config=_mig(raw.get("mig"), f"{path}.mig"),
+    )
+
+
+def _profile_pool(name: str, raw: dict[str, Any], path: str, catalog: ProfileCatalog) -> PoolConfig:
+    _check_keys(raw, _PROFILE_POOL_KEYS, path)
+    gpu = _expect_mapping(raw.get("gpu"), f"{path}.gpu")
+    _check_keys(gpu, _PROFILE_GPU_KEYS, f"{path}.gpu")
+    backend = gpu.get("backend", "fake")
+    if backend not in BACKENDS:
+        raise ConfigError(
+            f"{path}.gpu.backend",
+            f"unsupported backend {backend!r}; allowed: {', '.join(BACKENDS)}",
+        )
+    overrides = _expect_mapping(gpu.get("overrides") or {}, f"{path}.gpu.overrides")
+    _check_keys(overrides, _OVERRIDE_KEYS, f"{path}.gpu.overrides")
+    defaults = _expect_mapping(
+        overrides.get("device_defaults") or {}, f"{path}.gpu.overrides.device_defaults"
+    )
+    system = _expect_mapping(overrides.get("system") or {}, f"{path}.gpu.overrides.system")
+
+    profile_name = gpu.get("profile")
+    product_override = defaults.get("name")
+    if profile_name is not None:
+        profile = catalog.find(_string(profile_name, f"{path}.gpu.profile"))
+        if profile is None:
+            raise ConfigError(
+                f"{path}.gpu.profile",
+                f"unknown profile {profile_name!r}; known: {', '.join(catalog.keys())}",
+            )
+    elif product_override is not None:
+        profile = catalog.find(
+            _string(product_override, f"{path}.gpu.overrides.device_defaults.name")
+        )
+        if profile is None:
+            profile = _custom_product(product_override, 0, catalog)
+    else:
+        raise ConfigError(f"{path}.gpu", "needs `profile` or `overrides.device_defaults.name`")
+    if product_override is not None and product_override != profile.name:
+        profile = dataclasses.replace(
+            profile, name=_string(product_override, f"{path}.gpu.overrides.device_defaults.name")
+        )
+
+    memory = None
+    mem_block = defaults.get("memory")
+    if mem_block is not None:
+        mem_block = _expect_mapping(mem_block, f"{path}.gpu.overrides.device_defaults.memory")
+        if "total_bytes" in mem_block:
+            total = mem_block["total_bytes"]
+            if isinstance(total, bool) or not isinstance(total, int) or total <= 0:
+                raise ConfigError(
+                    f"{path}.gpu.overrides.device_defaults.memory.total_bytes",
+                    f"must be a positive integer number of bytes, got {total!r}",
+                )
+            memory = total // (1024 * 1024)
+    if profile.memory_mib == 0 and memory is None:
+        raise ConfigError(
+            f"{path}.gpu.overrides.device_defaults.memory.total_bytes",
+            "required for a product without a built-in profile",
+        )
+
+    if overrides.get("device_count"):
+        count = _positive_int(
+            overrides["device_count"],
+            f"{path}.gpu.overrides.device_count",
+            maximum=MAX_GPUS_PER_NODE,
+        )
+    elif isinstance(overrides.get("devices"), list) and overrides["devices"]:
+        count = _positive_int(
+            len(overrides["devices"]), f"{path}.gpu.overrides.devices", maximum=MAX_GPUS_PER_NODE
+        )
+    else:
+        count = 8  # the reference's profiles describe 8-GPU systems (4 for T4)
+        if profile.key in ("t4",):
+            count = 4
+    return PoolConfig(
+        name=name,
+        groups=(GpuGroup(_with_memory(profile, memory), count),),
+        other_devices=tuple(
+            sorted(
+                _resources(raw.get("resources"), f"{path}.resources")
+                + _other_devices(raw.get("otherDevices"), f"{path}.otherDevices"),
+                key=lambda d: d.name,
+            )
+        ),
+        driver_version=str(system.get("driver_version", "") or ""),
+        cuda_version=str(system.get("cuda_version", "") or ""),
+        numa=_numa(raw.get("numa"), f"{path}.numa", count),
+        mig_config=_mig(raw.get("mig"), f"{path}.mig"),
+    )
+
+
+def parse_cluster_config(raw: object, catalog: ProfileCatalog = BUILTIN_CATALOG) -> ClusterConfig:
+    """Validate and normalise a parsed topology document (``topology.yml`` contents)."""
+    if raw is None:
+        raise ConfigError("", "the topology config is empty")
+    top = _expect_mapping(raw, "(top level)")
+    if "topology" in top and "nodePools" not in top and len(top) == 1:
+        # Pasted from Helm values with the `topology:` wrapper: accept it.
+        top = _expect_mapping(top["topology"], "topology")
+    _check_keys(top, _TOP_KEYS, "")
+    label_key = top.get("nodePoolLabelKey", DEFAULT_NODE_POOL_LABEL_KEY)
+    label_key = _string(label_key, "nodePoolLabelKey")
+    strategy = top.get("migStrategy", "none")
+    if strategy not in MIG_STRATEGIES:
+        raise ConfigError(
+            "migStrategy", f"unknown strategy {strategy!r}; allowed: {', '.join(MIG_STRATEGIES)}"
+        )
+    pools_raw = _expect_mapping(top.get("nodePools"), "nodePools")
+    if not pools_raw:
+        raise ConfigError("nodePools", "must define at least one pool")
+    warnings: list[str] = []
+    pools: dict[str, PoolConfig] = {}
+    for name, pool_raw in pools_raw.items():
+        path = f"nodePools.{name}"
+        if not isinstance(name, str) or not name:
+            raise ConfigError(path, "pool names must be non-empty strings")
+        pool = _expect_mapping(pool_raw, path)
+        if "gpu" in pool:
+            pools[name] = _profile_pool(name, pool, path, catalog)
+        elif "gpuProduct" in pool or "gpuCount" in pool or "gpuMemory" in pool:
+            pools[name] = _legacy_pool(name, pool, path, catalog, warnings)
+        elif "gpus" in pool:
+            pools[name] = _seed_pool(name, pool, path, catalog, warnings)
+        else:
+            raise ConfigError(
+                path,
+                "a pool needs GPUs: `gpus: [{type, memory, count}]`, "
+                "`gpuProduct/gpuCount/gpuMemory`, or `gpu: {profile}`",
+            )
+    return ClusterConfig(label_key, strategy, pools, tuple(warnings))
+
+
+def load_cluster_config(text: str, catalog: ProfileCatalog = BUILTIN_CATALOG) -> ClusterConfig:
+    """Parse ``topology.yml`` text."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"not valid YAML: {exc}") from None
+    return parse_cluster_config(raw, catalog)

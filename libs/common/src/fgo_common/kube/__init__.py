@@ -1,0 +1,1 @@
+"""Kubernetes helpers every service uses: client, list-then-watch, retries, patches."""

@@ -1,0 +1,56 @@
+"""Classification of API errors into what a controller should do about them."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from kubernetes_asyncio.client.exceptions import ApiException
+
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+def status_of(exc: BaseException) -> int | None:
+    if isinstance(exc, ApiException):
+        return int(exc.status) if exc.status else None
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return exc.status
+    return None
+
+
+def is_not_found(exc: BaseException) -> bool:
+    return status_of(exc) == 404
+
+
+def is_conflict(exc: BaseException) -> bool:
+    return status_of(exc) == 409
+
+
+def is_gone(exc: BaseException) -> bool:
+    return status_of(exc) == 410
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying as is: overload, server errors, broken connections, timeouts."""
+    if status_of(exc) in TRANSIENT_STATUSES:
+        return True
+    return isinstance(
+        exc,
+        aiohttp.ClientConnectionError
+        | aiohttp.ClientPayloadError
+        | TimeoutError
+        | asyncio.TimeoutError
+        | ConnectionError
+        | OSError,
+    ) and not isinstance(exc, ApiException)
+
+
+def retry_after_seconds(exc: BaseException) -> float | None:
+    if isinstance(exc, ApiException) and exc.headers:
+        value = exc.headers.get("Retry-After")
+        if value:
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None

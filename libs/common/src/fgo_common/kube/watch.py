@@ -1,0 +1,200 @@
+"""List, then watch, then relist: one watch helper for every controller.
+
+list -> cache snapshot + ``synced`` -> watch from the list's resourceVersion with bookmarks and a
+server-side timeout -> on 410 Gone (HTTP status or ERROR event) relist and diff against the cache
+so deletions that happened meanwhile are still delivered -> on connection errors back off with
+jitter and resume from the last seen resourceVersion. Objects are plain dicts (the JSON the
+apiserver sent): model deserialisation costs more than everything else a controller does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import structlog
+
+from fgo_common.kube.errors import is_gone, is_transient
+from fgo_common.kube.retry import Backoff
+
+log = structlog.get_logger(__name__)
+
+_WATCH_BACKOFF = Backoff(initial_seconds=0.5, max_seconds=30.0)
+
+ADDED = "ADDED"
+MODIFIED = "MODIFIED"
+DELETED = "DELETED"
+SYNCED = "SYNCED"  # emitted after every (re)list, once the cache matches the server
+
+Obj = dict[str, Any]
+ListFn = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    type: str
+    obj: Obj
+    old: Obj | None = None
+
+
+def object_key(obj: Obj) -> str:
+    meta = obj.get("metadata", {})
+    namespace = meta.get("namespace")
+    return f"{namespace}/{meta['name']}" if namespace else str(meta["name"])
+
+
+class WatchExpired(Exception):
+    """The resourceVersion we watch from is no longer available (410 Gone)."""
+
+
+class Reflector:
+    """Keeps ``cache`` equal to the server's view of one resource and yields the changes."""
+
+    def __init__(
+        self,
+        list_fn: ListFn,
+        *,
+        name: str,
+        timeout_seconds: int = 240,
+        backoff: Backoff = _WATCH_BACKOFF,
+        **list_kwargs: Any,
+    ) -> None:
+        self._list_fn = list_fn
+        self._kwargs = list_kwargs
+        self.name = name
+        self._timeout = timeout_seconds
+        self._backoff = backoff
+        self.cache: dict[str, Obj] = {}
+        self.resource_version = ""
+        self.synced = asyncio.Event()
+        self.relists = 0
+        self.restarts = 0
+
+    async def _list(self) -> tuple[list[Obj], str]:
+        resp = await self._list_fn(**self._kwargs, _preload_content=False)
+        try:
+            body = await resp.json()
+        finally:
+            resp.release()
+        return list(body.get("items") or []), str(body["metadata"]["resourceVersion"])
+
+    async def _relist(self) -> list[WatchEvent]:
+        items, resource_version = await self._list()
+        self.relists += 1
+        fresh = {object_key(o): o for o in items}
+        events: list[WatchEvent] = []
+        for key, obj in fresh.items():
+            old = self.cache.get(key)
+            if old is None:
+                events.append(WatchEvent(ADDED, obj))
+            elif old["metadata"].get("resourceVersion") != obj["metadata"].get("resourceVersion"):
+                events.append(WatchEvent(MODIFIED, obj, old))
+        events.extend(
+            WatchEvent(DELETED, old) for key, old in self.cache.items() if key not in fresh
+        )
+        self.cache = fresh
+        self.resource_version = resource_version
+        self.synced.set()
+        events.append(WatchEvent(SYNCED, {}))
+        return events
+
+    def _apply(self, event_type: str, obj: Obj) -> WatchEvent | None:
+        key = object_key(obj)
+        old = self.cache.get(key)
+        if event_type == DELETED:
+            self.cache.pop(key, None)
+            return WatchEvent(DELETED, obj, old)
+        if old is not None and old["metadata"].get("resourceVersion") == obj["metadata"].get(
+            "resourceVersion"
+        ):
+            return None  # replayed after a resume: already delivered
+        self.cache[key] = obj
+        return WatchEvent(ADDED if old is None else MODIFIED, obj, old)
+
+    async def _watch_stream(self) -> AsyncIterator[tuple[str, Obj]]:
+        resp = await self._list_fn(
+            **self._kwargs,
+            watch=True,
+            resource_version=self.resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=self._timeout,
+            _preload_content=False,
+            _request_timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=10, sock_read=self._timeout + 30
+            ),
+        )
+        try:
+            buffer = b""
+            async for chunk in resp.content.iter_any():
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        event = json.loads(line)
+                        yield event["type"], event["object"]
+        finally:
+            resp.release()
+
+    async def events(self, stop: asyncio.Event) -> AsyncIterator[WatchEvent]:
+        """Yield changes forever (until ``stop``); starts with a full list."""
+        need_list = True
+        failures = 0
+        while not stop.is_set():
+            try:
+                if need_list:
+                    for event in await self._relist():
+                        yield event
+                    need_list = False
+                    log.debug(
+                        "watch.listed",
+                        watch=self.name,
+                        objects=len(self.cache),
+                        resource_version=self.resource_version,
+                    )
+                async for event_type, obj in self._watch_stream():
+                    failures = 0
+                    if event_type == "BOOKMARK":
+                        self.resource_version = obj["metadata"]["resourceVersion"]
+                        continue
+                    if event_type == "ERROR":
+                        if obj.get("code") == 410:
+                            raise WatchExpired(obj.get("message", "410 Gone"))
+                        raise RuntimeError(f"watch error: {obj.get('message', obj)}")
+                    self.resource_version = obj["metadata"]["resourceVersion"]
+                    change = self._apply(event_type, obj)
+                    if change is not None:
+                        yield change
+                    if stop.is_set():
+                        return
+                # Server-side timeout: resume from the last resourceVersion.
+            except WatchExpired as exc:
+                log.info("watch.expired", watch=self.name, reason=str(exc)[:200])
+                need_list = True
+            except Exception as exc:
+                if is_gone(exc):
+                    log.info("watch.expired", watch=self.name)
+                    need_list = True
+                    continue
+                if not is_transient(exc) and not isinstance(
+                    exc, RuntimeError | json.JSONDecodeError
+                ):
+                    raise
+                failures += 1
+                self.restarts += 1
+                delay = self._backoff.delay(min(failures, 8))
+                log.warning(
+                    "watch.retry",
+                    watch=self.name,
+                    error=str(exc)[:200] or type(exc).__name__,
+                    delay=round(delay, 2),
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                # After repeated failures the resourceVersion may be stale; relist to be safe.
+                if failures >= 3:
+                    need_list = True

@@ -1,0 +1,57 @@
+"""Build the GPU part of a node's topology record from its pool config.
+
+Identity is a function of (node, index) only, so rebuilding a node's record (after a pool change,
+a restart or a re-label) gives every surviving GPU the same UUID, bus id and NUMA node.
+"""
+
+from __future__ import annotations
+
+from fgo_common.config import ClusterConfig, PoolConfig
+from fgo_common.identity import gpu_uuid, numa_node, pci_bus_id
+from fgo_common.topology import GpuRecord, NodeTopology
+
+
+def numa_layout(pool: PoolConfig) -> list[int]:
+    """NUMA node of each GPU of ``pool`` (explicit ``numa.gpusPerZone`` or an even split)."""
+    count = pool.gpu_count
+    if pool.numa and pool.numa.gpus_per_zone:
+        return [zone for zone, n in enumerate(pool.numa.gpus_per_zone) for _ in range(n)]
+    zones = pool.numa.zones if pool.numa else (2 if count >= 4 else 1)
+    return [numa_node(i, count, zones) for i in range(count)]
+
+
+def build_gpus(node_name: str, pool: PoolConfig) -> list[GpuRecord]:
+    numa = numa_layout(pool)
+    return [
+        GpuRecord(
+            id=gpu_uuid(node_name, index),
+            index=index,
+            product=profile.name,
+            memory_mib=profile.memory_mib,
+            profile=profile.key,
+            bus_id=pci_bus_id(index),
+            numa_node=numa[index],
+        )
+        for index, profile in enumerate(pool.gpu_profiles())
+    ]
+
+
+def build_node_topology(
+    node_name: str, pool: PoolConfig, config: ClusterConfig, *, kwok: bool
+) -> NodeTopology:
+    """A fresh record (no allocations) for ``node_name`` in ``pool``."""
+    gpus = build_gpus(node_name, pool)
+    first = pool.groups[0].profile
+    return NodeTopology(
+        node_name=node_name,
+        pool=pool.name,
+        gpu_product=first.name,
+        gpu_memory_mib=first.memory_mib,
+        profile=first.key,
+        driver_version=pool.effective_driver_version,
+        cuda_version=pool.effective_cuda_version,
+        mig_strategy=config.mig_strategy,
+        other_devices=list(pool.other_devices),
+        gpus=gpus,
+        kwok=kwok,
+    )
