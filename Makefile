@@ -1,0 +1,75 @@
+# fake-gpu-operator: the single entry point. `make help` lists every target.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+export PATH := $(HOME)/.local/bin:$(PATH)
+
+UV_RUN      := uv run --frozen --python 3.11
+PYTEST      := $(UV_RUN) pytest
+TOOLS_BIN    = $(shell hack/build-tools.sh --print-dir)
+UNIT_PATHS  := libs services
+STATE_DIR   ?= .fgo/cluster
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: setup
+setup: ## Install uv (pinned) and the Python workspace from uv.lock
+	@hack/ensure-uv.sh
+
+.PHONY: tools
+tools: ## Build the pinned control-plane binaries once per machine (cached in ~/.cache/fgo)
+	@hack/build-tools.sh
+
+.PHONY: host-deps
+host-deps: ## Install Debian packages the tests use (prometheus, debootstrap), idempotently
+	@hack/install-host-deps.sh
+
+.PHONY: lint
+lint: setup ## ruff lint + format check
+	$(UV_RUN) ruff check .
+	$(UV_RUN) ruff format --check .
+
+.PHONY: fmt
+fmt: setup ## Apply ruff fixes and formatting
+	$(UV_RUN) ruff check --fix .
+	$(UV_RUN) ruff format .
+
+.PHONY: types
+types: setup ## mypy --strict over every package's src/
+	$(UV_RUN) mypy libs/*/src services/*/src
+
+.PHONY: unit
+unit: setup ## Unit tests (pure logic, fast)
+	$(PYTEST) -m "not integration and not e2e" $(UNIT_PATHS) tests/conformance
+
+.PHONY: integration
+integration: setup tools host-deps ## Integration tests against the real local control plane
+	FGO_BIN_DIR=$(TOOLS_BIN) $(PYTEST) -m integration tests/integration $(UNIT_PATHS)
+
+.PHONY: e2e
+e2e: setup tools host-deps ## End-to-end scenarios: the chart installed into the local control plane
+	FGO_BIN_DIR=$(TOOLS_BIN) $(PYTEST) -m e2e tests/e2e
+
+.PHONY: test
+test: lint types unit integration e2e ## THE test command (CI runs this): lint, types, unit, integration, e2e
+
+.PHONY: demo
+demo: setup tools ## Start a local simulated GPU cluster with two KWOK GPU nodes and a GPU pod
+	FGO_BIN_DIR=$(TOOLS_BIN) $(UV_RUN) fgo demo --state-dir $(STATE_DIR)
+
+.PHONY: cluster-up
+cluster-up: setup tools ## Start the local control plane only
+	FGO_BIN_DIR=$(TOOLS_BIN) $(UV_RUN) fgo cluster up --state-dir $(STATE_DIR)
+
+.PHONY: cluster-down
+cluster-down: setup ## Stop the local control plane (and services started by `make demo`)
+	$(UV_RUN) fgo cluster down --state-dir $(STATE_DIR)
+
+.PHONY: protos
+protos: setup ## Regenerate gRPC stubs from our kubelet .proto files
+	hack/gen-protos.sh
+
+.PHONY: clean
+clean: ## Remove local state, caches and build output (not the tool cache)
+	rm -rf .fgo build dist .pytest_cache .mypy_cache .ruff_cache
