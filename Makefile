@@ -41,7 +41,7 @@ types: setup ## mypy --strict over every package's src/
 
 .PHONY: unit
 unit: setup ## Unit tests (pure logic, fast)
-	$(PYTEST) -m "not integration and not e2e" $(UNIT_PATHS) tests/conformance
+	$(PYTEST) -m "not integration and not e2e" $(UNIT_PATHS) tests/conformance tests/repo
 
 .PHONY: integration
 integration: setup tools host-deps ## Integration tests against the real local control plane
