@@ -1,0 +1,29 @@
+"""Kubelet-side test peers: what a kubelet does to device plugins and DRA plugins.
+
+Used by unit/integration tests and benchmarks of our plugins; both run on asyncio and
+grpc.aio and talk to plugins over real unix sockets.
+"""
+
+from fgo_kubelet_api.peers._unix import PeerError
+from fgo_kubelet_api.peers.deviceplugin import (
+    DevicePluginConnection,
+    DevicePluginKubeletPeer,
+    is_extended_resource_name,
+)
+from fgo_kubelet_api.peers.dra import (
+    DraKubeletPeer,
+    DraPluginConnection,
+    RegistrationAttempt,
+    claim,
+)
+
+__all__ = [
+    "DevicePluginConnection",
+    "DevicePluginKubeletPeer",
+    "DraKubeletPeer",
+    "DraPluginConnection",
+    "PeerError",
+    "RegistrationAttempt",
+    "claim",
+    "is_extended_resource_name",
+]

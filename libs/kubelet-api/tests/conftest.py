@@ -1,0 +1,33 @@
+"""Fixtures for the kubelet-api tests: short socket directories and a leaked-task check."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    # pytest's tmp_path can exceed the 107-byte unix socket path limit; /tmp/fgo-xxxx cannot.
+    path = Path(tempfile.mkdtemp(prefix="fgo-kapi-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    before = asyncio.all_tasks()
+    yield
+    # Give cancelled tasks one loop iteration to finish before judging.
+    await asyncio.sleep(0)
+    leaked = [
+        t for t in asyncio.all_tasks() - before if t is not asyncio.current_task() and not t.done()
+    ]
+    assert not leaked, f"test leaked asyncio tasks: {leaked}"
