@@ -37,8 +37,9 @@ if [[ ${#protos[@]} -eq 0 ]]; then
   exit 1
 fi
 
-# `uv run` puts the venv's protoc-gen-mypy / protoc-gen-mypy_grpc on PATH for protoc to find.
-(cd "$tmp/in" && uv run --project "$repo" python -m grpc_tools.protoc \
+# `uv run` puts the venv's protoc-gen-mypy / protoc-gen-mypy_grpc on PATH for protoc to find;
+# --frozen: use uv.lock as it is (never rewrite it), as the Makefile does.
+(cd "$tmp/in" && uv run --frozen --project "$repo" python -m grpc_tools.protoc \
   -I . \
   --python_out="$tmp/out" \
   --grpc_python_out="$tmp/out" \
