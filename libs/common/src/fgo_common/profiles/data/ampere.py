@@ -22,7 +22,7 @@ NVIDIA_A10G = GpuProfile(
     memory_bus_width_bits=384,
     memory_type="GDDR6",
     bar1_mib=32768,
-    cuda_cores=9216,
+    cuda_cores=10240,
     sm_count=80,
     pci_device_id=0x223710DE,
     pci_subsystem_id=0x152F10DE,
@@ -69,9 +69,14 @@ NVIDIA_A10G = GpuProfile(
         ("temp_max_load_c", "estimate: actively cooled 300 W board under sustained load"),
         ("family compute_capability", "CUDA programming guide: A10/A10G are 8.6"),
         (
-            "cuda_cores sm_count memory_bus_width_bits memory_type clock_sm_base_mhz",
-            "NVIDIA A10 datasheet (A10G is its AWS variant): 80 SMs / 9216 cores, 384-bit GDDR6, "
-            "885 MHz base",
+            "cuda_cores sm_count",
+            "CUDA device query on AWS g5 (A10G: GA102, compute capability 8.6, 80 SMs) x 128 "
+            "FP32 cores per GA10x SM",
+        ),
+        (
+            "memory_bus_width_bits memory_type clock_sm_base_mhz",
+            "NVIDIA A10 datasheet (A10G is its AWS variant): 384-bit GDDR6; base clock "
+            "885 MHz is the A10's, an estimate for the A10G",
         ),
         ("driver_version cuda_version", DRIVER_SOURCE),
         ("nvlink_links nvlink_version", "A10G has no NVLink"),
