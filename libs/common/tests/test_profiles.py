@@ -642,3 +642,17 @@ def test_balanced_needs_a_mig_parted_entry() -> None:
     assert "all-balanced" not in layout_names(custom)
     with pytest.raises(MigLayoutError, match="no entry"):
         named_layout(custom, "all-balanced")
+
+
+def test_docs_table_matches_the_data() -> None:
+    """docs/profiles.md is generated from the data; this catches edits that forget the docs."""
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "profiles.md").read_text()
+    for gpu in BUILTIN_PROFILES:
+        row = next(line for line in docs.splitlines() if line.startswith(f"| `{gpu.key}` |"))
+        assert f"| {gpu.name} |" in row
+        assert f"| {gpu.memory_mib} ({gpu.memory_reserved_mib}) |" in row
+        assert f"0x{gpu.pci_device_id:08X}" in row
+        assert f"| {gpu.driver_version} / {gpu.cuda_version} |" in row
+        for m in gpu.mig_profiles:
+            assert f"| {m.name} | {m.gi_profile_id} | {m.ci_profile_id} | " in docs
+            assert f"| {m.memory_mib} ({m.memory_mib / 1024:.2f}) |" in docs

@@ -54,7 +54,7 @@ class GpuProfile:
     name: str  # exactly as NVML / nvidia-smi print it
     aliases: tuple[str, ...]
     brand: str  # NVML brand string as `nvidia-smi -q` prints it: "Tesla", "NVIDIA", ...
-    architecture: str  # NVML architecture name, lower-case: "kepler", "hopper", ...
+    architecture: str  # `nvidia-smi -q` Product Architecture, lower-case: "hopper", "ada lovelace"
     family: str  # GFD `nvidia.com/gpu.family`
     compute_capability: tuple[int, int]
     memory_mib: int  # total FB memory as NVML reports it
