@@ -303,9 +303,15 @@ class OtherDevice:
 
     name: str
     count: int
+    # How many of them pods on the node hold right now (written by the status-updater; the
+    # reference has no such key and ignores it).
+    allocated: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "count": self.count}
+        out: dict[str, Any] = {"name": self.name, "count": self.count}
+        if self.allocated:
+            out["allocated"] = self.allocated
+        return out
 
 
 @dataclass(slots=True)
@@ -372,7 +378,7 @@ class NodeTopology:
                 cuda_version=str(raw.get("cudaVersion", "")),
                 mig_strategy=str(raw.get("migStrategy", "none")),
                 other_devices=[
-                    OtherDevice(str(d["name"]), int(d["count"]))
+                    OtherDevice(str(d["name"]), int(d["count"]), int(d.get("allocated", 0)))
                     for d in raw.get("otherDevices") or []
                 ],
                 kwok=bool(raw.get("kwok", False)),

@@ -14,8 +14,9 @@ COMPONENT = "status-updater"
 @dataclass(frozen=True)
 class Settings:
     health_port: int = env_field("HEALTH_PORT", 8080, "port of /healthz, /readyz, /metrics")
-    log_level: str = env_field("LOG_LEVEL", "INFO", "log level",
-                               choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_level: str = env_field(
+        "LOG_LEVEL", "INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
 
 
 async def idle(ctx: ServiceContext) -> None:
@@ -27,7 +28,7 @@ def main() -> int:
     try:
         settings = load_settings(Settings)
     except SettingsError as exc:
-        print(f"{COMPONENT}: invalid setting: {exc}")  # noqa: T201
+        print(f"{COMPONENT}: invalid setting: {exc}")
         return 2
     configure_logging(COMPONENT, settings.log_level)
     return run_service(COMPONENT, {"idle": idle}, health_port=settings.health_port)
