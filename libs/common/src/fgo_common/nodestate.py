@@ -1,0 +1,119 @@
+"""The node-local snapshot of a node's topology record, shared with GPU containers.
+
+The node agents (device plugin, DRA plugin) keep a copy of their node's record in a host directory
+and mount that directory read-only into every GPU container. The fake ``nvidia-smi`` reads it
+there, so a pod learns about its GPUs without cluster DNS, a hard-coded namespace or a
+``NODE_NAME`` the user must add (design principle 5).
+
+Contract:
+
+* directory: env ``FGO_STATE_DIR`` (default ``/run/fake-gpu-operator``);
+* file ``topology.json`` in it: ``NodeTopology.to_dict()`` as JSON;
+* written atomically (temp file in the same directory, fsync, rename, fsync of the directory) so a
+  reader never sees a half-written file, even when the writer dies mid-way.
+
+JSON rather than YAML: the reader is a short-lived CLI whose start-up time users notice, and the
+stdlib ``json`` parser is both faster and already imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fgo_common.topology import NodeTopology, TopologyFormatError
+
+STATE_DIR_ENV = "FGO_STATE_DIR"
+DEFAULT_STATE_DIR = "/run/fake-gpu-operator"
+STATE_FILE_NAME = "topology.json"
+# Bumped if the file's shape ever changes incompatibly; readers reject versions they don't know.
+STATE_FORMAT_VERSION = 1
+
+
+class NodeStateError(RuntimeError):
+    """The node state is missing, unreadable or malformed (the message says which and where)."""
+
+
+def state_dir_from_env(environ: dict[str, str] | None = None) -> Path:
+    """The state directory named by ``FGO_STATE_DIR``, else the default."""
+    env = os.environ if environ is None else environ
+    return Path(env.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+
+
+def state_file(directory: str | os.PathLike[str]) -> Path:
+    return Path(directory) / STATE_FILE_NAME
+
+
+def encode_node_state(topology: NodeTopology) -> bytes:
+    body: dict[str, Any] = {"formatVersion": STATE_FORMAT_VERSION, **topology.to_dict()}
+    return json.dumps(body, separators=(",", ":"), sort_keys=False).encode()
+
+
+def write_node_state(directory: str | os.PathLike[str], topology: NodeTopology) -> Path:
+    """Write ``topology`` to ``<directory>/topology.json`` atomically; return the file's path.
+
+    Skips the write when the content is unchanged, so a node agent can call this on every
+    resync without churning the file (and readers' page cache).
+    """
+    target_dir = Path(directory)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = state_file(target_dir)
+    payload = encode_node_state(topology)
+    try:
+        if target.read_bytes() == payload:
+            return target
+    except OSError:
+        pass
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{STATE_FILE_NAME}.", dir=target_dir)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        # Containers run as arbitrary users; the file holds nothing secret.
+        Path(tmp_name).chmod(0o644)
+        Path(tmp_name).replace(target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(target_dir, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return target
+
+
+def decode_node_state(data: bytes | str, source: str = STATE_FILE_NAME) -> NodeTopology:
+    try:
+        raw = json.loads(data)
+    except ValueError as exc:
+        raise NodeStateError(f"{source}: not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise NodeStateError(f"{source}: expected a JSON object, got {type(raw).__name__}")
+    version = raw.get("formatVersion", STATE_FORMAT_VERSION)
+    if version != STATE_FORMAT_VERSION:
+        raise NodeStateError(
+            f"{source}: format version {version!r} not supported (this reader knows "
+            f"{STATE_FORMAT_VERSION})"
+        )
+    try:
+        return NodeTopology.from_dict(raw)
+    except TopologyFormatError as exc:
+        raise NodeStateError(f"{source}: {exc}") from exc
+
+
+def read_node_state(directory: str | os.PathLike[str]) -> NodeTopology:
+    """Read the snapshot written by :func:`write_node_state`; :class:`NodeStateError` if absent
+    or malformed."""
+    path = state_file(directory)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise NodeStateError(f"{path}: no such file (is the node state mounted?)") from exc
+    except OSError as exc:
+        raise NodeStateError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    return decode_node_state(data, str(path))

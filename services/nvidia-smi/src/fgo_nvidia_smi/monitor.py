@@ -1,0 +1,170 @@
+"""``nvidia-smi dmon`` and ``pmon``: scrolling per-device / per-process samples.
+
+dmon's default columns and widths follow ../shared/reference/nvidia-smi-h100/dmon.txt; the other
+``-s`` groups and pmon use the same column rules. Samples come from the shared telemetry model,
+taken afresh for every line; ``-c`` bounds the run, otherwise it runs until interrupted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from fgo_nvidia_smi.cli import RC_OK, Options, UsageError
+from fgo_nvidia_smi.state import GpuView, Snapshot
+
+Column = tuple[str, str, Callable[[GpuView], str]]
+
+
+def _num(value: int | float) -> str:
+    return str(round(value))
+
+
+def _mig_dash(fn: Callable[[GpuView], str]) -> Callable[[GpuView], str]:
+    return lambda g: "-" if g.mig_enabled else fn(g)
+
+
+DMON_GROUPS: dict[str, list[Column]] = {
+    "p": [
+        ("pwr", "W", lambda g: _num(g.sample.power_w)),
+        ("gtemp", "C", lambda g: str(g.sample.gpu_temp_c)),
+        ("mtemp", "C",
+         lambda g: str(g.sample.mem_temp_c) if g.profile.memory_temp_offset_c else "-"),
+    ],
+    "u": [
+        ("sm", "%", _mig_dash(lambda g: str(g.sample.gpu_util))),
+        ("mem", "%", _mig_dash(lambda g: str(g.sample.mem_copy_util))),
+        ("enc", "%", _mig_dash(lambda g: str(g.sample.encoder_util))),
+        ("dec", "%", _mig_dash(lambda g: str(g.sample.decoder_util))),
+        ("jpg", "%", _mig_dash(lambda g: "0")),
+        ("ofa", "%", _mig_dash(lambda g: "0")),
+    ],
+    "c": [
+        ("mclk", "MHz", lambda g: str(g.sample.mem_clock_mhz)),
+        ("pclk", "MHz", lambda g: str(g.sample.sm_clock_mhz)),
+    ],
+    "v": [
+        ("pviol", "%", lambda g: "0"),
+        ("tviol", "bool", lambda g: "0"),
+    ],
+    "m": [
+        ("fb", "MB", lambda g: str(g.memory_used_mib)),
+        ("bar1", "MB", lambda g: "1"),
+        ("ccpm", "MB", lambda g: "0"),
+    ],
+    "e": [
+        ("sbecc", "errs", lambda g: "0"),
+        ("dbecc", "errs", lambda g: "0"),
+        ("pci", "errs", lambda g: str(g.sample.pcie_replay_count)),
+    ],
+    "t": [
+        ("rxpci", "MB/s", lambda g: str(g.sample.pcie_rx_bytes_per_s // 1_000_000)),
+        ("txpci", "MB/s", lambda g: str(g.sample.pcie_tx_bytes_per_s // 1_000_000)),
+    ],
+}
+DMON_DEFAULT = "puc"
+
+
+def _columns(select: str) -> list[Column]:
+    wanted = select or DMON_DEFAULT
+    if any(ch not in DMON_GROUPS for ch in wanted):
+        raise UsageError(
+            "Invalid combination of input arguments. Please run 'nvidia-smi dmon -h' for help.\n",
+            255,
+        )
+    return [col for key, cols in DMON_GROUPS.items() if key in wanted for col in cols]
+
+
+def _stamp(opts: Options, t: float) -> tuple[str, str, str]:
+    """Leading date/time header, unit and value cells for ``-o D``/``-o T``."""
+    heads, units, values = [], [], []
+    if "D" in opts.date_time:
+        heads.append(f"{'Date':<8}")
+        units.append(f"{'YYYYMMDD':<8}")
+        values.append(time.strftime("%Y%m%d", time.localtime(t)))
+    if "T" in opts.date_time:
+        heads.append(f"{'Time':<8}")
+        units.append(f"{'HH:MM:SS':<8}")
+        values.append(time.strftime("%H:%M:%S", time.localtime(t)))
+    if not heads:
+        return "", "", ""
+    return ("#" + " ".join(heads) + " ", "#" + " ".join(units) + " ", " " + " ".join(values) + " ")
+
+
+def _dmon_header(opts: Options, cols: list[Column]) -> str:
+    head, unit, _ = _stamp(opts, 0.0)
+    first = f"{head} gpu" if head else "# gpu"
+    second = f"{unit} Idx" if unit else "# Idx"
+    line1 = first + "".join(f" {name:>6}" for name, _, _ in cols) + " "
+    line2 = second + "".join(f" {u:>6}" for _, u, _ in cols) + " "
+    return f"{line1}\n{line2}\n"
+
+
+def _dmon_lines(opts: Options, cols: list[Column], snapshot: Snapshot) -> str:
+    _, _, stamp = _stamp(opts, snapshot.t)
+    out = []
+    for gpu in snapshot.gpus:
+        cells = "".join(f" {get(gpu):>6}" for _, _, get in cols)
+        out.append(f"{stamp}{gpu.index:>5}{cells} ")
+    return "\n".join(out) + "\n"
+
+
+def _pmon_header(opts: Options) -> str:
+    head, unit, _ = _stamp(opts, 0.0)
+    first = f"{head} gpu" if head else "# gpu"
+    second = f"{unit} Idx" if unit else "# Idx"
+    names = ("sm", "mem", "enc", "dec", "jpg", "ofa")
+    line1 = first + f" {'pid':>11} {'type':>6}" + "".join(f" {n:>6}" for n in names)
+    line2 = second + f" {'#':>11} {'C/G':>6}" + "".join(f" {'%':>6}" for _ in names)
+    return f"{line1}    command \n{line2}    name \n"
+
+
+def _pmon_lines(opts: Options, snapshot: Snapshot) -> str:
+    _, _, stamp = _stamp(opts, snapshot.t)
+    out = []
+    for gpu in snapshot.gpus:
+        procs = gpu.all_processes
+        if not procs:
+            dashes = "".join(f" {'-':>6}" for _ in range(6))
+            out.append(f"{stamp}{gpu.index:>5} {'-':>11} {'-':>6}{dashes}    -")
+            continue
+        for proc in procs:
+            sm = proc.sm_util if proc.sm_util is not None else 0
+            mem = int(sm * 0.35)
+            cells = f" {sm:>6} {mem:>6} {'-':>6} {'-':>6} {'-':>6} {'-':>6}"
+            out.append(
+                f"{stamp}{gpu.index:>5} {proc.pid:>11} {proc.type:>6}{cells}    {proc.name}"
+            )
+    return "\n".join(out) + "\n"
+
+
+def run_monitor(opts: Options, fresh: Callable[[], Snapshot], out: TextIO) -> int:
+    """Print a sample line per GPU (dmon) or process (pmon) every ``-d`` seconds."""
+    if opts.subcommand == "dmon":
+        cols = _columns(opts.select)
+        out.write(_dmon_header(opts, cols))
+
+        def lines(s: Snapshot) -> str:
+            return _dmon_lines(opts, cols, s)
+    else:
+        if opts.select and any(ch not in "um" for ch in opts.select):
+            raise UsageError(
+                "Invalid combination of input arguments. "
+                "Please run 'nvidia-smi pmon -h' for help.\n",
+                255,
+            )
+        out.write(_pmon_header(opts))
+
+        def lines(s: Snapshot) -> str:
+            return _pmon_lines(opts, s)
+
+    printed = 0
+    while True:
+        out.write(lines(fresh()))
+        out.flush()
+        printed += 1
+        if opts.count is not None and printed >= opts.count:
+            return RC_OK
+        # A CLI, not an async service: a plain blocking wait is the point of a monitor loop.
+        time.sleep(opts.delay_s)  # noqa: TID251

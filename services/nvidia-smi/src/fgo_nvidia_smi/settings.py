@@ -1,0 +1,64 @@
+"""Everything nvidia-smi reads from its environment, read once into one typed object.
+
+nvidia-smi runs inside arbitrary user containers: its inputs are what the node agents inject
+(the state mount and the visible-devices variable), never anything the user has to add.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from fgo_common.nodestate import DEFAULT_STATE_DIR, STATE_DIR_ENV
+
+VISIBLE_DEVICES_ENVS = ("FGO_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
+SEED_ENV = "FGO_SEED"
+# Pins "now" (unix seconds): lets tests compare nvidia-smi with the telemetry model exactly.
+TIME_ENV = "FGO_SMI_TIME"
+
+
+class SettingsError(ValueError):
+    """An environment variable with a value nvidia-smi cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    state_dir: Path
+    # Raw device list (None = variable unset = every GPU of the node).
+    visible_devices: str | None
+    seed: int
+    fixed_time: float | None
+    # Pod name: the kubelet sets the container hostname to it; marks our own pod's processes.
+    hostname: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        visible: str | None = None
+        # FGO_VISIBLE_DEVICES first: the device plugin can be told to inject that name instead of
+        # NVIDIA_VISIBLE_DEVICES so a node that also has the real NVIDIA runtime is not confused.
+        for name in VISIBLE_DEVICES_ENVS:
+            if name in env:
+                visible = env[name]
+                break
+        seed_raw = env.get(SEED_ENV, "0").strip() or "0"
+        try:
+            seed = int(seed_raw)
+        except ValueError as exc:
+            raise SettingsError(f"{SEED_ENV}={seed_raw!r} is not an integer") from exc
+        time_raw = env.get(TIME_ENV, "").strip()
+        fixed_time: float | None = None
+        if time_raw:
+            try:
+                fixed_time = float(time_raw)
+            except ValueError as exc:
+                raise SettingsError(f"{TIME_ENV}={time_raw!r} is not a unix time") from exc
+        return cls(
+            state_dir=Path(env.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR),
+            visible_devices=visible,
+            seed=seed,
+            fixed_time=fixed_time,
+            hostname=env.get("HOSTNAME", ""),
+        )

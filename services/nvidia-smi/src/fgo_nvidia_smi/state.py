@@ -1,0 +1,386 @@
+"""What this container sees: the node's record, filtered to the visible GPUs, sampled at one instant.
+
+Every number comes from the node's topology record (mounted by the node agent), the built-in
+profile of the GPU's product, and :func:`fgo_common.telemetry.sample_gpu` at the current time, so
+nvidia-smi and the metrics exporter print the same values for the same moment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fgo_common.nodestate import NodeStateError, read_node_state
+from fgo_common.profiles import GpuProfile, MigProfile
+from fgo_common.telemetry import (
+    BUCKET_SECONDS,
+    GpuSample,
+    pod_utilization,
+    profile_for,
+    sample_gpu,
+    sample_mig_device,
+)
+from fgo_common.topology import (
+    HOLDER_RESERVATION,
+    GpuRecord,
+    MigDevice,
+    NodeTopology,
+    PodUsage,
+)
+
+from fgo_nvidia_smi.settings import Settings
+
+FALLBACK_DRIVER = "580.159.04"
+FALLBACK_CUDA = "13.0"
+
+
+class DriverUnavailableError(RuntimeError):
+    """The simulated driver cannot be reached: the node state is missing or unreadable."""
+
+
+@dataclass(slots=True)
+class Process:
+    """A compute process as NVML lists it: one per pod holding the GPU (or MIG device)."""
+
+    pid: int
+    name: str
+    used_mib: int
+    gi_id: int | None = None
+    ci_id: int | None = None
+    type: str = "C"
+    sm_util: int | None = None  # this process's share of SM activity (pmon)
+
+
+@dataclass(slots=True)
+class MigView:
+    index: int  # MIG device index on its parent GPU (NVML order: by GPU-instance id)
+    device: MigDevice
+    profile: MigProfile | None
+    sample: GpuSample
+    bar1_total_mib: int
+    processes: list[Process] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class GpuView:
+    index: int  # index as this container enumerates it (0..n-1 in PCI order)
+    record: GpuRecord
+    profile: GpuProfile
+    sample: GpuSample
+    migs: list[MigView] = field(default_factory=list)
+    processes: list[Process] = field(default_factory=list)
+
+    @property
+    def mig_enabled(self) -> bool:
+        return self.record.mig_enabled
+
+    @property
+    def name(self) -> str:
+        return self.record.product or self.profile.name
+
+    @property
+    def uuid(self) -> str:
+        return self.record.id
+
+    @property
+    def bus_id(self) -> str:
+        return normalise_bus_id(self.record.bus_id) or f"00000000:{0x18 + self.record.index:02X}:00.0"
+
+    @property
+    def memory_total_mib(self) -> int:
+        return self.record.memory_mib or self.profile.memory_mib
+
+    @property
+    def memory_used_mib(self) -> int:
+        # On a MIG GPU the model already sums its instances' framebuffer use.
+        return self.sample.fb_used_mib
+
+    @property
+    def memory_reserved_mib(self) -> int:
+        return self.sample.fb_reserved_mib
+
+    @property
+    def memory_free_mib(self) -> int:
+        return max(0, self.memory_total_mib - self.memory_reserved_mib - self.memory_used_mib)
+
+    @property
+    def all_processes(self) -> list[Process]:
+        out = list(self.processes)
+        for mig in self.migs:
+            out.extend(mig.processes)
+        return out
+
+    # Identity values NVML reports that the record does not carry: derived from the UUID so
+    # they are stable for the GPU's lifetime and differ between GPUs.
+    @property
+    def serial(self) -> str:
+        return str(1_000_000_000_000 + _stable_int(self.uuid, "serial") % 900_000_000_000)
+
+    @property
+    def pdi(self) -> str:
+        return f"0x{_stable_int(self.uuid, 'pdi') % 2**64:016x}"
+
+    @property
+    def board_id(self) -> str:
+        # NVML's board id on PCIe systems is (bus << 8 | device) of the GPU's own function.
+        try:
+            _, bus, devfn = self.bus_id.split(":")
+            return f"0x{int(bus, 16) << 8 | int(devfn.split('.')[0], 16):x}"
+        except ValueError:
+            return "N/A"
+
+    @property
+    def module_id(self) -> int:
+        return self.record.minor + 1
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """Everything one invocation prints, taken at one instant."""
+
+    node: NodeTopology
+    gpus: list[GpuView]
+    t: float
+    driver_version: str
+    cuda_version: str
+
+
+def normalise_bus_id(bus_id: str) -> str:
+    """NVML form ``00000000:18:00.0`` (8-digit domain, upper-case hex) of any common spelling."""
+    text = bus_id.strip()
+    if not text:
+        return ""
+    parts = text.split(":")
+    try:
+        if len(parts) == 3:
+            domain, bus, devfn = parts
+        elif len(parts) == 2:
+            domain, (bus, devfn) = "0", parts
+        else:
+            return text.upper()
+        device, _, function = devfn.partition(".")
+        return (
+            f"{int(domain, 16):08X}:{int(bus, 16):02X}:{int(device, 16):02X}."
+            f"{int(function or '0', 16):X}"
+        )
+    except ValueError:
+        return text.upper()
+
+
+def _stable_int(*parts: object) -> int:
+    digest = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _process_pid(pod_uid: str) -> int:
+    # Host PIDs (NVML reports them regardless of the container's PID namespace): plausible,
+    # stable for the pod's lifetime, the same on every GPU the pod's process uses.
+    return 1000 + _stable_int(pod_uid, "pid") % 3_000_000
+
+
+def own_process_name() -> str:
+    """Our pod's workload as NVML names it: the container's main command (argv[0])."""
+    try:
+        raw = Path("/proc/1/cmdline").read_bytes()
+    except OSError:
+        return ""
+    argv0 = raw.split(b"\0", 1)[0].decode(errors="replace").strip()
+    return argv0
+
+
+def _processes(
+    gpu_id: str,
+    holders_usage: dict[str, PodUsage],
+    holders: list[tuple[str, str, str]],
+    hostname: str,
+    own_name: str | None,
+    t: float,
+    seed: int,
+    gi_id: int | None = None,
+    ci_id: int | None = None,
+) -> list[Process]:
+    """One process per pod using the device. ``holders`` is (pod uid, pod name, kind)."""
+    out: list[Process] = []
+    seen: set[str] = set()
+    bucket = math.floor(t / BUCKET_SECONDS)
+    for uid, pod, kind in holders:
+        key = uid or pod
+        if kind == HOLDER_RESERVATION or key in seen:
+            continue
+        seen.add(key)
+        usage = holders_usage.get(uid)
+        name = "python"
+        util = pod_utilization(usage, gpu_id, uid, bucket, seed) if usage else 0
+        if hostname and pod == hostname and own_name:
+            name = own_name
+        out.append(
+            Process(
+                pid=_process_pid(key),
+                name=name,
+                used_mib=usage.fb_used_mib if usage else 0,
+                gi_id=gi_id,
+                ci_id=ci_id,
+                sm_util=util,
+            )
+        )
+    # Usage entries without a holder record (written by the reference implementation).
+    for uid, usage in sorted(holders_usage.items()):
+        if uid in seen:
+            continue
+        seen.add(uid)
+        name = "python"
+        if hostname and usage.pod == hostname and own_name:
+            name = own_name
+        out.append(
+            Process(
+                pid=_process_pid(uid),
+                name=name,
+                used_mib=usage.fb_used_mib,
+                gi_id=gi_id,
+                ci_id=ci_id,
+                sm_util=pod_utilization(usage, gpu_id, uid, bucket, seed),
+            )
+        )
+    out.sort(key=lambda p: p.pid)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which GPUs (whole, or only some of their MIG devices) the container may see."""
+
+    whole: frozenset[int]  # record indices of fully visible GPUs
+    migs: dict[int, frozenset[str]]  # record index -> visible MIG UUIDs (upper-case)
+
+
+def parse_visible(spec: str | None, node: NodeTopology) -> Selection:
+    """Interpret ``NVIDIA_VISIBLE_DEVICES`` as the NVIDIA container runtime does.
+
+    Unset or ``all`` -> every GPU; ``none``/``void``/empty -> none; otherwise a comma list of GPU
+    UUIDs, MIG UUIDs, GPU indices or ``<gpu>:<mig>`` index pairs. Unknown entries are skipped.
+    """
+    all_indices = frozenset(g.index for g in node.gpus)
+    if spec is None:
+        return Selection(all_indices, {})
+    text = spec.strip()
+    if text.lower() == "all":
+        return Selection(all_indices, {})
+    whole: set[int] = set()
+    migs: dict[int, set[str]] = {}
+    by_uuid = {g.id.upper(): g for g in node.gpus}
+    by_index = {g.index: g for g in node.gpus}
+    mig_owner: dict[str, GpuRecord] = {}
+    for g in node.gpus:
+        for m in g.mig_devices:
+            mig_owner[m.uuid.upper()] = g
+    for token in (t.strip() for t in text.split(",")):
+        if not token or token.lower() in ("none", "void"):
+            continue
+        key = token.upper()
+        if key in by_uuid:
+            whole.add(by_uuid[key].index)
+        elif key in mig_owner:
+            migs.setdefault(mig_owner[key].index, set()).add(key)
+        elif token.isdigit() and int(token) in by_index:
+            whole.add(int(token))
+        elif ":" in token:
+            gpu_part, _, mig_part = token.partition(":")
+            gpu = by_index.get(int(gpu_part)) if gpu_part.isdigit() else None
+            if gpu is not None and mig_part.isdigit():
+                ordered = sorted(gpu.mig_devices, key=lambda m: (m.gi_id, m.ci_id))
+                position = int(mig_part)
+                if position < len(ordered):
+                    migs.setdefault(gpu.index, set()).add(ordered[position].uuid.upper())
+    return Selection(frozenset(whole), {k: frozenset(v) for k, v in migs.items()})
+
+
+def load_node(settings: Settings) -> NodeTopology:
+    try:
+        return read_node_state(settings.state_dir)
+    except NodeStateError as exc:
+        raise DriverUnavailableError(str(exc)) from exc
+
+
+def build_snapshot(node: NodeTopology, settings: Settings, t: float | None = None) -> Snapshot:
+    now = settings.fixed_time if settings.fixed_time is not None else time.time()
+    if t is not None:
+        now = t
+    selection = parse_visible(settings.visible_devices, node)
+    hostname = settings.hostname or os.uname().nodename
+    own_name: str | None = None
+    views: list[GpuView] = []
+    driver = node.driver_version
+    cuda = node.cuda_version
+    for gpu in sorted(node.gpus, key=lambda g: (normalise_bus_id(g.bus_id), g.index)):
+        whole = gpu.index in selection.whole
+        mig_subset = selection.migs.get(gpu.index)
+        if not whole and mig_subset is None:
+            continue
+        profile = profile_for(gpu)
+        driver = driver or profile.driver_version
+        cuda = cuda or profile.cuda_version
+        if own_name is None:
+            own_name = own_process_name()
+        gpu_sample = sample_gpu(gpu, profile, now, seed=settings.seed)
+        migs: list[MigView] = []
+        if gpu.mig_enabled:
+            ordered = sorted(gpu.mig_devices, key=lambda m: (m.gi_id, m.ci_id))
+            for position, mig in enumerate(ordered):
+                if not whole and mig_subset is not None and mig.uuid.upper() not in mig_subset:
+                    continue
+                mig_profile = _find_mig_profile(profile, mig.profile)
+                slices = mig.placement_size or (mig_profile.memory_slices if mig_profile else 1)
+                view = MigView(
+                    index=position,
+                    device=mig,
+                    profile=mig_profile,
+                    sample=sample_mig_device(
+                        gpu, mig, profile, now, seed=settings.seed, parent=gpu_sample
+                    ),
+                    bar1_total_mib=max(0, profile.bar1_mib * slices // 8 - 1),
+                )
+                view.processes = _processes(
+                    mig.uuid,
+                    mig.usage,
+                    [(h.pod_uid, h.pod, h.kind) for h in mig.holders],
+                    hostname,
+                    own_name,
+                    now,
+                    settings.seed,
+                    mig.gi_id,
+                    mig.ci_id,
+                )
+                migs.append(view)
+        view_gpu = GpuView(
+            index=len(views), record=gpu, profile=profile, sample=gpu_sample, migs=migs
+        )
+        if whole and not gpu.mig_enabled:
+            view_gpu.processes = _processes(
+                gpu.id,
+                gpu.status.usage,
+                [(h.pod_uid, h.pod, h.kind) for h in gpu.status.holders],
+                hostname,
+                own_name,
+                now,
+                settings.seed,
+            )
+        views.append(view_gpu)
+    return Snapshot(
+        node=node,
+        gpus=views,
+        t=now,
+        driver_version=driver or FALLBACK_DRIVER,
+        cuda_version=cuda or FALLBACK_CUDA,
+    )
+
+
+def _find_mig_profile(profile: GpuProfile, name: str) -> MigProfile | None:
+    for candidate in profile.mig_profiles:
+        if name in (candidate.name, candidate.resource_suffix):
+            return candidate
+    return None
