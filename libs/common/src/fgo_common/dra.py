@@ -1,0 +1,642 @@
+"""What the NVIDIA DRA driver ``gpu.nvidia.com`` publishes: ResourceSlice content and DeviceClasses.
+
+Two publishers use this module: the dra-plugin on nodes with a kubelet and the kwok-dra-plugin
+for KWOK nodes. Both build a node's devices and slices here, from the node's topology record plus
+the built-in profile data, so a device looks the same whichever path published it (design
+principle 4) and a DeviceClass or CEL expression written for the real driver matches ours.
+
+Conformance (../shared/spec/peers-and-standards.md §3.5, driver 0.4 / 95932046):
+
+* full GPU ``gpu-<minor>``: string attributes ``type`` (``gpu``), ``uuid``, ``productName``,
+  ``brand`` (NVML brand name such as ``Nvidia`` or ``Tesla``), ``architecture`` (``Hopper``),
+  version attributes ``cudaComputeCapability`` / ``driverVersion`` / ``cudaDriverVersion``
+  (semver: ``580.159.04`` becomes ``580.159.4``), the standard attributes
+  ``resource.kubernetes.io/pciBusID`` / ``pcieRoot`` / ``numaNode``, capacity ``memory``;
+* a GPU in MIG mode is not allocatable itself; its MIG devices
+  ``gpu-<minor>-mig-<profile without dots>-<giProfileId>-<placementStart>`` are, with ``type``
+  ``mig``, ``uuid``, ``parentUUID``, ``profile``, the parent's product attributes and
+  capacities ``multiprocessors``, engine counts, ``memory`` and ``memorySlice<i>``;
+* pool = node name, one generation per content change, devices split over several slices of
+  the pool when the API's per-slice limits require it, owner reference = the Node.
+
+Unhealthy GPUs are tainted (``NoSchedule``) the way the real driver taints them on NVML health
+events: ``gpu.nvidia.com/xid=<code>`` when the record names an XID fault, else
+``gpu.nvidia.com/gpu-lost``. Existing allocations are left alone; new claims do not get the GPU
+unless they tolerate the taint. ``unhealthy="omit"`` drops them from the slice instead (for
+clusters without the DRADeviceTaints feature, where the API server would silently drop taints).
+
+Simulated facts the record does not hold are pure functions of what it does hold, documented where
+they are computed (``pcie_root``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import yaml
+
+from fgo_common.names import DRA_NAMES, RESOURCE_NAMES, DraNames
+from fgo_common.profiles import BUILTIN_CATALOG, DEFAULT_PROFILE_KEY, ProfileCatalog
+from fgo_common.profiles.model import GpuProfile, MigProfile
+from fgo_common.topology import HEALTHY, GpuRecord, MigDevice, NodeTopology
+
+Obj = dict[str, Any]
+
+RESOURCE_API_VERSION = "resource.k8s.io/v1"
+
+# Labels and annotations on the slices we publish (our own vocabulary, not NVIDIA's).
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "fake-gpu-operator"
+PUBLISHER_LABEL = "fake-gpu-operator/publisher"  # "dra-plugin" or "kwok-dra-plugin"
+# sha256 of what we wrote. The API server rewrites some fields on the way in (taint timestamps,
+# quantity spellings, fields of disabled features); comparing our own hash instead of the stored
+# object keeps an unchanged record from causing a write, which would wake every pending pod.
+CONTENT_HASH_ANNOTATION = "fake-gpu-operator/content-hash"
+TOPOLOGY_GENERATION_ANNOTATION = "fake-gpu-operator/topology-generation"
+
+# k8s.io/api v0.36 resource/v1 limits (types.go).
+MAX_DEVICES_PER_SLICE = 128
+MAX_DEVICES_PER_SLICE_WITH_TAINTS = 64  # also with consumesCounters or list attributes
+MAX_ATTRIBUTES_AND_CAPACITIES_PER_DEVICE = 32
+MAX_ATTRIBUTE_VALUE_LENGTH = 64
+MAX_OBJECT_NAME_LENGTH = 253
+
+# Device taint keys the real driver sets on NVML health events (TaintKeyXID, TaintKeyGPULost).
+TAINT_XID = "xid"
+TAINT_GPU_LOST = "gpu-lost"
+TAINT_EFFECT_NO_SCHEDULE = "NoSchedule"
+
+UnhealthyPolicy = Literal["taint", "omit", "publish"]
+UNHEALTHY_POLICIES: tuple[str, ...] = ("taint", "omit", "publish")
+
+# NVML brand names as nvidia-smi prints them -> go-nvlib's GetBrandAsString(), which the real
+# driver publishes. Unlisted brands fall back to the name without spaces.
+_DRA_BRANDS: dict[str, str] = {
+    "nvidia": "Nvidia",
+    "tesla": "Tesla",
+    "quadro": "Quadro",
+    "geforce": "GeForce",
+    "titan": "Titan",
+    "nvs": "NVS",
+    "grid": "Grid",
+    "nvidia rtx": "NvidiaRTX",
+    "quadro rtx": "QuadroRTX",
+    "nvidia cloud gaming": "NvidiaCloudGaming",
+    "nvidia virtual applications": "NvidiaVApps",
+    "nvidia virtual pc": "NvidiaVPC",
+    "nvidia virtual compute server": "NvidiaVCS",
+    "nvidia rtx virtual workstation": "NvidiaVWS",
+    "unknown": "Unknown",
+}
+
+# Our profiles name architectures in lower case; go-nvlib's GetArchitectureAsString() spelling.
+_DRA_ARCHITECTURES: dict[str, str] = {
+    "kepler": "Kepler",
+    "maxwell": "Maxwell",
+    "pascal": "Pascal",
+    "volta": "Volta",
+    "turing": "Turing",
+    "ampere": "Ampere",
+    "ada": "Ada Lovelace",
+    "adalovelace": "Ada Lovelace",
+    "hopper": "Hopper",
+    "blackwell": "Blackwell",
+    "rubin": "Rubin",
+}
+
+_NVML_BUS_ID = re.compile(
+    r"^(?:(?P<domain>[0-9a-fA-F]{1,8}):)?(?P<bus>[0-9a-fA-F]{2}):"
+    r"(?P<device>[0-9a-fA-F]{2})\.(?P<function>[0-7])$"
+)
+
+
+class DeviceBuildError(ValueError):
+    """A record whose devices cannot be published (the message names the GPU and the field)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Value conversions
+# --------------------------------------------------------------------------------------------
+
+
+def semver(version: str) -> str:
+    """The semantic-version form the real driver publishes (Masterminds semver's String()).
+
+    >>> semver("580.159.04"), semver("13.0"), semver("9")
+    ('580.159.4', '13.0.0', '9.0.0')
+    """
+    parts = version.strip().lstrip("vV").split(".")
+    if not parts or len(parts) > 3 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"not a version: {version!r}")
+    numbers = [int(p) for p in parts] + [0] * (3 - len(parts))
+    return ".".join(str(n) for n in numbers)
+
+
+def dra_brand(brand: str) -> str:
+    key = " ".join(brand.lower().split())
+    return _DRA_BRANDS.get(key, brand.replace(" ", ""))
+
+
+def dra_architecture(architecture: str) -> str:
+    key = re.sub(r"[^a-z]", "", architecture.lower())
+    return _DRA_ARCHITECTURES.get(key, architecture.strip().title() or "Unknown")
+
+
+def pci_bus_id(nvml_bus_id: str) -> str | None:
+    """NVML's ``00000000:18:00.0`` as the standard attribute wants it: ``0000:18:00.0``
+    (four-digit domain, lower case). None when the record holds no usable bus id."""
+    match = _NVML_BUS_ID.match(nvml_bus_id.strip())
+    if not match:
+        return None
+    domain = int(match["domain"] or "0", 16)
+    if domain > 0xFFFF:
+        return None
+    return f"{domain:04x}:{match['bus'].lower()}:{match['device'].lower()}.{match['function']}"
+
+
+def pcie_root(bus_id: str) -> str:
+    """The simulated PCIe root complex (``pci<domain>:<bus>``) of a device at ``bus_id``.
+
+    Real servers hang one or two GPUs below each root complex, whose root bus number is below
+    theirs. We model 32-bus windows: devices whose bus numbers share the upper three bits share
+    a root (on our 8-GPU board GPUs 1+2 and 5+6 do, the others sit alone), so CEL constraints
+    on ``pcieRoot`` have both outcomes to work with.
+    """
+    domain, bus, _ = bus_id.split(":", 2)
+    return f"pci{domain}:{int(bus, 16) & 0xE0:02x}"
+
+
+def binary_quantity(n_bytes: int) -> str:
+    """``n_bytes`` as the canonical binary-SI quantity the API server stores (``81559Mi``)."""
+    if n_bytes <= 0:
+        return "0"
+    for suffix, factor in (("Ei", 1 << 60), ("Pi", 1 << 50), ("Ti", 1 << 40), ("Gi", 1 << 30),
+                           ("Mi", 1 << 20), ("Ki", 1 << 10)):  # fmt: skip
+        if n_bytes % factor == 0:
+            return f"{n_bytes // factor}{suffix}"
+    return str(n_bytes)
+
+
+def _string(value: str) -> Obj:
+    if len(value) > MAX_ATTRIBUTE_VALUE_LENGTH:
+        value = value[:MAX_ATTRIBUTE_VALUE_LENGTH]
+    return {"string": value}
+
+
+def _version(value: str) -> Obj:
+    return {"version": value}
+
+
+def _int(value: int) -> Obj:
+    return {"int": value}
+
+
+def _capacity(value: int | str) -> Obj:
+    return {"value": str(value)}
+
+
+# --------------------------------------------------------------------------------------------
+# Devices
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_profile(
+    gpu: GpuRecord, node: NodeTopology, catalog: ProfileCatalog = BUILTIN_CATALOG
+) -> GpuProfile:
+    """The profile behind ``gpu``: by its profile key, else its product name. A product we have
+    no data for borrows the default profile's numbers under its own name and memory size."""
+    for name in (gpu.profile, gpu.product, node.profile, node.gpu_product):
+        if name:
+            found = catalog.find(name)
+            if found is not None:
+                return found
+    base = catalog.get(DEFAULT_PROFILE_KEY)
+    return dataclasses.replace(
+        base,
+        name=gpu.product or base.name,
+        memory_mib=gpu.memory_mib or base.memory_mib,
+        mig_profiles=(),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class GpuFacts:
+    """The product attributes a full GPU and its MIG devices share."""
+
+    product_name: str
+    brand: str
+    architecture: str
+    cuda_compute_capability: str
+    driver_version: str
+    cuda_driver_version: str
+    pci_bus_id: str | None
+    pcie_root: str | None
+
+
+def gpu_facts(gpu: GpuRecord, node: NodeTopology, profile: GpuProfile) -> GpuFacts:
+    driver = node.driver_version or profile.driver_version
+    cuda = node.cuda_version or profile.cuda_version
+    bus = pci_bus_id(gpu.bus_id)
+    try:
+        return GpuFacts(
+            product_name=gpu.product or profile.name,
+            brand=dra_brand(profile.brand),
+            architecture=dra_architecture(profile.architecture),
+            cuda_compute_capability=semver("{}.{}".format(*profile.compute_capability)),
+            driver_version=semver(driver),
+            cuda_driver_version=semver(cuda),
+            pci_bus_id=bus,
+            pcie_root=pcie_root(bus) if bus else None,
+        )
+    except ValueError as exc:
+        raise DeviceBuildError(f"GPU {gpu.index} ({gpu.id}) of {node.node_name}: {exc}") from exc
+
+
+def _common_attributes(facts: GpuFacts, names: DraNames) -> Obj:
+    attrs: Obj = {
+        names.attr_product_name: _string(facts.product_name),
+        names.attr_brand: _string(facts.brand),
+        names.attr_architecture: _string(facts.architecture),
+        names.attr_cuda_compute_capability: _version(facts.cuda_compute_capability),
+        names.attr_driver_version: _version(facts.driver_version),
+        names.attr_cuda_driver_version: _version(facts.cuda_driver_version),
+    }
+    if facts.pci_bus_id:
+        attrs[names.attr_pci_bus_id] = _string(facts.pci_bus_id)
+        if names.attr_legacy_pcie_bus_id:
+            attrs[names.attr_legacy_pcie_bus_id] = _string(facts.pci_bus_id)
+    if facts.pcie_root:
+        attrs[names.attr_pcie_root] = _string(facts.pcie_root)
+    return attrs
+
+
+def unhealthy_taints(gpu: GpuRecord, names: DraNames = DRA_NAMES) -> list[Obj]:
+    """The taint the real driver would have put on this GPU (none when it is healthy)."""
+    if gpu.healthy:
+        return []
+    xid = None
+    for fault in gpu.faults:
+        value = fault.get("xid")
+        if isinstance(value, int) and not isinstance(value, bool):
+            xid = value
+    if xid is not None:
+        key, value_text = TAINT_XID, str(xid)
+    else:
+        key, value_text = TAINT_GPU_LOST, "true"
+    return [
+        {"key": f"{names.driver}/{key}", "value": value_text, "effect": TAINT_EFFECT_NO_SCHEDULE}
+    ]
+
+
+def gpu_device(
+    gpu: GpuRecord, node: NodeTopology, profile: GpuProfile, names: DraNames = DRA_NAMES
+) -> Obj:
+    """The full-GPU device ``gpu-<minor>``."""
+    facts = gpu_facts(gpu, node, profile)
+    attributes: Obj = {
+        names.attr_type: _string(names.type_gpu),
+        names.attr_uuid: _string(gpu.id),
+        **_common_attributes(facts, names),
+        names.attr_numa_node: _int(gpu.numa_node),
+    }
+    if names.attr_index:
+        attributes[names.attr_index] = _int(gpu.index)
+    if names.attr_minor:
+        attributes[names.attr_minor] = _int(gpu.minor)
+    memory_mib = gpu.memory_mib or profile.memory_mib
+    return {
+        "name": names.gpu_device_name(gpu.minor),
+        "attributes": attributes,
+        "capacity": {names.cap_memory: _capacity(binary_quantity(memory_mib << 20))},
+    }
+
+
+def _mig_profile(profile: GpuProfile, name: str) -> MigProfile | None:
+    try:
+        return profile.mig_profile(name)
+    except KeyError:
+        return None
+
+
+def mig_device(
+    gpu: GpuRecord,
+    mig: MigDevice,
+    node: NodeTopology,
+    profile: GpuProfile,
+    names: DraNames = DRA_NAMES,
+) -> Obj:
+    """A MIG device of ``gpu``, named and described as the real driver's static MIG devices."""
+    facts = gpu_facts(gpu, node, profile)
+    table = _mig_profile(profile, mig.profile)
+    attributes: Obj = {
+        names.attr_type: _string(names.type_mig),
+        names.attr_uuid: _string(mig.uuid),
+        names.attr_parent_uuid: _string(gpu.id),
+        names.attr_profile: _string(mig.profile),
+        **_common_attributes(facts, names),
+    }
+    capacity: Obj = {
+        names.cap_multiprocessors: _capacity(mig.sm_count or (table.sm_count if table else 0)),
+    }
+    if table is not None:
+        capacity[names.cap_copy_engines] = _capacity(table.copy_engines)
+        capacity[names.cap_decoders] = _capacity(table.decoders)
+        capacity[names.cap_encoders] = _capacity(table.encoders)
+        capacity[names.cap_jpeg_engines] = _capacity(table.jpeg)
+        capacity[names.cap_ofa_engines] = _capacity(table.ofa)
+    memory_mib = mig.memory_mib or (table.memory_mib if table else 0)
+    capacity[names.cap_memory] = _capacity(binary_quantity(memory_mib << 20))
+    size = mig.placement_size or (table.memory_slices if table else 1)
+    for i in range(mig.placement_start, mig.placement_start + size):
+        capacity[f"{names.cap_memory_slice_prefix}{i}"] = _capacity(1)
+    return {
+        "name": names.mig_device_name(
+            gpu.minor, mig.profile, mig.gi_profile_id, mig.placement_start
+        ),
+        "attributes": attributes,
+        "capacity": capacity,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceOptions:
+    """How a node's record becomes devices."""
+
+    names: DraNames = DRA_NAMES
+    unhealthy: UnhealthyPolicy = "taint"
+    catalog: ProfileCatalog = BUILTIN_CATALOG
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedDevice:
+    """One published device and what the node plugin needs to prepare it."""
+
+    name: str
+    uuid: str  # GPU or MIG UUID: what the container's visible-devices list names
+    gpu_index: int
+    device: Obj  # the ResourceSlice device entry
+
+    @property
+    def tainted(self) -> bool:
+        return bool(self.device.get("taints"))
+
+
+def node_devices(
+    topology: NodeTopology, options: DeviceOptions = DeviceOptions()
+) -> list[PublishedDevice]:
+    """Every device of ``topology`` in the order the real driver lists them (by minor, each
+    GPU's MIG devices by canonical name). GPUs without an id are skipped (the reference does
+    the same); a duplicate device name keeps its first GPU."""
+    names = options.names
+    out: dict[str, PublishedDevice] = {}
+    for gpu in sorted(topology.gpus, key=lambda g: (g.minor, g.index)):
+        if not gpu.id:
+            continue
+        if not gpu.healthy and options.unhealthy == "omit":
+            continue
+        taints = unhealthy_taints(gpu, names) if options.unhealthy == "taint" else []
+        profile = resolve_profile(gpu, topology, options.catalog)
+        entries: list[PublishedDevice] = []
+        if gpu.mig_enabled:
+            for mig in gpu.mig_devices:
+                if mig.health != HEALTHY and options.unhealthy == "omit":
+                    continue
+                device = mig_device(gpu, mig, topology, profile, names)
+                entries.append(PublishedDevice(device["name"], mig.uuid, gpu.index, device))
+            entries.sort(key=lambda e: e.name)
+        else:
+            device = gpu_device(gpu, topology, profile, names)
+            entries.append(PublishedDevice(device["name"], gpu.id, gpu.index, device))
+        for entry in entries:
+            if taints:
+                entry.device["taints"] = [dict(t) for t in taints]
+            out.setdefault(entry.name, entry)
+    return list(out.values())
+
+
+# --------------------------------------------------------------------------------------------
+# Slices
+# --------------------------------------------------------------------------------------------
+
+
+def split_devices(devices: Sequence[Obj]) -> list[list[Obj]]:
+    """Devices in as few slices as the API allows; always at least one (possibly empty) slice,
+    so a node whose GPUs are all gone still tells the scheduler its pool is empty."""
+    limit = (
+        MAX_DEVICES_PER_SLICE_WITH_TAINTS
+        if any(d.get("taints") or d.get("consumesCounters") for d in devices)
+        else MAX_DEVICES_PER_SLICE
+    )
+    chunks = [list(devices[i : i + limit]) for i in range(0, len(devices), limit)]
+    return chunks or [[]]
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def slice_name(base: str, index: int) -> str:
+    """``<base>`` for the first slice of a pool, ``<base>-<index>`` for the others; shortened
+    with a hash when a long node name would exceed the object-name limit."""
+    name = base if index == 0 else f"{base}-{index}"
+    if len(name) <= MAX_OBJECT_NAME_LENGTH:
+        return name
+    digest = _short_hash(name)
+    return f"{name[: MAX_OBJECT_NAME_LENGTH - len(digest) - 1].rstrip('-.')}-{digest}"
+
+
+def kwok_slice_base(node_name: str) -> str:
+    """``kwok-<node>-gpu``: the reference's name for a KWOK node's slice."""
+    return f"kwok-{node_name}-gpu"
+
+
+def node_slice_base(node_name: str, driver: str = DRA_NAMES.driver) -> str:
+    """``<node>-gpu.nvidia.com``: the real driver's prefix, without its random suffix (a
+    deterministic name lets a restarted plugin find and update its own slices)."""
+    return f"{node_name}-{driver}"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolTarget:
+    """Where a node's devices go: the node (owner), slice names and who publishes them."""
+
+    node_name: str
+    node_uid: str
+    base_name: str
+    publisher: str
+    driver: str = DRA_NAMES.driver
+    topology_generation: int = 0
+
+
+def content_hash(spec_without_generation: Obj, metadata_extra: Obj) -> str:
+    canonical = json.dumps(
+        {"spec": spec_without_generation, "meta": metadata_extra},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def build_slices(target: PoolTarget, devices: Sequence[Obj], generation: int) -> list[Obj]:
+    """The complete ResourceSlice objects of one node's pool at ``generation``.
+
+    Each carries :data:`CONTENT_HASH_ANNOTATION` over everything except the generation, so a
+    publisher can tell whether the pool changed without comparing server-rewritten fields.
+    """
+    chunks = split_devices(devices)
+    out: list[Obj] = []
+    for index, chunk in enumerate(chunks):
+        spec: Obj = {
+            "driver": target.driver,
+            "nodeName": target.node_name,
+            "pool": {"name": target.node_name, "resourceSliceCount": len(chunks)},
+            "devices": [dict(d) for d in chunk],
+        }
+        owner = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "name": target.node_name,
+            "uid": target.node_uid,
+            "controller": True,
+        }
+        labels = {MANAGED_BY_LABEL: MANAGED_BY_VALUE, PUBLISHER_LABEL: target.publisher}
+        digest = content_hash(spec, {"owner": owner, "labels": labels})
+        spec["pool"]["generation"] = generation
+        annotations = {CONTENT_HASH_ANNOTATION: digest}
+        if target.topology_generation:
+            annotations[TOPOLOGY_GENERATION_ANNOTATION] = str(target.topology_generation)
+        out.append(
+            {
+                "apiVersion": RESOURCE_API_VERSION,
+                "kind": "ResourceSlice",
+                "metadata": {
+                    "name": slice_name(target.base_name, index),
+                    "labels": labels,
+                    "annotations": annotations,
+                    "ownerReferences": [owner],
+                },
+                "spec": spec,
+            }
+        )
+    return out
+
+
+def slice_hash(obj: Obj) -> str:
+    return str(
+        ((obj.get("metadata") or {}).get("annotations") or {}).get(CONTENT_HASH_ANNOTATION, "")
+    )
+
+
+def slice_generation(obj: Obj) -> int:
+    try:
+        return int(((obj.get("spec") or {}).get("pool") or {}).get("generation") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPlan:
+    """What to do to bring a pool's stored slices to the desired ones."""
+
+    apply: list[Obj]  # complete objects to server-side apply (create or replace)
+    delete: list[str]  # names of slices to delete
+    generation: int
+
+    @property
+    def unchanged(self) -> bool:
+        return not self.apply and not self.delete
+
+
+def plan_pool(target: PoolTarget, devices: Sequence[Obj], existing: Iterable[Obj]) -> PoolPlan:
+    """Compare the desired pool with ``existing`` (the stored slices of this pool).
+
+    Nothing is written when every stored slice carries the hash of its desired content at one
+    common generation. Otherwise the whole pool moves to a new generation (one above anything
+    stored): the scheduler then never mixes devices from two versions of the pool.
+    """
+    current = {o["metadata"]["name"]: o for o in existing}
+    stored_generation = max((slice_generation(o) for o in current.values()), default=0)
+    desired = build_slices(target, devices, stored_generation or 1)
+    same = (
+        current
+        and set(current) == {d["metadata"]["name"] for d in desired}
+        and len({slice_generation(o) for o in current.values()}) == 1
+        and all(slice_hash(current[d["metadata"]["name"]]) == slice_hash(d) for d in desired)
+    )
+    if same:
+        return PoolPlan([], [], stored_generation)
+    generation = stored_generation + 1
+    desired = build_slices(target, devices, generation)
+    wanted = {d["metadata"]["name"] for d in desired}
+    return PoolPlan(desired, sorted(n for n in current if n not in wanted), generation)
+
+
+# --------------------------------------------------------------------------------------------
+# DeviceClasses
+# --------------------------------------------------------------------------------------------
+
+
+def type_selector(device_type: str, names: DraNames = DRA_NAMES) -> str:
+    """The upstream DeviceClasses' CEL: driver plus the qualified ``type`` attribute."""
+    return (
+        f"device.driver == '{names.driver}' && "
+        f"device.attributes['{names.driver}'].{names.attr_type} == '{device_type}'"
+    )
+
+
+def device_class(
+    name: str,
+    device_type: str,
+    *,
+    extended_resource_name: str | None = None,
+    names: DraNames = DRA_NAMES,
+    labels: dict[str, str] | None = None,
+) -> Obj:
+    spec: Obj = {"selectors": [{"cel": {"expression": type_selector(device_type, names)}}]}
+    if extended_resource_name:
+        # resource.k8s.io/v1 DeviceClassSpec.extendedResourceName (beta in 1.36, DRAExtendedResource
+        # on by default): a pod's plain `nvidia.com/gpu: 1` is served from these devices on nodes
+        # that do not advertise the extended resource themselves. An older API server drops it.
+        spec["extendedResourceName"] = extended_resource_name
+    metadata: Obj = {"name": name}
+    if labels:
+        metadata["labels"] = dict(labels)
+    return {
+        "apiVersion": RESOURCE_API_VERSION,
+        "kind": "DeviceClass",
+        "metadata": metadata,
+        "spec": spec,
+    }
+
+
+def device_classes(
+    names: DraNames = DRA_NAMES,
+    *,
+    extended_resource: bool = True,
+    labels: dict[str, str] | None = None,
+) -> list[Obj]:
+    """``gpu.nvidia.com`` (with ``extendedResourceName: nvidia.com/gpu``) and ``mig.nvidia.com``,
+    as the NVIDIA DRA driver's chart installs them."""
+    return [
+        device_class(
+            names.device_class_gpu,
+            names.type_gpu,
+            extended_resource_name=RESOURCE_NAMES.gpu if extended_resource else None,
+            names=names,
+            labels=labels,
+        ),
+        device_class(names.device_class_mig, names.type_mig, names=names, labels=labels),
+    ]
+
+
+def device_classes_yaml(names: DraNames = DRA_NAMES, *, extended_resource: bool = True) -> str:
+    """The DeviceClasses as a multi-document YAML stream (what the chart renders)."""
+    return yaml.safe_dump_all(
+        device_classes(names, extended_resource=extended_resource), sort_keys=False
+    )
