@@ -54,3 +54,16 @@ def retry_after_seconds(exc: BaseException) -> float | None:
             except ValueError:
                 return None
     return None
+
+
+async def raise_for_status(resp: aiohttp.ClientResponse) -> None:
+    """With ``_preload_content=False`` kubernetes-asyncio hands back the raw response without
+    checking its status; turn a non-2xx answer into the ``ApiException`` callers classify."""
+    if 200 <= resp.status <= 299:
+        return
+    body = await resp.read()
+    exc = ApiException(status=resp.status, reason=resp.reason)
+    exc.body = body
+    exc.headers = resp.headers
+    resp.release()
+    raise exc

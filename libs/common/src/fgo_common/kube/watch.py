@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from fgo_common.kube.errors import is_gone, is_transient
+from fgo_common.kube.errors import is_gone, is_transient, raise_for_status
 from fgo_common.kube.retry import Backoff
 
 log = structlog.get_logger(__name__)
@@ -77,6 +77,7 @@ class Reflector:
 
     async def _list(self) -> tuple[list[Obj], str]:
         resp = await self._list_fn(**self._kwargs, _preload_content=False)
+        await raise_for_status(resp)
         try:
             body = await resp.json()
         finally:
@@ -128,6 +129,7 @@ class Reflector:
                 total=None, sock_connect=10, sock_read=self._timeout + 30
             ),
         )
+        await raise_for_status(resp)
         try:
             buffer = b""
             async for chunk in resp.content.iter_any():
