@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 TOPOLOGY_DATA_KEY = "topology.yml"
 NODE_TOPOLOGY_LABEL = "node-topology"
 NODE_NAME_LABEL = "node-name"
@@ -361,6 +359,10 @@ class NodeTopology:
         return out
 
     def to_yaml(self) -> str:
+        # PyYAML is imported where it is used: the fake nvidia-smi imports this module on every
+        # invocation and never needs YAML (its start-up time is a user-visible number).
+        import yaml
+
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
 
     @classmethod
@@ -393,6 +395,8 @@ class NodeTopology:
 
     @classmethod
     def from_yaml(cls, text: str, node_name: str = "") -> NodeTopology:
+        import yaml
+
         try:
             raw = yaml.safe_load(text)
         except yaml.YAMLError as exc:
