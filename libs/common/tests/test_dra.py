@@ -477,11 +477,6 @@ def test_device_classes_yaml_round_trips() -> None:
     assert list(yaml.safe_load_all(dra.device_classes_yaml())) == dra.device_classes()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fgo_common.names.DraNames.mig_device_name drops '+' instead of turning it into '-' "
-    "(the driver lower-cases and replaces [^a-z0-9-.] with '-': 1g10gb-me)",
-)
 def test_media_extension_profiles_are_named_like_the_driver(h100_known: None) -> None:
     topology = with_mig(h100_node(count=1), [("1g.10gb+me", 0)])
     assert [d.name for d in dra.node_devices(topology)] == ["gpu-0-mig-1g10gb-me-20-0"]

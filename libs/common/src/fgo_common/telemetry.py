@@ -1,24 +1,55 @@
 """The telemetry model: every number a GPU reports, as a pure function of (record, profile, t).
 
-The status-exporter and nvidia-smi both call :func:`sample_gpu` independently and get the same
-values for the same instant (to the bucket), so Prometheus and nvidia-smi never disagree. Random
-parts are seeded by (seed, GPU UUID, pod, time bucket); physical coherence lives here, once:
-power follows utilisation between the profile's idle draw and its limit, temperature follows
-power with a lag, clocks boost under load, framebuffer use never exceeds what exists, energy only
-grows.
+The status-exporter and nvidia-smi both call :func:`sample_gpu` (and :func:`sample_mig_device`)
+independently and get the same values for the same instant (to the bucket), so Prometheus and
+nvidia-smi never disagree. Random parts are seeded by (seed, GPU or MIG UUID, pod, time bucket);
+physical coherence lives here, once: power follows utilisation between the profile's idle draw
+and its limit, temperature follows power with a lag, clocks boost under load and drop when
+throttled, framebuffer use never exceeds what exists, energy only grows, the profiling ratios are
+fixed fractions of utilisation, a MIG-enabled GPU's load is the SM-weighted sum of its MIG
+devices' loads, and injected faults (``GpuRecord.faults``) show up as XID, ECC, row-remapping and
+PCIe-replay counters and as throttling.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from fgo_common.profiles import GpuProfile
-from fgo_common.topology import GpuRecord, PodUsage
+from fgo_common.profiles import BUILTIN_CATALOG, DEFAULT_PROFILE_KEY, GpuProfile, ProfileCatalog
+from fgo_common.topology import GpuRecord, MigDevice, PodUsage
 
 BUCKET_SECONDS = 10.0
 TEMPERATURE_LAG_BUCKETS = 3
+DEFAULT_BOOT_TIME = 1_767_225_600.0  # 2026-01-01T00:00:00Z: a fixed "boot" keeps energy pure
+# Framebuffer a MIG GPU instance shows as used with nothing running (its driver context), as
+# real MIG devices report 13 MiB idle.
+MIG_INSTANCE_OVERHEAD_MIB = 13
+
+# Fault kinds read from ``GpuRecord.faults`` (each a mapping with ``kind`` and optional
+# ``since`` / ``until`` unix times bounding when it is active):
+#   {kind: xid, code: 79}                      last XID error (DCGM_FI_DEV_XID_ERRORS)
+#   {kind: ecc, sbeVolatile, dbeVolatile, sbeAggregate, dbeAggregate}   ECC error counts
+#   {kind: remappedRows, correctable, uncorrectable, failure: bool}
+#   {kind: pcieReplay, count}
+#   {kind: thermal}                            thermal slowdown: hot, clocks down
+#   {kind: power}                              power brake: power capped low, clocks down
+FAULT_XID = "xid"
+FAULT_ECC = "ecc"
+FAULT_REMAPPED_ROWS = "remappedRows"
+FAULT_PCIE_REPLAY = "pcieReplay"
+FAULT_THERMAL = "thermal"
+FAULT_POWER = "power"
+
+# XIDs whose meaning implies a memory error, so the ECC / row-remap counters agree with them.
+_XID_DOUBLE_BIT = frozenset({48, 94, 95})
+_XID_ROW_REMAP_EVENT = 63
+_XID_ROW_REMAP_FAILURE = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +81,148 @@ class GpuSample:
     pcie_rx_bytes_per_s: int
     pcie_replay_count: int
     pstate: int
+    # Error state, from GpuRecord.faults (0 = none).
+    xid_last: int = 0
+    ecc_sbe_volatile: int = 0
+    ecc_dbe_volatile: int = 0
+    ecc_sbe_aggregate: int = 0
+    ecc_dbe_aggregate: int = 0
+    remapped_rows_correctable: int = 0
+    remapped_rows_uncorrectable: int = 0
+    row_remap_failure: bool = False
+    thermal_throttled: bool = False
+    power_throttled: bool = False
+
+    @property
+    def fb_used_percent(self) -> float:
+        usable = self.fb_total_mib - self.fb_reserved_mib
+        return round(100.0 * self.fb_used_mib / usable, 6) if usable > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class FaultState:
+    """What the active faults of a GPU amount to at one instant."""
+
+    xid_last: int = 0
+    ecc_sbe_volatile: int = 0
+    ecc_dbe_volatile: int = 0
+    ecc_sbe_aggregate: int = 0
+    ecc_dbe_aggregate: int = 0
+    remapped_rows_correctable: int = 0
+    remapped_rows_uncorrectable: int = 0
+    row_remap_failure: bool = False
+    pcie_replay_count: int = 0
+    thermal: bool = False
+    power: bool = False
+
+
+NO_FAULTS = FaultState()
+
+
+def _int(raw: Mapping[str, Any], key: str) -> int:
+    try:
+        return max(0, int(raw.get(key) or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _active(fault: Mapping[str, Any], t: float) -> bool:
+    try:
+        since = float(fault.get("since") or 0.0)
+        until = float(fault.get("until") or math.inf)
+    except (TypeError, ValueError):
+        return False
+    return since <= t < until
+
+
+def faults_at(faults: Iterable[Mapping[str, Any]], t: float) -> FaultState:
+    """Fold the faults active at ``t`` into counters. Unknown kinds and bad values are ignored
+    (the writer validates; a reader must not crash on a newer writer's record)."""
+    active = [f for f in faults if isinstance(f, Mapping) and _active(f, t)]
+    if not active:
+        return NO_FAULTS
+    xids = sorted(
+        (float(f.get("since") or 0.0), _int(f, "code"))
+        for f in active
+        if f.get("kind") == FAULT_XID
+    )
+    xid = xids[-1][1] if xids else 0
+    sbe_vol = dbe_vol = sbe_agg = dbe_agg = remap_c = remap_u = replays = 0
+    failure = thermal = power = False
+    for fault in active:
+        kind = fault.get("kind")
+        if kind == FAULT_ECC:
+            sbe_vol += _int(fault, "sbeVolatile")
+            dbe_vol += _int(fault, "dbeVolatile")
+            sbe_agg += _int(fault, "sbeAggregate")
+            dbe_agg += _int(fault, "dbeAggregate")
+        elif kind == FAULT_REMAPPED_ROWS:
+            remap_c += _int(fault, "correctable")
+            remap_u += _int(fault, "uncorrectable")
+            failure = failure or bool(fault.get("failure", False))
+        elif kind == FAULT_PCIE_REPLAY:
+            replays += _int(fault, "count")
+        elif kind == FAULT_THERMAL:
+            thermal = True
+        elif kind == FAULT_POWER:
+            power = True
+    # An XID that reports a memory error implies the counters that error increments.
+    codes = {code for _, code in xids}
+    if codes & _XID_DOUBLE_BIT:
+        dbe_vol = max(dbe_vol, 1)
+        remap_u = max(remap_u, 1)
+    if _XID_ROW_REMAP_EVENT in codes:
+        remap_u = max(remap_u, 1)
+    if _XID_ROW_REMAP_FAILURE in codes:
+        failure = True
+    return FaultState(
+        xid_last=xid,
+        ecc_sbe_volatile=sbe_vol,
+        ecc_dbe_volatile=dbe_vol,
+        # Aggregate (persistent) counts include the volatile ones.
+        ecc_sbe_aggregate=max(sbe_agg, sbe_vol),
+        ecc_dbe_aggregate=max(dbe_agg, dbe_vol),
+        remapped_rows_correctable=remap_c,
+        remapped_rows_uncorrectable=remap_u,
+        row_remap_failure=failure,
+        pcie_replay_count=replays,
+        thermal=thermal,
+        power=power,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve_profile(
+    catalog: ProfileCatalog, key: str, product: str, memory_mib: int
+) -> GpuProfile:
+    profile = catalog.find(key) if key else None
+    if profile is None:
+        profile = catalog.find(product)
+    if profile is None:
+        # A custom product: generic physics, the record's name and memory (as the config does).
+        base = catalog.get(DEFAULT_PROFILE_KEY)
+        return dataclasses.replace(
+            base,
+            key=key or f"custom:{product}",
+            name=product,
+            aliases=(),
+            memory_mib=memory_mib,
+            memory_reserved_mib=0,
+            sources={"all": "custom product: generic values, name and memory from the record"},
+        )
+    if memory_mib and memory_mib != profile.memory_mib:
+        return dataclasses.replace(
+            profile,
+            memory_mib=memory_mib,
+            memory_reserved_mib=min(profile.memory_reserved_mib, memory_mib // 8),
+        )
+    return profile
+
+
+def profile_for(gpu: GpuRecord, catalog: ProfileCatalog = BUILTIN_CATALOG) -> GpuProfile:
+    """The profile a GPU record names (by key, else by product), with the record's memory;
+    products without built-in data get generic physics under their own name."""
+    return _resolve_profile(catalog, gpu.profile, gpu.product, gpu.memory_mib)
 
 
 def _unit_random(*parts: object) -> float:
@@ -67,27 +240,69 @@ def pod_utilization(usage: PodUsage, gpu_id: str, pod_uid: str, bucket: int, see
     return low + int(_unit_random(seed, gpu_id, pod_uid, bucket) * span)
 
 
-def _utilization_at(usages: dict[str, PodUsage], gpu_id: str, bucket: int, seed: int) -> int:
+def _utilization_at(usages: Mapping[str, PodUsage], gpu_id: str, bucket: int, seed: int) -> int:
     total = sum(pod_utilization(u, gpu_id, uid, bucket, seed) for uid, u in usages.items())
     return min(100, total)
 
 
-def _power(profile: GpuProfile, util: int) -> float:
+def _mig_weight(device: MigDevice, profile: GpuProfile) -> float:
+    """Share of the GPU's SMs a MIG device owns: how much its load counts for the whole GPU."""
+    if profile.sm_count > 0 and device.sm_count > 0:
+        return min(1.0, device.sm_count / profile.sm_count)
+    slices = profile.mig_max_gpu_instances or 7
+    return min(1.0, max(1, device.placement_size) / slices)
+
+
+def _gpu_utilization_at(gpu: GpuRecord, profile: GpuProfile, bucket: int, seed: int) -> int:
+    """Whole-GPU utilisation; on a MIG-enabled GPU the SM-weighted sum of its MIG devices'."""
+    if gpu.mig_enabled and gpu.mig_devices:
+        total = sum(
+            _utilization_at(d.usage, d.uuid, bucket, seed) * _mig_weight(d, profile)
+            for d in gpu.mig_devices
+        )
+        return min(100, round(total))
+    return _utilization_at(gpu.status.usage, gpu.id, bucket, seed)
+
+
+def _power(profile: GpuProfile, util: float) -> float:
     span = profile.power_default_limit_w - profile.power_idle_w
     # Power rises steeply at low load then flattens, as measured on datacenter GPUs.
     return float(profile.power_idle_w + span * (util / 100.0) ** 0.8)
+
+
+def _extra_energy_j(
+    usages: Mapping[str, PodUsage], profile: GpuProfile, weight: float, t: float
+) -> float:
+    extra = 0.0
+    for usage in usages.values():
+        mid = (usage.utilization.min + usage.utilization.max) / 2 * weight
+        since = usage.since or t
+        extra += (_power(profile, mid) - profile.power_idle_w) * max(0.0, t - since)
+    return extra
 
 
 def _energy_mj(gpu: GpuRecord, profile: GpuProfile, t: float, boot: float) -> int:
     """Idle draw since boot, plus each current holder's extra draw since it started, plus what
     holders that have gone already banked: non-decreasing in t by construction."""
     idle_j = profile.power_idle_w * max(0.0, t - boot)
-    extra_j = 0.0
-    for usage in gpu.status.usage.values():
-        mid = (usage.utilization.min + usage.utilization.max) / 2
-        since = usage.since or t
-        extra_j += (_power(profile, int(mid)) - profile.power_idle_w) * max(0.0, t - since)
+    if gpu.mig_enabled and gpu.mig_devices:
+        extra_j = sum(
+            _extra_energy_j(d.usage, profile, _mig_weight(d, profile), t) for d in gpu.mig_devices
+        )
+    else:
+        extra_j = _extra_energy_j(gpu.status.usage, profile, 1.0, t)
     return int((idle_j + extra_j + gpu.status.energy_banked_j) * 1000)
+
+
+def _mig_fb_used(device: MigDevice) -> int:
+    wanted = MIG_INSTANCE_OVERHEAD_MIB + sum(u.fb_used_mib for u in device.usage.values())
+    return max(0, min(device.memory_mib, wanted))
+
+
+def _fb_used(gpu: GpuRecord, usage_map: Mapping[str, PodUsage]) -> int:
+    if gpu.mig_enabled and gpu.mig_devices:
+        return sum(_mig_fb_used(d) for d in gpu.mig_devices)
+    return sum(u.fb_used_mib for u in usage_map.values())
 
 
 def sample_gpu(
@@ -96,21 +311,33 @@ def sample_gpu(
     t: float,
     *,
     seed: int = 0,
-    boot_time: float = 1_767_225_600.0,  # 2026-01-01T00:00:00Z: a fixed "boot" keeps energy pure
+    boot_time: float = DEFAULT_BOOT_TIME,
     usages: dict[str, PodUsage] | None = None,
     memory_total_mib: int | None = None,
 ) -> GpuSample:
-    """Sample ``gpu`` at unix time ``t``. ``usages``/``memory_total_mib`` select a MIG device."""
-    usage_map = gpu.status.usage if usages is None else usages
+    """Sample ``gpu`` at unix time ``t``.
+
+    ``usages``/``memory_total_mib`` are the older way to sample a MIG device as if it were a GPU;
+    prefer :func:`sample_mig_device`, which keeps device-wide readings (power, temperature,
+    clocks, energy, errors) equal to the parent's as DCGM reports them.
+    """
     bucket = math.floor(t / BUCKET_SECONDS)
-    util = _utilization_at(usage_map, gpu.id, bucket, seed)
-    lagged = (
-        sum(
-            _utilization_at(usage_map, gpu.id, bucket - lag, seed)
-            for lag in range(TEMPERATURE_LAG_BUCKETS)
-        )
-        / TEMPERATURE_LAG_BUCKETS
+    if usages is None:
+        usage_map: Mapping[str, PodUsage] = gpu.status.usage
+
+        def util_at(b: int) -> int:
+            return _gpu_utilization_at(gpu, profile, b, seed)
+    else:
+        usage_map = usages
+
+        def util_at(b: int) -> int:
+            return _utilization_at(usage_map, gpu.id, b, seed)
+
+    util = util_at(bucket)
+    lagged = sum(util_at(bucket - lag) for lag in range(TEMPERATURE_LAG_BUCKETS)) / float(
+        TEMPERATURE_LAG_BUCKETS
     )
+    faults = faults_at(gpu.faults, t) if gpu.faults else NO_FAULTS
 
     power = _power(profile, util) + (_unit_random(seed, gpu.id, "power", bucket) - 0.5) * 2.0
     power = max(profile.power_idle_w * 0.95, min(profile.power_default_limit_w, power))
@@ -123,10 +350,25 @@ def sample_gpu(
     if busy and util > 90:
         # Sustained full load pulls the boost clock down a little, as power capping does.
         sm_clock = int(sm_clock - (profile.clock_sm_max_mhz - profile.clock_sm_base_mhz) * 0.15)
+    if faults.thermal:
+        # Thermal slowdown: the GPU sits at its slowdown threshold and sheds clock to stay there.
+        temp = max(temp, profile.temp_slowdown_c + 1.0)
+        if busy:
+            sm_clock = min(sm_clock, int(profile.clock_sm_base_mhz * 0.6))
+    if faults.power:
+        # Power brake (external signal): capped at the minimum limit, clocks follow.
+        power = min(power, profile.power_min_limit_w)
+        if busy:
+            sm_clock = min(sm_clock, int(profile.clock_sm_base_mhz * 0.5))
 
     total = memory_total_mib if memory_total_mib is not None else gpu.memory_mib
-    reserved = 0 if memory_total_mib is not None else profile.memory_reserved_mib
-    used = min(total - reserved, sum(u.fb_used_mib for u in usage_map.values()))
+    reserved = 0 if memory_total_mib is not None else min(profile.memory_reserved_mib, total)
+    wanted = (
+        sum(u.fb_used_mib for u in usage_map.values())
+        if usages is not None
+        else _fb_used(gpu, usage_map)
+    )
+    used = max(0, min(total - reserved, wanted))
     ratio = util / 100.0
     pcie_peak = 2_000_000_000 * profile.pcie_generation * profile.pcie_link_width // 16
     return GpuSample(
@@ -142,7 +384,7 @@ def sample_gpu(
         power_limit_w=profile.power_default_limit_w,
         energy_mj=_energy_mj(gpu, profile, t, boot_time),
         gpu_temp_c=round(temp),
-        mem_temp_c=round(temp) + profile.memory_temp_offset_c
+        mem_temp_c=(round(temp) + profile.memory_temp_offset_c)
         if profile.memory_temp_offset_c
         else 0,
         sm_clock_mhz=sm_clock,
@@ -155,6 +397,61 @@ def sample_gpu(
         fp16_active=round(ratio * 0.05, 6),
         pcie_tx_bytes_per_s=int(pcie_peak * ratio * 0.05),
         pcie_rx_bytes_per_s=int(pcie_peak * ratio * 0.12),
-        pcie_replay_count=0,
+        pcie_replay_count=faults.pcie_replay_count,
         pstate=0,
+        xid_last=faults.xid_last,
+        ecc_sbe_volatile=faults.ecc_sbe_volatile,
+        ecc_dbe_volatile=faults.ecc_dbe_volatile,
+        ecc_sbe_aggregate=faults.ecc_sbe_aggregate,
+        ecc_dbe_aggregate=faults.ecc_dbe_aggregate,
+        remapped_rows_correctable=faults.remapped_rows_correctable,
+        remapped_rows_uncorrectable=faults.remapped_rows_uncorrectable,
+        row_remap_failure=faults.row_remap_failure,
+        thermal_throttled=faults.thermal,
+        power_throttled=faults.power,
+    )
+
+
+def sample_mig_device(
+    gpu: GpuRecord,
+    device: MigDevice,
+    profile: GpuProfile,
+    t: float,
+    *,
+    seed: int = 0,
+    boot_time: float = DEFAULT_BOOT_TIME,
+    parent: GpuSample | None = None,
+) -> GpuSample:
+    """Sample one MIG device of ``gpu`` as DCGM reports a GPU instance.
+
+    Utilisation, framebuffer and the profiling ratios are the instance's own (its share of the
+    parent's load is what :func:`sample_gpu` adds up); power, temperatures, clocks, energy, PCIe
+    replays and error counters are device-wide, so they equal the parent's. Pass ``parent``
+    (``sample_gpu`` of the same GPU at the same ``t``) to avoid computing it again.
+    """
+    if parent is None:
+        parent = sample_gpu(gpu, profile, t, seed=seed, boot_time=boot_time)
+    bucket = math.floor(t / BUCKET_SECONDS)
+    util = _utilization_at(device.usage, device.uuid, bucket, seed)
+    total = device.memory_mib
+    used = _mig_fb_used(device)
+    ratio = util / 100.0
+    weight = _mig_weight(device, profile)
+    pcie_peak = 2_000_000_000 * profile.pcie_generation * profile.pcie_link_width // 16
+    return dataclasses.replace(
+        parent,
+        gpu_util=util,
+        mem_copy_util=int(util * 0.35),
+        fb_total_mib=total,
+        fb_used_mib=used,
+        fb_free_mib=total - used,
+        fb_reserved_mib=0,
+        gr_engine_active=round(ratio, 6),
+        sm_active=round(ratio * 0.92, 6),
+        sm_occupancy=round(ratio * 0.55, 6),
+        tensor_active=round(ratio * 0.45, 6),
+        dram_active=round(ratio * 0.38, 6),
+        fp16_active=round(ratio * 0.05, 6),
+        pcie_tx_bytes_per_s=int(pcie_peak * ratio * weight * 0.05),
+        pcie_rx_bytes_per_s=int(pcie_peak * ratio * weight * 0.12),
     )

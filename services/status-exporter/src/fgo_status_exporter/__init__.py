@@ -1,1 +1,2 @@
-"""dcgm-exporter compatible metrics and GPU feature discovery labels, per node and for KWOK nodes."""
+"""dcgm-exporter compatible metrics and GPU feature discovery labels, per node and for KWOK
+nodes."""

@@ -1,33 +1,228 @@
-"""Entry point of the status-exporter service."""
+"""Entry point of the status-exporter: dcgm-exporter metrics and GFD labels from topology records.
+
+Tasks (supervised by the common runner): ``topology-watch`` keeps the store equal to the topology
+ConfigMaps and marks changed nodes for labelling; ``metrics-server`` serves ``/metrics`` in
+dcgm-exporter's format, computed at scrape time; ``labeler`` patches node labels;
+``label-resync`` periodically re-reads served nodes so hand-edited labels are repaired.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from typing import Any
 
+import structlog
+from fgo_common.annotations import KWOK_NODE, KWOK_NODE_VALUE
+from fgo_common.kube.client import api_client
+from fgo_common.kube.watch import DELETED, SYNCED, Reflector, object_key
+from fgo_common.names import DCGM_EXPORTER
+from fgo_common.runtime.health import serve_app
 from fgo_common.runtime.logging import configure_logging
-from fgo_common.runtime.runner import ServiceContext, run_service
-from fgo_common.runtime.settings import SettingsError, env_field, load_settings
+from fgo_common.runtime.runner import ServiceContext, TaskFactory, run_tasks
+from fgo_common.runtime.settings import SettingsError, load_settings
+from fgo_common.topology import NODE_TOPOLOGY_LABEL, node_topology_configmap_name
+from prometheus_client import CollectorRegistry, Gauge
+
+from fgo_status_exporter.dcgm import DcgmCollector, ExporterOptions, ServedNode, reference_hostname
+from fgo_status_exporter.gfd import GfdLabeler
+from fgo_status_exporter.labeler import (
+    NodeLabeler,
+    desired_labels_fn,
+    kube_node_access,
+    orphaned_nodes,
+)
+from fgo_status_exporter.server import ScrapeStats, build_metrics_app
+from fgo_status_exporter.settings import (
+    HOSTNAME_REFERENCE,
+    IDLE_POD_LABELS_EMPTY,
+    MODE_KWOK,
+    MODE_NODE,
+    Settings,
+)
+from fgo_status_exporter.store import Parsed, TopologyStore
 
 COMPONENT = "status-exporter"
+log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True)
-class Settings:
-    health_port: int = env_field("HEALTH_PORT", 8080, "port of /healthz, /readyz, /metrics")
-    log_level: str = env_field("LOG_LEVEL", "INFO", "log level",
-                               choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+def exporter_options(settings: Settings) -> ExporterOptions:
+    return ExporterOptions(
+        names=DCGM_EXPORTER[settings.dcgm_version],
+        hostname_label=settings.hostname_label,
+        no_hostname=settings.no_hostname,
+        idle_pod_labels=settings.idle_pod_labels == IDLE_POD_LABELS_EMPTY,
+        replace_blanks_in_model_name=settings.replace_blanks_in_model_name,
+        pod_uid_label=settings.pod_uid_label,
+        extra_metrics=settings.extra_metric_names,
+        seed=settings.telemetry_seed,
+    )
 
 
-async def idle(ctx: ServiceContext) -> None:
-    ctx.readiness.set("started")
-    await ctx.stop.wait()
+def hostname_for(settings: Settings, node_name: str) -> str:
+    if settings.mode == MODE_NODE and settings.hostname_style == HOSTNAME_REFERENCE:
+        return reference_hostname(node_name)
+    return node_name
+
+
+def accepts(settings: Settings) -> Any:
+    def accept(parsed: Parsed) -> bool:
+        if settings.mode == MODE_KWOK:
+            return parsed.kwok
+        return parsed.node_name == settings.node_name
+
+    return accept
+
+
+def serves_node(settings: Settings, node: dict[str, Any]) -> bool:
+    """Whether ``node`` (a Node object) is one this exporter labels."""
+    meta = node.get("metadata") or {}
+    if settings.mode == MODE_KWOK:
+        return (meta.get("annotations") or {}).get(KWOK_NODE) == KWOK_NODE_VALUE
+    return meta.get("name") == settings.node_name
+
+
+async def until_stopped(ctx: ServiceContext, work: Awaitable[None]) -> None:
+    """Run ``work`` until it ends or the service stops (then cancel it)."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(ctx.stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.done() and not task.cancelled():
+        task.result()
+
+
+class Exporter:
+    """The service's pieces, wired to one API client."""
+
+    def __init__(self, settings: Settings, api: Any, registry: CollectorRegistry) -> None:
+        self.settings = settings
+        self.api = api
+        self.store = TopologyStore(accept=accepts(settings))
+        self.collector = DcgmCollector(exporter_options(settings))
+        self.gfd = GfdLabeler()
+        read, patch = kube_node_access(api)
+        self.labeler = NodeLabeler(
+            desired=desired_labels_fn(self.store.nodes, self.gfd.labels),
+            read_node=read,
+            patch_node=patch,
+            workers=settings.label_workers,
+        )
+        if settings.gfd_labels:
+            self.store.listeners.append(self.labeler.mark)
+        self.stats = ScrapeStats(registry)
+        self._background: set[asyncio.Task[None]] = set()
+        served = Gauge(
+            "fgo_status_exporter_served_nodes", "Nodes whose GPUs are exported.", registry=registry
+        )
+        served.set_function(lambda: len(self.store.nodes))
+        patches = Gauge(
+            "fgo_status_exporter_label_patches",
+            "Node label patches sent since start.",
+            registry=registry,
+        )
+        patches.set_function(lambda: self.labeler.patches)
+
+    def served_nodes(self) -> list[ServedNode]:
+        return [
+            ServedNode(topology, hostname_for(self.settings, name))
+            for name, topology in sorted(self.store.nodes.items())
+        ]
+
+    async def check_orphans(self) -> None:
+        """Mark nodes still carrying our labels although no record says they are ours."""
+        if not self.settings.gfd_labels:
+            return
+        try:
+            orphans = await orphaned_nodes(
+                self.api, lambda n: serves_node(self.settings, n), set(self.store.nodes)
+            )
+        except Exception as exc:
+            log.warning("labels.orphan_check_failed", error=str(exc)[:300])
+            return
+        for name in orphans:
+            log.info("labels.orphan", node=name)
+            self.labeler.mark(name)
+
+    async def watch_topology(self, ctx: ServiceContext) -> None:
+        from kubernetes_asyncio.client import CoreV1Api
+
+        s = self.settings
+        selector: dict[str, Any] = {
+            "namespace": s.namespace,
+            "label_selector": f"{NODE_TOPOLOGY_LABEL}=true",
+        }
+        if s.mode == MODE_NODE:
+            name = node_topology_configmap_name(s.topology_cm_name, s.node_name)
+            selector["field_selector"] = f"metadata.name={name}"
+        reflector = Reflector(
+            CoreV1Api(self.api).list_namespaced_config_map, name="topology-configmaps", **selector
+        )
+        ctx.readiness.require("topology-synced")
+
+        async def consume() -> None:
+            async for event in reflector.events(ctx.stop):
+                if event.type == SYNCED:
+                    ctx.readiness.set("topology-synced")
+                    log.info("topology.synced", nodes=len(self.store.nodes))
+                    task = asyncio.get_running_loop().create_task(self.check_orphans())
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
+                    continue
+                key = object_key(event.obj)
+                if event.type == DELETED:
+                    self.store.delete(key)
+                else:
+                    self.store.apply(key, event.obj, s.topology_cm_name)
+
+        await until_stopped(ctx, consume())
+
+    async def serve_metrics(self, ctx: ServiceContext) -> None:
+        app = build_metrics_app(self.collector, self.served_nodes, stats=self.stats)
+        host, port = self.settings.listen_address
+        await serve_app(app, host, port, ctx.stop)
+
+    async def run_labeler(self, ctx: ServiceContext) -> None:
+        await self.labeler.run(ctx.stop)
+
+    async def resync_labels(self, ctx: ServiceContext) -> None:
+        period = self.settings.label_resync_seconds
+        if period <= 0 or not self.settings.gfd_labels:
+            await ctx.stop.wait()
+            return
+        while not await ctx.sleep(period):
+            self.labeler.forget_all()
+            for name in list(self.store.nodes):
+                self.labeler.mark(name)
+            await self.check_orphans()
+
+
+async def amain(settings: Settings) -> int:
+    ctx = ServiceContext(name=COMPONENT)
+    async with api_client(settings.kubeconfig or None) as api:
+        exporter = Exporter(settings, api, ctx.registry)
+        tasks: dict[str, TaskFactory] = {
+            "topology-watch": exporter.watch_topology,
+            "metrics-server": exporter.serve_metrics,
+            "labeler": exporter.run_labeler,
+            "label-resync": exporter.resync_labels,
+        }
+        return await run_tasks(ctx, tasks, health_port=settings.health_port)
 
 
 def main() -> int:
     try:
         settings = load_settings(Settings)
     except SettingsError as exc:
-        print(f"{COMPONENT}: invalid setting: {exc}")  # noqa: T201
+        print(f"{COMPONENT}: invalid setting: {exc}")
         return 2
-    configure_logging(COMPONENT, settings.log_level)
-    return run_service(COMPONENT, {"idle": idle}, health_port=settings.health_port)
+    node = settings.node_name if settings.mode == MODE_NODE else ""
+    configure_logging(COMPONENT, settings.log_level, mode=settings.mode, node=node)
+    return asyncio.run(amain(settings))

@@ -1,0 +1,348 @@
+"""dcgm-exporter's output, computed at scrape time from the topology records.
+
+Why not prometheus_client: its text exposition sorts labels by name and renames counters to
+``<name>_total`` in the HELP/TYPE lines, and it prints every value as a Python float. Tools built
+for dcgm-exporter see ``gpu, UUID, pci_bus_id, device, modelName, ...`` in that order,
+``DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION`` under its own name, and ``%d`` / ``%f`` values; so the
+text is rendered here, from the names table of the configured dcgm-exporter version. Rendering is
+a generator of per-family chunks so a 1000-node scrape streams instead of building one body.
+
+Like the real exporter, a MIG-enabled GPU with MIG devices is reported per GPU instance
+(``GPU_I_PROFILE``/``GPU_I_ID`` labels, the parent's ``UUID``); device-wide fields repeat the
+parent's reading on each instance and the fields DCGM does not support per instance
+(``DCGM_FI_DEV_GPU_UTIL`` and the other NVML utilisation counters) are absent there. Fields a
+product does not support (profiling metrics before Volta, energy before Volta, row remapping
+before Ampere, NVLink on boards without it) are absent as DCGM reports them blank.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from fgo_common.names import DcgmExporterNames, DcgmField
+from fgo_common.profiles import BUILTIN_CATALOG, GpuProfile, ProfileCatalog
+from fgo_common.telemetry import (
+    DEFAULT_BOOT_TIME,
+    GpuSample,
+    profile_for,
+    sample_gpu,
+    sample_mig_device,
+)
+from fgo_common.topology import GpuRecord, Holder, NodeTopology
+
+Value = int | float
+
+
+def _always(_: GpuProfile) -> bool:
+    return True
+
+
+def _volta_or_newer(profile: GpuProfile) -> bool:
+    return profile.compute_capability >= (7, 0)
+
+
+def _row_remapping(profile: GpuProfile) -> bool:
+    return profile.compute_capability >= (8, 0) and profile.ecc_supported
+
+
+def _nvlink(profile: GpuProfile) -> bool:
+    return profile.nvlink_links > 0
+
+
+def _ecc(profile: GpuProfile) -> bool:
+    return profile.ecc_supported
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSource:
+    """Where a DCGM field's value comes from, and where DCGM reports it."""
+
+    value: Callable[[GpuSample], Value]
+    per_instance: bool = True  # reported for MIG GPU instances
+    supported: Callable[[GpuProfile], bool] = _always
+
+
+# DCGM field name -> how the simulator computes it. The names themselves come from the table.
+FIELD_SOURCES: dict[str, FieldSource] = {
+    "DCGM_FI_DEV_SM_CLOCK": FieldSource(lambda s: s.sm_clock_mhz),
+    "DCGM_FI_DEV_MEM_CLOCK": FieldSource(lambda s: s.mem_clock_mhz),
+    "DCGM_FI_DEV_MEMORY_TEMP": FieldSource(lambda s: s.mem_temp_c),
+    "DCGM_FI_DEV_GPU_TEMP": FieldSource(lambda s: s.gpu_temp_c),
+    "DCGM_FI_DEV_POWER_USAGE": FieldSource(lambda s: s.power_w),
+    "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION": FieldSource(
+        lambda s: s.energy_mj, supported=_volta_or_newer
+    ),
+    "DCGM_FI_DEV_PCIE_REPLAY_COUNTER": FieldSource(lambda s: s.pcie_replay_count),
+    "DCGM_FI_DEV_GPU_UTIL": FieldSource(lambda s: s.gpu_util, per_instance=False),
+    "DCGM_FI_DEV_MEM_COPY_UTIL": FieldSource(lambda s: s.mem_copy_util, per_instance=False),
+    "DCGM_FI_DEV_ENC_UTIL": FieldSource(lambda s: s.encoder_util, per_instance=False),
+    "DCGM_FI_DEV_DEC_UTIL": FieldSource(lambda s: s.decoder_util, per_instance=False),
+    "DCGM_FI_DEV_XID_ERRORS": FieldSource(lambda s: s.xid_last),
+    "DCGM_FI_DEV_FB_FREE": FieldSource(lambda s: s.fb_free_mib),
+    "DCGM_FI_DEV_FB_USED": FieldSource(lambda s: s.fb_used_mib),
+    "DCGM_FI_DEV_FB_RESERVED": FieldSource(lambda s: s.fb_reserved_mib),
+    # No NVLink traffic is simulated (pods do not talk to each other): the counter stays 0.
+    "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL": FieldSource(lambda s: 0, supported=_nvlink),
+    "DCGM_FI_DEV_VGPU_LICENSE_STATUS": FieldSource(lambda s: 0),
+    "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS": FieldSource(
+        lambda s: s.remapped_rows_uncorrectable, supported=_row_remapping
+    ),
+    "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS": FieldSource(
+        lambda s: s.remapped_rows_correctable, supported=_row_remapping
+    ),
+    "DCGM_FI_DEV_ROW_REMAP_FAILURE": FieldSource(
+        lambda s: int(s.row_remap_failure), supported=_row_remapping
+    ),
+    "DCGM_FI_PROF_GR_ENGINE_ACTIVE": FieldSource(
+        lambda s: s.gr_engine_active, supported=_volta_or_newer
+    ),
+    "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": FieldSource(
+        lambda s: s.tensor_active, supported=_volta_or_newer
+    ),
+    "DCGM_FI_PROF_DRAM_ACTIVE": FieldSource(lambda s: s.dram_active, supported=_volta_or_newer),
+    "DCGM_FI_PROF_PCIE_TX_BYTES": FieldSource(
+        lambda s: s.pcie_tx_bytes_per_s, supported=_volta_or_newer
+    ),
+    "DCGM_FI_PROF_PCIE_RX_BYTES": FieldSource(
+        lambda s: s.pcie_rx_bytes_per_s, supported=_volta_or_newer
+    ),
+    "DCGM_FI_PROF_SM_ACTIVE": FieldSource(lambda s: s.sm_active, supported=_volta_or_newer),
+    "DCGM_FI_PROF_SM_OCCUPANCY": FieldSource(lambda s: s.sm_occupancy, supported=_volta_or_newer),
+    "DCGM_FI_PROF_PIPE_FP16_ACTIVE": FieldSource(
+        lambda s: s.fp16_active, supported=_volta_or_newer
+    ),
+    "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL": FieldSource(lambda s: s.ecc_sbe_volatile, supported=_ecc),
+    "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL": FieldSource(lambda s: s.ecc_dbe_volatile, supported=_ecc),
+    "DCGM_FI_DEV_ECC_SBE_AGG_TOTAL": FieldSource(lambda s: s.ecc_sbe_aggregate, supported=_ecc),
+    "DCGM_FI_DEV_ECC_DBE_AGG_TOTAL": FieldSource(lambda s: s.ecc_dbe_aggregate, supported=_ecc),
+    "DCGM_FI_DEV_FB_TOTAL": FieldSource(lambda s: s.fb_total_mib),
+    "DCGM_FI_DEV_FB_USED_PERCENT": FieldSource(lambda s: s.fb_used_percent),
+    "DCGM_FI_DEV_PSTATE": FieldSource(lambda s: s.pstate),
+    "DCGM_FI_DEV_POWER_MGMT_LIMIT": FieldSource(lambda s: s.power_limit_w),
+}
+
+DRIVER_VERSION_FIELD = "DCGM_FI_DRIVER_VERSION"
+
+
+def reference_hostname(node_name: str) -> str:
+    """The reference's per-node value: ``nvidia-dcgm-exporter-<first 3 bytes of sha1(node)>``."""
+    digest = hashlib.sha1(node_name.encode(), usedforsecurity=False).hexdigest()
+    return f"nvidia-dcgm-exporter-{digest[:6]}"
+
+
+def escape_label_value(value: str) -> str:
+    """Text-format escaping of a label value (backslash, double quote, newline)."""
+    if "\\" in value or '"' in value or "\n" in value:
+        value = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return value
+
+
+def format_value(value: Value, value_type: str) -> str:
+    """dcgm-exporter prints INT64 fields with %d and DOUBLE fields with %f."""
+    if value_type == "float":
+        return f"{float(value):f}"
+    return str(int(value))
+
+
+@dataclass(frozen=True, slots=True)
+class ExporterOptions:
+    """How to shape the output: which version's names, and the switches between versions."""
+
+    names: DcgmExporterNames
+    hostname_label: str = ""  # "" = the version's; ignored when ``no_hostname``
+    no_hostname: bool = False
+    idle_pod_labels: bool = False  # container="",namespace="",pod="" on unheld GPUs
+    replace_blanks_in_model_name: bool = False
+    pod_uid_label: bool = False
+    extra_metrics: tuple[str, ...] = ()
+    seed: int = 0
+    boot_time: float = DEFAULT_BOOT_TIME
+    catalog: ProfileCatalog = BUILTIN_CATALOG
+
+    @property
+    def host_label(self) -> str:
+        return "" if self.no_hostname else (self.hostname_label or self.names.hostname)
+
+    def fields(self) -> list[DcgmField]:
+        """Exported families in CSV order (label-type fields excluded), then the extras."""
+        out = [f for f in self.names.counters if f.kind != "label"]
+        out += [self.names.field(name) for name in self.extra_metrics]
+        return [f for f in out if f.name in FIELD_SOURCES]
+
+    @property
+    def driver_version_label(self) -> bool:
+        return any(f.name == DRIVER_VERSION_FIELD for f in self.names.counters)
+
+
+@dataclass(frozen=True, slots=True)
+class ServedNode:
+    """One node's record and the host label value its series carry."""
+
+    topology: NodeTopology
+    hostname: str
+
+
+@dataclass(slots=True)
+class Entity:
+    """One DCGM GPU entity (a GPU, or a MIG GPU instance) at scrape time."""
+
+    head: str  # '{gpu="0",UUID=...,DCGM_FI_DRIVER_VERSION="..."' (no closing brace)
+    tails: list[str]  # one per pod holding it: ',container=..,namespace=..,pod=..}' or '}'
+    holders: list[Holder]
+    sample: GpuSample
+    profile: GpuProfile
+    is_instance: bool
+    supported: dict[str, bool] = field(default_factory=dict)
+
+
+def _holders(holders: Iterable[Holder]) -> list[Holder]:
+    """Distinct (namespace, pod, container) holders, in record order."""
+    seen: set[tuple[str, str, str]] = set()
+    out: list[Holder] = []
+    for holder in holders:
+        key = (holder.namespace, holder.pod, holder.container)
+        if holder.pod and key not in seen:
+            seen.add(key)
+            out.append(holder)
+    return out
+
+
+class DcgmCollector:
+    """Computes every series from the current records at the moment it is asked to."""
+
+    def __init__(self, options: ExporterOptions) -> None:
+        self.options = options
+        self._fields = options.fields()
+
+    # -- entities ---------------------------------------------------------------------------
+
+    def _attributes(self, holder: Holder | None) -> list[tuple[str, str]]:
+        n = self.options.names
+        if holder is None:
+            if not self.options.idle_pod_labels:
+                return []
+            pairs = [(n.container, ""), (n.namespace, ""), (n.pod, "")]
+            if self.options.pod_uid_label:
+                pairs.append((n.pod_uid, ""))
+            return pairs
+        pairs = [
+            (n.container, holder.container),
+            (n.namespace, holder.namespace),
+            (n.pod, holder.pod),
+        ]
+        if self.options.pod_uid_label:
+            pairs.append((n.pod_uid, holder.pod_uid))
+        return pairs
+
+    @staticmethod
+    def _render_pairs(pairs: Sequence[tuple[str, str]]) -> str:
+        return "".join(f',{k}="{escape_label_value(v)}"' for k, v in sorted(pairs))
+
+    def _head(
+        self,
+        gpu: GpuRecord,
+        hostname: str,
+        driver: str,
+        mig: tuple[str, int] | None,
+    ) -> str:
+        n, o = self.options.names, self.options
+        model = gpu.product
+        if o.replace_blanks_in_model_name:
+            model = "-".join(model.split())
+        parts = [
+            f'{n.gpu}="{gpu.index}"',
+            f'{n.uuid}="{escape_label_value(gpu.id)}"',
+            f'{n.pci_bus_id}="{escape_label_value(gpu.bus_id)}"',
+            f'{n.device}="{n.device_prefix}{gpu.index}"',
+            f'{n.model_name}="{escape_label_value(model)}"',
+        ]
+        if mig is not None:
+            parts.append(f'{n.mig_profile}="{escape_label_value(mig[0])}"')
+            parts.append(f'{n.mig_instance}="{mig[1]}"')
+        if o.host_label:
+            parts.append(f'{o.host_label}="{escape_label_value(hostname)}"')
+        if o.driver_version_label:
+            parts.append(f'{DRIVER_VERSION_FIELD}="{escape_label_value(driver)}"')
+        return "{" + ",".join(parts)
+
+    def _entity(
+        self,
+        head: str,
+        holders: list[Holder],
+        sample: GpuSample,
+        profile: GpuProfile,
+        is_instance: bool,
+    ) -> Entity:
+        tails = [self._render_pairs(self._attributes(h)) + "}" for h in holders] or [
+            self._render_pairs(self._attributes(None)) + "}"
+        ]
+        return Entity(head, tails, holders, sample, profile, is_instance)
+
+    def entities(self, nodes: Iterable[ServedNode], t: float) -> list[Entity]:
+        """Every GPU entity of ``nodes`` sampled at ``t``, in node then GPU index order."""
+        o = self.options
+        out: list[Entity] = []
+        for served in nodes:
+            node = served.topology
+            for gpu in sorted(node.gpus, key=lambda g: g.index):
+                profile = profile_for(gpu, o.catalog)
+                driver = node.driver_version or profile.driver_version
+                parent = sample_gpu(gpu, profile, t, seed=o.seed, boot_time=o.boot_time)
+                if gpu.mig_enabled and gpu.mig_devices:
+                    for device in sorted(gpu.mig_devices, key=lambda d: d.gi_id):
+                        sample = sample_mig_device(
+                            gpu, device, profile, t, seed=o.seed, boot_time=o.boot_time,
+                            parent=parent,
+                        )  # fmt: skip
+                        mig = (device.profile.removeprefix("MIG "), device.gi_id)
+                        head = self._head(gpu, served.hostname, driver, mig)
+                        out.append(
+                            self._entity(head, _holders(device.holders), sample, profile, True)
+                        )
+                else:
+                    head = self._head(gpu, served.hostname, driver, None)
+                    out.append(
+                        self._entity(head, _holders(gpu.status.holders), parent, profile, False)
+                    )
+        return out
+
+    # -- rendering --------------------------------------------------------------------------
+
+    def _xid_tails(self, entity: Entity) -> list[str]:
+        n = self.options.names
+        code = entity.sample.xid_last
+        err = [(n.err_code, str(code)), (n.err_msg, n.xid_message(code))]
+        holders: list[Holder | None] = list(entity.holders) or [None]
+        return [self._render_pairs(self._attributes(h) + err) + "}" for h in holders]
+
+    def render(self, entities: Sequence[Entity]) -> Iterator[str]:
+        """The exposition text, one chunk per metric family (families without series skipped)."""
+        for fld in self._fields:
+            source = FIELD_SOURCES[fld.name]
+            is_xid = fld.name == "DCGM_FI_DEV_XID_ERRORS"
+            lines: list[str] = []
+            append = lines.append
+            name = fld.name
+            for entity in entities:
+                if entity.is_instance and not source.per_instance:
+                    continue
+                ok = entity.supported.get(name)
+                if ok is None:
+                    ok = entity.supported[name] = source.supported(entity.profile)
+                if not ok:
+                    continue
+                text = format_value(source.value(entity.sample), fld.value_type)
+                tails = self._xid_tails(entity) if is_xid else entity.tails
+                head = entity.head
+                for tail in tails:
+                    append(f"{name}{head}{tail} {text}\n")
+            if lines:
+                yield f"# HELP {name} {fld.help}\n# TYPE {name} {fld.kind}\n" + "".join(lines)
+
+    def scrape(self, nodes: Iterable[ServedNode], t: float) -> Iterator[str]:
+        return self.render(self.entities(nodes, t))
+
+    def scrape_text(self, nodes: Iterable[ServedNode], t: float) -> str:
+        return "".join(self.scrape(nodes, t))

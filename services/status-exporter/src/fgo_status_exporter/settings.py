@@ -1,0 +1,136 @@
+"""The status-exporter's settings: one typed object, loaded from the environment once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fgo_common.names import DCGM_EXPORTER, DCGM_EXPORTER_DEFAULT_VERSION
+from fgo_common.runtime.settings import SettingsError, env_field
+
+MODE_NODE = "node"
+MODE_KWOK = "kwok"
+HOSTNAME_NODE_NAME = "node-name"
+HOSTNAME_REFERENCE = "reference"
+IDLE_POD_LABELS_OMIT = "omit"
+IDLE_POD_LABELS_EMPTY = "empty"
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str = env_field(
+        "EXPORTER_MODE",
+        MODE_NODE,
+        "`node`: serve the GPUs of `NODE_NAME` (DaemonSet); `kwok`: serve every KWOK GPU node "
+        "(one Deployment)",
+        choices=(MODE_NODE, MODE_KWOK),
+    )
+    node_name: str = env_field(
+        "NODE_NAME", "", "node this pod serves (downward API `spec.nodeName`); node mode only"
+    )
+    namespace: str = env_field(
+        "TOPOLOGY_CM_NAMESPACE", "gpu-operator", "namespace of the per-node topology ConfigMaps"
+    )
+    topology_cm_name: str = env_field(
+        "TOPOLOGY_CM_NAME", "topology", "prefix of the per-node ConfigMaps (`<prefix>-<node>`)"
+    )
+    kubeconfig: str = env_field(
+        "KUBECONFIG", "", "kubeconfig path; empty = in-cluster service account"
+    )
+    listen: str = env_field(
+        "DCGM_EXPORTER_LISTEN", ":9400", "`[host]:port` of the dcgm-exporter `/metrics` endpoint"
+    )
+    health_port: int = env_field("HEALTH_PORT", 8080, "port of /healthz, /readyz and own /metrics")
+    dcgm_version: str = env_field(
+        "DCGM_EXPORTER_VERSION",
+        DCGM_EXPORTER_DEFAULT_VERSION,
+        "dcgm-exporter version whose names, HELP texts and label set to reproduce",
+        choices=tuple(DCGM_EXPORTER),
+    )
+    hostname_label: str = env_field(
+        "EXPORTER_HOSTNAME_LABEL",
+        "",
+        "name of the host label (`Hostname` or `hostname`); empty = what the version uses",
+        choices=("", "Hostname", "hostname"),
+    )
+    hostname_style: str = env_field(
+        "EXPORTER_HOSTNAME_STYLE",
+        HOSTNAME_NODE_NAME,
+        "node mode: host label value is the node name, or (`reference`) the reference's "
+        "`nvidia-dcgm-exporter-<6 hex of sha1(node)>`; kwok mode always uses the node name",
+        choices=(HOSTNAME_NODE_NAME, HOSTNAME_REFERENCE),
+    )
+    no_hostname: bool = env_field(
+        "DCGM_EXPORTER_NO_HOSTNAME", False, "omit the host label (dcgm-exporter's knob)"
+    )
+    idle_pod_labels: str = env_field(
+        "EXPORTER_IDLE_POD_LABELS",
+        IDLE_POD_LABELS_OMIT,
+        "series of GPUs no pod holds: `omit` container/namespace/pod (current dcgm-exporter) or "
+        "print them `empty` (older releases)",
+        choices=(IDLE_POD_LABELS_OMIT, IDLE_POD_LABELS_EMPTY),
+    )
+    replace_blanks_in_model_name: bool = env_field(
+        "DCGM_EXPORTER_REPLACE_BLANKS_IN_MODEL_NAME",
+        False,
+        "`modelName` with blanks replaced by `-` (dcgm-exporter's knob)",
+    )
+    pod_uid_label: bool = env_field(
+        "DCGM_EXPORTER_ENABLE_POD_UID", False, "add a `pod_uid` label to pod-attributed series"
+    )
+    extra_metrics: str = env_field(
+        "EXPORTER_EXTRA_METRICS",
+        "",
+        "comma-separated DCGM fields to add to the default set (e.g. DCGM_FI_PROF_SM_ACTIVE, "
+        "DCGM_FI_DEV_FB_TOTAL); see the README for the list",
+    )
+    telemetry_seed: int = env_field(
+        "TELEMETRY_SEED", 0, "seed of the telemetry model's random parts (nvidia-smi uses it too)"
+    )
+    gfd_labels: bool = env_field(
+        "GFD_LABELS_ENABLED", True, "write GPU feature discovery labels on the served nodes"
+    )
+    label_workers: int = env_field(
+        "LABEL_WORKERS", 8, "concurrent node label patches (bounded so bring-up does not burst)"
+    )
+    label_resync_seconds: float = env_field(
+        "LABEL_RESYNC_SECONDS",
+        600.0,
+        "re-read served nodes and repair their labels this often (0 = never)",
+    )
+    log_level: str = env_field(
+        "LOG_LEVEL", "INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+
+    def validate(self) -> None:
+        if self.mode == MODE_NODE and not self.node_name:
+            raise SettingsError("NODE_NAME is required when EXPORTER_MODE=node")
+        host, port = self.listen_address
+        if not 0 < port < 65536:
+            raise SettingsError(f"DCGM_EXPORTER_LISTEN={self.listen!r}: port out of range")
+        if self.label_workers < 1:
+            raise SettingsError(f"LABEL_WORKERS={self.label_workers}: must be at least 1")
+        names = DCGM_EXPORTER[self.dcgm_version]
+        known = {f.name for f in names.optional_counters}
+        unknown = [m for m in self.extra_metric_names if m not in known]
+        if unknown:
+            raise SettingsError(
+                f"EXPORTER_EXTRA_METRICS: unknown field(s) {', '.join(unknown)}; allowed: "
+                f"{', '.join(sorted(known))}"
+            )
+        del host
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep:
+            host, port = "", self.listen
+        try:
+            return (host or "0.0.0.0", int(port))  # noqa: S104 - Prometheus scrapes the pod IP
+        except ValueError:
+            raise SettingsError(
+                f"DCGM_EXPORTER_LISTEN={self.listen!r}: expected [host]:port, e.g. :9400"
+            ) from None
+
+    @property
+    def extra_metric_names(self) -> tuple[str, ...]:
+        return tuple(m.strip() for m in self.extra_metrics.split(",") if m.strip())
