@@ -1,0 +1,236 @@
+"""``fgo cluster ...``: the local control plane from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fgo_localcluster import nodes
+from fgo_localcluster.cluster import ClusterError, ClusterStatus, LocalCluster
+from fgo_localcluster.layout import COMPONENTS, Ports
+from fgo_localcluster.tools import ToolsError
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.0f} MiB"
+
+
+def format_status(st: ClusterStatus) -> str:
+    lines = [
+        f"state dir:  {st.state_dir}",
+        f"kubeconfig: {st.kubeconfig}",
+        f"server:     {st.server or '-'}",
+        "",
+        f"{'COMPONENT':<25} {'PID':>7}  {'HEALTH':<8} {'RSS':>9}  LOG",
+    ]
+    for c in st.components:
+        state = "ok" if c.healthy else ("down" if not c.running else "unhealthy")
+        lines.append(f"{c.name:<25} {c.pid or '-':>7}  {state:<8} {_mib(c.rss_bytes):>9}  {c.log}")
+        if c.running and not c.healthy:
+            lines.append(f"{'':<25} {'':>7}  {c.detail}")
+    lines.append(f"{'total':<25} {'':>7}  {'':<8} {_mib(st.total_rss_bytes):>9}")
+    if st.nodes_total is not None:
+        pools = ", ".join(f"{p or '(none)'}={n}" for p, n in sorted(st.kwok_nodes_by_pool.items()))
+        lines.append("")
+        lines.append(
+            f"nodes: {st.nodes_total} ({st.nodes_ready} Ready)"
+            + (f"; KWOK nodes by pool: {pools}" if pools else "")
+        )
+    return "\n".join(lines)
+
+
+async def _up(cluster: LocalCluster, args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    st = await cluster.start(wait=args.wait)
+    print(format_status(st))
+    print(
+        f"\nup took {time.monotonic() - started:.1f}s; "
+        f'run `eval "$(fgo cluster env)"` to use kubectl'
+    )
+    return 0
+
+
+async def _down(cluster: LocalCluster, args: argparse.Namespace) -> int:
+    await cluster.stop(purge=args.purge)
+    return 0
+
+
+async def _status(cluster: LocalCluster, args: argparse.Namespace) -> int:
+    await cluster.resolve_bin_dir()
+    st = await cluster.status()
+    print(format_status(st))
+    return 0 if st.healthy else 1
+
+
+async def _env(cluster: LocalCluster, args: argparse.Namespace) -> int:
+    bin_dir = await cluster.resolve_bin_dir()
+    print(f"export KUBECONFIG={cluster.kubeconfig}")
+    print(f'export PATH="{bin_dir}:$PATH"')
+    return 0
+
+
+async def _add_nodes(cluster: LocalCluster, args: argparse.Namespace) -> int:
+    labels = dict(item.split("=", 1) for item in args.label)
+    started = time.monotonic()
+    from kubernetes_asyncio import client
+
+    async with nodes.api_client(cluster.kubeconfig) as api:
+        existing = [n.metadata.name for n in (await client.CoreV1Api(api).list_node()).items]
+        names = nodes.next_names(args.prefix, args.count, existing)
+        bodies = [
+            nodes.kwok_node(
+                n, args.pool, cpu=args.cpu, memory=args.memory, pods=args.pods, labels=labels
+            )
+            for n in names
+        ]
+        await nodes.create_nodes(api, bodies, concurrency=args.concurrency)
+        print(
+            f"created {len(names)} KWOK nodes ({names[0]} .. {names[-1]}) in pool "
+            f"{args.pool!r} in {time.monotonic() - started:.1f}s",
+            file=sys.stderr,
+        )
+        if args.wait:
+            wanted = set(names)
+            while True:
+                ready = {
+                    n.metadata.name
+                    for n in await nodes.list_kwok_nodes(api, args.pool)
+                    if nodes.node_is_ready(n)
+                }
+                if wanted <= ready:
+                    break
+                await asyncio.sleep(0.5)
+            print(
+                f"all {len(names)} Ready after {time.monotonic() - started:.1f}s", file=sys.stderr
+            )
+    return 0
+
+
+async def _delete_nodes(cluster: LocalCluster, args: argparse.Namespace) -> int:
+    if not (args.names or args.pool or args.all or args.prefix):
+        print("fgo: say which nodes: NAME..., --pool, --prefix or --all", file=sys.stderr)
+        return 2
+    async with nodes.api_client(cluster.kubeconfig) as api:
+        # Only ever KWOK nodes: a real node that happens to match a name is left alone.
+        candidates = [n.metadata.name for n in await nodes.list_kwok_nodes(api, args.pool)]
+        if args.names:
+            candidates = [n for n in candidates if n in set(args.names)]
+        if args.prefix:
+            candidates = [n for n in candidates if n.startswith(args.prefix)]
+        deleted = await nodes.delete_nodes(api, candidates, concurrency=args.concurrency)
+    print(f"deleted {len(deleted)} KWOK nodes", file=sys.stderr)
+    return 0
+
+
+async def _logs(cluster: LocalCluster, args: argparse.Namespace) -> int:
+    path = cluster.log_path(args.component)
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        print(f"fgo: no log at {path}", file=sys.stderr)
+        return 1
+    print("\n".join(text.splitlines()[-args.lines :]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fgo", description="fake-gpu-operator developer tool")
+    top = parser.add_subparsers(dest="group", required=True)
+    cluster = top.add_parser("cluster", help="local Kubernetes control plane with KWOK nodes")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="cluster state dir (default: $FGO_STATE_DIR or <repo>/.fgo/cluster)",
+    )
+    common.add_argument(
+        "--bin-dir",
+        type=Path,
+        default=None,
+        help="binaries dir (default: $FGO_BIN_DIR or hack/build-tools.sh's)",
+    )
+    raw_sub = cluster.add_subparsers(dest="command", required=True)
+
+    class _Sub:
+        """add_parser with the common options on every subcommand."""
+
+        def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+            return raw_sub.add_parser(name, parents=[common], **kwargs)
+
+    sub = _Sub()
+
+    up = sub.add_parser("up", help="start the control plane (no-op if it is running)")
+    up.add_argument(
+        "--wait",
+        action="store_true",
+        help="also wait for controllers to settle and KWOK nodes to be Ready",
+    )
+    up.add_argument("--apiserver-port", type=int, default=0, help="default: a free port")
+    up.add_argument("--etcd-port", type=int, default=0, help="default: a free port")
+    up.set_defaults(func=_up)
+
+    down = sub.add_parser("down", help="stop every component")
+    down.add_argument("--purge", action="store_true", help="also delete the state dir")
+    down.set_defaults(func=_down)
+
+    sub.add_parser("status", help="component health, kubeconfig, nodes").set_defaults(func=_status)
+    sub.add_parser("env", help="print shell exports for KUBECONFIG and PATH").set_defaults(
+        func=_env
+    )
+
+    add = sub.add_parser("add-nodes", help="create KWOK nodes")
+    add.add_argument("count", type=int)
+    add.add_argument("--pool", default="default", help="run.ai/simulated-gpu-node-pool label")
+    add.add_argument("--prefix", default=nodes.DEFAULT_PREFIX)
+    add.add_argument("--cpu", default="32")
+    add.add_argument("--memory", default="128Gi")
+    add.add_argument("--pods", default="110")
+    add.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra node label (repeatable)",
+    )
+    add.add_argument("--concurrency", type=int, default=nodes.DEFAULT_CONCURRENCY)
+    add.add_argument("--wait", action="store_true", help="wait until the nodes are Ready")
+    add.set_defaults(func=_add_nodes)
+
+    delete = sub.add_parser("delete-nodes", help="delete KWOK nodes")
+    delete.add_argument("names", nargs="*")
+    delete.add_argument("--pool", default=None)
+    delete.add_argument("--prefix", default=None)
+    delete.add_argument("--all", action="store_true")
+    delete.add_argument("--concurrency", type=int, default=nodes.DEFAULT_CONCURRENCY)
+    delete.set_defaults(func=_delete_nodes)
+
+    logs = sub.add_parser("logs", help="print the tail of a component's log")
+    logs.add_argument("component", choices=COMPONENTS)
+    logs.add_argument("-n", "--lines", type=int, default=50)
+    logs.set_defaults(func=_logs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    ports = Ports(
+        apiserver=getattr(args, "apiserver_port", 0), etcd_client=getattr(args, "etcd_port", 0)
+    )
+    cluster = LocalCluster(args.state_dir, bin_dir=args.bin_dir, ports=ports)
+    try:
+        code: int = asyncio.run(args.func(cluster, args))
+    except (ClusterError, ToolsError) as exc:
+        print(f"fgo: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
