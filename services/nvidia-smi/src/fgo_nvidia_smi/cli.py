@@ -1,4 +1,4 @@
-"""nvidia-smi's command line, parsed the way the real tool does it, with its messages and exit codes.
+"""nvidia-smi's command line, parsed as the real tool does, with its messages and exit codes.
 
 argparse would print its own usage and exit 2; scripts that wrap nvidia-smi match the real
 messages ("ERROR: Option --x is not recognized ..." exit 255), so this is a small hand parser.
@@ -130,16 +130,48 @@ MAIN_OPTIONS = _table(
 
 SUBCOMMANDS_SUPPORTED = ("topo", "mig", "dmon", "pmon")
 SUBCOMMANDS_OTHER = (
-    "daemon", "replay", "drain", "nvlink", "c2c", "clocks", "encodersessions", "fbcsessions",
-    "vgpu", "compute-policy", "boost-slider", "power-hint", "base-clocks", "conf-compute", "gpm",
-    "pci", "power-smoothing", "power-profiles", "prm",
+    "daemon",
+    "replay",
+    "drain",
+    "nvlink",
+    "c2c",
+    "clocks",
+    "encodersessions",
+    "fbcsessions",
+    "vgpu",
+    "compute-policy",
+    "boost-slider",
+    "power-hint",
+    "base-clocks",
+    "conf-compute",
+    "gpm",
+    "pci",
+    "power-smoothing",
+    "power-profiles",
+    "prm",
 )
 
 DISPLAY_SECTIONS = (
-    "MEMORY", "UTILIZATION", "ECC", "TEMPERATURE", "POWER", "CLOCK", "COMPUTE", "PIDS",
-    "PERFORMANCE", "SUPPORTED_CLOCKS", "PAGE_RETIREMENT", "ACCOUNTING", "ENCODER_STATS",
-    "SUPPORTED_GPU_TARGET_TEMP", "VOLTAGE", "FBC_STATS", "ROW_REMAPPER", "GSP_FIRMWARE_VERSION",
-    "POWER_SMOOTHING", "POWER_PROFILES",
+    "MEMORY",
+    "UTILIZATION",
+    "ECC",
+    "TEMPERATURE",
+    "POWER",
+    "CLOCK",
+    "COMPUTE",
+    "PIDS",
+    "PERFORMANCE",
+    "SUPPORTED_CLOCKS",
+    "PAGE_RETIREMENT",
+    "ACCOUNTING",
+    "ENCODER_STATS",
+    "SUPPORTED_GPU_TARGET_TEMP",
+    "VOLTAGE",
+    "FBC_STATS",
+    "ROW_REMAPPER",
+    "GSP_FIRMWARE_VERSION",
+    "POWER_SMOOTHING",
+    "POWER_PROFILES",
 )
 
 SUB_OPTIONS: dict[str, dict[str, OptSpec]] = {
@@ -222,9 +254,7 @@ def _tokens(argv: list[str]) -> list[tuple[str, str | None]]:
     return out
 
 
-def _collect(
-    argv: list[str], table: dict[str, OptSpec]
-) -> list[tuple[str, str, str | None]]:
+def _collect(argv: list[str], table: dict[str, OptSpec]) -> list[tuple[str, str, str | None]]:
     """(key, spelling, value) per option in order; raises the real tool's errors."""
     found: list[tuple[str, str, str | None]] = []
     tokens = _tokens(argv)
@@ -243,9 +273,7 @@ def _collect(
         value = inline
         if value is None and pos < len(tokens):
             candidate, candidate_inline = tokens[pos]
-            takes = spec.value == "required" or (
-                candidate.isdigit() and candidate_inline is None
-            )
+            takes = spec.value == "required" or (candidate.isdigit() and candidate_inline is None)
             if takes and candidate_inline is None:
                 value = candidate
                 pos += 1
@@ -279,8 +307,7 @@ def parse_args(argv: list[str]) -> Options:
         if sub in SUBCOMMANDS_SUPPORTED:
             return _parse_sub(sub, argv[1:])
         if sub in SUBCOMMANDS_OTHER:
-            opts = Options(mode="not_simulated", not_simulated=f"nvidia-smi {sub}")
-            return opts
+            return Options(mode="not_simulated", not_simulated=f"nvidia-smi {sub}")
         raise _unrecognized(sub)
     found = _collect(argv, MAIN_OPTIONS)
     return _main_options(found)
@@ -300,9 +327,18 @@ def _main_options(found: list[tuple[str, str, str | None]]) -> Options:
             modes.append("version")
         elif key == "list":
             modes.append("list")
-        elif key in ("list_excluded", "unit", "dtd", "query_supported_clocks",
-                     "query_accounted_apps", "query_retired_pages", "query_remapped_rows",
-                     "help_other", "debug", "get_hostname"):
+        elif key in (
+            "list_excluded",
+            "unit",
+            "dtd",
+            "query_supported_clocks",
+            "query_accounted_apps",
+            "query_retired_pages",
+            "query_remapped_rows",
+            "help_other",
+            "debug",
+            "get_hostname",
+        ):
             modes.append("not_simulated")
             opts.not_simulated = f"nvidia-smi {spelling}"
         elif key == "columns":
@@ -374,7 +410,10 @@ def _main_options(found: list[tuple[str, str, str | None]]) -> Options:
     if opts.display and opts.xml:
         raise _invalid_combination()
     if opts.loop_ms is not None and opts.mode not in (
-        "table", "query", "query_gpu", "query_compute_apps"
+        "table",
+        "query",
+        "query_gpu",
+        "query_compute_apps",
     ):
         raise _invalid_combination()
     return opts

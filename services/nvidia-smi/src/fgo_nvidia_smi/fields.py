@@ -114,9 +114,14 @@ def _fields() -> list[Field]:
     add("pci.subClass", "", _const("0x2"))
     add("pci.device_id", "", lambda g, s: f"0x{g.profile.pci_device_id:08X}")
     add("pci.sub_device_id", "", lambda g, s: f"0x{g.profile.pci_subsystem_id:08X}")
-    for cap in ("fractional_multiVgpu", "heterogeneous_timeSlice_profile",
-                "heterogeneous_timeSlice_sizes", "homogeneous_placements", "mig_timeSlicing",
-                "mig_timeSlicing_mode"):
+    for cap in (
+        "fractional_multiVgpu",
+        "heterogeneous_timeSlice_profile",
+        "heterogeneous_timeSlice_sizes",
+        "homogeneous_placements",
+        "mig_timeSlicing",
+        "mig_timeSlicing_mode",
+    ):
         add(f"vgpu_device_capability.{cap}", "", _const(NA))
     gen: Getter = lambda g, s: str(g.profile.pcie_generation)  # noqa: E731
     add("pcie.link.gen.current", "", gen)
@@ -137,8 +142,11 @@ def _fields() -> list[Field]:
     add("driver_model.current", "", _const(NA))
     add("driver_model.pending", "", _const(NA))
     add("vbios_version", "", lambda g, s: g.profile.vbios_version)
-    add(("inforom.img", "inforom.image"), "",
-        lambda g, s: _na(getattr(g.profile, "inforom_image_version", "N/A")))
+    add(
+        ("inforom.img", "inforom.image"),
+        "",
+        lambda g, s: _na(getattr(g.profile, "inforom_image_version", "N/A")),
+    )
     add("inforom.oem", "", _const("2.1"))
     add("inforom.ecc", "", lambda g, s: "7.16" if g.profile.ecc_supported else NA)
     add(("inforom.pwr", "inforom.power"), "", _const(NA))
@@ -148,18 +156,38 @@ def _fields() -> list[Field]:
     add(("gom.pending", "gpu_operation_mode.pending"), "", _const(NA))
     add("fan.speed", "%", _fan)
     add("pstate", "", lambda g, s: f"P{g.sample.pstate}")
-    add(("clocks_event_reasons.supported", "clocks_throttle_reasons.supported"), "",
-        _const("0x00000000000001FF"))
-    add(("clocks_event_reasons.active", "clocks_throttle_reasons.active"), "",
-        lambda g, s: f"0x{_clocks_active(g):016X}")
-    for reason, bit in (("gpu_idle", 0x1), ("applications_clocks_setting", 0x2),
-                        ("sw_power_cap", 0x4), ("hw_slowdown", 0x8),
-                        ("hw_thermal_slowdown", 0x40), ("hw_power_brake_slowdown", 0x80),
-                        ("sw_thermal_slowdown", 0x20), ("sync_boost", 0x10)):
-        add((f"clocks_event_reasons.{reason}", f"clocks_throttle_reasons.{reason}"), "",
-            _reason(bit))
-    for counter in ("sw_power_cap", "sync_boost", "sw_thermal_slowdown", "hw_thermal_slowdown",
-                    "hw_power_brake_slowdown"):
+    add(
+        ("clocks_event_reasons.supported", "clocks_throttle_reasons.supported"),
+        "",
+        _const("0x00000000000001FF"),
+    )
+    add(
+        ("clocks_event_reasons.active", "clocks_throttle_reasons.active"),
+        "",
+        lambda g, s: f"0x{_clocks_active(g):016X}",
+    )
+    for reason, bit in (
+        ("gpu_idle", 0x1),
+        ("applications_clocks_setting", 0x2),
+        ("sw_power_cap", 0x4),
+        ("hw_slowdown", 0x8),
+        ("hw_thermal_slowdown", 0x40),
+        ("hw_power_brake_slowdown", 0x80),
+        ("sw_thermal_slowdown", 0x20),
+        ("sync_boost", 0x10),
+    ):
+        add(
+            (f"clocks_event_reasons.{reason}", f"clocks_throttle_reasons.{reason}"),
+            "",
+            _reason(bit),
+        )
+    for counter in (
+        "sw_power_cap",
+        "sync_boost",
+        "sw_thermal_slowdown",
+        "hw_thermal_slowdown",
+        "hw_power_brake_slowdown",
+    ):
         add(f"clocks_event_reasons_counters.{counter}", "us", _const("0"))
     add("memory.total", "MiB", _mib(lambda g: g.memory_total_mib))
     add("memory.reserved", "MiB", _mib(lambda g: g.memory_reserved_mib))
@@ -217,10 +245,16 @@ def _fields() -> list[Field]:
     add(("power.limit", "gpu.power.requested_limit"), "W", limit)
     add(("enforced.power.limit", "gpu.power.current_limit"), "W", limit)
     add(("power.default_limit", "gpu.power.default_limit"), "W", limit)
-    add(("power.min_limit", "gpu.power.min_limit"), "W",
-        lambda g, s: watts(g.profile.power_min_limit_w))
-    add(("power.max_limit", "gpu.power.max_limit"), "W",
-        lambda g, s: watts(g.profile.power_max_limit_w))
+    add(
+        ("power.min_limit", "gpu.power.min_limit"),
+        "W",
+        lambda g, s: watts(g.profile.power_min_limit_w),
+    )
+    add(
+        ("power.max_limit", "gpu.power.max_limit"),
+        "W",
+        lambda g, s: watts(g.profile.power_max_limit_w),
+    )
     add("module.power.draw.average", "W", _const(NA))
     add("module.power.draw.instant", "W", _const(NA))
     add(("module.power.limit", "module.power.requested_limit"), "W", _const(NA))
@@ -228,18 +262,22 @@ def _fields() -> list[Field]:
     add("module.power.default_limit", "W", _const(NA))
     add("module.power.min_limit", "W", _const(NA))
     add("module.power.max_limit", "W", _const(NA))
-    for name, unit in (("delayed_power_smoothing_supported", ""), ("primary_power_floor", "W"),
-                       ("secondary_power_floor", "W"),
-                       ("min_primary_floor_activation_offset", "W"),
-                       ("min_primary_floor_activation_point", "W"), ("window_multiplier", "ms"),
-                       ("curr_profile.secondary_power_floor", "W"),
-                       ("curr_profile.primary_floor_act_window_multiplier", ""),
-                       ("curr_profile.primary_floor_tar_window_multiplier", ""),
-                       ("curr_profile.primary_floor_act_offset", "W"),
-                       ("admin_override.secondary_power_floor", "W"),
-                       ("admin_override.primary_floor_act_window_multiplier", ""),
-                       ("admin_override.primary_floor_tar_window_multiplier", ""),
-                       ("admin_override.primary_floor_act_offset", "W")):
+    for name, unit in (
+        ("delayed_power_smoothing_supported", ""),
+        ("primary_power_floor", "W"),
+        ("secondary_power_floor", "W"),
+        ("min_primary_floor_activation_offset", "W"),
+        ("min_primary_floor_activation_point", "W"),
+        ("window_multiplier", "ms"),
+        ("curr_profile.secondary_power_floor", "W"),
+        ("curr_profile.primary_floor_act_window_multiplier", ""),
+        ("curr_profile.primary_floor_tar_window_multiplier", ""),
+        ("curr_profile.primary_floor_act_offset", "W"),
+        ("admin_override.secondary_power_floor", "W"),
+        ("admin_override.primary_floor_act_window_multiplier", ""),
+        ("admin_override.primary_floor_tar_window_multiplier", ""),
+        ("admin_override.primary_floor_act_offset", "W"),
+    ):
         add(f"power_smoothing.{name}", unit, _const(NA))
     sm: Getter = lambda g, s: str(g.sample.sm_clock_mhz)  # noqa: E731
     mem: Getter = lambda g, s: str(g.sample.mem_clock_mhz)  # noqa: E731
@@ -251,10 +289,8 @@ def _fields() -> list[Field]:
     add(("clocks.current.video", "clocks.video"), "MHz", lambda g, s: str(video_clock(g)))
     add(("clocks.applications.graphics", "clocks.applications.gr"), "MHz", max_sm)
     add(("clocks.applications.memory", "clocks.applications.mem"), "MHz", max_mem)
-    add(("clocks.default_applications.graphics", "clocks.default_applications.gr"), "MHz",
-        max_sm)
-    add(("clocks.default_applications.memory", "clocks.default_applications.mem"), "MHz",
-        max_mem)
+    add(("clocks.default_applications.graphics", "clocks.default_applications.gr"), "MHz", max_sm)
+    add(("clocks.default_applications.memory", "clocks.default_applications.mem"), "MHz", max_mem)
     add(("clocks.max.graphics", "clocks.max.gr"), "MHz", max_sm)
     add(("clocks.max.sm",), "MHz", max_sm)
     add(("clocks.max.memory", "clocks.max.mem"), "MHz", max_mem)
@@ -267,10 +303,19 @@ def _fields() -> list[Field]:
     add("protected_memory.total", "MiB", _const("0"))
     add("protected_memory.used", "MiB", _const("0"))
     add("protected_memory.free", "MiB", _const("0"))
-    for name in ("state", "status", "cliqueId", "clusterUuid", "health.summary",
-                 "health.bandwidth", "health.route_recovery_in_progress",
-                 "health.route_unhealthy", "health.access_timeout_recovery",
-                 "health.incorrect_configuration", "health.partition_assigned"):
+    for name in (
+        "state",
+        "status",
+        "cliqueId",
+        "clusterUuid",
+        "health.summary",
+        "health.bandwidth",
+        "health.route_recovery_in_progress",
+        "health.route_unhealthy",
+        "health.access_timeout_recovery",
+        "health.incorrect_configuration",
+        "health.partition_assigned",
+    ):
         add(f"fabric.{name}", "", _const(NA))
     for name in ("chassis_serial_number", "slot_number", "tray_index", "host_id", "peer_type"):
         add(f"platform.{name}", "", _const(NA))
@@ -310,16 +355,16 @@ APP_FIELDS: tuple[AppField, ...] = (
 )
 
 
-def _index(fields: tuple[Field, ...] | tuple[AppField, ...]) -> dict[str, int]:
+def _index(names_per_field: list[tuple[str, ...]]) -> dict[str, int]:
     out: dict[str, int] = {}
-    for position, fld in enumerate(fields):
-        for name in fld.names:
+    for position, names in enumerate(names_per_field):
+        for name in names:
             out.setdefault(name.lower(), position)
     return out
 
 
-_GPU_INDEX = _index(GPU_FIELDS)
-_APP_INDEX = _index(APP_FIELDS)
+_GPU_INDEX = _index([f.names for f in GPU_FIELDS])
+_APP_INDEX = _index([f.names for f in APP_FIELDS])
 
 
 def _cell(value: str, unit: str, nounits: bool) -> str:

@@ -26,11 +26,11 @@ def truncate_left(text: str, width: int) -> str:
     """Keep the tail of a long path, as the Processes table does (``...lib/firefox``)."""
     if len(text) <= width:
         return text
-    return "..." + text[-(width - 3):]
+    return "..." + text[-(width - 3) :]
 
 
 def truncate_right(text: str, width: int) -> str:
-    """Keep the head of a long product name, as the GPU table does (``NVIDIA RTX 6000 Ada Gene...``)."""
+    """Keep the head of a long product name, as the GPU table does (``... Ada Gene...``)."""
     if len(text) <= width:
         return text
     return text[: width - 3] + "..."

@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TextIO
 
 from fgo_common.topology import NodeTopology
 
+from fgo_nvidia_smi import clock
 from fgo_nvidia_smi.cli import (
     INVALID_COMBINATION,
     RC_DRIVER_NOT_LOADED,
@@ -54,14 +55,12 @@ class _Stop(Exception):
 
 
 def _read_text(name: str) -> str:
-    from pathlib import Path
-
     return (Path(__file__).parent / "texts" / name).read_text()
 
 
 def _help_text(driver: str) -> str:
     text = _read_text("help.txt")
-    first, _, rest = text.partition("\n")
+    _, _, rest = text.partition("\n")
     return f"NVIDIA System Management Interface -- v{driver}\n{rest}"
 
 
@@ -74,6 +73,16 @@ def _driver_version_for_help(settings: Settings) -> str:
     return node.driver_version or FALLBACK_DRIVER
 
 
+def _names_gpu(token: str, gpu: GpuView) -> bool:
+    wanted = token.upper()
+    return (
+        (token.isdigit() and int(token) == gpu.index)
+        or wanted == gpu.uuid.upper()
+        or any(wanted == m.device.uuid.upper() for m in gpu.migs)
+        or (":" in token and normalise_bus_id(token) == gpu.bus_id)
+    )
+
+
 def _select_ids(gpus: list[GpuView], ids: list[str] | None) -> list[int]:
     """Positions in ``snapshot.gpus`` named by ``-i`` (index, UUID, MIG UUID or bus id)."""
     if ids is None:
@@ -83,13 +92,7 @@ def _select_ids(gpus: list[GpuView], ids: list[str] | None) -> list[int]:
         token = raw.strip()
         match: int | None = None
         for pos, gpu in enumerate(gpus):
-            if token.isdigit() and int(token) == gpu.index:
-                match = pos
-            elif token.upper() == gpu.uuid.upper():
-                match = pos
-            elif any(token.upper() == m.device.uuid.upper() for m in gpu.migs):
-                match = pos
-            elif ":" in token and normalise_bus_id(token) == gpu.bus_id:
+            if _names_gpu(token, gpu):
                 match = pos
             if match is not None:
                 break
@@ -145,7 +148,7 @@ def run(argv: list[str], out: TextIO, err: TextIO, environ: dict[str, str] | Non
     handle: TextIO | None = None
     if opts.filename:
         try:
-            handle = open(opts.filename, "w")  # noqa: SIM115 - closed below, after the loop
+            handle = Path(opts.filename).open("w")  # noqa: SIM115 - closed after the loop
         except OSError as exc:
             out.write(f"Failed to open file {opts.filename}: {exc.strerror}\n")
             return RC_OTHER
@@ -237,14 +240,9 @@ def _dispatch(
         return RC_OK
     interval = opts.loop_ms / 1000.0
     while True:
-        _sleep(interval)
+        clock.sleep(interval)
         out.write(render(fresh()))
         out.flush()
-
-
-def _sleep(seconds: float) -> None:
-    # A CLI, not an async service: a plain blocking wait is what a loop of the real tool does.
-    time.sleep(seconds)  # noqa: TID251
 
 
 def main() -> int:

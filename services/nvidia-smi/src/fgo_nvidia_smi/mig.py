@@ -91,9 +91,7 @@ def _lgip(gpus: list[GpuView]) -> str:
                 f"{inst:<11}{mem:<11}{p2p:<7}{prof.sm_count:<7}{prof.decoders:<6}"
                 f"{prof.encoders:<4}|"
             )
-            lines.append(
-                f"|{'':62}{prof.copy_engines:>2}{'':5}{prof.jpeg:<6}{prof.ofa:<4}|"
-            )
+            lines.append(f"|{'':62}{prof.copy_engines:>2}{'':5}{prof.jpeg:<6}{prof.ofa:<4}|")
             lines.append(LGIP_RULE)
     return "\n".join(lines) + "\n"
 

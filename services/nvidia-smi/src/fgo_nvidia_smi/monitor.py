@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from fgo_nvidia_smi import clock
 from fgo_nvidia_smi.cli import RC_OK, Options, UsageError
 from fgo_nvidia_smi.state import GpuView, Snapshot
 
@@ -29,8 +30,11 @@ DMON_GROUPS: dict[str, list[Column]] = {
     "p": [
         ("pwr", "W", lambda g: _num(g.sample.power_w)),
         ("gtemp", "C", lambda g: str(g.sample.gpu_temp_c)),
-        ("mtemp", "C",
-         lambda g: str(g.sample.mem_temp_c) if g.profile.memory_temp_offset_c else "-"),
+        (
+            "mtemp",
+            "C",
+            lambda g: str(g.sample.mem_temp_c) if g.profile.memory_temp_offset_c else "-",
+        ),
     ],
     "u": [
         ("sm", "%", _mig_dash(lambda g: str(g.sample.gpu_util))),
@@ -133,9 +137,7 @@ def _pmon_lines(opts: Options, snapshot: Snapshot) -> str:
             sm = proc.sm_util if proc.sm_util is not None else 0
             mem = int(sm * 0.35)
             cells = f" {sm:>6} {mem:>6} {'-':>6} {'-':>6} {'-':>6} {'-':>6}"
-            out.append(
-                f"{stamp}{gpu.index:>5} {proc.pid:>11} {proc.type:>6}{cells}    {proc.name}"
-            )
+            out.append(f"{stamp}{gpu.index:>5} {proc.pid:>11} {proc.type:>6}{cells}    {proc.name}")
     return "\n".join(out) + "\n"
 
 
@@ -166,5 +168,4 @@ def run_monitor(opts: Options, fresh: Callable[[], Snapshot], out: TextIO) -> in
         printed += 1
         if opts.count is not None and printed >= opts.count:
             return RC_OK
-        # A CLI, not an async service: a plain blocking wait is the point of a monitor loop.
-        time.sleep(opts.delay_s)  # noqa: TID251
+        clock.sleep(opts.delay_s)

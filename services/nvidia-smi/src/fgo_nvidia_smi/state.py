@@ -1,4 +1,4 @@
-"""What this container sees: the node's record, filtered to the visible GPUs, sampled at one instant.
+"""What this container sees: the node's record, filtered to its GPUs, sampled at one instant.
 
 Every number comes from the node's topology record (mounted by the node agent), the built-in
 profile of the GPU's product, and :func:`fgo_common.telemetry.sample_gpu` at the current time, so
@@ -7,7 +7,6 @@ nvidia-smi and the metrics exporter print the same values for the same moment.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import os
@@ -28,6 +27,7 @@ from fgo_common.telemetry import (
 from fgo_common.topology import (
     HOLDER_RESERVATION,
     GpuRecord,
+    Holder,
     MigDevice,
     NodeTopology,
     PodUsage,
@@ -89,7 +89,8 @@ class GpuView:
 
     @property
     def bus_id(self) -> str:
-        return normalise_bus_id(self.record.bus_id) or f"00000000:{0x18 + self.record.index:02X}:00.0"
+        fallback = f"00000000:{0x18 + self.record.index:02X}:00.0"
+        return normalise_bus_id(self.record.bus_id) or fallback
 
     @property
     def memory_total_mib(self) -> int:
@@ -189,35 +190,34 @@ def own_process_name() -> str:
         raw = Path("/proc/1/cmdline").read_bytes()
     except OSError:
         return ""
-    argv0 = raw.split(b"\0", 1)[0].decode(errors="replace").strip()
-    return argv0
+    return raw.split(b"\0", 1)[0].decode(errors="replace").strip()
+
+
+@dataclass(frozen=True, slots=True)
+class _ProcContext:
+    hostname: str  # our pod's name: its processes carry the container's real command
+    own_name: str
+    bucket: int
+    seed: int
 
 
 def _processes(
     gpu_id: str,
-    holders_usage: dict[str, PodUsage],
-    holders: list[tuple[str, str, str]],
-    hostname: str,
-    own_name: str | None,
-    t: float,
-    seed: int,
+    usages: dict[str, PodUsage],
+    holders: list[Holder],
+    ctx: _ProcContext,
+    *,
     gi_id: int | None = None,
     ci_id: int | None = None,
 ) -> list[Process]:
-    """One process per pod using the device. ``holders`` is (pod uid, pod name, kind)."""
+    """One process per pod using the device (reservation pods run nothing)."""
     out: list[Process] = []
     seen: set[str] = set()
-    bucket = math.floor(t / BUCKET_SECONDS)
-    for uid, pod, kind in holders:
-        key = uid or pod
-        if kind == HOLDER_RESERVATION or key in seen:
-            continue
+
+    def add(key: str, pod: str, usage: PodUsage | None) -> None:
         seen.add(key)
-        usage = holders_usage.get(uid)
-        name = "python"
-        util = pod_utilization(usage, gpu_id, uid, bucket, seed) if usage else 0
-        if hostname and pod == hostname and own_name:
-            name = own_name
+        name = ctx.own_name if ctx.hostname and pod == ctx.hostname and ctx.own_name else "python"
+        util = pod_utilization(usage, gpu_id, key, ctx.bucket, ctx.seed) if usage else 0
         out.append(
             Process(
                 pid=_process_pid(key),
@@ -228,24 +228,16 @@ def _processes(
                 sm_util=util,
             )
         )
-    # Usage entries without a holder record (written by the reference implementation).
-    for uid, usage in sorted(holders_usage.items()):
-        if uid in seen:
+
+    for holder in holders:
+        key = holder.pod_uid or holder.pod
+        if holder.kind == HOLDER_RESERVATION or key in seen:
             continue
-        seen.add(uid)
-        name = "python"
-        if hostname and usage.pod == hostname and own_name:
-            name = own_name
-        out.append(
-            Process(
-                pid=_process_pid(uid),
-                name=name,
-                used_mib=usage.fb_used_mib,
-                gi_id=gi_id,
-                ci_id=ci_id,
-                sm_util=pod_utilization(usage, gpu_id, uid, bucket, seed),
-            )
-        )
+        add(key, holder.pod, usages.get(holder.pod_uid))
+    # Usage entries without a holder record (written by the reference implementation).
+    for uid, usage in sorted(usages.items()):
+        if uid not in seen:
+            add(uid, usage.pod, usage)
     out.sort(key=lambda p: p.pid)
     return out
 
@@ -311,8 +303,12 @@ def build_snapshot(node: NodeTopology, settings: Settings, t: float | None = Non
     if t is not None:
         now = t
     selection = parse_visible(settings.visible_devices, node)
-    hostname = settings.hostname or os.uname().nodename
-    own_name: str | None = None
+    ctx = _ProcContext(
+        hostname=settings.hostname or os.uname().nodename,
+        own_name=own_process_name() if node.gpus else "",
+        bucket=math.floor(now / BUCKET_SECONDS),
+        seed=settings.seed,
+    )
     views: list[GpuView] = []
     driver = node.driver_version
     cuda = node.cuda_version
@@ -324,8 +320,6 @@ def build_snapshot(node: NodeTopology, settings: Settings, t: float | None = Non
         profile = profile_for(gpu)
         driver = driver or profile.driver_version
         cuda = cuda or profile.cuda_version
-        if own_name is None:
-            own_name = own_process_name()
         gpu_sample = sample_gpu(gpu, profile, now, seed=settings.seed)
         migs: list[MigView] = []
         if gpu.mig_enabled:
@@ -345,30 +339,14 @@ def build_snapshot(node: NodeTopology, settings: Settings, t: float | None = Non
                     bar1_total_mib=max(0, profile.bar1_mib * slices // 8 - 1),
                 )
                 view.processes = _processes(
-                    mig.uuid,
-                    mig.usage,
-                    [(h.pod_uid, h.pod, h.kind) for h in mig.holders],
-                    hostname,
-                    own_name,
-                    now,
-                    settings.seed,
-                    mig.gi_id,
-                    mig.ci_id,
+                    mig.uuid, mig.usage, mig.holders, ctx, gi_id=mig.gi_id, ci_id=mig.ci_id
                 )
                 migs.append(view)
         view_gpu = GpuView(
             index=len(views), record=gpu, profile=profile, sample=gpu_sample, migs=migs
         )
         if whole and not gpu.mig_enabled:
-            view_gpu.processes = _processes(
-                gpu.id,
-                gpu.status.usage,
-                [(h.pod_uid, h.pod, h.kind) for h in gpu.status.holders],
-                hostname,
-                own_name,
-                now,
-                settings.seed,
-            )
+            view_gpu.processes = _processes(gpu.id, gpu.status.usage, gpu.status.holders, ctx)
         views.append(view_gpu)
     return Snapshot(
         node=node,

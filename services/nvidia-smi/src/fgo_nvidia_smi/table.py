@@ -103,9 +103,7 @@ def _mig_rows(gpu: GpuView) -> list[str]:
             f"|{f'{mig.sample.fb_used_mib}MiB':>19} / {f'{dev.memory_mib}MiB':>8}    "
             f"| {sm:<3}{0:>6} |{ce:>3}{enc:>4}{dec:>5}{ofa:>5}{jpg:>5} |"
         )
-        rows.append(
-            f"|{'':18}|{'0MiB':>21} / {f'{mig.bar1_total_mib}MiB':>8}  |{'':11}|{'':23}|"
-        )
+        rows.append(f"|{'':18}|{'0MiB':>21} / {f'{mig.bar1_total_mib}MiB':>8}  |{'':11}|{'':23}|")
         rows.append(MIG_RULE)
     return rows
 
