@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
 
+import structlog
+from fgo_common.kube.client import api_client
 from fgo_common.runtime.logging import configure_logging
-from fgo_common.runtime.runner import ServiceContext, run_service
-from fgo_common.runtime.settings import SettingsError, env_field, load_settings
+from fgo_common.runtime.runner import ServiceContext, run_tasks
+from fgo_common.runtime.settings import SettingsError, load_settings
+
+from fgo_status_updater.controller import Controller
+from fgo_status_updater.settings import Settings
 
 COMPONENT = "status-updater"
+log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True)
-class Settings:
-    health_port: int = env_field("HEALTH_PORT", 8080, "port of /healthz, /readyz, /metrics")
-    log_level: str = env_field(
-        "LOG_LEVEL", "INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR")
-    )
-
-
-async def idle(ctx: ServiceContext) -> None:
-    ctx.readiness.set("started")
-    await ctx.stop.wait()
+async def serve(settings: Settings, ctx: ServiceContext | None = None) -> int:
+    """Run the controller until SIGTERM/SIGINT (or ``ctx.stop``); returns the exit code."""
+    ctx = ctx or ServiceContext(name=COMPONENT)
+    async with api_client(settings.kubeconfig or None) as api:
+        controller = Controller(api, settings, ctx)
+        log.info(
+            "status_updater.starting",
+            namespace=controller.namespace,
+            config=settings.topology_cm_name,
+            reservation_namespace=settings.reservation_namespace,
+            prometheus=settings.prometheus_url,
+        )
+        return await run_tasks(ctx, controller.tasks(), health_port=settings.health_port)
 
 
 def main() -> int:
@@ -31,4 +39,4 @@ def main() -> int:
         print(f"{COMPONENT}: invalid setting: {exc}")
         return 2
     configure_logging(COMPONENT, settings.log_level)
-    return run_service(COMPONENT, {"idle": idle}, health_port=settings.health_port)
+    return asyncio.run(serve(settings))

@@ -1,0 +1,625 @@
+"""The status-updater controller: watches, a per-node work queue, and the writes.
+
+Watches (list, then watch, then relist; see ``fgo_common.kube.watch``) keep caches of Nodes, GPU
+pods, ResourceClaims, Run:ai PodGroups, the per-node records and the cluster topology config.
+Every change marks the nodes it concerns dirty; workers take dirty nodes (debounced, one worker
+per node at a time), compute the desired record with ``reconcile_node`` and write it only if it
+differs, replacing the ConfigMap *with its resourceVersion*: on 409 the record is re-read and
+recomputed, never forced. Nothing is written before every cache has synced (that is /readyz).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import structlog
+from fgo_common import annotations as ann
+from fgo_common.config import ClusterConfig, ConfigError, load_cluster_config
+from fgo_common.kube.errors import is_conflict, is_not_found, raise_for_status, status_of
+from fgo_common.kube.retry import Backoff, retrying
+from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent
+from fgo_common.names import GPU_OPERATOR_LABELS
+from fgo_common.runtime.runner import ServiceContext, TaskFactory
+from fgo_common.topology import (
+    KWOK_NODE_ANNOTATION,
+    NODE_NAME_LABEL,
+    NODE_TOPOLOGY_LABEL,
+    TOPOLOGY_DATA_KEY,
+    NodeTopology,
+    TopologyFormatError,
+    node_topology_configmap_name,
+)
+from kubernetes_asyncio import client
+
+from fgo_status_updater.caches import Caches
+from fgo_status_updater.events import EventRecorder
+from fgo_status_updater.findings import NORMAL, WARNING, Finding, ObjectRef
+from fgo_status_updater.knative import KnativePod, KnativePoller
+from fgo_status_updater.metrics import Metrics
+from fgo_status_updater.podinfo import Obj, annotations_of, labels_of, meta
+from fgo_status_updater.reconcile import NodeInputs, ReconcileOptions, reconcile_node
+from fgo_status_updater.settings import Settings
+from fgo_status_updater.usage import UsagePolicy
+from fgo_status_updater.workqueue import NodeQueue
+
+log = structlog.get_logger(__name__)
+
+PODGROUP_GROUP, PODGROUP_VERSION, PODGROUP_PLURAL = "scheduling.run.ai", "v2alpha2", "podgroups"
+DEPLOY_ALL = ("dcgm-exporter",)
+DEPLOY_KUBELET = ("device-plugin", "dra-plugin-gpu", "compute-domain-dra-plugin")
+# kubernetes-asyncio picks strategic-merge for dict bodies; a JSON merge patch says exactly what we
+# mean for a labels/annotations map (and works on every kind). Not in its stubs, hence a dict.
+_PATCH_KW: dict[str, Any] = {
+    "_content_type": "application/merge-patch+json",
+    "_preload_content": False,
+}
+_RETRY = Backoff(initial_seconds=0.5, max_seconds=30.0)
+_LABEL_VALUE_MAX = 63
+
+
+def deploy_labels(kwok: bool) -> dict[str, str]:
+    """The NVIDIA GPU Operator's per-operand deploy labels the reference sets on pool nodes:
+    all get the DCGM exporter; only nodes with a kubelet get the node agents."""
+    operands = DEPLOY_ALL if kwok else DEPLOY_ALL + DEPLOY_KUBELET
+    return {GPU_OPERATOR_LABELS.deploy(o): "true" for o in operands}
+
+
+def _valid_label_value(value: str) -> bool:
+    return (
+        len(value) <= _LABEL_VALUE_MAX
+        and all(c.isalnum() or c in "-_." for c in value)
+        and (not value or (value[0].isalnum() and value[-1].isalnum()))
+    )
+
+
+async def _json(call: Awaitable[Any]) -> dict[str, Any]:
+    """Run a kubernetes-asyncio call made with ``_preload_content=False``: raw JSON, no model
+    deserialisation (the models cost more CPU than the rest of a reconcile)."""
+    resp = await call
+    await raise_for_status(resp)
+    try:
+        return cast("dict[str, Any]", json.loads(await resp.read()))
+    finally:
+        resp.release()
+
+
+class Controller:
+    def __init__(self, api: client.ApiClient, settings: Settings, ctx: ServiceContext) -> None:
+        self.settings = settings
+        self.ctx = ctx
+        self.namespace = settings.namespace
+        self.core = client.CoreV1Api(api)
+        self.resource = client.ResourceV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.metrics = Metrics(ctx.registry)
+        self.events = EventRecorder(
+            self.core, self.metrics, settings.pod_name or os.uname().nodename
+        )
+        self.queue = NodeQueue(settings.debounce_seconds)
+        self.options = ReconcileOptions(
+            reservation_namespace=settings.reservation_namespace,
+            usage=UsagePolicy(settings.default_utilization),
+        )
+        self.caches = Caches(settings.reservation_namespace, f"{settings.topology_cm_name}-")
+        self.config: ClusterConfig | None = None
+        self.config_ref = ObjectRef("ConfigMap", settings.topology_cm_name, self.namespace)
+        self.knative = KnativePoller(
+            settings.prometheus_url,
+            full_load_rps=settings.knative_full_load_rps,
+            timeout_seconds=settings.prometheus_timeout_seconds,
+            metrics=self.metrics,
+            on_change=self._knative_changed,
+            on_outage=self._prometheus_down,
+        )
+        self.synced = asyncio.Event()
+        self._required = {"nodes", "pods", "records", "config", "resourceclaims"}
+        self._synced_parts: set[str] = set()
+        self._failures: dict[str, int] = {}
+        self._patched_reservations: set[tuple[str, str, str]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        for part in sorted(self._required | {"topology-config"}):
+            ctx.readiness.require(part)
+
+    # --- task wiring -----------------------------------------------------------------------
+    def tasks(self) -> dict[str, TaskFactory]:
+        core, ns = self.core, self.namespace
+        nodes = Reflector(core.list_node, name="nodes")
+        pods = Reflector(
+            core.list_pod_for_all_namespaces, name="pods", field_selector="spec.nodeName!="
+        )
+        records = Reflector(
+            core.list_namespaced_config_map,
+            name="records",
+            namespace=ns,
+            label_selector=f"{NODE_TOPOLOGY_LABEL}=true",
+        )
+        config = Reflector(
+            core.list_namespaced_config_map,
+            name="config",
+            namespace=ns,
+            field_selector=f"metadata.name={self.settings.topology_cm_name}",
+        )
+        claims = Reflector(self.resource.list_resource_claim_for_all_namespaces, name="claims")
+        groups = Reflector(
+            self.custom.list_cluster_custom_object,
+            name="podgroups",
+            group=PODGROUP_GROUP,
+            version=PODGROUP_VERSION,
+            plural=PODGROUP_PLURAL,
+        )
+        tasks: dict[str, TaskFactory] = {
+            "watch-nodes": self._watcher(nodes, self.caches.on_node, "nodes"),
+            "watch-pods": self._watcher(pods, self.caches.on_pod, "pods"),
+            "watch-records": self._watcher(records, self.caches.on_record, "records"),
+            "watch-config": self._watcher(config, self._on_config, "config"),
+            "watch-claims": self._watcher(
+                claims, self.caches.on_claim, "resourceclaims", optional=True
+            ),
+            "watch-podgroups": self._watcher(
+                groups, self.caches.on_pod_group, "podgroups", optional=True
+            ),
+            "resync": self._resync,
+            "knative": self._knative_loop,
+        }
+        for i in range(self.settings.workers):
+            tasks[f"worker-{i}"] = self._worker
+        return tasks
+
+    def _watcher(
+        self,
+        reflector: Reflector,
+        handle: Callable[[WatchEvent], set[str]],
+        part: str,
+        *,
+        optional: bool = False,
+    ) -> TaskFactory:
+        async def consume() -> None:
+            async for event in reflector.events(self.ctx.stop):
+                if event.type == SYNCED:
+                    self._part_synced(part)
+                    continue
+                for node in handle(event):
+                    self._mark(node)
+
+        async def run(ctx: ServiceContext) -> None:
+            while not ctx.stop.is_set():
+                try:
+                    await _until_stopped(ctx, consume())
+                    return
+                except Exception as exc:
+                    if not optional or status_of(exc) not in (403, 404):
+                        raise
+                    # The API (resource.k8s.io/v1) or CRD (PodGroups) is not served: nothing to
+                    # know about it; look again later, and forget what an earlier list said.
+                    log.info("watch.api_absent", watch=reflector.name, status=status_of(exc))
+                    for obj in list(reflector.cache.values()):
+                        for node in handle(WatchEvent(DELETED, obj)):
+                            self._mark(node)
+                    reflector.cache.clear()
+                    self._part_synced(part)
+                    await ctx.sleep(self.settings.optional_api_retry_seconds)
+
+        return run
+
+    def _part_synced(self, part: str) -> None:
+        if part in self._synced_parts and self.synced.is_set():
+            self.metrics.last_sync.set(time.time())
+            return
+        self._synced_parts.add(part)
+        if part in self._required:
+            self.ctx.readiness.set(part)
+        if self._required <= self._synced_parts and not self.synced.is_set():
+            log.info(
+                "caches.synced", nodes=len(self.caches.nodes), records=len(self.caches.records)
+            )
+            self.metrics.last_sync.set(time.time())
+            self.synced.set()
+            for node in self.caches.all_nodes():
+                self._mark(node)
+
+    def _mark(self, node: str, delay: float | None = None) -> None:
+        if not node:
+            return
+        self.queue.mark(node, delay)
+        self.metrics.queue_depth.set(len(self.queue))
+
+    # --- cluster config --------------------------------------------------------------------
+    def _on_config(self, event: WatchEvent) -> set[str]:
+        cm = event.obj
+        ref = ObjectRef(
+            "ConfigMap",
+            str(meta(cm).get("name", "")),
+            str(meta(cm).get("namespace", "")),
+            str(meta(cm).get("uid", "")),
+        )
+        if event.type == DELETED:
+            self._report(
+                Finding(
+                    ref,
+                    "TopologyConfigDeleted",
+                    "the cluster topology ConfigMap was deleted; the last valid config stays in "
+                    "force until it is re-created",
+                )
+            )
+            return set()
+        text = (cm.get("data") or {}).get(TOPOLOGY_DATA_KEY)
+        try:
+            if text is None:
+                raise ConfigError(TOPOLOGY_DATA_KEY, "the ConfigMap has no such data key")
+            config = load_cluster_config(text)
+        except ConfigError as exc:
+            self.metrics.config_errors.inc()
+            kept = "the last valid config stays in force" if self.config else "no config in force"
+            log.error("config.rejected", field=exc.path, error=str(exc), kept=bool(self.config))
+            self._report(
+                Finding(
+                    ref,
+                    "InvalidTopologyConfig",
+                    f"rejected topology config (resourceVersion "
+                    f"{meta(cm).get('resourceVersion')}): {exc}; {kept}",
+                )
+            )
+            return set()
+        self.ctx.readiness.set("topology-config")
+        if config == self.config:
+            return set()
+        self.config = config
+        pools = ", ".join(f"{p.name} ({p.gpu_count} GPUs)" for p in config.pools.values())
+        log.info("config.applied", pools=pools, label_key=config.node_pool_label_key)
+        self._report(
+            Finding(
+                ref,
+                "TopologyConfigApplied",
+                f"applied topology config (resourceVersion {meta(cm).get('resourceVersion')}): "
+                f"pools {pools}",
+                NORMAL,
+            )
+        )
+        for warning in config.warnings:
+            self._report(Finding(ref, "TopologyConfigWarning", warning, WARNING))
+        return self.caches.all_nodes()
+
+    # --- events ----------------------------------------------------------------------------
+    def _report(self, finding: Finding, *, once: bool = True) -> None:
+        task = asyncio.create_task(self.events.report(finding, once=once))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _prometheus_down(self, error: str) -> None:
+        ref = (
+            ObjectRef("Pod", self.settings.pod_name, self.settings.pod_namespace)
+            if self.settings.pod_name and self.settings.pod_namespace
+            else self.config_ref
+        )
+        self._report(
+            Finding(
+                ref,
+                "PrometheusUnavailable",
+                f"cannot read Knative request rates from {self.settings.prometheus_url}: {error}; "
+                "inference pods keep their last utilisation until it answers again",
+            ),
+            once=False,
+        )
+
+    def _knative_changed(self, pod: KnativePod) -> None:
+        self._mark(pod.node)
+
+    # --- periodic work ---------------------------------------------------------------------
+    async def _resync(self, ctx: ServiceContext) -> None:
+        period = self.settings.resync_seconds
+        await _until_stopped(ctx, self.synced.wait())
+        while period and not await ctx.sleep(period):
+            for node in self.caches.all_nodes():
+                self._mark(node)
+        await ctx.stop.wait()
+
+    async def _knative_loop(self, ctx: ServiceContext) -> None:
+        if not self.settings.prometheus_url:
+            await ctx.stop.wait()
+            return
+        await _until_stopped(ctx, self.synced.wait())
+        while not ctx.stop.is_set():
+            try:
+                await _until_stopped(ctx, self.knative.poll(self.caches.knative_pods()))
+            except Exception:
+                log.exception("knative.poll_failed")
+            if await ctx.sleep(self.settings.knative_poll_seconds):
+                return
+
+    async def _worker(self, ctx: ServiceContext) -> None:
+        async def loop() -> None:
+            await self.synced.wait()
+            while True:
+                node = await self.queue.get()
+                self.metrics.queue_depth.set(len(self.queue))
+                started = time.monotonic()
+                try:
+                    result = await self.reconcile(node)
+                    self._failures.pop(node, None)
+                    self.metrics.reconciles.labels(result).inc()
+                except Exception as exc:
+                    failures = self._failures[node] = self._failures.get(node, 0) + 1
+                    delay = _RETRY.delay(min(failures, 8))
+                    log.warning(
+                        "reconcile.failed",
+                        node=node,
+                        error=str(exc)[:300] or type(exc).__name__,
+                        retry_in=round(delay, 2),
+                    )
+                    self.metrics.reconciles.labels("error").inc()
+                    self.queue.done(node)
+                    self._mark(node, delay)
+                    continue
+                finally:
+                    self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+                self.metrics.last_reconcile.set(time.time())
+                self.queue.done(node)
+
+        await _until_stopped(ctx, loop())
+
+    # --- one node --------------------------------------------------------------------------
+    async def reconcile(self, name: str) -> str:
+        node = self.caches.nodes.get(name)
+        cm = self.caches.records.get(name)
+        previous = self._parse_record(name, cm)
+        outcome = reconcile_node(
+            NodeInputs(
+                node_name=name,
+                node=node,
+                config=self.config,
+                previous=previous,
+                pods=self.caches.pods_on(name),
+                claims=self.caches.claims,
+                pod_groups=self.caches.pod_groups,
+                knative=self.knative.values,
+                now=time.time(),
+            ),
+            self.options,
+        )
+        for finding in outcome.findings:
+            self._report(finding)
+        if outcome.action == "keep":
+            return "kept"
+        if outcome.action == "delete":
+            result = "unchanged"
+            if cm is not None:
+                result = await self._delete_record(name, cm)
+                if node is not None and result == "deleted":
+                    await self._set_deploy_labels(node, None)
+            self.metrics.managed_nodes.set(len(self.caches.records))
+            return result
+        assert outcome.record is not None and node is not None
+        body = self._record_body(name, node, outcome.record, cm)
+        result = "unchanged"
+        if cm is None or not _same_record(cm, body):
+            result = await self._write_record(name, body, create=cm is None)
+            if result == "conflict":
+                return result
+        self.metrics.managed_nodes.set(len(self.caches.records))
+        await self._set_deploy_labels(node, outcome.record.kwok)
+        for namespace, pod, gpu in outcome.reservation_patches:
+            await self._annotate_reservation(namespace, pod, gpu)
+        return result
+
+    def _parse_record(self, name: str, cm: Obj | None) -> NodeTopology | None:
+        if cm is None:
+            return None
+        text = (cm.get("data") or {}).get(TOPOLOGY_DATA_KEY)
+        try:
+            if not isinstance(text, str):
+                raise TopologyFormatError(f"no {TOPOLOGY_DATA_KEY} key")
+            return NodeTopology.from_yaml(text, name)
+        except TopologyFormatError as exc:
+            m = meta(cm)
+            self._report(
+                Finding(
+                    ObjectRef("ConfigMap", str(m.get("name")), self.namespace, str(m.get("uid"))),
+                    "InvalidTopologyRecord",
+                    f"the stored record cannot be read ({exc}); rebuilding it from the pods",
+                )
+            )
+            return None
+
+    def _record_body(
+        self, name: str, node: Obj, record: NodeTopology, cm: Obj | None
+    ) -> dict[str, Any]:
+        old_meta = meta(cm) if cm else {}
+        labels = dict(old_meta.get("labels") or {})
+        labels[NODE_TOPOLOGY_LABEL] = "true"
+        if _valid_label_value(name):
+            labels[NODE_NAME_LABEL] = name
+        notes = dict(old_meta.get("annotations") or {})
+        kwok = annotations_of(node).get(KWOK_NODE_ANNOTATION)
+        if kwok is None:
+            notes.pop(KWOK_NODE_ANNOTATION, None)
+        else:
+            notes[KWOK_NODE_ANNOTATION] = kwok
+        owners = [o for o in old_meta.get("ownerReferences") or [] if o.get("kind") != "Node"]
+        # The Node owns its record: if we are down when the Node goes, the garbage collector
+        # removes the record.
+        owners.append(
+            {"apiVersion": "v1", "kind": "Node", "name": name, "uid": meta(node).get("uid")}
+        )
+        metadata: dict[str, Any] = {
+            "name": node_topology_configmap_name(self.settings.topology_cm_name, name),
+            "namespace": self.namespace,
+            "labels": labels,
+            "annotations": notes,
+            "ownerReferences": owners,
+        }
+        if cm is not None:
+            metadata["resourceVersion"] = old_meta.get("resourceVersion")
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": metadata,
+            "data": {**(cm.get("data") or {} if cm else {}), TOPOLOGY_DATA_KEY: record.to_yaml()},
+        }
+
+    async def _write_record(self, name: str, body: dict[str, Any], *, create: bool) -> str:
+        cm_name = body["metadata"]["name"]
+
+        async def write() -> dict[str, Any]:
+            if create:
+                return await _json(
+                    self.core.create_namespaced_config_map(
+                        self.namespace, cast("Any", body), _preload_content=False
+                    )
+                )
+            return await _json(
+                self.core.replace_namespaced_config_map(
+                    cm_name, self.namespace, cast("Any", body), _preload_content=False
+                )
+            )
+
+        try:
+            stored = await retrying(write, what=f"record {cm_name}")
+        except Exception as exc:
+            if not is_conflict(exc) and not (is_not_found(exc) and not create):
+                raise
+            # Someone else wrote (or deleted) it since we read it: re-read, recompute.
+            self.metrics.conflicts.inc()
+            log.info("record.conflict", node=name, status=status_of(exc))
+            await self._reread(name, cm_name)
+            self._mark(name, 0.0)
+            return "conflict"
+        self.metrics.writes.labels("ConfigMap", "create" if create else "update").inc()
+        self.caches.store_record(name, stored)
+        log.debug("record.written", node=name, created=create)
+        return "created" if create else "written"
+
+    async def _reread(self, name: str, cm_name: str) -> None:
+        async def read() -> dict[str, Any]:
+            return await _json(
+                self.core.read_namespaced_config_map(
+                    cm_name, self.namespace, _preload_content=False
+                )
+            )
+
+        try:
+            self.caches.store_record(name, await retrying(read, what=f"read {cm_name}"))
+        except Exception as exc:
+            if not is_not_found(exc):
+                raise
+            self.caches.store_record(name, None)
+
+    async def _delete_record(self, name: str, cm: Obj) -> str:
+        cm_name = str(meta(cm).get("name"))
+        options = {"preconditions": {"resourceVersion": meta(cm).get("resourceVersion")}}
+
+        async def delete() -> object:
+            return await _json(
+                self.core.delete_namespaced_config_map(
+                    cm_name, self.namespace, body=cast("Any", options), _preload_content=False
+                )
+            )
+
+        try:
+            await retrying(delete, what=f"delete {cm_name}")
+        except Exception as exc:
+            if is_not_found(exc):
+                self.caches.store_record(name, None)
+                return "deleted"
+            if not is_conflict(exc):
+                raise
+            self.metrics.conflicts.inc()
+            await self._reread(name, cm_name)
+            self._mark(name, 0.0)
+            return "conflict"
+        self.metrics.writes.labels("ConfigMap", "delete").inc()
+        self.caches.store_record(name, None)
+        log.info("record.deleted", node=name)
+        return "deleted"
+
+    async def _set_deploy_labels(self, node: Obj, kwok: bool | None) -> None:
+        """Add the deploy labels to a GPU node (``kwok`` True/False) or remove them from a node
+        that stops being one (None). Only labels that differ are sent."""
+        if self.settings.disable_node_labeling:
+            return
+        current = labels_of(node)
+        if kwok is None:
+            wanted: dict[str, str | None] = {k: None for k in deploy_labels(False) if k in current}
+        else:
+            wanted = {k: v for k, v in deploy_labels(kwok).items() if current.get(k) != v}
+        if not wanted:
+            return
+        name = str(meta(node).get("name"))
+        patch = {"metadata": {"labels": wanted}}
+
+        async def send() -> object:
+            return await _json(self.core.patch_node(name, cast("Any", patch), **_PATCH_KW))
+
+        try:
+            await retrying(send, what=f"label node {name}")
+        except Exception as exc:
+            if is_not_found(exc):
+                return
+            raise
+        self.metrics.writes.labels("Node", "patch").inc()
+        # Until the watch brings the labelled Node, remember them to avoid patching again.
+        labels = dict(current)
+        for key, value in wanted.items():
+            if value is None:
+                labels.pop(key, None)
+            else:
+                labels[key] = value
+        cast("dict[str, Any]", node).setdefault("metadata", {})["labels"] = labels
+
+    async def _annotate_reservation(self, namespace: str, pod: str, gpu: str) -> None:
+        key = (namespace, pod, gpu)
+        if key in self._patched_reservations:
+            return
+        patch = {"metadata": {"annotations": {ann.RESERVE_FOR_GPU_INDEX: gpu}}}
+
+        async def send() -> object:
+            return await _json(
+                self.core.patch_namespaced_pod(pod, namespace, cast("Any", patch), **_PATCH_KW)
+            )
+
+        try:
+            await retrying(send, what=f"annotate reservation pod {namespace}/{pod}")
+        except Exception as exc:
+            if is_not_found(exc):
+                return
+            raise
+        self._patched_reservations.add(key)
+        if len(self._patched_reservations) > 50_000:
+            self._patched_reservations.clear()
+        self.metrics.writes.labels("Pod", "patch").inc()
+        log.info("reservation.annotated", namespace=namespace, pod=pod, gpu=gpu)
+
+
+def _same_record(cm: Obj, body: dict[str, Any]) -> bool:
+    old, new = meta(cm), body["metadata"]
+    return (
+        (cm.get("data") or {}) == body["data"]
+        and (old.get("labels") or {}) == new["labels"]
+        and (old.get("annotations") or {}) == new["annotations"]
+        and [(o.get("kind"), o.get("name"), o.get("uid")) for o in old.get("ownerReferences") or []]
+        == [(o.get("kind"), o.get("name"), o.get("uid")) for o in new["ownerReferences"]]
+    )
+
+
+async def _until_stopped(ctx: ServiceContext, coro: Awaitable[Any]) -> None:
+    """Run ``coro`` until it ends or the service stops (then cancel it)."""
+    task = asyncio.ensure_future(coro)
+    stopper = asyncio.ensure_future(ctx.stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.done() and not task.cancelled():
+        task.result()
+
+
+__all__ = ["Controller", "deploy_labels"]
