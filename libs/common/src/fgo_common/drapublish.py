@@ -1,20 +1,25 @@
 """Writing a node's ResourceSlices: the API half of :mod:`fgo_common.dra`.
 
-Both DRA publishers hand a :class:`~fgo_common.dra.PoolPlan` to :func:`apply_pool_plan`. Slices
-are written with server-side apply (field manager = the publisher, forced): it creates or
-replaces in one call without a resourceVersion, so a stale cache never turns into a 409 loop,
-and ``devices`` is an atomic list in resource.k8s.io/v1, so applying replaces it whole.
+Both DRA publishers call :func:`publish_pool` / :func:`withdraw_pool`. Slices are written with
+server-side apply (field manager = the publisher, forced): it creates or replaces in one call
+without a resourceVersion, so a stale cache never turns into a 409 loop, and ``devices`` is an
+atomic list in resource.k8s.io/v1, so applying replaces it whole. The stored objects the API
+server returns are handed back so callers can update their caches before the watch catches up
+(otherwise a second reconcile against the stale cache would bump the generation again).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from kubernetes_asyncio import client
 
-from fgo_common.dra import PoolPlan
-from fgo_common.kube.errors import is_not_found
+from fgo_common.dra import Obj, PoolPlan, PoolTarget, plan_pool
+from fgo_common.kube.errors import is_not_found, raise_for_status
 from fgo_common.kube.retry import retrying
 
 log = structlog.get_logger(__name__)
@@ -22,12 +27,13 @@ log = structlog.get_logger(__name__)
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 
 
-async def apply_slice(api: client.ResourceV1Api, obj: dict[str, Any], field_manager: str) -> None:
+async def apply_slice(api: client.ResourceV1Api, obj: Obj, field_manager: str) -> Obj:
+    """Server-side apply ``obj``; returns the stored object."""
     name = obj["metadata"]["name"]
     # The stubs know neither _content_type nor the raw (unparsed) response.
     untyped: Any = api
 
-    async def call() -> None:
+    async def call() -> Obj:
         resp = await untyped.patch_resource_slice(
             name,
             obj,
@@ -36,9 +42,14 @@ async def apply_slice(api: client.ResourceV1Api, obj: dict[str, Any], field_mana
             _content_type=APPLY_CONTENT_TYPE,
             _preload_content=False,
         )
-        resp.release()
+        await raise_for_status(resp)
+        try:
+            stored: Obj = json.loads(await resp.read())
+        finally:
+            resp.release()
+        return stored
 
-    await retrying(call, what=f"apply ResourceSlice {name}")
+    return await retrying(call, what=f"apply ResourceSlice {name}")
 
 
 async def delete_slice(api: client.ResourceV1Api, name: str) -> bool:
@@ -47,6 +58,7 @@ async def delete_slice(api: client.ResourceV1Api, name: str) -> bool:
 
     async def call() -> None:
         resp = await untyped.delete_resource_slice(name, _preload_content=False)
+        await raise_for_status(resp)
         resp.release()
 
     try:
@@ -58,15 +70,28 @@ async def delete_slice(api: client.ResourceV1Api, name: str) -> bool:
     return True
 
 
+@dataclass
+class PublishResult:
+    plan: PoolPlan
+    stored: list[Obj] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+    @property
+    def wrote(self) -> bool:
+        return bool(self.stored or self.deleted)
+
+
 async def apply_pool_plan(
     api: client.ResourceV1Api, plan: PoolPlan, field_manager: str, *, node: str = ""
-) -> None:
+) -> PublishResult:
     """Apply every slice of the new generation first, then delete the surplus: between the two
     steps the scheduler sees an incomplete newer generation and simply waits for it."""
+    result = PublishResult(plan)
     for obj in plan.apply:
-        await apply_slice(api, obj, field_manager)
+        result.stored.append(await apply_slice(api, obj, field_manager))
     for name in plan.delete:
         await delete_slice(api, name)
+        result.deleted.append(name)
     if not plan.unchanged:
         log.info(
             "slices.published",
@@ -76,3 +101,36 @@ async def apply_pool_plan(
             deleted=plan.delete,
             devices=sum(len(o["spec"]["devices"]) for o in plan.apply),
         )
+    return result
+
+
+async def publish_pool(
+    api: client.ResourceV1Api,
+    target: PoolTarget,
+    devices: Sequence[Obj],
+    existing: Iterable[Obj],
+    field_manager: str,
+) -> PublishResult:
+    """Bring the stored slices of ``target``'s pool (``existing``) to ``devices``."""
+    plan = plan_pool(target, devices, existing)
+    return await apply_pool_plan(api, plan, field_manager, node=target.node_name)
+
+
+async def withdraw_pool(
+    api: client.ResourceV1Api, existing: Iterable[Obj], *, node: str
+) -> list[str]:
+    """Delete every slice in ``existing`` (a node that is gone or no longer has GPUs)."""
+    deleted = []
+    for obj in existing:
+        name = obj["metadata"]["name"]
+        if await delete_slice(api, name):
+            deleted.append(name)
+    if deleted:
+        log.info("slices.withdrawn", node=node, deleted=deleted)
+    return deleted
+
+
+def slice_pool_node(obj: Obj) -> str:
+    """The node a slice of ours belongs to (its pool is named after the node)."""
+    spec = obj.get("spec") or {}
+    return str(spec.get("nodeName") or (spec.get("pool") or {}).get("name") or "")

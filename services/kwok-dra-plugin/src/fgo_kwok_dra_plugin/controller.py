@@ -1,0 +1,314 @@
+"""The kwok-dra-plugin controller: gpu.nvidia.com ResourceSlices for every KWOK GPU node.
+
+KWOK nodes have no kubelet, so no node plugin publishes their devices; this one central
+controller does, with the same builder the node plugin uses (fgo_common.dra). It is level-based:
+three list-watches (Nodes, per-node topology ConfigMaps, our own ResourceSlices) feed a keyed work
+queue of node names, and reconciling a node compares the slices it should have with the ones it
+has. So a restart, a missed event or a manual deletion all converge the same way.
+
+A node gets slices while it exists, is a KWOK node (its record says so, or the Node carries
+``kwok.x-k8s.io/node: fake``) and has a topology record. Anything else loses them: the Node was
+deleted (its slices are also owned by it, so the garbage collector would get there too), it left
+its GPU pool (the status-updater deleted the record), or it turned into a real node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from fgo_common import dra
+from fgo_common.dra import Obj
+from fgo_common.drapublish import publish_pool, slice_pool_node, withdraw_pool
+from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent
+from fgo_common.runtime.runner import ServiceContext
+from fgo_common.topology import (
+    KWOK_NODE_ANNOTATION,
+    NODE_NAME_LABEL,
+    TOPOLOGY_DATA_KEY,
+    NodeTopology,
+    TopologyFormatError,
+)
+from kubernetes_asyncio import client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from fgo_kwok_dra_plugin.settings import Settings
+from fgo_kwok_dra_plugin.workqueue import KeyQueue
+
+log = structlog.get_logger(__name__)
+
+FIELD_MANAGER_PREFIX = "fake-gpu-operator/"
+KWOK_NODE_VALUE = "fake"
+
+
+def is_kwok_node(node: Obj) -> bool:
+    annotations = (node.get("metadata") or {}).get("annotations") or {}
+    return annotations.get(KWOK_NODE_ANNOTATION) == KWOK_NODE_VALUE
+
+
+def configmap_node(cm: Obj) -> str:
+    return str(((cm.get("metadata") or {}).get("labels") or {}).get(NODE_NAME_LABEL, ""))
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredPool:
+    target: dra.PoolTarget
+    devices: list[Obj]
+
+
+def desired_pool(
+    node_name: str,
+    node: Obj | None,
+    configmap: Obj | None,
+    options: dra.DeviceOptions,
+    publisher: str = "kwok-dra-plugin",
+) -> DesiredPool | None:
+    """What ``node_name`` should publish, or None when it should publish nothing.
+
+    Raises TopologyFormatError for a record that cannot be read: the caller keeps the current
+    slices then, since withdrawing them would evict nothing but strand every pending claim.
+    """
+    if node is None or configmap is None:
+        return None
+    meta = node.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return None
+    text = (configmap.get("data") or {}).get(TOPOLOGY_DATA_KEY)
+    if text is None:
+        raise TopologyFormatError(f"ConfigMap has no {TOPOLOGY_DATA_KEY} key")
+    topology = NodeTopology.from_yaml(text, node_name)
+    if not (topology.kwok or is_kwok_node(node)):
+        return None
+    target = dra.PoolTarget(
+        node_name=node_name,
+        node_uid=str(meta.get("uid", "")),
+        base_name=dra.kwok_slice_base(node_name),
+        publisher=publisher,
+        driver=options.names.driver,
+        topology_generation=topology.generation,
+    )
+    return DesiredPool(target, [d.device for d in dra.node_devices(topology, options)])
+
+
+def _rv(obj: Obj) -> int:
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.reconciles = Counter(
+            "fgo_kwok_dra_reconciles", "Node reconciliations by outcome.", ["outcome"],
+            registry=registry,
+        )  # fmt: skip
+        self.slice_writes = Counter(
+            "fgo_kwok_dra_slice_writes", "ResourceSlice writes by operation.", ["operation"],
+            registry=registry,
+        )  # fmt: skip
+        self.duration = Histogram(
+            "fgo_kwok_dra_reconcile_duration_seconds", "Time to reconcile one node.",
+            registry=registry, buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
+        )  # fmt: skip
+        self.nodes = Gauge(
+            "fgo_kwok_dra_nodes_published", "KWOK nodes whose slices we publish.",
+            registry=registry,
+        )  # fmt: skip
+
+
+class KwokSliceController:
+    """Reflectors + work queue + reconcile. ``run`` is the service's eternal task."""
+
+    def __init__(self, api: client.ApiClient, settings: Settings, registry: CollectorRegistry):
+        self.settings = settings
+        self.options = dra.DeviceOptions(
+            names=settings.dra_names, unhealthy=settings.unhealthy_policy
+        )
+        self.core = client.CoreV1Api(api)
+        self.resource = client.ResourceV1Api(api)
+        self.nodes = Reflector(self.core.list_node, name="nodes")
+        self.configmaps = Reflector(
+            self.core.list_namespaced_config_map,
+            name="topology-configmaps",
+            namespace=settings.topology_namespace,
+            label_selector=NODE_NAME_LABEL,
+        )
+        self.slices = Reflector(
+            self.resource.list_resource_slice,
+            name="resourceslices",
+            label_selector=f"{dra.PUBLISHER_LABEL}={settings.instance}",
+        )
+        self.field_manager = FIELD_MANAGER_PREFIX + settings.instance
+        self.queue = KeyQueue()
+        self.metrics = Metrics(registry)
+        self._cm_by_node: dict[str, Obj] = {}
+        self._cm_node: dict[str, str] = {}  # ConfigMap "<ns>/<name>" -> node it describes
+        self._slices_by_node: dict[str, dict[str, Obj]] = {}
+        self._published: set[str] = set()
+
+    # -- event intake ---------------------------------------------------------------------
+
+    def _on_node(self, event: WatchEvent) -> None:
+        if event.type != SYNCED:
+            self.queue.add(str(event.obj["metadata"]["name"]))
+
+    def _on_configmap(self, event: WatchEvent) -> None:
+        if event.type == SYNCED:
+            return
+        key = f"{event.obj['metadata'].get('namespace', '')}/{event.obj['metadata']['name']}"
+        old_node = self._cm_node.pop(key, "")
+        if (
+            old_node
+            and self._cm_by_node.get(old_node, {}).get("metadata", {}).get("name")
+            == (event.obj["metadata"]["name"])
+        ):
+            del self._cm_by_node[old_node]
+        node = configmap_node(event.obj)
+        if event.type != DELETED and node:
+            self._cm_node[key] = node
+            self._cm_by_node[node] = event.obj
+        self.queue.add(old_node)
+        self.queue.add(node)
+
+    def _remember_slice(self, obj: Obj) -> None:
+        node = slice_pool_node(obj)
+        name = obj["metadata"]["name"]
+        known = self._slices_by_node.setdefault(node, {})
+        current = known.get(name)
+        # A watch event older than what our own write returned must not roll the index back.
+        if current is None or _rv(obj) >= _rv(current):
+            known[name] = obj
+
+    def _forget_slice(self, obj: Obj) -> None:
+        node = slice_pool_node(obj)
+        known = self._slices_by_node.get(node, {})
+        known.pop(obj["metadata"]["name"], None)
+        if not known:
+            self._slices_by_node.pop(node, None)
+
+    def _on_slice(self, event: WatchEvent) -> None:
+        if event.type == SYNCED:
+            return
+        if event.type == DELETED:
+            self._forget_slice(event.obj)
+        else:
+            if event.old is not None and slice_pool_node(event.old) != slice_pool_node(event.obj):
+                self._forget_slice(event.old)
+            self._remember_slice(event.obj)
+        self.queue.add(slice_pool_node(event.obj))
+
+    async def _pump(self, reflector: Reflector, handler: Any, stop: asyncio.Event) -> None:
+        async for event in reflector.events(stop):
+            handler(event)
+
+    # -- reconcile --------------------------------------------------------------------------
+
+    def known_nodes(self) -> set[str]:
+        keys = {str(o["metadata"]["name"]) for o in self.nodes.cache.values()}
+        return keys | set(self._cm_by_node) | set(self._slices_by_node)
+
+    async def reconcile(self, node_name: str) -> None:
+        node = self.nodes.cache.get(node_name)
+        existing = list(self._slices_by_node.get(node_name, {}).values())
+        desired = desired_pool(
+            node_name, node, self._cm_by_node.get(node_name), self.options, self.settings.instance
+        )
+        if desired is None:
+            self._published.discard(node_name)
+            if existing:
+                deleted = set(await withdraw_pool(self.resource, existing, node=node_name))
+                self.metrics.slice_writes.labels("delete").inc(len(deleted))
+                for obj in existing:
+                    self._forget_slice(obj)
+            return
+        result = await publish_pool(
+            self.resource, desired.target, desired.devices, existing, self.field_manager
+        )
+        self._published.add(node_name)
+        for stored in result.stored:
+            self.metrics.slice_writes.labels("apply").inc()
+            self._remember_slice(stored)
+        for obj in existing:
+            if obj["metadata"]["name"] in result.deleted:
+                self.metrics.slice_writes.labels("delete").inc()
+                self._forget_slice(obj)
+
+    async def _worker(self, stop: asyncio.Event) -> None:
+        failures: dict[str, int] = {}
+        while not stop.is_set():
+            node_name = await self.queue.get()
+            started = time.perf_counter()
+            try:
+                await self.reconcile(node_name)
+            except TopologyFormatError as exc:
+                self.metrics.reconciles.labels("bad-topology").inc()
+                log.warning("node.topology_invalid", node=node_name, error=str(exc)[:300])
+            except Exception as exc:
+                self.metrics.reconciles.labels("error").inc()
+                attempt = failures.get(node_name, 0) + 1
+                failures[node_name] = attempt
+                delay = min(30.0, 0.5 * 2 ** min(attempt, 6))
+                log.warning(
+                    "node.reconcile_failed",
+                    node=node_name,
+                    error=str(exc)[:300] or type(exc).__name__,
+                    retry_in=delay,
+                )
+                self.queue.add_after(node_name, delay)
+            else:
+                failures.pop(node_name, None)
+                self.metrics.reconciles.labels("ok").inc()
+            finally:
+                self.metrics.duration.observe(time.perf_counter() - started)
+                self.metrics.nodes.set(len(self._published))
+                self.queue.done(node_name)
+
+    async def _resync(self, ctx: ServiceContext) -> None:
+        """Periodic full pass: cheap (hash comparisons), and it repairs anything a bug or an
+        operator's hand changed without an event we act on."""
+        while not await ctx.sleep(self.settings.resync_seconds):
+            for node_name in self.known_nodes():
+                self.queue.add(node_name)
+
+    async def run(self, ctx: ServiceContext) -> None:
+        ctx.readiness.require("synced")
+        stop = ctx.stop
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(self._pump(self.nodes, self._on_node, stop)),
+                group.create_task(self._pump(self.configmaps, self._on_configmap, stop)),
+                group.create_task(self._pump(self.slices, self._on_slice, stop)),
+            ]
+            reflectors = (self.nodes, self.configmaps, self.slices)
+            if await _wait_until(stop, *(r.synced.wait() for r in reflectors)):
+                for node_name in self.known_nodes():
+                    self.queue.add(node_name)
+                tasks += [
+                    group.create_task(self._worker(stop), name=f"worker-{i}")
+                    for i in range(self.settings.workers)
+                ]
+                if await _wait_until(stop, self.queue.wait_idle()):
+                    ctx.readiness.set("synced")
+                    log.info("controller.synced", nodes=len(self._published))
+                    tasks.append(group.create_task(self._resync(ctx)))
+                    await stop.wait()
+            # Watches block on the network for minutes; stopping must not wait for them.
+            for task in tasks:
+                task.cancel()
+
+
+async def _wait_until(stop: asyncio.Event, *awaitables: Any) -> bool:
+    """Wait for all ``awaitables`` unless ``stop`` is set first; True if they all finished."""
+    waiter = asyncio.ensure_future(asyncio.gather(*awaitables))
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future in (waiter, stopper):
+            if not future.done():
+                future.cancel()
+    return waiter.done() and not waiter.cancelled() and not stop.is_set()

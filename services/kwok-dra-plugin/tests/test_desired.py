@@ -1,0 +1,79 @@
+"""Which KWOK nodes get which slices (pure part of the controller)."""
+
+from __future__ import annotations
+
+import pytest
+from fgo_common import dra
+from fgo_common.config import parse_cluster_config
+from fgo_common.nodebuild import build_node_topology
+from fgo_common.topology import TOPOLOGY_DATA_KEY, TopologyFormatError
+from fgo_kwok_dra_plugin.controller import desired_pool, is_kwok_node
+
+OPTIONS = dra.DeviceOptions()
+
+
+def node(name: str = "kwok-1", *, kwok: bool = True, deleting: bool = False) -> dict:
+    meta: dict = {"name": name, "uid": f"uid-{name}", "annotations": {}}
+    if kwok:
+        meta["annotations"]["kwok.x-k8s.io/node"] = "fake"
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return {"metadata": meta}
+
+
+def configmap(name: str = "kwok-1", *, kwok: bool = True, count: int = 2) -> dict:
+    config = parse_cluster_config(
+        {"nodePools": {"p": {"gpus": [{"type": "Tesla K80", "count": count}]}}}
+    )
+    topology = build_node_topology(name, config.pools["p"], config, kwok=kwok)
+    topology.generation = 5
+    return {
+        "metadata": {"name": f"topology-{name}", "labels": {"node-name": name}},
+        "data": {TOPOLOGY_DATA_KEY: topology.to_yaml()},
+    }
+
+
+def test_kwok_node_with_a_record_gets_its_pool() -> None:
+    desired = desired_pool("kwok-1", node(), configmap(), OPTIONS)
+    assert desired is not None
+    assert desired.target.base_name == "kwok-kwok-1-gpu"
+    assert desired.target.node_uid == "uid-kwok-1"
+    assert desired.target.topology_generation == 5
+    assert [d["name"] for d in desired.devices] == ["gpu-0", "gpu-1"]
+    slices = dra.build_slices(desired.target, desired.devices, generation=1)
+    assert "kwok" in slices[0]["metadata"]["name"]
+
+
+def test_the_record_alone_can_mark_a_node_as_kwok() -> None:
+    assert desired_pool("kwok-1", node(kwok=False), configmap(kwok=True), OPTIONS) is not None
+
+
+@pytest.mark.parametrize(
+    ("the_node", "the_cm"),
+    [
+        (None, configmap()),  # node deleted
+        (node(), None),  # node left its GPU pool: the record is gone
+        (node(deleting=True), configmap()),  # node being deleted
+        (node(kwok=False), configmap(kwok=False)),  # a real node: the node plugin publishes
+    ],
+)
+def test_nodes_that_must_not_have_kwok_slices(the_node: dict | None, the_cm: dict | None) -> None:
+    assert desired_pool("kwok-1", the_node, the_cm, OPTIONS) is None
+
+
+def test_unreadable_record_raises_instead_of_withdrawing() -> None:
+    broken = configmap()
+    broken["data"][TOPOLOGY_DATA_KEY] = "gpus: [ {"
+    with pytest.raises(TopologyFormatError):
+        desired_pool("kwok-1", node(), broken, OPTIONS)
+    broken["data"] = {}
+    with pytest.raises(TopologyFormatError):
+        desired_pool("kwok-1", node(), broken, OPTIONS)
+
+
+def test_is_kwok_node_needs_the_fake_value() -> None:
+    assert is_kwok_node(node())
+    other = node()
+    other["metadata"]["annotations"]["kwok.x-k8s.io/node"] = "real"
+    assert not is_kwok_node(other)
+    assert not is_kwok_node({"metadata": {"name": "x"}})
