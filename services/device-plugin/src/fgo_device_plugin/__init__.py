@@ -1,1 +1,2 @@
-"""Kubelet device plugin (v1beta1) for nvidia.com/gpu and MIG resources, plus GPU capacity on KWOK nodes."""
+"""Kubelet device plugin (v1beta1) for nvidia.com/gpu and MIG resources; GPU capacity of KWOK
+nodes."""

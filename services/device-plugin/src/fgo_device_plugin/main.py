@@ -1,33 +1,94 @@
-"""Entry point of the device-plugin service."""
+"""Entry point: ``fgo-device-plugin`` in node mode (DaemonSet) or kwok mode (one Deployment)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
 
+import structlog
+from fgo_common.kube.client import api_client
 from fgo_common.runtime.logging import configure_logging
-from fgo_common.runtime.runner import ServiceContext, run_service
-from fgo_common.runtime.settings import SettingsError, env_field, load_settings
+from fgo_common.runtime.runner import ServiceContext, TaskFactory, run_service
+from fgo_common.runtime.settings import SettingsError, load_settings
+
+from fgo_device_plugin.kwok import KwokCapacityController
+from fgo_device_plugin.metrics import Metrics
+from fgo_device_plugin.node import NodeAgent
+from fgo_device_plugin.reporter import pod_annotation_patcher
+from fgo_device_plugin.settings import MODE_KWOK, Settings
+from fgo_device_plugin.source import ConfigMapTopologySource
 
 COMPONENT = "device-plugin"
+log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True)
-class Settings:
-    health_port: int = env_field("HEALTH_PORT", 8080, "port of /healthz, /readyz, /metrics")
-    log_level: str = env_field("LOG_LEVEL", "INFO", "log level",
-                               choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+async def _follow_readiness(ctx: ServiceContext, name: str, event: asyncio.Event) -> None:
+    """Mirror ``event`` (e.g. "registered with the kubelet") into /readyz until stopped."""
+    while not ctx.stop.is_set():
+        ctx.readiness.set(name, event.is_set())
+        if await ctx.sleep(0.5):
+            return
 
 
-async def idle(ctx: ServiceContext) -> None:
-    ctx.readiness.set("started")
-    await ctx.stop.wait()
+def node_mode(settings: Settings) -> TaskFactory:
+    async def run(ctx: ServiceContext) -> None:
+        ctx.readiness.require("registered")
+        metrics = Metrics(ctx.registry)
+        async with api_client(settings.kubeconfig or None) as api:
+            source = ConfigMapTopologySource(
+                api, settings.effective_topology_namespace, settings.topology_name,
+                settings.node_name,
+            )  # fmt: skip
+            agent = NodeAgent(settings, source, metrics, patch_pod=pod_annotation_patcher(api))
+            async with asyncio.TaskGroup() as group:
+                group.create_task(agent.follow_topology(ctx.stop), name="topology")
+                group.create_task(agent.manager.run(ctx.stop), name="plugins")
+                if agent.reporter is not None:
+                    group.create_task(agent.reporter.run(ctx.stop), name="podresources")
+                group.create_task(
+                    _follow_readiness(ctx, "registered", agent.manager.registered),
+                    name="readiness",
+                )
+
+    return run
+
+
+def kwok_mode(settings: Settings) -> TaskFactory:
+    async def run(ctx: ServiceContext) -> None:
+        ctx.readiness.require("synced")
+        metrics = Metrics(ctx.registry)
+        async with api_client(settings.kubeconfig or None) as api:
+            controller = KwokCapacityController(
+                api,
+                settings.effective_topology_namespace,
+                settings.topology_name,
+                metrics,
+                mig_strategy=settings.mig_strategy,
+                workers=settings.kwok_workers,
+            )
+            async with asyncio.TaskGroup() as group:
+                group.create_task(controller.run(ctx.stop), name="kwok-capacity")
+                group.create_task(
+                    _follow_readiness(ctx, "synced", controller.synced), name="readiness"
+                )
+
+    return run
 
 
 def main() -> int:
     try:
         settings = load_settings(Settings)
     except SettingsError as exc:
-        print(f"{COMPONENT}: invalid setting: {exc}")  # noqa: T201
+        print(f"{COMPONENT}: invalid setting: {exc}")
         return 2
-    configure_logging(COMPONENT, settings.log_level)
-    return run_service(COMPONENT, {"idle": idle}, health_port=settings.health_port)
+    if settings.mode == MODE_KWOK:
+        configure_logging(COMPONENT, settings.log_level)
+    else:
+        configure_logging(COMPONENT, settings.log_level, node=settings.node_name)
+    log.info(
+        "settings.loaded",
+        mode=settings.mode,
+        topology_namespace=settings.effective_topology_namespace,
+        mig_strategy=settings.mig_strategy or "from record",
+    )
+    task = kwok_mode(settings) if settings.mode == MODE_KWOK else node_mode(settings)
+    return run_service(COMPONENT, {settings.mode: task}, health_port=settings.health_port)

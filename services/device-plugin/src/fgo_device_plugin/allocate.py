@@ -1,0 +1,51 @@
+"""What a container gets for its devices: the environment and mounts of the Allocate response.
+
+Mirrors the NVIDIA device plugin's ``envvar`` device-list strategy (the allocated UUIDs in
+``NVIDIA_VISIBLE_DEVICES``, or another name on nodes that also run the real NVIDIA runtime) and
+adds what the fake nvidia-smi needs (design principle 5): the executable, the node-local state
+directory (read-only; a directory rather than the file, because the file is replaced by rename
+and a file bind mount would keep showing the old inode) and ``FGO_STATE_DIR`` pointing at it.
+``NODE_NAME`` is set for tools written for the reference implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fgo_common.nodestate import STATE_DIR_ENV
+
+NODE_NAME_ENV = "NODE_NAME"
+
+
+@dataclass(frozen=True, slots=True)
+class MountSpec:
+    container_path: str
+    host_path: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSetup:
+    """Everything but the device IDs that goes into every ContainerAllocateResponse."""
+
+    node_name: str
+    visible_devices_env: str = "NVIDIA_VISIBLE_DEVICES"
+    nvidia_smi_host_path: str = ""
+    nvidia_smi_container_path: str = "/usr/bin/nvidia-smi"
+    state_host_dir: str = ""
+    state_container_dir: str = ""
+
+    def envs(self, device_ids: Sequence[str]) -> dict[str, str]:
+        out = {self.visible_devices_env: ",".join(device_ids), NODE_NAME_ENV: self.node_name}
+        if self.state_host_dir and self.state_container_dir:
+            out[STATE_DIR_ENV] = self.state_container_dir
+        return out
+
+    def mounts(self) -> list[MountSpec]:
+        out = []
+        if self.nvidia_smi_host_path and self.nvidia_smi_container_path:
+            out.append(MountSpec(self.nvidia_smi_container_path, self.nvidia_smi_host_path))
+        if self.state_host_dir and self.state_container_dir:
+            out.append(MountSpec(self.state_container_dir, self.state_host_dir))
+        return out

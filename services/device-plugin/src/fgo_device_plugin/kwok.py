@@ -1,0 +1,313 @@
+"""KWOK mode: GPU capacity in the status of KWOK nodes, which have no kubelet to publish it.
+
+One central controller keeps ``status.capacity`` and ``status.allocatable`` of every KWOK GPU
+node equal to what the kubelet would publish from our device plugin on a real node: per resource
+of ``resources.node_resources`` (the same code as node mode), capacity = all devices and
+allocatable = healthy devices. It follows record changes and removes resources that are gone.
+
+Level-based: two list-then-watch caches (the topology ConfigMaps of one namespace, all Nodes)
+feed a de-duplicating queue of node names; workers compare the cached node with the wanted
+values and send a merge patch of only our keys to ``nodes/status`` when they differ (so cpu,
+memory, pods and anyone else's resources are never touched). After our patch the node watch
+delivers the new status and the comparison finds nothing to do. Records are parsed once per
+ConfigMap change, not per node event, so KWOK's heartbeats cost a dict comparison each.
+
+Which keys are "ours" must survive a restart (design principle 6): ``nvidia.com/gpu`` and
+``nvidia.com/mig-*`` always are; other device names we publish are listed in node annotation
+``fake-gpu-operator/managed-resources`` (written before the status patch, so a crash in between
+can only leave an extra name listed, never an orphaned resource).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from fgo_common.annotations import KWOK_NODE, KWOK_NODE_VALUE
+from fgo_common.kube.errors import is_not_found
+from fgo_common.kube.retry import retrying
+from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent
+from fgo_common.names import RESOURCE_NAMES
+from fgo_common.topology import NODE_NAME_LABEL, TopologyFormatError
+from kubernetes_asyncio import client
+
+from fgo_device_plugin.metrics import Metrics
+from fgo_device_plugin.resources import capacity_of, node_resources
+from fgo_device_plugin.source import parse_topology_configmap
+
+log = structlog.get_logger(__name__)
+
+MANAGED_RESOURCES_ANNOTATION = "fake-gpu-operator/managed-resources"
+
+Wanted = dict[str, tuple[int, int]]  # resource -> (capacity, allocatable)
+Obj = dict[str, Any]
+
+
+def is_ours_by_name(resource: str) -> bool:
+    return resource == RESOURCE_NAMES.gpu or resource.startswith(RESOURCE_NAMES.mig_prefix)
+
+
+def managed_names(node: Obj) -> set[str]:
+    raw = (node.get("metadata", {}).get("annotations") or {}).get(MANAGED_RESOURCES_ANNOTATION)
+    return {n for n in (raw or "").split(",") if n}
+
+
+def has_our_resources(node: Obj) -> bool:
+    status = node.get("status") or {}
+    return any(is_ours_by_name(k) for k in status.get("capacity") or {}) or bool(
+        managed_names(node)
+    )
+
+
+def is_kwok_node(node: Obj) -> bool:
+    annotations = node.get("metadata", {}).get("annotations") or {}
+    return annotations.get(KWOK_NODE) == KWOK_NODE_VALUE
+
+
+def status_patch(node: Obj, wanted: Wanted, extra_managed: Collection[str] = ()) -> Obj | None:
+    """The merge patch making ``node``'s status show ``wanted`` (None if it already does).
+
+    Keys of ours that are not wanted any more are deleted (``null`` in a merge patch).
+    """
+    status = node.get("status") or {}
+    capacity = status.get("capacity") or {}
+    allocatable = status.get("allocatable") or {}
+    ours = {k for k in (*capacity, *allocatable) if is_ours_by_name(k)}
+    ours |= managed_names(node) | set(extra_managed)
+    cap_patch: dict[str, str | None] = {}
+    alloc_patch: dict[str, str | None] = {}
+    for name, (cap, alloc) in wanted.items():
+        if capacity.get(name) != str(cap):
+            cap_patch[name] = str(cap)
+        if allocatable.get(name) != str(alloc):
+            alloc_patch[name] = str(alloc)
+    for name in ours - set(wanted):
+        if name in capacity:
+            cap_patch[name] = None
+        if name in allocatable:
+            alloc_patch[name] = None
+    if not cap_patch and not alloc_patch:
+        return None
+    body: dict[str, Any] = {}
+    if cap_patch:
+        body["capacity"] = cap_patch
+    if alloc_patch:
+        body["allocatable"] = alloc_patch
+    return {"status": body}
+
+
+def annotation_value(names: set[str]) -> str:
+    return ",".join(sorted(names))
+
+
+@dataclass
+class _Record:
+    kwok: bool
+    wanted: Wanted
+
+
+@dataclass
+class KwokCapacityController:
+    """Keeps the GPU capacity of KWOK nodes equal to their topology records."""
+
+    api: client.ApiClient
+    namespace: str
+    prefix: str
+    metrics: Metrics
+    mig_strategy: str = ""
+    workers: int = 8
+    records: dict[str, _Record] = field(default_factory=dict)  # node name -> record
+    _record_of_cm: dict[str, str] = field(default_factory=dict)  # CM name -> node name
+    _seen_other: dict[str, set[str]] = field(default_factory=dict)  # node -> other names seen
+    _queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    _queued: set[str] = field(default_factory=set)
+    patches: int = 0
+
+    def __post_init__(self) -> None:
+        core = client.CoreV1Api(self.api)
+        self._core = core
+        self._cms = Reflector(
+            core.list_namespaced_config_map,
+            name=f"configmaps/{self.namespace}",
+            namespace=self.namespace,
+        )
+        self._nodes = Reflector(core.list_node, name="nodes")
+        self.synced = asyncio.Event()
+
+    # -- event intake -------------------------------------------------------------------------
+
+    def _enqueue(self, node_name: str) -> None:
+        if node_name not in self._queued:
+            self._queued.add(node_name)
+            self._queue.put_nowait(node_name)
+
+    def _node_of_configmap(self, obj: Obj) -> str | None:
+        meta = obj.get("metadata", {})
+        name = str(meta.get("name", ""))
+        if not name.startswith(f"{self.prefix}-"):
+            return None
+        labelled = (meta.get("labels") or {}).get(NODE_NAME_LABEL)
+        return str(labelled) if labelled else name.removeprefix(f"{self.prefix}-")
+
+    def on_configmap(self, event: WatchEvent) -> None:
+        name = str(event.obj.get("metadata", {}).get("name", ""))
+        if event.type == DELETED:
+            node_name = self._record_of_cm.pop(name, None)
+            if node_name is not None:
+                self.records.pop(node_name, None)
+                self._enqueue(node_name)
+            return
+        node_name = self._node_of_configmap(event.obj)
+        if node_name is None:
+            return
+        try:
+            topology = parse_topology_configmap(event.obj, node_name)
+        except TopologyFormatError as exc:
+            # Not a record (or a broken one): keep the last good one.
+            log.debug("configmap.skipped", name=name, error=str(exc))
+            return
+        resources = node_resources(topology, self.mig_strategy)
+        record = _Record(kwok=topology.kwok, wanted=capacity_of(resources))
+        self._record_of_cm[name] = node_name
+        if self.records.get(node_name) != record:
+            self.records[node_name] = record
+            self._enqueue(node_name)
+
+    def on_node(self, event: WatchEvent) -> None:
+        name = str(event.obj.get("metadata", {}).get("name", ""))
+        if event.type == DELETED:
+            self._seen_other.pop(name, None)
+            return
+        if name in self.records or has_our_resources(event.obj):
+            self._enqueue(name)
+
+    # -- reconciliation -----------------------------------------------------------------------
+
+    async def reconcile(self, node_name: str) -> None:
+        node = self._nodes.cache.get(node_name)
+        if node is None:
+            return  # reconciled when the node appears
+        record = self.records.get(node_name)
+        kwok = is_kwok_node(node) or (record is not None and record.kwok)
+        if not kwok:
+            return  # a real node: its kubelet and our device plugin publish capacity there
+        wanted = record.wanted if record is not None else {}
+        others = {n for n in wanted if not is_ours_by_name(n)}
+        seen = self._seen_other.setdefault(node_name, set())
+        listed = managed_names(node)
+        # Names we may have published but cannot see in the annotation (written before a crash).
+        extra = seen - listed
+        bound = log.bind(node=node_name)
+        if not others <= listed:
+            # Record new names first: a crash after the status patch must not orphan them.
+            await self._annotate(node_name, listed | others, bound)
+        patch = status_patch(node, wanted, extra)
+        if patch is not None:
+            await self._patch_status(node_name, patch, bound)
+        seen |= others
+        if listed - others:
+            await self._annotate(node_name, others, bound)
+            seen &= others
+
+    async def _annotate(self, node_name: str, names: set[str], bound: Any) -> None:
+        value = annotation_value(names) or None
+        body = {"metadata": {"annotations": {MANAGED_RESOURCES_ANNOTATION: value}}}
+        patch_node: Any = self._core.patch_node
+
+        async def call() -> None:
+            resp = await patch_node(
+                node_name,
+                body,
+                _content_type="application/merge-patch+json",
+                _preload_content=False,
+            )
+            resp.release()
+
+        try:
+            await retrying(call, what=f"annotate node {node_name}")
+        except Exception as exc:
+            if not is_not_found(exc):
+                bound.warning("node.annotate_failed", error=str(exc)[:200])
+
+    async def _patch_status(self, node_name: str, patch: Obj, bound: Any) -> None:
+        patch_status: Any = self._core.patch_node_status
+
+        async def call() -> None:
+            resp = await patch_status(
+                node_name,
+                patch,
+                _content_type="application/merge-patch+json",
+                _preload_content=False,
+            )
+            resp.release()
+
+        try:
+            await retrying(call, what=f"patch status of node {node_name}")
+        except Exception as exc:
+            if is_not_found(exc):
+                self.metrics.kwok_patches.labels("gone").inc()
+                return
+            self.metrics.kwok_patches.labels("error").inc()
+            bound.warning("node.patch_failed", error=str(exc)[:200])
+            return
+        self.patches += 1
+        self.metrics.kwok_patches.labels("ok").inc()
+        bound.info("node.capacity_patched", patch=json.dumps(patch["status"], sort_keys=True))
+
+    # -- tasks --------------------------------------------------------------------------------
+
+    async def _follow(self, reflector: Reflector, handler: Any, stop: asyncio.Event) -> None:
+        async for event in reflector.events(stop):
+            if event.type == SYNCED:
+                if self._cms.synced.is_set() and self._nodes.synced.is_set():
+                    if not self.synced.is_set():
+                        # Cover nodes whose capacity is ours but whose record vanished meanwhile.
+                        for name in self._nodes.cache:
+                            self.on_node(WatchEvent("ADDED", self._nodes.cache[name]))
+                    self.synced.set()
+                continue
+            handler(event)
+            self.metrics.kwok_nodes.set(sum(1 for r in self.records.values() if r.kwok or r.wanted))
+
+    async def _worker(self) -> None:
+        while True:
+            node_name = await self._queue.get()
+            self._queued.discard(node_name)
+            if not self.synced.is_set():
+                # Decide only on complete caches; the initial sync re-queues everything.
+                await self.synced.wait()
+            try:
+                await self.reconcile(node_name)
+            except Exception:
+                log.exception("node.reconcile_failed", node=node_name)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        tasks = [
+            asyncio.create_task(self._follow(self._cms, self.on_configmap, stop), name="kwok-cms"),
+            asyncio.create_task(self._follow(self._nodes, self.on_node, stop), name="kwok-nodes"),
+            *(
+                asyncio.create_task(self._worker(), name=f"kwok-worker-{i}")
+                for i in range(self.workers)
+            ),
+        ]
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            done, _ = await asyncio.wait({stopped, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopped:
+                    task.result()  # a dead watch stops the service (Kubernetes restarts it)
+        finally:
+            stopped.cancel()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def wanted_snapshot(self) -> Mapping[str, Wanted]:
+        return {name: r.wanted for name, r in self.records.items()}

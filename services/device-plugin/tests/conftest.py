@@ -1,0 +1,36 @@
+"""Fixtures for the device plugin tests: short socket directories and a leaked-task check."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+# Test helpers (record builders, a running agent) live next to the tests.
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    # pytest's tmp_path can exceed the 107-byte unix socket path limit; /tmp/fgo-xxxx cannot.
+    path = Path(tempfile.mkdtemp(prefix="fgo-dp-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    before = asyncio.all_tasks()
+    yield
+    await asyncio.sleep(0)
+    leaked = [
+        t for t in asyncio.all_tasks() - before if t is not asyncio.current_task() and not t.done()
+    ]
+    assert not leaked, f"test leaked asyncio tasks: {leaked}"
