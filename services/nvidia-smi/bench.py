@@ -1,7 +1,7 @@
 """Wall time per invocation of the packaged nvidia-smi (p50/p95), for the default table and a CSV
 query, against a simulated 8-GPU H100 node state.
 
-    uv run python services/nvidia-smi/bench.py [--runs 50] [--binary build/nvidia-smi/dist/nvidia-smi/nvidia-smi]
+    uv run python services/nvidia-smi/bench.py [--runs 50] [--binary PATH]
 
 Builds the bundle first (build.sh) unless --binary is given. Prints one line per case.
 """
@@ -23,16 +23,17 @@ DEFAULT_BINARY = ROOT / "build" / "nvidia-smi" / "dist" / "nvidia-smi" / "nvidia
 
 CASES = {
     "default table": [],
-    "csv query": ["--query-gpu=index,name,uuid,memory.used,utilization.gpu,power.draw",
-                  "--format=csv,noheader,nounits"],
+    "csv query": [
+        "--query-gpu=index,name,uuid,memory.used,utilization.gpu,power.draw",
+        "--format=csv,noheader,nounits",
+    ],
 }
 
 
 def _write_state(directory: Path) -> None:
     sys.path.insert(0, str(HERE / "tests"))
-    from smi_fixtures import hgx_node
-
     from fgo_common.nodestate import write_node_state
+    from smi_fixtures import hgx_node
 
     write_node_state(directory, hgx_node())
 
@@ -63,8 +64,10 @@ def main() -> int:
             times = sorted(_measure(binary, args, env, ns.runs))
             p50 = statistics.median(times)
             p95 = times[min(len(times) - 1, int(len(times) * 0.95))]
-            print(f"{name:<14} runs={ns.runs:<4} p50={p50:6.1f} ms  p95={p95:6.1f} ms  "
-                  f"(cpus={os.cpu_count()}, load={os.getloadavg()[0]:.2f})")
+            print(
+                f"{name:<14} runs={ns.runs:<4} p50={p50:6.1f} ms  p95={p95:6.1f} ms  "
+                f"(cpus={os.cpu_count()}, load={os.getloadavg()[0]:.2f})"
+            )
     return 0
 
 

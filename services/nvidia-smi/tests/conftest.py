@@ -12,11 +12,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from smi_fixtures import h100_capture_node  # noqa: E402
-
-from fgo_common.nodestate import write_node_state  # noqa: E402
-from fgo_common.topology import NodeTopology  # noqa: E402
-from fgo_nvidia_smi.main import run  # noqa: E402
+from fgo_common.nodestate import write_node_state
+from fgo_common.topology import NodeTopology
+from fgo_nvidia_smi.main import run
+from smi_fixtures import h100_capture_node
 
 REFERENCE = Path(__file__).resolve().parents[4] / "shared" / "reference" / "nvidia-smi-h100"
 # 2026-11-26 19:10:12 UTC, the capture's time stamp: pins every sampled value.
@@ -25,8 +24,9 @@ CAPTURE_TIME = 1_795_720_212.0
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "rootfs: builds the standalone nvidia-smi and runs it in a Python-less Debian "
-        "root filesystem via chroot (slow the first time: debootstrap)"
+        "markers",
+        "rootfs: builds the standalone nvidia-smi and runs it in a Python-less Debian "
+        "root filesystem via chroot (slow the first time: debootstrap)",
     )
 
 
@@ -41,8 +41,12 @@ Runner = Callable[..., Result]
 
 
 def make_env(state_dir: Path, **extra: str) -> dict[str, str]:
-    env = {"FGO_STATE_DIR": str(state_dir), "FGO_SMI_TIME": str(CAPTURE_TIME), "TZ": "UTC",
-           "HOSTNAME": "test-pod"}
+    env = {
+        "FGO_STATE_DIR": str(state_dir),
+        "FGO_SMI_TIME": str(CAPTURE_TIME),
+        "TZ": "UTC",
+        "HOSTNAME": "test-pod",
+    }
     env.update(extra)
     return env
 

@@ -30,8 +30,13 @@ def _diff(actual: list[str], expected: list[str]) -> str:
     return "\n".join(difflib.unified_diff(expected, actual, "capture", "ours", lineterm=""))
 
 
-def assert_lines(actual: str, expected: str, *, literals: Iterable[tuple[str, str]] = (),
-                 fixed_width: bool = False) -> None:
+def assert_lines(
+    actual: str,
+    expected: str,
+    *,
+    literals: Iterable[tuple[str, str]] = (),
+    fixed_width: bool = False,
+) -> None:
     """Line-by-line match; each (literal, regex) in ``literals`` frees that part of the capture."""
     exp, act = expected.split("\n"), actual.split("\n")
     assert len(act) == len(exp), "line count differs:\n" + _diff(act, exp)
@@ -43,8 +48,6 @@ def assert_lines(actual: str, expected: str, *, literals: Iterable[tuple[str, st
         assert re.fullmatch(pattern, a), f"line {number}:\n ours:    {a!r}\n capture: {e!r}"
         if fixed_width:
             assert len(a) == len(e), f"line {number} width {len(a)} != {len(e)}: {a!r}"
-
-
 
 
 def assert_q_text(actual: str, expected: str, volatile: set[str]) -> None:
@@ -65,7 +68,9 @@ def assert_q_text(actual: str, expected: str, volatile: set[str]) -> None:
             assert a == e, f"line {number}: {a!r} != {e!r}"
             continue
         pattern = re.escape(label + sep) + (shape(value) if path in volatile else re.escape(value))
-        assert re.fullmatch(pattern, a), f"line {number} ({path}):\n ours:    {a!r}\n capture: {e!r}"
+        assert re.fullmatch(pattern, a), (
+            f"line {number} ({path}):\n ours:    {a!r}\n capture: {e!r}"
+        )
 
 
 _TAG = re.compile(r"^(\t*)<([A-Za-z0-9_]+)(?: [^>]*)?>(.*)</\2>$")

@@ -14,6 +14,7 @@ import shlex
 from conftest import Runner, reference
 from golden import DATE, assert_lines, assert_q_text, assert_xml
 
+
 def _args(command: str) -> list[str]:
     return shlex.split(command)[1:]
 
@@ -25,8 +26,11 @@ def test_default_table(smi: Runner) -> None:
     assert_lines(
         result.out,
         expected,
-        literals=[("Thu Nov 26 19:10:12 2026", DATE), ("   50C", r"\s+\d+C"),
-                  ("            131W", r"\s+\d+W")],
+        literals=[
+            ("Thu Nov 26 19:10:12 2026", DATE),
+            ("   50C", r"\s+\d+C"),
+            ("            131W", r"\s+\d+W"),
+        ],
         fixed_width=False,
     )
     # Every table line keeps the capture's width (the date line's trailing blanks too).
@@ -80,13 +84,21 @@ def test_help_texts(smi: Runner) -> None:
 
 
 Q_VOLATILE = {
-    "Timestamp", "Serial Number", "GPU PDI", "Platform Info/Module Id",
-    "PCI/Tx Throughput", "PCI/Rx Throughput",
-    "Temperature/GPU Current Temp", "Temperature/GPU T.Limit Temp",
+    "Timestamp",
+    "Serial Number",
+    "GPU PDI",
+    "Platform Info/Module Id",
+    "PCI/Tx Throughput",
+    "PCI/Rx Throughput",
+    "Temperature/GPU Current Temp",
+    "Temperature/GPU T.Limit Temp",
     "Temperature/Memory Current Temp",
-    "GPU Power Readings/Average Power Draw", "GPU Power Readings/Instantaneous Power Draw",
+    "GPU Power Readings/Average Power Draw",
+    "GPU Power Readings/Instantaneous Power Draw",
     "GPU Memory Power Readings/Average Power Draw",
-    "Clocks/Graphics", "Clocks/SM", "Clocks/Video",
+    "Clocks/Graphics",
+    "Clocks/SM",
+    "Clocks/Video",
 }
 
 
@@ -98,12 +110,21 @@ def test_query_text(smi: Runner) -> None:
 
 
 X_VOLATILE = {
-    "timestamp", "gpu/serial", "gpu/pdi", "gpu/platformInfo/module_id",
-    "gpu/pci/tx_util", "gpu/pci/rx_util",
-    "gpu/temperature/gpu_temp", "gpu/temperature/gpu_temp_tlimit", "gpu/temperature/memory_temp",
-    "gpu/gpu_power_readings/average_power_draw", "gpu/gpu_power_readings/instant_power_draw",
+    "timestamp",
+    "gpu/serial",
+    "gpu/pdi",
+    "gpu/platformInfo/module_id",
+    "gpu/pci/tx_util",
+    "gpu/pci/rx_util",
+    "gpu/temperature/gpu_temp",
+    "gpu/temperature/gpu_temp_tlimit",
+    "gpu/temperature/memory_temp",
+    "gpu/gpu_power_readings/average_power_draw",
+    "gpu/gpu_power_readings/instant_power_draw",
     "gpu/gpu_memory_power_readings/average_power_draw",
-    "gpu/clocks/graphics_clock", "gpu/clocks/sm_clock", "gpu/clocks/video_clock",
+    "gpu/clocks/graphics_clock",
+    "gpu/clocks/sm_clock",
+    "gpu/clocks/video_clock",
 }
 
 

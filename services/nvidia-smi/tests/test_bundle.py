@@ -1,0 +1,195 @@
+"""The standalone nvidia-smi: built with build.sh, run on the host and inside a Python-less
+Debian root filesystem (debootstrap minbase) through chroot, mounted the way the node agents
+mount it (docs/nvidia-smi.md): bundle directory at /usr/local/fake-gpu, the static launcher at
+/usr/bin/nvidia-smi, the node state directory at /run/fake-gpu-operator."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import CAPTURE_TIME
+from fgo_common.nodestate import write_node_state
+from fgo_nvidia_smi.main import run
+from smi_fixtures import hgx_node
+
+HERE = Path(__file__).resolve().parent
+SERVICE = HERE.parent
+ROOT = SERVICE.parents[1]
+BUNDLE = ROOT / "build" / "nvidia-smi" / "dist" / "nvidia-smi"
+SUITE = os.environ.get("FGO_ROOTFS_SUITE", "bookworm")
+# Ubuntu 22.04's glibc: the oldest base image the bundle must start in.
+MAX_GLIBC = (2, 35)
+
+MODES: list[list[str]] = [
+    [],
+    ["-L"],
+    ["--query-gpu=index,uuid,name,memory.used,utilization.gpu,power.draw", "--format=csv"],
+    ["-q", "-x"],
+    ["topo", "-m"],
+    ["mig", "-lgi"],
+    ["dmon", "-c", "1"],
+    ["-i", "9"],
+    ["--bogus-flag"],
+]
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Path:
+    subprocess.run([str(SERVICE / "build.sh")], check=True, capture_output=True, timeout=900)
+    assert (BUNDLE / "nvidia-smi").is_file() and (BUNDLE / "launcher").is_file()
+    return BUNDLE
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("state")
+    write_node_state(directory, hgx_node())
+    directory.chmod(0o755)
+    return directory
+
+
+def _env(state: Path | str) -> dict[str, str]:
+    return {
+        "PATH": "/usr/bin:/bin",
+        "FGO_STATE_DIR": str(state),
+        "FGO_SMI_TIME": str(CAPTURE_TIME),
+        "TZ": "UTC",
+        "HOSTNAME": "test-pod",
+    }
+
+
+def _in_process(args: list[str], state: Path) -> tuple[int, str]:
+    out, err = io.StringIO(), io.StringIO()
+    previous = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
+    try:
+        import time
+
+        time.tzset()
+        code = run(args, out, err, _env(state))
+    finally:
+        if previous is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = previous
+        time.tzset()
+    return code, out.getvalue()
+
+
+def test_bundle_matches_the_python_package(bundle: Path, state: Path) -> None:
+    for args in MODES:
+        done = subprocess.run(
+            [str(bundle / "nvidia-smi"), *args],
+            env=_env(state),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert (done.returncode, done.stdout) == _in_process(args, state), args
+        assert done.stderr == "", args
+    launched = subprocess.run(
+        [str(bundle / "launcher"), "-L"],
+        env={**_env(state), "FGO_NVIDIA_SMI_HOME": str(bundle)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert launched.returncode == 0 and launched.stdout.count("GPU ") == 8
+
+
+def test_launcher_without_the_bundle_fails_like_a_missing_driver(
+    bundle: Path, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [str(bundle / "launcher")],
+        capture_output=True,
+        text=True,
+        env={"FGO_NVIDIA_SMI_HOME": str(tmp_path)},
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 9
+    assert done.stdout.startswith("NVIDIA-SMI has failed because it couldn't communicate")
+    assert str(tmp_path) in done.stderr
+
+
+def test_bundle_needs_no_newer_glibc_than_ubuntu_2204(bundle: Path) -> None:
+    objdump = shutil.which("objdump")
+    assert objdump, "objdump (binutils) is needed to read the bundle's symbol versions"
+    needed: set[tuple[int, ...]] = set()
+    files = [bundle / "nvidia-smi", *(p for p in bundle.rglob("*.so*") if p.is_file())]
+    for path in files:
+        out = subprocess.run(
+            [objdump, "-T", str(path)], capture_output=True, text=True, check=False
+        ).stdout
+        needed |= {tuple(int(x) for x in v.split(".")) for v in re.findall(r"GLIBC_([\d.]+)", out)}
+    assert needed, "no versioned glibc symbols found: objdump output changed?"
+    assert max(needed) <= MAX_GLIBC, f"bundle needs glibc {max(needed)}"
+
+
+@pytest.fixture(scope="module")
+def rootfs() -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("debootstrap and chroot need root")
+    done = subprocess.run(
+        [str(HERE / "rootfs.sh"), SUITE], capture_output=True, text=True, timeout=1500, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    path = Path(done.stdout.strip().splitlines()[-1])
+    # Mount points of the contract (empty: the real content arrives by bind mounts).
+    (path / "usr/local/fake-gpu").mkdir(parents=True, exist_ok=True)
+    (path / "run/fake-gpu-operator").mkdir(parents=True, exist_ok=True)
+    (path / "usr/bin/nvidia-smi").touch()
+    yield path
+
+
+def _chroot(
+    rootfs: Path, bundle: Path, state: Path, command: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` (a shell line) in ``rootfs`` with the contract's bind mounts, inside a
+    private mount namespace so nothing leaks onto the host."""
+    script = (
+        f"mount --bind {bundle} {rootfs}/usr/local/fake-gpu && "
+        f"mount --bind {bundle}/launcher {rootfs}/usr/bin/nvidia-smi && "
+        f"mount -o bind,ro {state} {rootfs}/run/fake-gpu-operator && "
+        f"exec chroot {rootfs} /bin/sh -c '{command}'"
+    )
+    env = {k: v for k, v in _env("/run/fake-gpu-operator").items() if k != "FGO_STATE_DIR"}
+    env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"  # chroot lives in sbin
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.rootfs
+@pytest.mark.timeout(1800)
+def test_runs_in_a_python_less_debian_rootfs(rootfs: Path, bundle: Path, state: Path) -> None:
+    probe = _chroot(
+        rootfs,
+        bundle,
+        state,
+        "for p in python python3 python3.11; do command -v $p; done; echo probe-done",
+    )
+    assert probe.stdout.strip() == "probe-done", f"rootfs has Python? {probe.stdout}{probe.stderr}"
+    for args in MODES:
+        quoted = " ".join(f'"{a}"' for a in args)
+        done = _chroot(rootfs, bundle, state, f"nvidia-smi {quoted}")
+        # Default state dir (/run/fake-gpu-operator): nothing but the mounts tells it where.
+        assert (done.returncode, done.stdout) == _in_process(args, state), (args, done.stderr)
+    missing = _chroot(rootfs, bundle, state, "FGO_STATE_DIR=/nowhere nvidia-smi")
+    assert missing.returncode == 9
+    assert missing.stdout.startswith("NVIDIA-SMI has failed because it couldn't communicate")

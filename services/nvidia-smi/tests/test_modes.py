@@ -1,0 +1,285 @@
+"""Behaviour beyond the single-H100 capture: many GPUs, MIG, processes, visibility, -i, loops,
+agreement with the telemetry model, and every query field on every kind of GPU."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from conftest import CAPTURE_TIME, REFERENCE, Runner
+from fgo_common.telemetry import profile_for, sample_gpu
+from fgo_nvidia_smi import clock
+from fgo_nvidia_smi.fields import APP_FIELDS, GPU_FIELDS
+from smi_fixtures import LONG_NAME, h100_capture_node, hgx_node, k80_node, long_name_node
+
+HELP_FIELD = re.compile(r'^"([A-Za-z0-9_.]+)"(?: or "([A-Za-z0-9_.]+)")?$')
+
+
+def _help_names(name: str) -> list[tuple[str, ...]]:
+    out = []
+    for line in (REFERENCE / name).read_text().splitlines():
+        match = HELP_FIELD.match(line)
+        if match:
+            out.append(tuple(n for n in match.groups() if n))
+    return out
+
+
+def test_every_help_field_is_queryable_and_no_others() -> None:
+    listed = _help_names("smi_help_query_gpu.txt")
+    ours = [tuple(dict.fromkeys(f.names)) for f in GPU_FIELDS]
+    assert sorted(ours) == sorted(tuple(dict.fromkeys(n)) for n in listed)
+    apps = _help_names("smi_help_query_apps.txt")
+    assert sorted(f.names for f in APP_FIELDS) == sorted(apps)
+
+
+@pytest.mark.parametrize("node_factory", [h100_capture_node, hgx_node, k80_node, long_name_node])
+def test_all_fields_on_every_gpu_kind(smi: Runner, node_factory: object) -> None:
+    node = node_factory()  # type: ignore[operator]
+    names = [f.names[-1] for f in GPU_FIELDS]  # aliases work as well as canonical names
+    result = smi(f"--query-gpu={','.join(names)}", "--format=csv", node=node)
+    assert result.code == 0, result.out
+    lines = result.out.splitlines()
+    assert len(lines) == 1 + len(node.gpus)
+    assert lines[0].split(", ") == [f.header for f in GPU_FIELDS]
+    for line in lines[1:]:
+        cells = line.split(", ")
+        assert len(cells) == len(GPU_FIELDS)
+        assert all(cells), line
+
+
+def test_eight_gpu_table_with_mig_and_processes(smi: Runner) -> None:
+    result = smi(node=hgx_node(), HOSTNAME="train-0")
+    assert result.code == 0
+    lines = result.out.split("\n")
+    assert all(len(line) == 91 for line in lines[1:] if line.strip()), "a row lost its width"
+    assert [line[2:5] for line in lines if re.match(r"\| +\d  NVIDIA", line)] == [
+        f"  {i}" for i in range(8)
+    ]
+    assert "| MIG devices:" in result.out
+    mig_rows = [line for line in lines if re.match(r"\|  7 +\d+ +\d+ +\d+  \|", line)]
+    assert len(mig_rows) == 2  # 3g.40gb (GI 1) and 1g.10gb (GI 7)
+    assert "|                   On |" in result.out  # ECC column of the MIG GPU
+    procs = [line for line in lines if re.match(r"\| +\d +(N/A|\d+) +(N/A|\d+) +\d+ +C ", line)]
+    assert len(procs) == 3  # train-0 on GPUs 1 and 2 (one PID), infer-0 on MIG GI 1
+    pids = {line.split()[4] for line in procs[:2]}
+    assert len(pids) == 1
+    assert "30000MiB" in procs[0] and "12000MiB" in procs[2]
+
+
+def test_long_product_name_is_truncated_like_the_driver(smi: Runner) -> None:
+    result = smi(node=long_name_node())
+    row = next(line for line in result.out.split("\n") if line.startswith("|   0  NVIDIA"))
+    assert row.startswith("|   0  NVIDIA RTX 6000 Ada Gene...    On  |")
+    assert smi("-L", node=long_name_node()).out.startswith(f"GPU 0: {LONG_NAME} (UUID: GPU-")
+
+
+def test_visible_devices_select_and_renumber(smi: Runner) -> None:
+    node = hgx_node()
+    third = node.gpus[3]
+    result = smi("-L", node=node, NVIDIA_VISIBLE_DEVICES=third.id)
+    assert result.out == f"GPU 0: NVIDIA H100 80GB HBM3 (UUID: {third.id})\n"
+    table = smi(node=node, NVIDIA_VISIBLE_DEVICES=third.id).out
+    assert third.bus_id in table and node.gpus[0].bus_id not in table
+    both = smi("-L", node=node, NVIDIA_VISIBLE_DEVICES=f"{node.gpus[5].id},{node.gpus[2].id}")
+    assert both.out.splitlines() == [
+        f"GPU 0: NVIDIA H100 80GB HBM3 (UUID: {node.gpus[2].id})",
+        f"GPU 1: NVIDIA H100 80GB HBM3 (UUID: {node.gpus[5].id})",
+    ]
+    assert smi("-L", node=node, NVIDIA_VISIBLE_DEVICES="1,4").out.count("GPU ") == 2
+    assert smi("-L", node=node, NVIDIA_VISIBLE_DEVICES="all").out.count("GPU ") == 8
+    none = smi(node=node, NVIDIA_VISIBLE_DEVICES="none")
+    assert (none.out, none.code) == ("No devices were found\n", 6)
+    # FGO_VISIBLE_DEVICES (the device plugin's alternative name) takes precedence.
+    fgo = smi("-L", node=node, NVIDIA_VISIBLE_DEVICES="all", FGO_VISIBLE_DEVICES="0")
+    assert fgo.out.count("GPU ") == 1
+
+
+def test_visible_mig_device_shows_its_parent_and_only_itself(smi: Runner) -> None:
+    node = hgx_node()
+    mig = node.gpus[7].mig_devices[1]
+    listing = smi("-L", node=node, NVIDIA_VISIBLE_DEVICES=mig.uuid).out
+    assert listing.splitlines() == [
+        f"GPU 0: NVIDIA H100 80GB HBM3 (UUID: {node.gpus[7].id})",
+        f"  MIG 1g.10gb      Device  1: (UUID: {mig.uuid})",
+    ]
+
+
+def test_select_by_index_uuid_and_bus_id(smi: Runner) -> None:
+    node = hgx_node()
+    for ident in (
+        "4",
+        node.gpus[4].id,
+        node.gpus[4].id.lower(),
+        node.gpus[4].bus_id,
+        node.gpus[4].bus_id[4:],
+    ):
+        result = smi(
+            "-i", ident, "--query-gpu=index,pci.bus_id", "--format=csv,noheader", node=node
+        )
+        assert result.out == f"4, {node.gpus[4].bus_id}\n", ident
+    many = smi("-i", "0,2", "--query-gpu=index", "--format=csv,noheader", node=node)
+    assert many.out == "0\n2\n"
+    for bad in ("8", "GPU-nope", "abc", "00000000:99:00.0"):
+        result = smi("-i", bad, node=node)
+        assert (result.out, result.code) == ("No devices were found\n", 6), bad
+
+
+def test_values_agree_with_the_telemetry_model(smi: Runner) -> None:
+    node = hgx_node()
+    result = smi(
+        "--query-gpu=index,utilization.gpu,power.draw,temperature.gpu,memory.used,clocks.sm",
+        "--format=csv,noheader,nounits",
+        node=node,
+        FGO_SEED="7",
+    )
+    for gpu, line in zip(node.gpus, result.out.splitlines(), strict=True):
+        sample = sample_gpu(gpu, profile_for(gpu), CAPTURE_TIME, seed=7)
+        index, util, power, temp, used, sm = line.split(", ")
+        expected_util = "[N/A]" if gpu.mig_enabled else str(sample.gpu_util)
+        assert (util, power, temp) == (
+            expected_util,
+            f"{sample.power_w:.2f}",
+            str(sample.gpu_temp_c),
+        ), index
+        assert (int(used), int(sm)) == (sample.fb_used_mib, sample.sm_clock_mhz)
+    busy = result.out.splitlines()[1].split(", ")
+    assert int(busy[1]) >= 80  # the training pod drives GPU 1 to 80-100 %
+
+
+def test_query_sections(smi: Runner) -> None:
+    result = smi("-q", "-d", "MEMORY,TEMPERATURE")
+    assert result.code == 0
+    assert "    FB Memory Usage" in result.out and "    Temperature" in result.out
+    assert "Product Name" not in result.out and "    Clocks\n" not in result.out
+    clocks = smi("-q", "-d", "SUPPORTED_CLOCKS").out
+    assert "    Supported Clocks" in clocks and "            Graphics" in clocks
+    bad = smi("-q", "-d", "BOGUS")
+    assert bad.code == 255 and bad.out.startswith("Invalid combination of input arguments.")
+
+
+def test_processes_in_q_and_xml(smi: Runner) -> None:
+    node = hgx_node()
+    text = smi("-q", "-i", "1", node=node).out
+    assert re.search(r"\n        Process ID +: \d+\n            Type +: C\n", text)
+    assert re.search(r"\n            Used GPU Memory +: 30000 MiB\n", text)
+    root = ET.fromstring(smi("-q", "-x", node=node).out)
+    infos = root.findall("./gpu/processes/process_info")
+    assert len(infos) == 3
+    assert {i.findtext("used_memory") for i in infos} == {"30000 MiB", "12000 MiB"}
+    mig = root.findall("./gpu/mig_devices/mig_device")
+    assert [m.findtext("gpu_instance_id") for m in mig] == ["1", "7"]
+
+
+def test_compute_apps_query(smi: Runner) -> None:
+    node = hgx_node()
+    result = smi(
+        "--query-compute-apps=gpu_uuid,pid,process_name,used_memory", "--format=csv", node=node
+    )
+    lines = result.out.splitlines()
+    assert lines[0] == "gpu_uuid, pid, process_name, used_gpu_memory [MiB]"
+    assert len(lines) == 4
+    assert lines[1].startswith(node.gpus[1].id) and lines[1].endswith("30000 MiB")
+    idle = smi("--query-compute-apps=pid", "--format=csv,noheader")
+    assert (idle.out, idle.code) == ("", 0)
+    bad = smi("--query-compute-apps=bogus", "--format=csv")
+    assert (bad.out, bad.code) == ('Field "bogus" is not a valid field to query.\n\n', 2)
+
+
+def test_topology_links(smi: Runner) -> None:
+    hgx = smi("topo", "-m", node=hgx_node()).out.split("\n")
+    assert hgx[1].split("\t")[1:9] == [" X ", *["NV18"] * 7]
+    k80 = smi("topo", "-m", node=k80_node(4)).out.split("\n")
+    assert k80[1].split("\t")[1:5] == [" X ", "PIX", "SYS", "SYS"]
+
+
+def test_mig_instance_tables(smi: Runner) -> None:
+    node = hgx_node()
+    lgi = smi("mig", "-lgi", node=node).out.splitlines()
+    assert lgi[5] == "|   7  MIG 1g.10gb           19        7          0:1     |"
+    assert lgi[7] == "|   7  MIG 3g.40gb            9        1          4:4     |"
+    lci = smi("mig", "-lci", node=node).out.splitlines()
+    assert lci[6] == "|   7      7       MIG 1g.10gb          0         0          0:1     |"
+    lgip = smi("mig", "-lgip", "-i", "7", node=node).out
+    # 3g.40gb at 4:4 and 1g.10gb at 0:1 leave three 1g.10gb slots (1, 2, 3) of seven.
+    assert "|   7  MIG 1g.10gb         19     3/7 " in lgip
+    assert "|   7  MIG 4g.40gb          5     0/1 " in lgip
+    assert smi("mig", "-lgip", node=k80_node()).out == "No MIG-supported devices found.\n"
+
+
+def test_loops_repeat_until_interrupted(smi: Runner, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[float] = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_sleep(seconds: float) -> None:
+        calls.append(seconds)
+        if len(calls) >= 2:
+            raise Stop
+
+    monkeypatch.setattr(clock, "sleep", fake_sleep)
+    with pytest.raises(Stop):
+        smi("--query-gpu=index", "--format=csv", "-lms", "250")
+    assert calls == [0.25, 0.25]
+    calls.clear()
+    with pytest.raises(Stop):
+        smi("-l", "2")
+    assert calls == [2.0, 2.0]
+    calls.clear()
+    monkeypatch.setattr(clock, "sleep", calls.append)
+    dmon = smi("dmon", "-c", "3", "-d", "2")
+    assert dmon.out.count("\n") == 2 + 3 and calls == [2, 2]
+
+
+def test_pmon_and_dmon_selection(smi: Runner) -> None:
+    node = hgx_node()
+    pmon = smi("pmon", "-c", "1", node=node).out.splitlines()
+    assert pmon[0].startswith("# gpu         pid   type     sm")
+    assert any(re.match(r" +1 +\d+ +C +\d+", line) for line in pmon[2:])
+    dmon = smi("dmon", "-c", "1", "-s", "m", node=node).out.splitlines()
+    assert dmon[0] == "# gpu     fb   bar1   ccpm "
+    assert smi("dmon", "-s", "z").code == 255
+
+
+def test_version_and_permission_errors(smi: Runner) -> None:
+    version = smi("--version").out.splitlines()
+    assert version == [
+        "NVIDIA-SMI version  : 580.159.04",
+        "NVML version        : 580.159",
+        "DRIVER version      : 580.159.04",
+        "CUDA Version        : 13.0",
+    ]
+    pm = smi("-pm", "1")
+    assert pm.code == 4
+    assert pm.out == (
+        "Unable to set persistence mode for GPU 00000000:00:06.0: Insufficient "
+        "Permissions\nTerminating early due to previous errors.\n"
+    )
+
+
+def test_unsupported_but_real_options_say_so(smi: Runner) -> None:
+    for args in (
+        ["nvlink", "-s"],
+        ["--query-retired-pages=address", "--format=csv"],
+        ["mig", "-cgi", "9"],
+    ):
+        result = smi(*args)
+        assert result.code == 3 and "not simulated" in result.err and result.out == "", args
+
+
+def test_output_to_file(smi: Runner, tmp_path: Path) -> None:
+    target = tmp_path / "out.csv"
+    result = smi("--query-gpu=name", "--format=csv,noheader", "-f", str(target))
+    assert (result.out, result.code) == ("", 0)
+    assert target.read_text() == "NVIDIA H100 80GB HBM3\n"
+
+
+def test_k80_header_uses_the_node_driver(smi: Runner) -> None:
+    out = smi(node=k80_node()).out
+    assert (
+        "| NVIDIA-SMI 470.256.02             Driver Version: 470.256.02     CUDA Version: 11.4"
+        in out
+    )
+    assert "|   0  Tesla K80                      On  |" in out
