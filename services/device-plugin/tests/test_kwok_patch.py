@@ -6,8 +6,8 @@ from typing import Any
 
 from fgo_device_plugin.kwok import (
     MANAGED_RESOURCES_ANNOTATION,
-    has_our_resources,
     is_kwok_node,
+    managed_names,
     status_patch,
 )
 
@@ -34,9 +34,10 @@ def test_no_patch_when_already_equal() -> None:
     assert status_patch(node(current), {"nvidia.com/gpu": (8, 8)}) is None
 
 
-def test_removes_gone_nvidia_resources_but_not_foreign_ones() -> None:
+def test_removes_gone_managed_resources_but_not_foreign_ones() -> None:
     current = {**BASE, "nvidia.com/gpu": "2", "nvidia.com/mig-1g.10gb": "7", "acme.io/x": "1"}
-    patch = status_patch(node(current), {"nvidia.com/gpu": (2, 2)})
+    managed = {"nvidia.com/gpu", "nvidia.com/mig-1g.10gb", "nvidia.com/mig-7g.80gb"}
+    patch = status_patch(node(current), {"nvidia.com/gpu": (2, 2)}, managed)
     assert patch == {
         "status": {
             "capacity": {"nvidia.com/mig-1g.10gb": None},
@@ -45,20 +46,14 @@ def test_removes_gone_nvidia_resources_but_not_foreign_ones() -> None:
     }
 
 
-def test_removes_other_devices_listed_as_managed() -> None:
-    current = {**BASE, "example.com/nic": "2", "acme.io/x": "1"}
-    annotated = node(current, {MANAGED_RESOURCES_ANNOTATION: "example.com/nic"})
-    patch = status_patch(annotated, {})
-    assert patch == {
-        "status": {"capacity": {"example.com/nic": None}, "allocatable": {"example.com/nic": None}}
-    }
-    assert status_patch(node(current), {}, extra_managed={"acme.io/x"}) == {
-        "status": {"capacity": {"acme.io/x": None}, "allocatable": {"acme.io/x": None}}
-    }
+def test_unmanaged_nvidia_resources_are_left_alone() -> None:
+    current = {**BASE, "nvidia.com/gpu": "4"}
+    assert status_patch(node(current), {}) is None
 
 
-def test_node_classification() -> None:
+def test_node_classification_and_managed_names() -> None:
     assert is_kwok_node(node(BASE, {"kwok.x-k8s.io/node": "fake"}))
     assert not is_kwok_node(node(BASE))
-    assert has_our_resources(node({**BASE, "nvidia.com/gpu": "0"}))
-    assert not has_our_resources(node({**BASE, "acme.io/x": "1"}))
+    annotated = node(BASE, {MANAGED_RESOURCES_ANNOTATION: "example.com/nic,nvidia.com/gpu"})
+    assert managed_names(annotated) == {"example.com/nic", "nvidia.com/gpu"}
+    assert managed_names(node(BASE)) == set()

@@ -12,10 +12,12 @@ memory, pods and anyone else's resources are never touched). After our patch the
 delivers the new status and the comparison finds nothing to do. Records are parsed once per
 ConfigMap change, not per node event, so KWOK's heartbeats cost a dict comparison each.
 
-Which keys are "ours" must survive a restart (design principle 6): ``nvidia.com/gpu`` and
-``nvidia.com/mig-*`` always are; other device names we publish are listed in node annotation
-``fake-gpu-operator/managed-resources`` (written before the status patch, so a crash in between
-can only leave an extra name listed, never an orphaned resource).
+Which keys and nodes are "ours" must survive a restart (design principle 6) without touching
+capacity someone else put on a KWOK node by hand: the names we publish on a node are listed in
+its annotation ``fake-gpu-operator/managed-resources``, written before the status patch (a crash
+in between can only leave an extra name listed, never an orphaned resource). A node with neither
+a record nor that annotation is left alone; on a node with a record, ``nvidia.com/gpu`` and
+``nvidia.com/mig-*`` are ours in any case.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 
 import structlog
 from fgo_common.annotations import KWOK_NODE, KWOK_NODE_VALUE
-from fgo_common.kube.errors import is_not_found
+from fgo_common.kube.errors import is_not_found, raise_for_status
 from fgo_common.kube.retry import retrying
 from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent
 from fgo_common.names import RESOURCE_NAMES
@@ -57,28 +59,20 @@ def managed_names(node: Obj) -> set[str]:
     return {n for n in (raw or "").split(",") if n}
 
 
-def has_our_resources(node: Obj) -> bool:
-    status = node.get("status") or {}
-    return any(is_ours_by_name(k) for k in status.get("capacity") or {}) or bool(
-        managed_names(node)
-    )
-
-
 def is_kwok_node(node: Obj) -> bool:
     annotations = node.get("metadata", {}).get("annotations") or {}
     return annotations.get(KWOK_NODE) == KWOK_NODE_VALUE
 
 
-def status_patch(node: Obj, wanted: Wanted, extra_managed: Collection[str] = ()) -> Obj | None:
+def status_patch(node: Obj, wanted: Wanted, managed: Collection[str] = ()) -> Obj | None:
     """The merge patch making ``node``'s status show ``wanted`` (None if it already does).
 
-    Keys of ours that are not wanted any more are deleted (``null`` in a merge patch).
+    ``managed`` names resources of ours that may be on the node; those not wanted any more are
+    deleted (``null`` in a merge patch). Nothing else is ever touched.
     """
     status = node.get("status") or {}
     capacity = status.get("capacity") or {}
     allocatable = status.get("allocatable") or {}
-    ours = {k for k in (*capacity, *allocatable) if is_ours_by_name(k)}
-    ours |= managed_names(node) | set(extra_managed)
     cap_patch: dict[str, str | None] = {}
     alloc_patch: dict[str, str | None] = {}
     for name, (cap, alloc) in wanted.items():
@@ -86,7 +80,7 @@ def status_patch(node: Obj, wanted: Wanted, extra_managed: Collection[str] = ())
             cap_patch[name] = str(cap)
         if allocatable.get(name) != str(alloc):
             alloc_patch[name] = str(alloc)
-    for name in ours - set(wanted):
+    for name in set(managed) - set(wanted):
         if name in capacity:
             cap_patch[name] = None
         if name in allocatable:
@@ -123,7 +117,8 @@ class KwokCapacityController:
     workers: int = 8
     records: dict[str, _Record] = field(default_factory=dict)  # node name -> record
     _record_of_cm: dict[str, str] = field(default_factory=dict)  # CM name -> node name
-    _seen_other: dict[str, set[str]] = field(default_factory=dict)  # node -> other names seen
+    # node -> resource names this process published there (covers a failed annotation write)
+    _published: dict[str, set[str]] = field(default_factory=dict)
     _queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     _queued: set[str] = field(default_factory=set)
     patches: int = 0
@@ -181,9 +176,9 @@ class KwokCapacityController:
     def on_node(self, event: WatchEvent) -> None:
         name = str(event.obj.get("metadata", {}).get("name", ""))
         if event.type == DELETED:
-            self._seen_other.pop(name, None)
+            self._published.pop(name, None)
             return
-        if name in self.records or has_our_resources(event.obj):
+        if name in self.records or name in self._published or managed_names(event.obj):
             self._enqueue(name)
 
     # -- reconciliation -----------------------------------------------------------------------
@@ -193,26 +188,32 @@ class KwokCapacityController:
         if node is None:
             return  # reconciled when the node appears
         record = self.records.get(node_name)
-        kwok = is_kwok_node(node) or (record is not None and record.kwok)
-        if not kwok:
+        listed = managed_names(node)
+        published = self._published.setdefault(node_name, set())
+        if record is None and not listed and not published:
+            return  # never ours: leave hand-made capacity alone
+        if not (is_kwok_node(node) or (record is not None and record.kwok)):
             return  # a real node: its kubelet and our device plugin publish capacity there
         wanted = record.wanted if record is not None else {}
-        others = {n for n in wanted if not is_ours_by_name(n)}
-        seen = self._seen_other.setdefault(node_name, set())
-        listed = managed_names(node)
-        # Names we may have published but cannot see in the annotation (written before a crash).
-        extra = seen - listed
+        names = set(wanted)
+        managed = listed | published
+        if record is not None:
+            # A node in a GPU pool: NVIDIA resource names are ours even if never listed
+            # (e.g. a MIG profile published before the annotation could be written).
+            status = node.get("status") or {}
+            present = {*(status.get("capacity") or {}), *(status.get("allocatable") or {})}
+            managed |= {n for n in present if is_ours_by_name(n)}
         bound = log.bind(node=node_name)
-        if not others <= listed:
+        if not names <= listed:
             # Record new names first: a crash after the status patch must not orphan them.
-            await self._annotate(node_name, listed | others, bound)
-        patch = status_patch(node, wanted, extra)
-        if patch is not None:
-            await self._patch_status(node_name, patch, bound)
-        seen |= others
-        if listed - others:
-            await self._annotate(node_name, others, bound)
-            seen &= others
+            await self._annotate(node_name, listed | names, bound)
+        patch = status_patch(node, wanted, managed)
+        if patch is not None and not await self._patch_status(node_name, patch, bound):
+            return  # retried on the next event for this node
+        published.clear()
+        published.update(names)
+        if listed - names:
+            await self._annotate(node_name, names, bound)
 
     async def _annotate(self, node_name: str, names: set[str], bound: Any) -> None:
         value = annotation_value(names) or None
@@ -226,6 +227,7 @@ class KwokCapacityController:
                 _content_type="application/merge-patch+json",
                 _preload_content=False,
             )
+            await raise_for_status(resp)
             resp.release()
 
         try:
@@ -234,7 +236,7 @@ class KwokCapacityController:
             if not is_not_found(exc):
                 bound.warning("node.annotate_failed", error=str(exc)[:200])
 
-    async def _patch_status(self, node_name: str, patch: Obj, bound: Any) -> None:
+    async def _patch_status(self, node_name: str, patch: Obj, bound: Any) -> bool:
         patch_status: Any = self._core.patch_node_status
 
         async def call() -> None:
@@ -244,6 +246,7 @@ class KwokCapacityController:
                 _content_type="application/merge-patch+json",
                 _preload_content=False,
             )
+            await raise_for_status(resp)
             resp.release()
 
         try:
@@ -251,13 +254,14 @@ class KwokCapacityController:
         except Exception as exc:
             if is_not_found(exc):
                 self.metrics.kwok_patches.labels("gone").inc()
-                return
+                return False
             self.metrics.kwok_patches.labels("error").inc()
             bound.warning("node.patch_failed", error=str(exc)[:200])
-            return
+            return False
         self.patches += 1
         self.metrics.kwok_patches.labels("ok").inc()
         bound.info("node.capacity_patched", patch=json.dumps(patch["status"], sort_keys=True))
+        return True
 
     # -- tasks --------------------------------------------------------------------------------
 

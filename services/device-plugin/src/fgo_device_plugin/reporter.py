@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 import structlog
 from fgo_common.annotations import ALLOCATED_DEVICES, format_allocated_devices
-from fgo_common.kube.errors import is_not_found
+from fgo_common.kube.errors import is_not_found, raise_for_status
 from fgo_common.kube.retry import retrying
 from fgo_kubelet_api import podresources_v1 as podres
 from kubernetes_asyncio import client
@@ -54,6 +54,7 @@ def pod_annotation_patcher(api: client.ApiClient) -> PatchPod:
                 _content_type="application/merge-patch+json",
                 _preload_content=False,
             )
+            await raise_for_status(resp)
             resp.release()
 
         await retrying(call, what=f"annotate pod {namespace}/{name}")
