@@ -334,8 +334,8 @@ def sample_gpu(
             return _utilization_at(usage_map, gpu.id, b, seed)
 
     util = util_at(bucket)
-    lagged = sum(util_at(bucket - lag) for lag in range(TEMPERATURE_LAG_BUCKETS)) / float(
-        TEMPERATURE_LAG_BUCKETS
+    lagged = (util + sum(util_at(bucket - lag) for lag in range(1, TEMPERATURE_LAG_BUCKETS))) / (
+        float(TEMPERATURE_LAG_BUCKETS)
     )
     faults = faults_at(gpu.faults, t) if gpu.faults else NO_FAULTS
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fgo_common.names import DcgmExporterNames, DcgmField
 from fgo_common.profiles import BUILTIN_CATALOG, GpuProfile, ProfileCatalog
@@ -30,7 +30,7 @@ from fgo_common.telemetry import (
     sample_gpu,
     sample_mig_device,
 )
-from fgo_common.topology import GpuRecord, Holder, NodeTopology
+from fgo_common.topology import GpuRecord, Holder, MigDevice, NodeTopology
 
 Value = int | float
 
@@ -139,11 +139,17 @@ def escape_label_value(value: str) -> str:
     return value
 
 
+def _format_float(value: Value) -> str:
+    return f"{value:f}"
+
+
+def _format_int(value: Value) -> str:
+    return str(int(value))
+
+
 def format_value(value: Value, value_type: str) -> str:
     """dcgm-exporter prints INT64 fields with %d and DOUBLE fields with %f."""
-    if value_type == "float":
-        return f"{float(value):f}"
-    return str(int(value))
+    return _format_float(value) if value_type == "float" else _format_int(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,12 +195,23 @@ class Entity:
     """One DCGM GPU entity (a GPU, or a MIG GPU instance) at scrape time."""
 
     head: str  # '{gpu="0",UUID=...,DCGM_FI_DRIVER_VERSION="..."' (no closing brace)
-    tails: list[str]  # one per pod holding it: ',container=..,namespace=..,pod=..}' or '}'
+    labels: list[str]  # head + attributes + '}', one per pod holding it (or one without pod)
     holders: list[Holder]
     sample: GpuSample
+    supported: frozenset[str]  # DCGM fields this entity reports
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What does not change between scrapes of an unchanged record: identity and label text."""
+
+    gpu: GpuRecord
+    device: MigDevice | None
     profile: GpuProfile
-    is_instance: bool
-    supported: dict[str, bool] = field(default_factory=dict)
+    head: str
+    labels: list[str]
+    holders: list[Holder]
+    supported: frozenset[str]
 
 
 def _holders(holders: Iterable[Holder]) -> list[Holder]:
@@ -215,6 +232,23 @@ class DcgmCollector:
     def __init__(self, options: ExporterOptions) -> None:
         self.options = options
         self._fields = options.fields()
+        # id(profile) -> (profile, {field: supported}) per entity kind; the profile is kept so
+        # its id cannot be reused while cached.
+        self._support: dict[tuple[int, bool], tuple[GpuProfile, frozenset[str]]] = {}
+        self._shape_cache: dict[str, tuple[NodeTopology, str, list[_Shape]]] = {}
+
+    def _supported(self, profile: GpuProfile, is_instance: bool) -> frozenset[str]:
+        key = (id(profile), is_instance)
+        hit = self._support.get(key)
+        if hit is None or hit[0] is not profile:
+            names = frozenset(
+                f.name
+                for f in self._fields
+                if FIELD_SOURCES[f.name].supported(profile)
+                and (FIELD_SOURCES[f.name].per_instance or not is_instance)
+            )
+            hit = self._support[key] = (profile, names)
+        return hit[1]
 
     # -- entities ---------------------------------------------------------------------------
 
@@ -267,77 +301,92 @@ class DcgmCollector:
             parts.append(f'{DRIVER_VERSION_FIELD}="{escape_label_value(driver)}"')
         return "{" + ",".join(parts)
 
-    def _entity(
+    def _shape(
         self,
-        head: str,
-        holders: list[Holder],
-        sample: GpuSample,
+        gpu: GpuRecord,
+        device: MigDevice | None,
         profile: GpuProfile,
-        is_instance: bool,
-    ) -> Entity:
-        tails = [self._render_pairs(self._attributes(h)) + "}" for h in holders] or [
-            self._render_pairs(self._attributes(None)) + "}"
+        hostname: str,
+        driver: str,
+    ) -> _Shape:
+        mig = None if device is None else (device.profile.removeprefix("MIG "), device.gi_id)
+        head = self._head(gpu, hostname, driver, mig)
+        holders = _holders(gpu.status.holders if device is None else device.holders)
+        labels = [head + self._render_pairs(self._attributes(h)) + "}" for h in holders] or [
+            head + self._render_pairs(self._attributes(None)) + "}"
         ]
-        return Entity(head, tails, holders, sample, profile, is_instance)
+        supported = self._supported(profile, device is not None)
+        return _Shape(gpu, device, profile, head, labels, holders, supported)
+
+    def _shapes(self, served: ServedNode) -> list[_Shape]:
+        """The label text of every entity of a node: rebuilt only when its record changes
+        (records are replaced, never mutated, so the object identity is the cache key)."""
+        node = served.topology
+        hit = self._shape_cache.get(node.node_name)
+        if hit is not None and hit[0] is node and hit[1] == served.hostname:
+            return hit[2]
+        shapes: list[_Shape] = []
+        for gpu in sorted(node.gpus, key=lambda g: g.index):
+            profile = profile_for(gpu, self.options.catalog)
+            driver = node.driver_version or profile.driver_version
+            if gpu.mig_enabled and gpu.mig_devices:
+                for device in sorted(gpu.mig_devices, key=lambda d: d.gi_id):
+                    shapes.append(self._shape(gpu, device, profile, served.hostname, driver))
+            else:
+                shapes.append(self._shape(gpu, None, profile, served.hostname, driver))
+        self._shape_cache[node.node_name] = (node, served.hostname, shapes)
+        return shapes
 
     def entities(self, nodes: Iterable[ServedNode], t: float) -> list[Entity]:
         """Every GPU entity of ``nodes`` sampled at ``t``, in node then GPU index order."""
         o = self.options
         out: list[Entity] = []
+        seen: set[str] = set()
         for served in nodes:
-            node = served.topology
-            for gpu in sorted(node.gpus, key=lambda g: g.index):
-                profile = profile_for(gpu, o.catalog)
-                driver = node.driver_version or profile.driver_version
-                parent = sample_gpu(gpu, profile, t, seed=o.seed, boot_time=o.boot_time)
-                if gpu.mig_enabled and gpu.mig_devices:
-                    for device in sorted(gpu.mig_devices, key=lambda d: d.gi_id):
-                        sample = sample_mig_device(
-                            gpu, device, profile, t, seed=o.seed, boot_time=o.boot_time,
-                            parent=parent,
-                        )  # fmt: skip
-                        mig = (device.profile.removeprefix("MIG "), device.gi_id)
-                        head = self._head(gpu, served.hostname, driver, mig)
-                        out.append(
-                            self._entity(head, _holders(device.holders), sample, profile, True)
-                        )
-                else:
-                    head = self._head(gpu, served.hostname, driver, None)
-                    out.append(
-                        self._entity(head, _holders(gpu.status.holders), parent, profile, False)
+            seen.add(served.topology.node_name)
+            parent: GpuSample | None = None
+            parent_of: GpuRecord | None = None
+            for shape in self._shapes(served):
+                if shape.gpu is not parent_of or parent is None:
+                    parent_of = shape.gpu
+                    parent = sample_gpu(
+                        shape.gpu, shape.profile, t, seed=o.seed, boot_time=o.boot_time
                     )
+                sample = parent
+                if shape.device is not None:
+                    sample = sample_mig_device(
+                        shape.gpu, shape.device, shape.profile, t, seed=o.seed,
+                        boot_time=o.boot_time, parent=parent,
+                    )  # fmt: skip
+                out.append(Entity(shape.head, shape.labels, shape.holders, sample, shape.supported))
+        if len(self._shape_cache) > len(seen):
+            # Forget nodes no longer served (swap in a new dict: a concurrent scrape may read).
+            self._shape_cache = {k: v for k, v in self._shape_cache.items() if k in seen}
         return out
 
     # -- rendering --------------------------------------------------------------------------
 
-    def _xid_tails(self, entity: Entity) -> list[str]:
+    def _xid_labels(self, entity: Entity) -> list[str]:
         n = self.options.names
         code = entity.sample.xid_last
         err = [(n.err_code, str(code)), (n.err_msg, n.xid_message(code))]
         holders: list[Holder | None] = list(entity.holders) or [None]
-        return [self._render_pairs(self._attributes(h) + err) + "}" for h in holders]
+        return [entity.head + self._render_pairs(self._attributes(h) + err) + "}" for h in holders]
 
     def render(self, entities: Sequence[Entity]) -> Iterator[str]:
         """The exposition text, one chunk per metric family (families without series skipped)."""
         for fld in self._fields:
-            source = FIELD_SOURCES[fld.name]
-            is_xid = fld.name == "DCGM_FI_DEV_XID_ERRORS"
-            lines: list[str] = []
-            append = lines.append
             name = fld.name
-            for entity in entities:
-                if entity.is_instance and not source.per_instance:
-                    continue
-                ok = entity.supported.get(name)
-                if ok is None:
-                    ok = entity.supported[name] = source.supported(entity.profile)
-                if not ok:
-                    continue
-                text = format_value(source.value(entity.sample), fld.value_type)
-                tails = self._xid_tails(entity) if is_xid else entity.tails
-                head = entity.head
-                for tail in tails:
-                    append(f"{name}{head}{tail} {text}\n")
+            value = FIELD_SOURCES[name].value
+            fmt = _format_float if fld.value_type == "float" else _format_int
+            is_xid = name == "DCGM_FI_DEV_XID_ERRORS"
+            lines = [
+                f"{name}{label} {text}\n"
+                for entity in entities
+                if name in entity.supported
+                for text in (fmt(value(entity.sample)),)
+                for label in (self._xid_labels(entity) if is_xid else entity.labels)
+            ]
             if lines:
                 yield f"# HELP {name} {fld.help}\n# TYPE {name} {fld.kind}\n" + "".join(lines)
 

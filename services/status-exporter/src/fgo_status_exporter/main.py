@@ -34,13 +34,7 @@ from fgo_status_exporter.labeler import (
     orphaned_nodes,
 )
 from fgo_status_exporter.server import ScrapeStats, build_metrics_app
-from fgo_status_exporter.settings import (
-    HOSTNAME_REFERENCE,
-    IDLE_POD_LABELS_EMPTY,
-    MODE_KWOK,
-    MODE_NODE,
-    Settings,
-)
+from fgo_status_exporter.settings import MODE_KWOK, MODE_NODE, Settings
 from fgo_status_exporter.store import Parsed, TopologyStore
 
 COMPONENT = "status-exporter"
@@ -52,7 +46,7 @@ def exporter_options(settings: Settings) -> ExporterOptions:
         names=DCGM_EXPORTER[settings.dcgm_version],
         hostname_label=settings.hostname_label,
         no_hostname=settings.no_hostname,
-        idle_pod_labels=settings.idle_pod_labels == IDLE_POD_LABELS_EMPTY,
+        idle_pod_labels=settings.empty_pod_labels,
         replace_blanks_in_model_name=settings.replace_blanks_in_model_name,
         pod_uid_label=settings.pod_uid_label,
         extra_metrics=settings.extra_metric_names,
@@ -61,7 +55,7 @@ def exporter_options(settings: Settings) -> ExporterOptions:
 
 
 def hostname_for(settings: Settings, node_name: str) -> str:
-    if settings.mode == MODE_NODE and settings.hostname_style == HOSTNAME_REFERENCE:
+    if settings.mode == MODE_NODE and settings.reference_hostname:
         return reference_hostname(node_name)
     return node_name
 
@@ -186,8 +180,8 @@ class Exporter:
 
     async def serve_metrics(self, ctx: ServiceContext) -> None:
         app = build_metrics_app(self.collector, self.served_nodes, stats=self.stats)
-        host, port = self.settings.listen_address
-        await serve_app(app, host, port, ctx.stop)
+        # All interfaces: Prometheus scrapes the pod IP.
+        await serve_app(app, "0.0.0.0", self.settings.metrics_port, ctx.stop)  # noqa: S104
 
     async def run_labeler(self, ctx: ServiceContext) -> None:
         await self.labeler.run(ctx.stop)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections.abc import Callable, Sequence
 
 from aiohttp import web
@@ -18,6 +19,21 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from fgo_status_exporter.dcgm import DcgmCollector, ServedNode
 
 TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header allows gzip (``gzip`` or ``*`` with a non-zero q)."""
+    for item in accept_encoding.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() not in ("gzip", "*"):
+            continue
+        q = params.strip().removeprefix("q=").strip() if params.strip().startswith("q=") else "1"
+        try:
+            if float(q) > 0:
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 class ScrapeStats:
@@ -50,17 +66,32 @@ def build_metrics_app(
         t = clock()
         entities = await asyncio.to_thread(collector.entities, nodes, t)
         chunks = collector.render(entities)
-        response = web.StreamResponse(headers={"Content-Type": TEXT_FORMAT})
-        response.enable_compression()  # only if the request's Accept-Encoding allows it
+        gzip = accepts_gzip(request.headers.get("Accept-Encoding", ""))
+        # Level 1: the text is so repetitive that it still shrinks ~8x, at a fraction of the
+        # CPU of the default level (which would cost more than computing the scrape).
+        packer = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS) if gzip else None
+        headers = {"Content-Type": TEXT_FORMAT}
+        if packer is not None:
+            headers["Content-Encoding"] = "gzip"
+        response = web.StreamResponse(headers=headers)
         await response.prepare(request)
         sent = 0
-        while True:
-            chunk = await asyncio.to_thread(next, chunks, None)
+
+        def next_piece() -> tuple[bytes, bool]:
+            """The next bytes to send, and whether they are the last."""
+            nonlocal sent
+            chunk = next(chunks, None)
             if chunk is None:
-                break
+                return (packer.flush() if packer is not None else b""), True
             data = chunk.encode()
             sent += len(data)
-            await response.write(data)
+            return (packer.compress(data) if packer is not None else data), False
+
+        done = False
+        while not done:
+            piece, done = await asyncio.to_thread(next_piece)
+            if piece:
+                await response.write(piece)
         await response.write_eof()
         if stats is not None:
             stats.duration.observe(time.perf_counter() - started)

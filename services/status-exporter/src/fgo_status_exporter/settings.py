@@ -9,10 +9,6 @@ from fgo_common.runtime.settings import SettingsError, env_field
 
 MODE_NODE = "node"
 MODE_KWOK = "kwok"
-HOSTNAME_NODE_NAME = "node-name"
-HOSTNAME_REFERENCE = "reference"
-IDLE_POD_LABELS_OMIT = "omit"
-IDLE_POD_LABELS_EMPTY = "empty"
 
 
 @dataclass(frozen=True)
@@ -36,8 +32,8 @@ class Settings:
     kubeconfig: str = env_field(
         "KUBECONFIG", "", "kubeconfig path; empty = in-cluster service account"
     )
-    listen: str = env_field(
-        "DCGM_EXPORTER_LISTEN", ":9400", "`[host]:port` of the dcgm-exporter `/metrics` endpoint"
+    metrics_port: int = env_field(
+        "METRICS_PORT", 9400, "port of the dcgm-exporter `/metrics` endpoint (all interfaces)"
     )
     health_port: int = env_field("HEALTH_PORT", 8080, "port of /healthz, /readyz and own /metrics")
     dcgm_version: str = env_field(
@@ -47,27 +43,25 @@ class Settings:
         choices=tuple(DCGM_EXPORTER),
     )
     hostname_label: str = env_field(
-        "EXPORTER_HOSTNAME_LABEL",
+        "HOSTNAME_LABEL",
         "",
         "name of the host label (`Hostname` or `hostname`); empty = what the version uses",
         choices=("", "Hostname", "hostname"),
     )
-    hostname_style: str = env_field(
-        "EXPORTER_HOSTNAME_STYLE",
-        HOSTNAME_NODE_NAME,
-        "node mode: host label value is the node name, or (`reference`) the reference's "
-        "`nvidia-dcgm-exporter-<6 hex of sha1(node)>`; kwok mode always uses the node name",
-        choices=(HOSTNAME_NODE_NAME, HOSTNAME_REFERENCE),
+    reference_hostname: bool = env_field(
+        "REFERENCE_HOSTNAME",
+        False,
+        "node mode: host label value is the reference's `nvidia-dcgm-exporter-<6 hex of "
+        "sha1(node)>` instead of the node name (kwok mode always uses the node name)",
     )
     no_hostname: bool = env_field(
         "DCGM_EXPORTER_NO_HOSTNAME", False, "omit the host label (dcgm-exporter's knob)"
     )
-    idle_pod_labels: str = env_field(
-        "EXPORTER_IDLE_POD_LABELS",
-        IDLE_POD_LABELS_OMIT,
-        "series of GPUs no pod holds: `omit` container/namespace/pod (current dcgm-exporter) or "
-        "print them `empty` (older releases)",
-        choices=(IDLE_POD_LABELS_OMIT, IDLE_POD_LABELS_EMPTY),
+    empty_pod_labels: bool = env_field(
+        "EMPTY_POD_LABELS",
+        False,
+        "print empty container/namespace/pod labels on GPUs no pod holds (older dcgm-exporter "
+        "releases); default omits them, as current releases do",
     )
     replace_blanks_in_model_name: bool = env_field(
         "DCGM_EXPORTER_REPLACE_BLANKS_IN_MODEL_NAME",
@@ -104,9 +98,8 @@ class Settings:
     def validate(self) -> None:
         if self.mode == MODE_NODE and not self.node_name:
             raise SettingsError("NODE_NAME is required when EXPORTER_MODE=node")
-        host, port = self.listen_address
-        if not 0 < port < 65536:
-            raise SettingsError(f"DCGM_EXPORTER_LISTEN={self.listen!r}: port out of range")
+        if not 0 < self.metrics_port < 65536:
+            raise SettingsError(f"METRICS_PORT={self.metrics_port}: port out of range")
         if self.label_workers < 1:
             raise SettingsError(f"LABEL_WORKERS={self.label_workers}: must be at least 1")
         names = DCGM_EXPORTER[self.dcgm_version]
@@ -117,19 +110,6 @@ class Settings:
                 f"EXPORTER_EXTRA_METRICS: unknown field(s) {', '.join(unknown)}; allowed: "
                 f"{', '.join(sorted(known))}"
             )
-        del host
-
-    @property
-    def listen_address(self) -> tuple[str, int]:
-        host, sep, port = self.listen.rpartition(":")
-        if not sep:
-            host, port = "", self.listen
-        try:
-            return (host or "0.0.0.0", int(port))  # noqa: S104 - Prometheus scrapes the pod IP
-        except ValueError:
-            raise SettingsError(
-                f"DCGM_EXPORTER_LISTEN={self.listen!r}: expected [host]:port, e.g. :9400"
-            ) from None
 
     @property
     def extra_metric_names(self) -> tuple[str, ...]:
