@@ -101,3 +101,25 @@ def test_operator_namespace_allows_privileged_pods() -> None:
     ns = manifests.operator_namespace()
     assert ns["metadata"]["name"] == "gpu-operator"
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+
+
+def test_stale_kwok_leases_are_the_ones_held_by_a_kwok_process() -> None:
+    leases = [
+        {
+            "metadata": {"name": "a"},
+            "spec": {"holderIdentity": "vm_0d8e745a-5530-4fbe-8246-b9f96119fe8c"},
+        },
+        {"metadata": {"name": "real-node"}, "spec": {"holderIdentity": "real-node"}},
+        {"metadata": {"name": "released"}, "spec": {"holderIdentity": None}},
+        {"metadata": {"name": "no-spec"}},
+    ]
+    assert nodes.stale_kwok_leases(leases) == ["a"]
+
+
+def test_node_json_helpers() -> None:
+    node = nodes.kwok_node("n")
+    assert nodes.is_kwok_node(node)
+    assert not nodes.is_ready(node)
+    node["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+    assert nodes.is_ready(node)
+    assert not nodes.is_kwok_node({"metadata": {"name": "real"}})

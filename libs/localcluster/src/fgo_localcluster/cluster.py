@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+
+import aiohttp
 
 from fgo_localcluster import components, health, manifests, nodes, process, tools
 from fgo_localcluster.kubeconfig import render_kubeconfig, write_kubeconfig
@@ -32,9 +33,7 @@ from fgo_localcluster.layout import (
     write_atomic,
 )
 from fgo_localcluster.pki import ADMIN, CONTROLLER_MANAGER, KWOK, SCHEDULER
-
-if TYPE_CHECKING:
-    from kubernetes_asyncio import client
+from fgo_localcluster.rest import MERGE_PATCH, Rest, RestError
 
 Progress = Callable[[str], None]
 
@@ -296,26 +295,23 @@ class LocalCluster:
         st = ClusterStatus(self.state_dir, self.kubeconfig, server, statuses)
         apiserver = next(c for c in statuses if c.name == "kube-apiserver")
         if include_nodes and apiserver.healthy:
-            from kubernetes_asyncio import client
-            from kubernetes_asyncio.client.exceptions import ApiException
-
-            with contextlib.suppress(ApiException, OSError):
-                async with nodes.api_client(self.kubeconfig) as api:
-                    all_nodes = (await client.CoreV1Api(api).list_node()).items
-                    pools: dict[str, int] = {}
-                    for n in all_nodes:
-                        if (n.metadata.annotations or {}).get(nodes.KWOK_ANNOTATION) == "fake":
-                            pool = (n.metadata.labels or {}).get(nodes.POOL_LABEL, "")
-                            pools[pool] = pools.get(pool, 0) + 1
-                    st = ClusterStatus(
-                        self.state_dir,
-                        self.kubeconfig,
-                        server,
-                        statuses,
-                        len(all_nodes),
-                        sum(1 for n in all_nodes if nodes.node_is_ready(n)),
-                        pools,
-                    )
+            with contextlib.suppress(RestError, aiohttp.ClientError, OSError, TimeoutError):
+                async with self._rest() as api:
+                    all_nodes = (await api.get("/api/v1/nodes"))["items"]
+                pools: dict[str, int] = {}
+                for n in all_nodes:
+                    if nodes.is_kwok_node(n):
+                        pool = n["metadata"].get("labels", {}).get(nodes.POOL_LABEL, "")
+                        pools[pool] = pools.get(pool, 0) + 1
+                st = ClusterStatus(
+                    self.state_dir,
+                    self.kubeconfig,
+                    server,
+                    statuses,
+                    len(all_nodes),
+                    sum(1 for n in all_nodes if nodes.is_ready(n)),
+                    pools,
+                )
         return st
 
     # sync wrappers for scripts and sync pytest fixtures
@@ -473,17 +469,40 @@ class LocalCluster:
             )
         self._say(f"{name}: healthy after {time.monotonic() - started:.1f}s")
 
+    def _rest(self) -> Rest:
+        return Rest(self.server, self.layout.pki)
+
     async def _release_kwok_leases(self) -> None:
-        async with nodes.api_client(self.kubeconfig) as api:
-            released = await nodes.release_kwok_leases(api)
-        if released:
-            self._say(f"kwok: released {released} node leases of the previous KWOK process")
+        """Let a new KWOK process take over the node Leases its predecessor held.
+
+        KWOK's lease holder identity is new for every process, so a restarted KWOK would wait
+        a whole lease duration per node (no pod on it moving meanwhile). A Lease with no holder
+        is taken at once, and its renewTime stays recent, so the node-lifecycle controller sees
+        no gap. Called only while no KWOK process runs.
+        """
+        path = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
+        async with self._rest() as api:
+            stale = nodes.stale_kwok_leases((await api.get(path))["items"])
+            sem = asyncio.Semaphore(nodes.DEFAULT_CONCURRENCY)
+
+            async def release(name: str) -> None:
+                async with sem:
+                    await api.request(
+                        "PATCH",
+                        f"{path}/{name}",
+                        body={"spec": {"holderIdentity": None}},
+                        content_type=MERGE_PATCH,
+                    )
+
+            await asyncio.gather(*(release(n) for n in stale))
+        if stale:
+            self._say(f"kwok: released {len(stale)} node leases of the previous KWOK process")
 
     async def _apply_bootstrap_objects(self) -> None:
-        async with nodes.api_client(self.kubeconfig) as api:
-            await apply_objects(
-                api, [manifests.operator_namespace(), *manifests.nvidia_device_classes()]
-            )
+        objects = [manifests.operator_namespace(), *manifests.nvidia_device_classes()]
+        async with self._rest() as api:
+            for obj in objects:
+                await api.apply(obj, FIELD_MANAGER)
         self._say(
             f"namespace {manifests.OPERATOR_NAMESPACE} and DeviceClasses "
             f"{', '.join(d['metadata']['name'] for d in manifests.nvidia_device_classes())}"
@@ -492,18 +511,14 @@ class LocalCluster:
 
     async def _wait_settled(self, timeout_s: float = 120.0) -> None:
         """Controllers working (ServiceAccounts made) and every KWOK node Ready."""
-        from kubernetes_asyncio import client
-        from kubernetes_asyncio.client.exceptions import ApiException
-
         deadline = time.monotonic() + timeout_s
-        async with nodes.api_client(self.kubeconfig) as api:
-            core = client.CoreV1Api(api)
+        async with self._rest() as api:
             for ns in ("default", manifests.OPERATOR_NAMESPACE):
                 while True:
                     try:
-                        await core.read_namespaced_service_account("default", ns)
+                        await api.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default")
                         break
-                    except ApiException as exc:
+                    except RestError as exc:
                         if exc.status != 404 or time.monotonic() > deadline:
                             raise ClusterError(
                                 f"ServiceAccount {ns}/default never appeared "
@@ -511,8 +526,12 @@ class LocalCluster:
                             ) from exc
                     await asyncio.sleep(0.5)
             while True:
-                kwok = await nodes.list_kwok_nodes(api)
-                not_ready = [n.metadata.name for n in kwok if not nodes.node_is_ready(n)]
+                listed = await api.get("/api/v1/nodes", {"labelSelector": "type=kwok"})
+                not_ready = [
+                    n["metadata"]["name"]
+                    for n in listed["items"]
+                    if nodes.is_kwok_node(n) and not nodes.is_ready(n)
+                ]
                 if not not_ready:
                     break
                 if time.monotonic() > deadline:
@@ -532,26 +551,3 @@ class LocalCluster:
             raise ClusterError(f"{root} does not look like an fgo cluster state dir; not purging")
         shutil.rmtree(root)
         self._say(f"purged {root}")
-
-
-async def apply_objects(api: client.ApiClient, objects: list[dict[str, Any]]) -> None:
-    """Server-side apply cluster-scoped objects (core Namespaces and group resources)."""
-    from kubernetes_asyncio import client
-
-    for obj in objects:
-        name = obj["metadata"]["name"]
-        kwargs: dict[str, Any] = {
-            "field_manager": FIELD_MANAGER,
-            "force": True,
-            "_content_type": "application/apply-patch+yaml",
-        }
-        if obj["apiVersion"] == "v1" and obj["kind"] == "Namespace":
-            await client.CoreV1Api(api).patch_namespace(name, obj, **kwargs)
-            continue
-        group, version = obj["apiVersion"].split("/")
-        plural = (
-            obj["kind"].lower() + "es" if obj["kind"].endswith("s") else obj["kind"].lower() + "s"
-        )
-        await client.CustomObjectsApi(api).patch_cluster_custom_object(
-            group, version, plural, name, obj, **kwargs
-        )

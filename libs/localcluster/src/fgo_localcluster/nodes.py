@@ -149,34 +149,22 @@ def node_is_ready(node: Any) -> bool:
 _KWOK_HOLDER = re.compile(r"_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-async def release_kwok_leases(api: client.ApiClient, concurrency: int = DEFAULT_CONCURRENCY) -> int:
-    """Clear the holder of node Leases a previous KWOK process held; returns how many.
-
-    A restarted KWOK has a new identity and would wait a whole lease duration before taking
-    over each node (no pod on it moves meanwhile). A lease with no holder is taken at once,
-    and its renewTime stays recent, so the node-lifecycle controller sees no gap.
-    Only call this while no KWOK process is running.
-    """
-    from kubernetes_asyncio import client
-
-    # Typed Any: the generated stubs do not declare the _content_type kwarg.
-    coordination: Any = client.CoordinationV1Api(api)
-    leases = await coordination.list_namespaced_lease("kube-node-lease")
-    stale = [
-        lease.metadata.name
-        for lease in leases.items
-        if lease.spec
-        and lease.spec.holder_identity
-        and _KWOK_HOLDER.search(lease.spec.holder_identity)
+def stale_kwok_leases(leases: list[dict[str, Any]]) -> list[str]:
+    """Names of node Leases (JSON) held by some KWOK process (kubelets hold theirs by name)."""
+    return [
+        lease["metadata"]["name"]
+        for lease in leases
+        if _KWOK_HOLDER.search(lease.get("spec", {}).get("holderIdentity") or "")
     ]
 
-    async def release(name: str) -> None:
-        await coordination.patch_namespaced_lease(
-            name,
-            "kube-node-lease",
-            {"spec": {"holderIdentity": None}},
-            _content_type="application/merge-patch+json",
-        )
 
-    await _gather_limited(stale, release, concurrency)
-    return len(stale)
+def is_kwok_node(node: dict[str, Any]) -> bool:
+    """For a Node as JSON: does KWOK manage it?"""
+    annotations: dict[str, str] = node["metadata"].get("annotations") or {}
+    return annotations.get(KWOK_ANNOTATION) == "fake"
+
+
+def is_ready(node: dict[str, Any]) -> bool:
+    """For a Node as JSON: Ready condition True."""
+    conditions = node.get("status", {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
