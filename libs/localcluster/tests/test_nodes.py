@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import yaml
 from fgo_localcluster import manifests, nodes
 
@@ -104,7 +106,7 @@ def test_operator_namespace_allows_privileged_pods() -> None:
 
 
 def test_stale_kwok_leases_are_the_ones_held_by_a_kwok_process() -> None:
-    leases = [
+    leases: list[dict[str, Any]] = [
         {
             "metadata": {"name": "a"},
             "spec": {"holderIdentity": "vm_0d8e745a-5530-4fbe-8246-b9f96119fe8c"},
