@@ -1,33 +1,37 @@
-"""Entry point of the dra-plugin service."""
+"""Entry point of the dra-plugin service (DaemonSet on nodes with a kubelet)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import sys
 
+from fgo_common.kube.client import api_client
 from fgo_common.runtime.logging import configure_logging
-from fgo_common.runtime.runner import ServiceContext, run_service
-from fgo_common.runtime.settings import SettingsError, env_field, load_settings
+from fgo_common.runtime.runner import ServiceContext, run_tasks
+from fgo_common.runtime.settings import SettingsError, load_settings
+
+from fgo_dra_plugin.plugin import DraPlugin
+from fgo_dra_plugin.settings import Settings
 
 COMPONENT = "dra-plugin"
 
 
-@dataclass(frozen=True)
-class Settings:
-    health_port: int = env_field("HEALTH_PORT", 8080, "port of /healthz, /readyz, /metrics")
-    log_level: str = env_field("LOG_LEVEL", "INFO", "log level",
-                               choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-
-
-async def idle(ctx: ServiceContext) -> None:
-    ctx.readiness.set("started")
-    await ctx.stop.wait()
+async def serve(settings: Settings) -> int:
+    ctx = ServiceContext(name=COMPONENT)
+    async with api_client(settings.kubeconfig or None) as api:
+        plugin = DraPlugin(api, settings, ctx)
+        return await run_tasks(
+            ctx,
+            {"node": plugin.node.run, "kubelet": plugin.serve_kubelet},
+            health_port=settings.health_port,
+        )
 
 
 def main() -> int:
     try:
         settings = load_settings(Settings)
     except SettingsError as exc:
-        print(f"{COMPONENT}: invalid setting: {exc}")  # noqa: T201
+        print(f"{COMPONENT}: invalid setting: {exc}", file=sys.stderr)
         return 2
-    configure_logging(COMPONENT, settings.log_level)
-    return run_service(COMPONENT, {"idle": idle}, health_port=settings.health_port)
+    configure_logging(COMPONENT, settings.log_level, node=settings.node_name)
+    return asyncio.run(serve(settings))

@@ -1,0 +1,173 @@
+"""Prepare/unprepare logic with canned ResourceClaims (the API read is a plain function here;
+tests/integration/test_dra_plugin.py runs the same paths against a real API server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fgo_common import dra
+from fgo_common.config import parse_cluster_config
+from fgo_common.nodebuild import build_node_topology
+from fgo_dra_plugin.cdi import CdiKind, CdiStore, ContainerSetup
+from fgo_dra_plugin.driver import ClaimRef, Driver, DriverMetrics
+from prometheus_client import CollectorRegistry
+
+NODE = "node-a"
+config = parse_cluster_config({"nodePools": {"p": {"gpus": [{"type": "Tesla K80", "count": 2}]}}})
+TOPOLOGY = build_node_topology(NODE, config.pools["p"], config, kwok=False)
+DEVICES = {d.name: d for d in dra.node_devices(TOPOLOGY)}
+
+
+def claim(
+    uid: str,
+    *devices: str,
+    pool: str = NODE,
+    allocated: bool = True,
+    driver: str = "gpu.nvidia.com",
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "metadata": {"namespace": "ns", "name": f"claim-{uid}", "uid": uid},
+        "status": {},
+    }
+    if allocated:
+        body["status"]["allocation"] = {
+            "devices": {
+                "results": [
+                    {"request": "gpu", "driver": driver, "pool": pool, "device": d} for d in devices
+                ]
+            }
+        }
+    return body
+
+
+class Api:
+    """Canned claims by name, counting reads."""
+
+    def __init__(self) -> None:
+        self.claims: dict[str, dict[str, Any]] = {}
+        self.reads = 0
+
+    def add(self, body: dict[str, Any]) -> ClaimRef:
+        self.claims[body["metadata"]["name"]] = body
+        return ClaimRef("ns", body["metadata"]["name"], body["metadata"]["uid"])
+
+    async def fetch(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.reads += 1
+        return self.claims.get(name)
+
+
+def make_driver(tmp_path: Path, api: Api, *, devices: dict | None = DEVICES) -> Driver:
+    return Driver(
+        driver_name="gpu.nvidia.com",
+        node_name=NODE,
+        fetch_claim=api.fetch,
+        current_devices=lambda: devices,
+        cdi=CdiStore(tmp_path / "cdi", CdiKind.parse("k8s.gpu.nvidia.com/claim")),
+        setup=ContainerSetup(node_name=NODE),
+        checkpoint_path=tmp_path / "plugin" / "checkpoint.json",
+        metrics=DriverMetrics(CollectorRegistry()),
+    )
+
+
+@pytest.fixture
+def api() -> Api:
+    return Api()
+
+
+async def test_prepare_returns_cdi_ids_and_records_the_claim(tmp_path: Path, api: Api) -> None:
+    driver = make_driver(tmp_path, api)
+    await driver.start()
+    ref = api.add(claim("u1", "gpu-1"))
+    result = (await driver.prepare([ref]))["u1"]
+    assert result.error == ""
+    (device,) = result.devices
+    assert (device.request, device.pool, device.device) == ("gpu", NODE, "gpu-1")
+    assert device.cdi_device_ids == ("k8s.gpu.nvidia.com/claim=u1-gpu-1",)
+    assert device.uuid == TOPOLOGY.gpus[1].id
+    assert driver.cdi.claim_uids() == {"u1"}
+    assert "u1" in (tmp_path / "plugin" / "checkpoint.json").read_text()
+
+
+async def test_repeated_prepare_is_answered_from_the_checkpoint(tmp_path: Path, api: Api) -> None:
+    driver = make_driver(tmp_path, api)
+    await driver.start()
+    ref = api.add(claim("u1", "gpu-0", "gpu-1"))
+    first = await driver.prepare([ref])
+    second = await driver.prepare([ref])
+    assert first == second
+    assert api.reads == 1
+
+
+async def test_per_claim_errors_do_not_fail_the_batch(tmp_path: Path, api: Api) -> None:
+    driver = make_driver(tmp_path, api)
+    await driver.start()
+    good = api.add(claim("ok", "gpu-0"))
+    unknown = api.add(claim("unknown", "gpu-9"))
+    foreign = api.add(claim("foreign", "gpu-0", pool="node-b"))
+    pending = api.add(claim("pending", allocated=False))
+    missing = ClaimRef("ns", "claim-missing", "missing")
+    recreated = api.add(claim("new-uid", "gpu-0"))
+    stale = ClaimRef("ns", recreated.name, "old-uid")
+    results = await driver.prepare([good, unknown, foreign, pending, missing, stale])
+    assert results["ok"].error == ""
+    assert (
+        "gpu-9 of claim ns/claim-unknown is not a device of node node-a (it has: gpu-0, gpu-1)"
+        in results["unknown"].error
+    )
+    assert "pool 'node-b', not from this node's pool 'node-a'" in results["foreign"].error
+    assert results["pending"].error == "ResourceClaim ns/claim-pending is not allocated"
+    assert results["missing"].error == "ResourceClaim ns/claim-missing not found"
+    assert "has UID new-uid, not old-uid" in results["old-uid"].error
+    assert driver.cdi.claim_uids() == {"ok"}
+    assert set(driver.checkpoint.claims) == {"ok"}
+
+
+async def test_results_of_other_drivers_are_ignored(tmp_path: Path, api: Api) -> None:
+    driver = make_driver(tmp_path, api)
+    await driver.start()
+    ref = api.add(claim("u1", "nic-0", driver="nic.example.com"))
+    result = (await driver.prepare([ref]))["u1"]
+    assert result.error == "" and result.devices == ()
+
+
+async def test_no_record_yet_is_a_per_claim_error(tmp_path: Path, api: Api) -> None:
+    driver = make_driver(tmp_path, api, devices=None)
+    await driver.start()
+    ref = api.add(claim("u1", "gpu-0"))
+    assert "no topology record yet" in (await driver.prepare([ref]))["u1"].error
+
+
+async def test_restart_keeps_prepared_claims_and_restores_lost_specs(
+    tmp_path: Path, api: Api
+) -> None:
+    first = make_driver(tmp_path, api)
+    await first.start()
+    ref = api.add(claim("u1", "gpu-0"))
+    prepared = await first.prepare([ref])
+    first.cdi.remove("u1")  # e.g. /var/run/cdi is a tmpfs and the node rebooted
+    first.cdi.write("crashed", {"kind": "k8s.gpu.nvidia.com/claim"})  # spec without checkpoint
+
+    second = make_driver(tmp_path, api)
+    await second.start()
+    assert second.cdi.claim_uids() == {"u1"}
+    assert await second.prepare([ref]) == prepared
+    assert api.reads == 1
+
+
+async def test_unprepare_removes_spec_and_entry_and_is_idempotent(tmp_path: Path, api: Api) -> None:
+    driver = make_driver(tmp_path, api)
+    await driver.start()
+    ref = api.add(claim("u1", "gpu-0"))
+    await driver.prepare([ref])
+    assert await driver.unprepare([ref]) == {"u1": ""}
+    assert driver.cdi.claim_uids() == set()
+    assert driver.checkpoint.claims == {}
+    assert await driver.unprepare([ref, ClaimRef("ns", "never", "never")]) == {
+        "u1": "",
+        "never": "",
+    }
+    reloaded = make_driver(tmp_path, api)
+    await reloaded.start()
+    assert reloaded.checkpoint.claims == {}
