@@ -1,6 +1,30 @@
+{{/*
+Helpers. Values are read nil-safe: a values file that sets a top-level key to null, or an
+upgrade with --reuse-values from an older chart, must render the defaults instead of failing
+with "nil pointer evaluating interface". Top-level maps are read through fgo.get, which falls
+back to the chart's defaults (values.yaml, carried by _defaults.tpl) when the key is null.
+*/}}
+
+{{/* A top-level map value as YAML, the chart default if null: (list $ "devicePlugin"). */}}
+{{- define "fgo.get" -}}
+{{- $root := index . 0 -}}
+{{- $key := index . 1 -}}
+{{- $v := index $root.Values $key -}}
+{{- if kindIs "invalid" $v -}}
+{{- $v = index (include "fgo.defaults" $root | fromYaml) $key -}}
+{{- end -}}
+{{- toYaml (default dict $v) -}}
+{{- end -}}
+
 {{/* Name of the chart, truncated to the DNS label limit. */}}
 {{- define "fgo.name" -}}
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Name of a cluster-scoped object of this release: (list $ "status-updater"). */}}
+{{- define "fgo.clusterName" -}}
+{{- $root := index . 0 -}}
+{{- printf "%s-fgo-%s" $root.Release.Name (index . 1) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{- define "fgo.labels" -}}
@@ -24,18 +48,11 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
-{{/* A component's values, nil-safe: (include "fgo.values" (list $ "statusUpdater")) is YAML. */}}
-{{- define "fgo.componentValues" -}}
-{{- $root := index . 0 -}}
-{{- $key := index . 1 -}}
-{{- toYaml (default dict (index $root.Values $key)) -}}
-{{- end -}}
-
 {{/* Whether a component is enabled: (list $ "key" defaultBool). Missing or null -> default. */}}
 {{- define "fgo.enabled" -}}
 {{- $root := index . 0 -}}
-{{- $values := default dict (index $root.Values (index . 1)) -}}
-{{- if hasKey $values "enabled" -}}
+{{- $values := include "fgo.get" (list $root (index . 1)) | fromYaml -}}
+{{- if and (hasKey $values "enabled") (not (kindIs "invalid" $values.enabled)) -}}
 {{- if eq (toString $values.enabled) "false" -}}false{{- else -}}true{{- end -}}
 {{- else -}}
 {{- index . 2 -}}
@@ -47,9 +64,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- $root := index . 0 -}}
 {{- $c := default dict (index . 1) -}}
 {{- $img := default dict $c.image -}}
-{{- $global := default dict $root.Values.image -}}
+{{- $global := include "fgo.get" (list $root "image") | fromYaml -}}
 {{- $repo := default (index . 2) $img.repository -}}
-{{- $registry := default "ghcr.io/fake-gpu-operator" $global.registry -}}
+{{- $registry := default "ghcr.io/fake-gpu-operator" $global.registry | trimSuffix "/" -}}
 {{- $tag := default (default $root.Chart.AppVersion $global.tag) $img.tag -}}
 {{- if contains "/" $repo -}}{{ $repo }}:{{ $tag }}{{- else -}}{{ $registry }}/{{ $repo }}:{{ $tag }}{{- end -}}
 {{- end -}}
@@ -57,10 +74,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "fgo.pullPolicy" -}}
 {{- $root := index . 0 -}}
 {{- $img := default dict (default dict (index . 1)).image -}}
-{{- default (default "IfNotPresent" (default dict $root.Values.image).pullPolicy) $img.pullPolicy -}}
+{{- default (default "IfNotPresent" (include "fgo.get" (list $root "image") | fromYaml).pullPolicy) $img.pullPolicy -}}
 {{- end -}}
 
-{{/* Environment every service gets. */}}
+{{/* The node pool label key (nil-safe). */}}
+{{- define "fgo.poolLabelKey" -}}
+{{- $t := include "fgo.get" (list $ "topology") | fromYaml -}}
+{{- $c := default dict .Values.cluster -}}
+{{- default (default "run.ai/simulated-gpu-node-pool" $t.nodePoolLabelKey) $c.nodePoolLabelKey -}}
+{{- end -}}
+
+{{/* Environment every service gets: where the topology lives, who and where it runs. */}}
 {{- define "fgo.commonEnv" -}}
 - name: TOPOLOGY_CM_NAME
   value: topology
@@ -68,6 +92,10 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .Release.Namespace | quote }}
 - name: POD_NAMESPACE
   valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+- name: HEALTH_PORT
+  value: "8080"
+- name: LOG_LEVEL
+  value: {{ .Values.logLevel | default "INFO" | quote }}
 {{- end -}}
 
 {{- define "fgo.nodeNameEnv" -}}
@@ -75,7 +103,36 @@ app.kubernetes.io/component: {{ .component }}
   valueFrom: {fieldRef: {fieldPath: spec.nodeName}}
 {{- end -}}
 
-{{/* Scheduling knobs of a component: (dict "c" componentValues) */}}
+{{/*
+Affinity of a component: (dict "root" $ "c" componentValues "node" bool). For node agents
+(node=true) with restrictToSimulatedPools, the pool label is required in every node selector
+term (terms are ORed, expressions ANDed), so whatever the user's affinity says, the pod can only
+land on nodes of a simulated pool.
+*/}}
+{{- define "fgo.affinity" -}}
+{{- $root := .root -}}
+{{- $affinity := deepCopy (default dict (default dict .c).affinity) -}}
+{{- if and .node (ne (toString $root.Values.restrictToSimulatedPools) "false") -}}
+{{- $expr := dict "key" (include "fgo.poolLabelKey" $root) "operator" "Exists" -}}
+{{- $na := default dict $affinity.nodeAffinity -}}
+{{- $req := default dict $na.requiredDuringSchedulingIgnoredDuringExecution -}}
+{{- $terms := list -}}
+{{- range $t := (default list $req.nodeSelectorTerms) -}}
+{{- $term := deepCopy $t -}}
+{{- $_ := set $term "matchExpressions" (append (default list $term.matchExpressions) $expr) -}}
+{{- $terms = append $terms $term -}}
+{{- end -}}
+{{- if not $terms -}}{{- $terms = list (dict "matchExpressions" (list $expr)) -}}{{- end -}}
+{{- $_ := set $req "nodeSelectorTerms" $terms -}}
+{{- $_ := set $na "requiredDuringSchedulingIgnoredDuringExecution" $req -}}
+{{- $_ := set $affinity "nodeAffinity" $na -}}
+{{- end -}}
+{{- with $affinity }}
+affinity: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* Scheduling knobs of a component: (dict "root" $ "c" componentValues "node" bool) */}}
 {{- define "fgo.scheduling" -}}
 {{- $c := default dict .c -}}
 {{- with $c.nodeSelector }}
@@ -84,15 +141,26 @@ nodeSelector: {{- toYaml . | nindent 2 }}
 {{- with $c.tolerations }}
 tolerations: {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with $c.affinity }}
-affinity: {{- toYaml . | nindent 2 }}
-{{- end }}
+{{- include "fgo.affinity" . }}
 {{- with $c.priorityClassName }}
 priorityClassName: {{ . }}
 {{- end }}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets: {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end -}}
 
-{{/* Security context of the central (non-node) components. */}}
+{{/* Pod security context of the central (non-node) components: PSA "restricted". */}}
+{{- define "fgo.restrictedPodSecurity" -}}
+securityContext:
+  runAsNonRoot: true
+  runAsUser: 65532
+  runAsGroup: 65532
+  fsGroup: 65532
+  seccompProfile: {type: RuntimeDefault}
+{{- end -}}
+
+{{/* Container security context of the central (non-node) components: PSA "restricted". */}}
 {{- define "fgo.restrictedContainerSecurity" -}}
 allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
@@ -118,10 +186,82 @@ readinessProbe:
 {{- if .Values.cluster -}}
 {{ toYaml .Values.cluster }}
 {{- else -}}
-{{- $t := deepCopy (default dict .Values.topology) -}}
+{{- $t := deepCopy (include "fgo.get" (list $ "topology") | fromYaml) -}}
+{{- $_ := set $t "nodePoolLabelKey" (include "fgo.poolLabelKey" .) -}}
+{{- if not $t.migStrategy }}{{ $_ := set $t "migStrategy" "mixed" }}{{ end -}}
 {{- if not $t.nodePools -}}
 {{- $_ := set $t "nodePools" (dict "default" (dict "gpus" (list (dict "type" "Tesla K80" "count" 2)))) -}}
 {{- end -}}
 {{ toYaml $t }}
 {{- end -}}
+{{- end -}}
+
+{{/* Every ServiceAccount/binding pair of a component: (dict "root" $ "component" name) */}}
+{{- define "fgo.serviceAccount" -}}
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: fgo-{{ .component }}
+  namespace: {{ .root.Release.Namespace }}
+  labels: {{- include "fgo.componentLabels" . | nindent 4 }}
+{{- end -}}
+
+{{/* ClusterRoleBinding of fgo-<component> to ClusterRole <release>-fgo-<component>. */}}
+{{- define "fgo.clusterRoleBinding" -}}
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: {{ include "fgo.clusterName" (list .root .component) }}
+  labels: {{- include "fgo.componentLabels" . | nindent 4 }}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {{ include "fgo.clusterName" (list .root .component) }}}
+subjects:
+  - {kind: ServiceAccount, name: fgo-{{ .component }}, namespace: {{ .root.Release.Namespace }}}
+{{- end -}}
+
+{{/* RoleBinding of fgo-<component> to Role .role in the release namespace. */}}
+{{- define "fgo.roleBinding" -}}
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: fgo-{{ .component }}
+  namespace: {{ .root.Release.Namespace }}
+  labels: {{- include "fgo.componentLabels" . | nindent 4 }}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: {{ .role }}}
+subjects:
+  - {kind: ServiceAccount, name: fgo-{{ .component }}, namespace: {{ .root.Release.Namespace }}}
+{{- end -}}
+
+{{/*
+Host directory shared by the node agents and GPU containers: bin/nvidia-smi (installed by the
+init container) and state/ (the node's topology snapshot, mounted read-only into GPU pods).
+*/}}
+{{- define "fgo.hostDir" -}}/var/lib/fake-gpu-operator{{- end -}}
+
+{{/* Init container installing the standalone nvidia-smi into the host dir: (list $ c repo) */}}
+{{- define "fgo.installNvidiaSmi" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+- name: install-nvidia-smi
+  image: {{ include "fgo.image" (list $root $c (index . 2)) }}
+  imagePullPolicy: {{ include "fgo.pullPolicy" (list $root $c) }}
+  command: [fgo-install-nvidia-smi, /host{{ include "fgo.hostDir" $root }}]
+  resources: {requests: {cpu: 10m, memory: 32Mi}, limits: {cpu: 500m, memory: 128Mi}}
+  # Root (uid 0) so it may write to the root-owned host directory; no capabilities needed.
+  securityContext:
+    runAsUser: 0
+    runAsNonRoot: false
+    allowPrivilegeEscalation: false
+    readOnlyRootFilesystem: true
+    capabilities: {drop: [ALL]}
+    seccompProfile: {type: RuntimeDefault}
+  volumeMounts:
+    - {name: fgo-host, mountPath: /host{{ include "fgo.hostDir" $root }}}
+{{- end -}}
+
+{{/* emptyDir /tmp: root filesystems are read-only; Python libraries may want a temp dir. */}}
+{{- define "fgo.tmpVolumeMount" -}}
+- {name: tmp, mountPath: /tmp}
+{{- end -}}
+{{- define "fgo.tmpVolume" -}}
+- {name: tmp, emptyDir: {sizeLimit: 64Mi}}
 {{- end -}}

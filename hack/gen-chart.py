@@ -1,0 +1,578 @@
+#!/usr/bin/env python3
+"""Generate the chart's derived files: values.schema.json and templates/_defaults.tpl.
+
+The schema is written here, in a compact form, rather than by hand in JSON: every component has
+the same knobs (image, resources, scheduling), every value may be null (a values file or a
+`--reuse-values` upgrade may null any key), and every key needs a description. Helm validates
+values against the generated file on lint/template/install, so a typo (`enabeld`) or a wrong
+type fails with the path of the offending key.
+
+templates/_defaults.tpl carries values.yaml into the templates (Helm does not expose the
+chart's own defaults once a user overrides a key): a top-level value set to null (the reference
+chart's render guard, and what `--reuse-values` upgrades from older charts produce) then falls
+back to the chart's defaults rather than to nothing.
+
+    hack/gen-chart.py           # rewrite both files
+    hack/gen-chart.py --check   # exit 1 if a committed file is stale (tests run this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "charts" / "fake-gpu-operator"
+SCHEMA = CHART / "values.schema.json"
+DEFAULTS = CHART / "templates" / "_defaults.tpl"
+VALUES = CHART / "values.yaml"
+
+Schema = dict[str, Any]
+PULL_POLICIES = ["Always", "IfNotPresent", "Never", ""]
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+# A Kubernetes object name usable as a ConfigMap key prefix / DNS label.
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def nullable(schema: Schema) -> Schema:
+    """The same schema, also accepting null (null means "the default")."""
+    out = dict(schema)
+    kind = out.get("type")
+    if isinstance(kind, str):
+        out["type"] = [kind, "null"]
+    elif isinstance(kind, list) and "null" not in kind:
+        out["type"] = [*kind, "null"]
+    if "enum" in out and None not in out["enum"]:
+        out["enum"] = [*out["enum"], None]
+    return out
+
+
+def obj(description: str, properties: dict[str, Schema], **extra: Any) -> Schema:
+    return nullable(
+        {
+            "type": "object",
+            "description": description,
+            "additionalProperties": False,
+            "properties": properties,
+            **extra,
+        }
+    )
+
+
+def string(description: str, **extra: Any) -> Schema:
+    return nullable({"type": "string", "description": description, **extra})
+
+
+def boolean(description: str) -> Schema:
+    return nullable({"type": "boolean", "description": description})
+
+
+def integer(description: str, **extra: Any) -> Schema:
+    return nullable({"type": "integer", "description": description, **extra})
+
+
+def free_object(description: str) -> Schema:
+    """A Kubernetes-typed object (affinity, ...): checked by the apiserver, not here."""
+    return nullable({"type": "object", "description": description})
+
+
+COMPAT = "Reference chart key, accepted for compatibility; no effect here"
+
+
+def compat(description: str = COMPAT) -> Schema:
+    kinds = ["object", "boolean", "string", "number", "array"]
+    return nullable({"type": kinds, "description": description})
+
+
+def image(default_repository: str) -> Schema:
+    return obj(
+        "Image of this component",
+        {
+            "repository": string(
+                f"Repository (default {default_repository}); a bare name is prefixed with "
+                "image.registry, a name with a slash is used as is"
+            ),
+            "tag": string("Tag (default: image.tag, then the chart's appVersion)"),
+            "pullPolicy": string("Pull policy (default: image.pullPolicy)", enum=PULL_POLICIES),
+        },
+    )
+
+
+def resources() -> Schema:
+    quantities = nullable(
+        {
+            "type": "object",
+            "description": "Resource name -> quantity",
+            "additionalProperties": {"type": ["string", "number"]},
+        }
+    )
+    return obj(
+        "Container resources",
+        {
+            "requests": {**quantities, "description": "Requests (cpu, memory)"},
+            "limits": {**quantities, "description": "Limits (cpu, memory)"},
+            "claims": nullable({"type": "array", "description": "DRA claims of the container"}),
+        },
+    )
+
+
+def scheduling(node_agent: bool) -> dict[str, Schema]:
+    affinity = "Affinity"
+    if node_agent:
+        affinity += (
+            "; with restrictToSimulatedPools the pool label is added to every required node "
+            "selector term"
+        )
+    return {
+        "resources": resources(),
+        "nodeSelector": nullable(
+            {
+                "type": "object",
+                "description": "Node selector (label -> value)",
+                "additionalProperties": {"type": "string"},
+            }
+        ),
+        "tolerations": nullable(
+            {
+                "type": "array",
+                "description": "Tolerations",
+                "items": {"type": "object"},
+            }
+        ),
+        "affinity": free_object(affinity),
+        "priorityClassName": string("PriorityClass of the pods"),
+        "podAnnotations": nullable(
+            {
+                "type": "object",
+                "description": "Extra pod annotations",
+                "additionalProperties": {"type": "string"},
+            }
+        ),
+    }
+
+
+def extra_env() -> Schema:
+    return nullable(
+        {
+            "type": "array",
+            "description": "Extra environment variables of the container (EnvVar objects): "
+            "settings of the service the chart has no value for (see the service's README)",
+            "items": {
+                "type": "object",
+                "description": "An EnvVar",
+                "required": ["name"],
+                "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string", "pattern": ENV_NAME, "description": "Variable name"},
+                    "value": {"type": "string", "description": "Value"},
+                    "valueFrom": {"type": "object", "description": "EnvVarSource (fieldRef, ...)"},
+                },
+            },
+        }
+    )
+
+
+def component(
+    description: str,
+    repository: str,
+    *,
+    enabled: str,
+    node_agent: bool = False,
+    extra: dict[str, Schema] | None = None,
+) -> Schema:
+    return obj(
+        description,
+        {
+            "enabled": boolean(enabled),
+            "image": image(repository),
+            **scheduling(node_agent),
+            "extraEnv": extra_env(),
+            **(extra or {}),
+        },
+    )
+
+
+def topology() -> Schema:
+    gpu = {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "count GPUs of one product on every node of the pool",
+        "anyOf": [{"required": ["type"]}, {"required": ["profile"]}],
+        "properties": {
+            "type": {
+                "type": "string",
+                "minLength": 1,
+                "description": "Product name, alias or profile key (docs/profiles.md); an "
+                "unknown product needs memory",
+            },
+            "profile": {
+                "type": "string",
+                "minLength": 1,
+                "description": "Profile key (alternative to type)",
+            },
+            "memory": {
+                "type": ["string", "integer"],
+                "description": "Memory override: 12GB, 80Gi, 81559MiB or an integer (MiB)",
+            },
+            "count": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 64,
+                "description": "GPUs of this type per node (default 1)",
+            },
+        },
+    }
+    other_device = {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "An extra extended resource advertised on every node of the pool",
+        "required": ["name", "count"],
+        "properties": {
+            "name": {"type": "string", "description": "Resource name, e.g. example.com/nic"},
+            "count": {"type": "integer", "minimum": 1, "description": "Quantity per node"},
+        },
+    }
+    pool = {
+        "type": "object",
+        "description": "A node pool in one of three shapes: gpus (seed), gpuProduct/gpuCount/"
+        "gpuMemory (legacy) or gpu (profile form); see docs/configuration.md",
+        "additionalProperties": False,
+        "properties": {
+            "gpus": {
+                "type": "array",
+                "minItems": 1,
+                "description": "Seed shape: the GPUs of each node in this pool",
+                "items": gpu,
+            },
+            "gpuProduct": {"type": "string", "description": "Legacy shape: product name"},
+            "gpuCount": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 64,
+                "description": "Legacy shape: GPUs per node",
+            },
+            "gpuMemory": {
+                "type": ["integer", "string"],
+                "description": "Legacy shape: memory per GPU (MiB, or with a unit)",
+            },
+            "otherDevices": {
+                "type": "array",
+                "description": "Extra extended resources per node",
+                "items": other_device,
+            },
+            "gpu": {
+                "type": "object",
+                "description": "Profile form: {backend, profile, overrides}",
+                "additionalProperties": False,
+                "properties": {
+                    "backend": {
+                        "type": "string",
+                        "enum": ["fake"],
+                        "description": "Only fake (the reference's mock backend needs real "
+                        "NVIDIA components)",
+                    },
+                    "profile": {"type": "string", "description": "Profile key or product name"},
+                    "overrides": {
+                        "type": "object",
+                        "description": "Deep-merged over the profile: device_count, "
+                        "device_defaults.{name, memory.total_bytes}, "
+                        "system.{driver_version, cuda_version}",
+                    },
+                },
+            },
+            "resources": {
+                "type": "array",
+                "description": "Profile form: extra extended resources as [{<name>: <count>}]",
+                "items": {"type": "object", "additionalProperties": {"type": "integer"}},
+            },
+            "numa": {"type": "object", "description": "NUMA layout: zones, gpusPerZone, ..."},
+            "mig": {
+                "type": "object",
+                "description": "Static MIG layout",
+                "additionalProperties": False,
+                "properties": {
+                    "config": {
+                        "type": "string",
+                        "description": "mig-parted layout name, e.g. all-1g.10gb",
+                    }
+                },
+            },
+            "driverVersion": {
+                "type": ["string", "number"],
+                "description": "Driver version override",
+            },
+            "cudaVersion": {"type": ["string", "number"], "description": "CUDA version override"},
+        },
+    }
+    return obj(
+        "GPU topology, rendered into ConfigMap topology (key topology.yml)",
+        {
+            "nodePoolLabelKey": string("Node label whose value names the node's pool", minLength=1),
+            "migStrategy": string(
+                "MIG strategy (as NVIDIA's device plugin / GFD)", enum=["none", "single", "mixed"]
+            ),
+            "nodePools": nullable(
+                {
+                    "type": "object",
+                    "description": "Pool name -> pool; empty: pool default with 2 x Tesla K80",
+                    "propertyNames": {"pattern": r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"},
+                    "additionalProperties": pool,
+                }
+            ),
+            "gpuOperator": compat("Accepted for compatibility, ignored"),
+        },
+    )
+
+
+def build() -> Schema:
+    node_plugin_paths = {
+        "kubeletRegistrarDirectoryPath": string("Kubelet plugin registration directory"),
+        "kubeletPluginsDirectoryPath": string(
+            "Kubelet plugins directory (our socket goes in a subdirectory)"
+        ),
+        "cdiRoot": string("Directory of CDI specs the container runtime reads"),
+        "healthcheckPort": integer("gRPC health port (liveness probe)", minimum=1, maximum=65535),
+        "podAnnotations": scheduling(True)["podAnnotations"],
+    }
+    props: dict[str, Schema] = {
+        "nameOverride": string("Override of the chart name in labels"),
+        "topology": topology(),
+        "cluster": free_object(
+            "Topology document rendered into ConfigMap topology instead of topology "
+            "(the reference's `cluster` key); same shapes"
+        ),
+        "topologyConfigMap": obj(
+            "ConfigMap topology",
+            {"enabled": boolean("Render it (off: manage ConfigMap topology yourself)")},
+        ),
+        "prometheus": obj(
+            "Prometheus used for inference (Knative) utilisation",
+            {"url": string("Base URL, e.g. http://prometheus-operated.runai:9090")},
+        ),
+        "environment": obj(
+            "Environment",
+            {
+                "openshift": boolean(
+                    "Accepted for compatibility (no OpenShift objects are needed)"
+                ),
+                "resourceReservationNamespace": string("Namespace of Run:ai GPU reservation pods"),
+                "fakeCSVVersion": string("Accepted for compatibility, ignored"),
+            },
+        ),
+        "restrictToSimulatedPools": boolean(
+            "Node agents only run on nodes carrying topology.nodePoolLabelKey (never on real "
+            "GPU nodes)"
+        ),
+        "logLevel": string("Log level of every service", enum=LOG_LEVELS),
+        "image": obj(
+            "Image defaults of every component",
+            {
+                "registry": string("Registry prefix of bare repository names"),
+                "tag": string("Default tag (empty: the chart's appVersion)"),
+                "pullPolicy": string("Default pull policy", enum=PULL_POLICIES),
+            },
+        ),
+        "imagePullSecrets": nullable(
+            {
+                "type": "array",
+                "description": "Pull secrets of every pod ([{name: ...}])",
+                "items": {
+                    "type": "object",
+                    "description": "A LocalObjectReference",
+                    "required": ["name"],
+                    "additionalProperties": False,
+                    "properties": {"name": {"type": "string", "description": "Secret name"}},
+                },
+            }
+        ),
+        "statusUpdater": component(
+            "The central controller: node records, allocations, utilisation",
+            "status-updater",
+            enabled="Run the status-updater (every other component reads what it writes)",
+            extra={
+                "disableNodeLabeling": boolean(
+                    "Do not add/remove nvidia.com/gpu.deploy.* node labels"
+                ),
+                "defaultUtilization": string(
+                    "Utilisation of a GPU pod without annotation: N or N-M (percent)",
+                    pattern=r"^$|^[0-9]{1,3}(-[0-9]{1,3})?$",
+                ),
+                "podPatchRbac": compat("Accepted for compatibility (pods patch is always granted)"),
+                "runaiIntegration": compat("Accepted for compatibility, ignored"),
+            },
+        ),
+        "devicePlugin": component(
+            "Kubelet device plugin DaemonSet (nodes with a kubelet)",
+            "device-plugin",
+            enabled="Run the device plugin DaemonSet",
+            node_agent=True,
+            extra={
+                "visibleDevicesEnvName": string(
+                    "Env var carrying the allocated GPU UUIDs into containers "
+                    "(FGO_VISIBLE_DEVICES next to the real NVIDIA runtime)",
+                    pattern=ENV_NAME,
+                ),
+            },
+        ),
+        "kwokGpuDevicePlugin": component(
+            "GPU capacity of KWOK nodes (device-plugin image, DEVICE_PLUGIN_MODE=kwok)",
+            "device-plugin",
+            enabled="Run the KWOK capacity controller",
+        ),
+        "draPlugin": component(
+            "Kubelet DRA plugin DaemonSet for driver gpu.nvidia.com (nodes with a kubelet)",
+            "dra-plugin",
+            enabled="Run the DRA kubelet plugin DaemonSet",
+            node_agent=True,
+            extra={
+                **node_plugin_paths,
+                "serviceAccount": compat("Accepted for compatibility"),
+                "kubeletPlugin": compat("Accepted for compatibility"),
+                "imagePullSecrets": compat("Accepted for compatibility (use imagePullSecrets)"),
+            },
+        ),
+        "kwokDraPlugin": component(
+            "ResourceSlices of KWOK nodes (driver gpu.nvidia.com)",
+            "kwok-dra-plugin",
+            enabled="Run the kwok-dra-plugin",
+        ),
+        "deviceClasses": obj(
+            "DeviceClasses gpu.nvidia.com and mig.nvidia.com",
+            {
+                "enabled": boolean(
+                    "Render them when a DRA plugin is enabled (off when the real NVIDIA DRA "
+                    "driver owns them)"
+                )
+            },
+        ),
+        "statusExporter": component(
+            "dcgm-exporter compatible metrics and GPU feature discovery labels",
+            "status-exporter",
+            enabled="Run the status-exporter (DaemonSet, and the KWOK Deployment)",
+            node_agent=True,
+            extra={
+                "port": integer("Port of /metrics and of the Services", minimum=1, maximum=65535),
+                "dcgmExporterVersion": string(
+                    "dcgm-exporter release to reproduce (empty: the exporter's default)"
+                ),
+                "hostnameLabel": string(
+                    "Host label name (empty: what dcgmExporterVersion uses)",
+                    enum=["", "Hostname", "hostname"],
+                ),
+                "referenceHostname": boolean(
+                    "Per-node mode: Hostname value nvidia-dcgm-exporter-<hash> like the reference"
+                ),
+                "emptyPodLabels": boolean("Empty pod/namespace/container labels on idle GPUs"),
+                "extraMetrics": nullable(
+                    {
+                        "type": "array",
+                        "description": "Extra DCGM fields, e.g. DCGM_FI_PROF_SM_ACTIVE",
+                        "items": {"type": "string", "pattern": r"^DCGM_FI_[A-Z0-9_]+$"},
+                    }
+                ),
+                "telemetrySeed": integer("Seed of the telemetry model's random parts", minimum=0),
+                "kwok": obj(
+                    "The Deployment serving every KWOK GPU node",
+                    {
+                        "enabled": boolean("Run it"),
+                        **scheduling(False),
+                        "prometheusRule": compat("Accepted for compatibility, ignored"),
+                    },
+                ),
+                "serviceMonitor": obj(
+                    "Prometheus operator ServiceMonitors for both exporters",
+                    {
+                        "enabled": boolean("Render them (needs the monitoring.coreos.com/v1 API)"),
+                        "interval": string("Scrape interval", pattern=r"^([0-9]+(ms|s|m|h))+$"),
+                        "labels": nullable(
+                            {
+                                "type": "object",
+                                "description": "Extra labels (e.g. release: kube-prometheus-stack)",
+                                "additionalProperties": {"type": "string"},
+                            }
+                        ),
+                    },
+                ),
+                "topologyMaxExportInterval": compat("Accepted for compatibility, ignored"),
+                "nodeResourceTopology": compat("Accepted for compatibility, ignored"),
+                "podResources": compat("Accepted for compatibility, ignored"),
+            },
+        ),
+        "runtimeClass": obj(
+            "RuntimeClass nvidia (handler runc)",
+            {"enabled": boolean("Render it (off where NVIDIA's GPU operator owns it)")},
+        ),
+        "builtinProfiles": obj(
+            "Built-in GPU profiles",
+            {"enabled": boolean("Accepted for compatibility: built-in profiles are in the code")},
+        ),
+        "customProfiles": nullable(
+            {
+                "type": "object",
+                "description": "Extra GPU products: name -> profile (system, device_defaults, "
+                "device_count), rendered into ConfigMap topology key profiles.yml",
+                "propertyNames": {"pattern": DNS_LABEL},
+                "additionalProperties": {"type": "object"},
+            }
+        ),
+    }
+    for key in (
+        "topologyServer",
+        "migFaker",
+        "nvmlMock",
+        "gpuOperator",
+        "nvidiaDraDriver",
+        "ubuntu",
+        "computeDomainController",
+        "computeDomainDraPlugin",
+        "kwokComputeDomainDraPlugin",
+        "gpu-operator",
+        "nvidia-dra-driver-gpu",
+        "global",
+    ):
+        props[key] = free_object("Helm's global values (unused)") if key == "global" else compat()
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "title": "fake-gpu-operator values",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": props,
+    }
+
+
+def render_schema() -> str:
+    return json.dumps(build(), indent=2) + "\n"
+
+
+def render_defaults() -> str:
+    values = VALUES.read_text()
+    if "{{" in values or "}}" in values:
+        raise SystemExit("values.yaml must not contain template delimiters")
+    return (
+        "{{/* Generated by hack/gen-chart.py from values.yaml; do not edit. The chart's default\n"
+        "values, for top-level keys a user set to null (see fgo.get in _helpers.tpl). */}}\n"
+        '{{- define "fgo.defaults" -}}\n' + values.rstrip() + "\n{{- end -}}\n"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if a generated file is stale")
+    args = parser.parse_args()
+    outputs = {SCHEMA: render_schema(), DEFAULTS: render_defaults()}
+    if args.check:
+        stale = [p for p, text in outputs.items() if not p.is_file() or p.read_text() != text]
+        for path in stale:
+            print(f"{path.relative_to(ROOT)} is stale: run hack/gen-chart.py", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in outputs.items():
+        path.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
