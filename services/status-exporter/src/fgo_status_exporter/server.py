@@ -77,21 +77,26 @@ def build_metrics_app(
         await response.prepare(request)
         sent = 0
 
-        def next_piece() -> tuple[bytes, bool]:
-            """The next bytes to send, and whether they are the last."""
-            nonlocal sent
+        def render_next() -> bytes | None:
             chunk = next(chunks, None)
-            if chunk is None:
-                return (packer.flush() if packer is not None else b""), True
-            data = chunk.encode()
-            sent += len(data)
-            return (packer.compress(data) if packer is not None else data), False
+            return None if chunk is None else chunk.encode()
 
-        done = False
-        while not done:
-            piece, done = await asyncio.to_thread(next_piece)
+        data = await asyncio.to_thread(render_next)
+        while data is not None:
+            sent += len(data)
+            if packer is not None:
+                # Compress this family while the next one renders: zlib releases the GIL, so on
+                # two cores the compression is nearly free in wall time.
+                data_next, piece = await asyncio.gather(
+                    asyncio.to_thread(render_next), asyncio.to_thread(packer.compress, data)
+                )
+            else:
+                piece, data_next = data, None
             if piece:
                 await response.write(piece)
+            data = data_next if packer is not None else await asyncio.to_thread(render_next)
+        if packer is not None:
+            await response.write(packer.flush())
         await response.write_eof()
         if stats is not None:
             stats.duration.observe(time.perf_counter() - started)

@@ -78,7 +78,9 @@ class Settings:
         "DCGM_FI_DEV_FB_TOTAL); see the README for the list",
     )
     telemetry_seed: int = env_field(
-        "TELEMETRY_SEED", 0, "seed of the telemetry model's random parts (nvidia-smi uses it too)"
+        "FGO_SEED",
+        0,
+        "seed of the telemetry model's random parts (the same variable as nvidia-smi's)",
     )
     gfd_labels: bool = env_field(
         "GFD_LABELS_ENABLED", True, "write GPU feature discovery labels on the served nodes"
