@@ -29,7 +29,7 @@ for mod in "${excludes[@]}"; do args+=(--exclude-module "$mod"); done
 
 uv run --all-packages --group build pyinstaller \
   --noconfirm --clean --log-level WARN \
-  --onedir --name nvidia-smi \
+  --onedir --name nvidia-smi --optimize 2 \
   --distpath "$out/dist" --workpath "$out/work" --specpath "$out" \
   --collect-data fgo_nvidia_smi \
   "${args[@]}" \

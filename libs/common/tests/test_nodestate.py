@@ -42,7 +42,7 @@ def _node() -> NodeTopology:
 
 
 def test_round_trip(tmp_path: Path) -> None:
-    path = write_node_state(tmp_path / "state", _node())
+    path = Path(write_node_state(tmp_path / "state", _node()))
     assert path == tmp_path / "state" / "topology.json"
     assert read_node_state(tmp_path / "state").to_dict() == _node().to_dict()
     assert oct(path.stat().st_mode & 0o777) == "0o644"
@@ -50,7 +50,7 @@ def test_round_trip(tmp_path: Path) -> None:
 
 
 def test_unchanged_content_is_not_rewritten(tmp_path: Path) -> None:
-    path = write_node_state(tmp_path, _node())
+    path = Path(write_node_state(tmp_path, _node()))
     inode = path.stat().st_ino
     write_node_state(tmp_path, _node())
     assert path.stat().st_ino == inode

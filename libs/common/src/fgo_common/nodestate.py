@@ -16,14 +16,16 @@ JSON rather than YAML: the reader is a short-lived CLI whose start-up time users
 stdlib ``json`` parser is both faster and already imported.
 """
 
+# os.path instead of pathlib throughout (see below why).
+# ruff: noqa: PTH101, PTH103, PTH105, PTH108, PTH110, PTH118, PTH123
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
+# No pathlib here: on Python 3.11 it pulls in urllib.parse and ipaddress, a cost every
+# nvidia-smi call would pay (its start-up time is a user-visible number).
 from fgo_common.topology import NodeTopology, TopologyFormatError
 
 STATE_DIR_ENV = "FGO_STATE_DIR"
@@ -37,14 +39,14 @@ class NodeStateError(RuntimeError):
     """The node state is missing, unreadable or malformed (the message says which and where)."""
 
 
-def state_dir_from_env(environ: dict[str, str] | None = None) -> Path:
+def state_dir_from_env(environ: dict[str, str] | None = None) -> str:
     """The state directory named by ``FGO_STATE_DIR``, else the default."""
     env = os.environ if environ is None else environ
-    return Path(env.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+    return env.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR
 
 
-def state_file(directory: str | os.PathLike[str]) -> Path:
-    return Path(directory) / STATE_FILE_NAME
+def state_file(directory: str | os.PathLike[str]) -> str:
+    return os.path.join(os.fspath(directory), STATE_FILE_NAME)
 
 
 def encode_node_state(topology: NodeTopology) -> bytes:
@@ -52,19 +54,22 @@ def encode_node_state(topology: NodeTopology) -> bytes:
     return json.dumps(body, separators=(",", ":"), sort_keys=False).encode()
 
 
-def write_node_state(directory: str | os.PathLike[str], topology: NodeTopology) -> Path:
+def write_node_state(directory: str | os.PathLike[str], topology: NodeTopology) -> str:
     """Write ``topology`` to ``<directory>/topology.json`` atomically; return the file's path.
 
     Skips the write when the content is unchanged, so a node agent can call this on every
     resync without churning the file (and readers' page cache).
     """
-    target_dir = Path(directory)
-    target_dir.mkdir(parents=True, exist_ok=True)
+    import tempfile  # writers only: keeps the reader's (nvidia-smi's) start-up lean
+
+    target_dir = os.fspath(directory)
+    os.makedirs(target_dir, exist_ok=True)
     target = state_file(target_dir)
     payload = encode_node_state(topology)
     try:
-        if target.read_bytes() == payload:
-            return target
+        with open(target, "rb") as current:
+            if current.read() == payload:
+                return target
     except OSError:
         pass
     fd, tmp_name = tempfile.mkstemp(prefix=f".{STATE_FILE_NAME}.", dir=target_dir)
@@ -74,10 +79,11 @@ def write_node_state(directory: str | os.PathLike[str], topology: NodeTopology) 
             handle.flush()
             os.fsync(handle.fileno())
         # Containers run as arbitrary users; the file holds nothing secret.
-        Path(tmp_name).chmod(0o644)
-        Path(tmp_name).replace(target)
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, target)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
         raise
     dir_fd = os.open(target_dir, os.O_RDONLY)
     try:
@@ -111,9 +117,10 @@ def read_node_state(directory: str | os.PathLike[str]) -> NodeTopology:
     or malformed."""
     path = state_file(directory)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as handle:
+            data = handle.read()
     except FileNotFoundError as exc:
         raise NodeStateError(f"{path}: no such file (is the node state mounted?)") from exc
     except OSError as exc:
         raise NodeStateError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    return decode_node_state(data, str(path))
+    return decode_node_state(data, path)

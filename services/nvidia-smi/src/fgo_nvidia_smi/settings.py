@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from fgo_common.nodestate import DEFAULT_STATE_DIR, STATE_DIR_ENV
 
@@ -25,7 +24,7 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    state_dir: Path
+    state_dir: str
     # Raw device list (None = variable unset = every GPU of the node).
     visible_devices: str | None
     seed: int
@@ -56,7 +55,7 @@ class Settings:
             except ValueError as exc:
                 raise SettingsError(f"{TIME_ENV}={time_raw!r} is not a unix time") from exc
         return cls(
-            state_dir=Path(env.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR),
+            state_dir=env.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR,
             visible_devices=visible,
             seed=seed,
             fixed_time=fixed_time,

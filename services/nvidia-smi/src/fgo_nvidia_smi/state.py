@@ -12,7 +12,6 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from fgo_common.nodestate import NodeStateError, read_node_state
 from fgo_common.profiles import GpuProfile, MigProfile
@@ -187,7 +186,8 @@ def _process_pid(pod_uid: str) -> int:
 def own_process_name() -> str:
     """Our pod's workload as NVML names it: the container's main command (argv[0])."""
     try:
-        raw = Path("/proc/1/cmdline").read_bytes()
+        with open("/proc/1/cmdline", "rb") as handle:  # noqa: PTH123 - pathlib costs start-up
+            raw = handle.read()
     except OSError:
         return ""
     return raw.split(b"\0", 1)[0].decode(errors="replace").strip()
