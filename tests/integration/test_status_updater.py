@@ -349,7 +349,7 @@ async def test_bad_inputs_are_reported_not_fatal(env: Env) -> None:
 
 
 def _class_name(env: Env, driver: str) -> str:
-    return f"su-{driver.split('.')[0]}-{env.pool_key.rsplit('-', 1)[-1]}"
+    return f"su-{driver.split('.', maxsplit=1)[0]}-{env.pool_key.rsplit('-', 1)[-1]}"
 
 
 async def _publish_slices(env: Env, node: str, driver: str, devices: int) -> None:

@@ -1,0 +1,245 @@
+"""Knative inference utilisation through a real Prometheus (Debian package ``prometheus``).
+
+A tiny HTTP target exposes ``revision_app_request_count{namespace, pod}`` growing at a rate the
+test sets; Prometheus scrapes it every second; the status-updater turns
+``sum(rate(...[1m]))`` into the pod's utilisation. Prometheus starts down, comes up, goes down
+and comes up again: the value starts at 0, follows the rate, is kept while Prometheus is away,
+and each outage is reported by exactly one Event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+import yaml
+from aiohttp import web
+from fgo_common.topology import NodeTopology
+from fgo_localcluster.cluster import LocalCluster
+from fgo_localcluster.testing import KwokNodeFactory, eventually
+from fgo_status_updater.testing import StatusUpdaterProcess, free_port, read_record
+from kubernetes_asyncio import client
+
+pytestmark = pytest.mark.integration
+
+FULL_LOAD_RPS = 10.0
+
+
+class RequestCounter:
+    """A scrape target whose counter grows at ``rate`` requests per second."""
+
+    def __init__(self, namespace: str, pod: str) -> None:
+        self.labels = f'namespace="{namespace}",pod="{pod}"'
+        self.rate = 0.0
+        self._value = 0.0
+        self._since = time.monotonic()
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    def set_rate(self, rate: float) -> None:
+        self._value = self.value()
+        self._since = time.monotonic()
+        self.rate = rate
+
+    def value(self) -> float:
+        return self._value + self.rate * (time.monotonic() - self._since)
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        text = (
+            "# TYPE revision_app_request_count counter\n"
+            f"revision_app_request_count{{{self.labels}}} {self.value():.3f}\n"
+        )
+        return web.Response(text=text, content_type="text/plain")
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.add_routes([web.get("/metrics", self._metrics)])
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+class Prometheus:
+    def __init__(self, workdir: Path, target_port: int) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.config = workdir / "prometheus.yml"
+        self.config.write_text(
+            yaml.safe_dump(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "scrape_configs": [
+                        {
+                            "job_name": "knative",
+                            "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}],
+                        }
+                    ],
+                }
+            )
+        )
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        binary = shutil.which("prometheus")
+        assert binary, "prometheus is not installed (make host-deps)"
+        log = (self.workdir / "prometheus.log").open("ab")
+        self.proc = await asyncio.create_subprocess_exec(
+            binary,
+            f"--config.file={self.config}",
+            f"--storage.tsdb.path={self.workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        log.close()
+
+        async def ready() -> bool | None:
+            async with httpx.AsyncClient(timeout=2) as http:
+                return (await http.get(self.url + "/-/ready")).status_code == 200 or None
+
+        await eventually(ready, timeout_s=60, what="Prometheus ready")
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 20)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+@pytest_asyncio.fixture
+async def counter(namespace: str) -> AsyncIterator[RequestCounter]:
+    target = RequestCounter(namespace, "inference")
+    await target.start()
+    yield target
+    await target.stop()
+
+
+@pytest_asyncio.fixture
+async def prometheus(tmp_path: Path, counter: RequestCounter) -> AsyncIterator[Prometheus]:
+    server = Prometheus(tmp_path, counter.port)
+    yield server
+    await server.stop()
+
+
+async def test_knative_utilisation_survives_prometheus_outages(
+    kube: client.ApiClient,
+    local_cluster: LocalCluster,
+    namespace: str,
+    kwok_nodes: KwokNodeFactory,
+    tmp_path: Path,
+    counter: RequestCounter,
+    prometheus: Prometheus,
+) -> None:
+    core: Any = client.CoreV1Api(kube)
+    pool_key = f"fgo.test/pool-{namespace[-6:]}"
+    config = {"nodePoolLabelKey": pool_key, "nodePools": {"p": {"gpus": [{"type": "L4"}]}}}
+    await core.create_namespaced_config_map(
+        namespace,
+        {"metadata": {"name": "topology"}, "data": {"topology.yml": yaml.safe_dump(config)}},
+    )
+    updater = StatusUpdaterProcess(
+        local_cluster.kubeconfig,
+        tmp_path / "status-updater.log",
+        TOPOLOGY_CM_NAMESPACE=namespace,
+        PROMETHEUS_URL=prometheus.url,  # not started yet
+        KNATIVE_POLL_INTERVAL_SECONDS="1",
+        PROMETHEUS_TIMEOUT_SECONDS="2",
+        KNATIVE_FULL_UTILIZATION_REQUESTS_PER_SECOND=str(FULL_LOAD_RPS),
+        DEBOUNCE_SECONDS="0.1",
+    )
+    await updater.start()
+    try:
+        (node,) = await kwok_nodes(
+            1, labels={pool_key: "p"}, extra_capacity={"nvidia.com/gpu": "1"}
+        )
+        await core.create_namespaced_pod(
+            namespace,
+            {
+                "metadata": {"name": "inference", "labels": {"workloadKind": "InferenceWorkload"}},
+                "spec": {
+                    "nodeSelector": {"kubernetes.io/hostname": node},
+                    "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists"}],
+                    "terminationGracePeriodSeconds": 0,
+                    "containers": [
+                        {
+                            "name": "server",
+                            "image": "registry.k8s.io/pause:3.10",
+                            "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                        }
+                    ],
+                },
+            },
+        )
+        counter.set_rate(5.0)  # 5 req/s of 10 at full load: 50 %
+
+        async def usage() -> tuple[bool, int] | None:
+            rec: NodeTopology | None = await read_record(kube, namespace, node)
+            if rec is None or not rec.gpus[0].status.usage:
+                return None
+            (entry,) = rec.gpus[0].status.usage.values()
+            assert entry.utilization.min == entry.utilization.max
+            return entry.use_knative, entry.utilization.max
+
+        async def outages() -> int:
+            found = await core.list_namespaced_event(
+                namespace, field_selector="reason=PrometheusUnavailable"
+            )
+            return len(found.items)
+
+        async def value_in(low: int, high: int, what: str, timeout_s: float = 90) -> int:
+            async def probe() -> int | None:
+                got = await usage()
+                return got[1] if got and got[0] and low <= got[1] <= high else None
+
+            try:
+                return await eventually(probe, timeout_s=timeout_s, what=what)
+            except AssertionError:
+                raise AssertionError(
+                    f"{what}; last {await usage()}\n{updater.log_tail()}"
+                ) from None
+
+        # Prometheus down from the start: the pod shows 0 and one Event says why.
+        await value_in(0, 0, "Knative pod at 0 while Prometheus is down")
+        await eventually(lambda: _at_least(outages(), 1), timeout_s=30, what="outage Event")
+
+        await prometheus.start()
+        await value_in(45, 55, "utilisation follows 5 req/s once Prometheus is up")
+
+        # Down again: the last value stays, one more Event (not one per poll).
+        await prometheus.stop()
+        await eventually(lambda: _at_least(outages(), 2), timeout_s=30, what="second outage Event")
+        await asyncio.sleep(4)  # several polls fail meanwhile
+        kept = await usage()
+        assert kept is not None and kept[0] and 45 <= kept[1] <= 55
+        assert await outages() == 2
+
+        # Up again with twice the traffic: the value moves on.
+        counter.set_rate(10.0)
+        await prometheus.start()
+        await value_in(60, 100, "utilisation rises with the new request rate")
+        assert updater.proc is not None and updater.proc.returncode is None
+    finally:
+        await updater.stop()
+
+
+async def _at_least(count: Any, wanted: int) -> bool | None:
+    return True if await count >= wanted else None
