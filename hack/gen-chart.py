@@ -430,6 +430,10 @@ def build() -> Schema:
             node_agent=True,
             extra={
                 **node_plugin_paths,
+                "visibleDevicesEnvName": string(
+                    "Env var carrying the allocated GPU UUIDs into containers (CDI)",
+                    pattern=ENV_NAME,
+                ),
                 "serviceAccount": compat("Accepted for compatibility"),
                 "kubeletPlugin": compat("Accepted for compatibility"),
                 "imagePullSecrets": compat("Accepted for compatibility (use imagePullSecrets)"),
@@ -474,7 +478,6 @@ def build() -> Schema:
                         "items": {"type": "string", "pattern": r"^DCGM_FI_[A-Z0-9_]+$"},
                     }
                 ),
-                "telemetrySeed": integer("Seed of the telemetry model's random parts", minimum=0),
                 "kwok": obj(
                     "The Deployment serving every KWOK GPU node",
                     {

@@ -300,7 +300,6 @@ def test_values_reach_the_services(helm: Helm) -> None:
             "statusExporter.port=9500",
             "statusExporter.extraMetrics={DCGM_FI_PROF_SM_ACTIVE,DCGM_FI_DEV_FB_TOTAL}",
             "statusExporter.hostnameLabel=hostname",
-            "statusExporter.telemetrySeed=7",
         ]
     )
     su = _env(rendered.get("Deployment", "fgo-status-updater"))
@@ -314,7 +313,6 @@ def test_values_reach_the_services(helm: Helm) -> None:
     assert env["METRICS_PORT"] == "9500"
     assert env["EXPORTER_EXTRA_METRICS"] == "DCGM_FI_PROF_SM_ACTIVE,DCGM_FI_DEV_FB_TOTAL"
     assert env["HOSTNAME_LABEL"] == "hostname"
-    assert env["TELEMETRY_SEED"] == "7"
     ports = exporter["spec"]["template"]["spec"]["containers"][0]["ports"]
     assert {"name": "metrics", "containerPort": 9500} in ports
     svc = rendered.get("Service", "nvidia-dcgm-exporter-kwok")

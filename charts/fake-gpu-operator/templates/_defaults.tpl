@@ -102,6 +102,9 @@ kwokGpuDevicePlugin:
 
 draPlugin:
   enabled: false
+  # -- Environment variable carrying the allocated GPU UUIDs into containers (CDI edits), as
+  # devicePlugin.visibleDevicesEnvName.
+  visibleDevicesEnvName: NVIDIA_VISIBLE_DEVICES
   image: {repository: dra-plugin, tag: "", pullPolicy: ""}
   kubeletRegistrarDirectoryPath: /var/lib/kubelet/plugins_registry
   kubeletPluginsDirectoryPath: /var/lib/kubelet/plugins
@@ -154,8 +157,6 @@ statusExporter:
   emptyPodLabels: false
   # -- Extra DCGM fields beyond the default set, e.g. [DCGM_FI_PROF_SM_ACTIVE].
   extraMetrics: []
-  # -- Seed of the telemetry model's random parts (nvidia-smi in pods uses the same model).
-  telemetrySeed: 0
   resources:
     requests: {cpu: 50m, memory: 64Mi}
     limits: {cpu: 500m, memory: 256Mi}

@@ -84,18 +84,20 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (default "run.ai/simulated-gpu-node-pool" $t.nodePoolLabelKey) $c.nodePoolLabelKey -}}
 {{- end -}}
 
-{{/* Environment every service gets: where the topology lives, who and where it runs. */}}
+{{/* Environment every service gets: where the topology lives, its health port, log level. */}}
 {{- define "fgo.commonEnv" -}}
-- name: TOPOLOGY_CM_NAME
-  value: topology
 - name: TOPOLOGY_CM_NAMESPACE
   value: {{ .Release.Namespace | quote }}
-- name: POD_NAMESPACE
-  valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
 - name: HEALTH_PORT
   value: "8080"
 - name: LOG_LEVEL
   value: {{ .Values.logLevel | default "INFO" | quote }}
+{{- end -}}
+
+{{/* Name of the cluster topology ConfigMap, prefix of the per-node ones (topology-<node>). */}}
+{{- define "fgo.topologyNameEnv" -}}
+- name: TOPOLOGY_CM_NAME
+  value: topology
 {{- end -}}
 
 {{- define "fgo.nodeNameEnv" -}}

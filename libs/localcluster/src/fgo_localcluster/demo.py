@@ -119,7 +119,7 @@ async def run_demo(state_dir: Path | None = None, node_count: int = 2) -> int:
 
         pod = await _wait("the GPU pod to run", pod_running)
 
-    exporter_port = operator.ports("nvidia-dcgm-exporter-kwok").get("METRICS_PORT")
+    exporter_port = operator.ports("nvidia-dcgm-exporter-kwok").get("metrics")
     print()
     print(f"Simulated GPU cluster ready in {time.monotonic() - t0:.0f}s.")
     print()

@@ -8,17 +8,25 @@ kubelet would) and the same identity — a token of the Deployment's ServiceAcco
 TokenRequest API — so the chart's RBAC is exercised for real: a call the chart does not allow
 fails exactly as it would in a cluster. DaemonSets select only real (non-KWOK) GPU nodes, of
 which the local cluster has none, so none of their pods would run there either.
+
+Listen ports are the one thing that differs: every pod has its own network namespace, local
+processes share one, so each environment variable whose value is one of the container's ports
+is pointed at a free loopback port instead (the mapping is kept by port name, ``metrics``,
+``health``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
 import socket
 import sys
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +43,9 @@ SERVICE_MODULES = {
     "kwok-dra-plugin": "fgo_kwok_dra_plugin",
     "status-exporter": "fgo_status_exporter",
 }
-# Env vars holding listen ports: replaced by free loopback ports so several services can run
-# side by side on one host (in a cluster each pod has its own network namespace).
-PORT_ENV_VARS = ("HEALTH_PORT", "METRICS_PORT", "HEALTHCHECK_PORT")
 TOKEN_SECONDS = 24 * 3600
+# What a service logs when the apiserver refused a call (HTTP 403 / reason Forbidden).
+FORBIDDEN = re.compile(r"\b403\b|[Ff]orbidden")
 
 Progress = Callable[[str], None]
 
@@ -52,6 +59,8 @@ class LocalWorkload:
     service_account: str
     module: str
     env: dict[str, str]
+    # Container port name -> port, from the manifest.
+    ports: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,7 @@ class RunningWorkload:
     workload: LocalWorkload
     pid: int
     log: Path
+    # Container port name -> the loopback port it listens on here.
     ports: dict[str, int]
 
 
@@ -72,25 +82,29 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _resolve_env(
-    entries: list[dict[str, Any]], pod_namespace: str, pod_name: str, sa: str
+def resolve_env(
+    entries: list[dict[str, Any]],
+    pod_namespace: str,
+    pod_name: str,
+    service_account: str,
+    node_name: str = "",
 ) -> dict[str, str]:
     """Container env as the kubelet would set it (the fieldRefs our chart uses)."""
     fields = {
         "metadata.namespace": pod_namespace,
         "metadata.name": pod_name,
-        "spec.serviceAccountName": sa,
-        "spec.nodeName": "",
+        "spec.serviceAccountName": service_account,
+        "spec.nodeName": node_name,
     }
     env: dict[str, str] = {}
     for entry in entries or []:
-        if "value" in entry:
-            env[entry["name"]] = str(entry["value"])
-        elif "valueFrom" in entry and "fieldRef" in entry["valueFrom"]:
-            path = entry["valueFrom"]["fieldRef"]["fieldPath"]
-            if path not in fields:
-                raise OperatorError(f"env {entry['name']}: unsupported fieldRef {path}")
-            env[entry["name"]] = fields[path]
+        if "valueFrom" in entry:
+            ref = entry["valueFrom"].get("fieldRef")
+            if ref is None or ref["fieldPath"] not in fields:
+                raise OperatorError(f"env {entry['name']}: unsupported source {entry['valueFrom']}")
+            env[entry["name"]] = fields[ref["fieldPath"]]
+        else:
+            env[entry["name"]] = str(entry.get("value", ""))
     return env
 
 
@@ -114,10 +128,40 @@ def workloads_from_manifest(manifest: str, namespace: str) -> list[LocalWorkload
                 namespace=doc["metadata"].get("namespace", namespace),
                 service_account=sa,
                 module=module,
-                env=_resolve_env(container.get("env", []), namespace, f"{name}-local", sa),
+                env=resolve_env(container.get("env", []), namespace, f"{name}-local", sa),
+                ports={
+                    p.get("name", str(p["containerPort"])): int(p["containerPort"])
+                    for p in container.get("ports", [])
+                },
             )
         )
     return out
+
+
+def local_ports(workload: LocalWorkload) -> tuple[dict[str, str], dict[str, int]]:
+    """Env overrides moving every listen port of ``workload`` to a free loopback port.
+
+    A variable whose value is a container port (``9400``, ``:9400``, ``0.0.0.0:9400``) names
+    that port; it gets the new port in the same form. Returns (env overrides, name -> port).
+    """
+    moved = {port: _free_port() for port in workload.ports.values()}
+    overrides: dict[str, str] = {}
+    for var, value in workload.env.items():
+        match = re.fullmatch(r"(?P<host>[^:]*:)?(?P<port>\d+)", value)
+        if match and int(match["port"]) in moved and (var.endswith("PORT") or match["host"]):
+            overrides[var] = f"{match['host'] or ''}{moved[int(match['port'])]}"
+    return overrides, {name: moved[port] for name, port in workload.ports.items()}
+
+
+def forbidden_lines(log: Path, since: int = 0) -> list[str]:
+    """Lines of a service log (from byte offset ``since``) reporting a refused API call."""
+    try:
+        with log.open("rb") as fh:
+            fh.seek(since)
+            text = fh.read().decode(errors="replace")
+    except FileNotFoundError:
+        return []
+    return [line for line in text.splitlines() if FORBIDDEN.search(line)]
 
 
 class LocalOperator:
@@ -139,7 +183,7 @@ class LocalOperator:
         self.chart = chart
         self.namespace = namespace
         self.release = release
-        self.dir = state_dir / "operator" / namespace
+        self.dir = operator_dir(state_dir) / namespace
         self._say = progress or (lambda message: print(f"fgo: {message}", file=sys.stderr))
 
     async def _run(self, *argv: str, stdin: bytes | None = None) -> str:
@@ -158,46 +202,31 @@ class LocalOperator:
             )
         return out.decode()
 
+    async def helm(self, *args: str) -> str:
+        return await self._run(str(self.bin_dir / "helm"), *args)
+
     async def install(
         self, values_files: list[Path] | None = None, set_values: list[str] | None = None
     ) -> list[LocalWorkload]:
         """``helm upgrade -i`` the chart; returns the workloads to run locally."""
-        argv = [
-            str(self.bin_dir / "helm"),
-            "upgrade",
-            "-i",
-            self.release,
-            str(self.chart),
-            "--namespace",
-            self.namespace,
-            "--create-namespace",
-        ]
+        argv = ["upgrade", "-i", self.release, str(self.chart),
+                "--namespace", self.namespace, "--create-namespace"]  # fmt: skip
         for path in values_files or []:
             argv += ["-f", str(path)]
         for item in set_values or []:
             argv += ["--set", item]
         self._say(f"helm upgrade -i {self.release} (namespace {self.namespace})")
-        await self._run(*argv)
-        manifest = await self._run(
-            str(self.bin_dir / "helm"),
-            "get",
-            "manifest",
-            self.release,
-            "--namespace",
-            self.namespace,
-        )
+        await self.helm(*argv)
+        return await self.workloads()
+
+    async def workloads(self) -> list[LocalWorkload]:
+        """The workloads of the installed release."""
+        manifest = await self.helm("get", "manifest", self.release, "--namespace", self.namespace)
         return workloads_from_manifest(manifest, self.namespace)
 
     async def uninstall(self) -> None:
         await self.stop()
-        await self._run(
-            str(self.bin_dir / "helm"),
-            "uninstall",
-            self.release,
-            "--namespace",
-            self.namespace,
-            "--wait",
-        )
+        await self.helm("uninstall", self.release, "--namespace", self.namespace, "--wait")
 
     async def _token_kubeconfig(self, workload: LocalWorkload) -> Path:
         """A kubeconfig that authenticates as the workload's ServiceAccount."""
@@ -233,8 +262,7 @@ class LocalOperator:
         }
         path = self.dir / f"{workload.name}.kubeconfig"
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, yaml.safe_dump(config))
-        path.chmod(0o600)
+        write_atomic(path, yaml.safe_dump(config), mode=0o600)
         return path
 
     async def start(
@@ -245,14 +273,14 @@ class LocalOperator:
         for workload in workloads:
             await self.stop_one(workload.name)
             kubeconfig = await self._token_kubeconfig(workload)
-            ports = {var: _free_port() for var in PORT_ENV_VARS}
+            port_env, ports = local_ports(workload)
             env = {
                 **workload.env,
-                **{k: str(v) for k, v in ports.items()},
+                **port_env,
                 "KUBECONFIG": str(kubeconfig),
                 **(extra_env or {}).get(workload.name, {}),
             }
-            log = self.dir / "logs" / f"{workload.name}.log"
+            log = self.log(workload.name)
             record = await process.spawn(
                 [sys.executable, "-m", workload.module],
                 log,
@@ -267,6 +295,35 @@ class LocalOperator:
             )
         return running
 
+    def log(self, name: str) -> Path:
+        return self.dir / "logs" / f"{name}.log"
+
+    def is_running(self, name: str) -> bool:
+        record = process.PidRecord.read(self.dir / f"{name}.pid")
+        return record is not None and process.is_running(record)
+
+    async def wait_ready(self, names: list[str], timeout_s: float = 60.0) -> None:
+        """Until every named workload answers /readyz with 200 (fails early if one died)."""
+        import aiohttp
+
+        deadline = time.monotonic() + timeout_s
+        pending = list(names)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            while pending:
+                for name in list(pending):
+                    if not self.is_running(name):
+                        tail = "\n".join(self.log(name).read_text().splitlines()[-20:])
+                        raise OperatorError(f"{name} exited; last log lines:\n{tail}")
+                    port = self.ports(name).get("health")
+                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                        async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                            if resp.status == 200:
+                                pending.remove(name)
+                if pending and time.monotonic() > deadline:
+                    raise OperatorError(f"not ready after {timeout_s:.0f}s: {', '.join(pending)}")
+                if pending:
+                    await asyncio.sleep(0.5)
+
     async def stop_one(self, name: str) -> str:
         record = process.PidRecord.read(self.dir / f"{name}.pid")
         return await process.terminate(record) if record else "not running"
@@ -276,6 +333,7 @@ class LocalOperator:
             await self.stop_one(pid_file.stem)
 
     def ports(self, name: str) -> dict[str, int]:
+        """Port name (``health``, ``metrics``) -> local port of a started workload."""
         try:
             return {
                 k: int(v)
@@ -283,3 +341,21 @@ class LocalOperator:
             }
         except (OSError, ValueError):
             return {}
+
+
+def operator_dir(state_dir: Path) -> Path:
+    """Where LocalOperator keeps pid files, logs and kubeconfigs (one subdirectory per ns)."""
+    return state_dir / "operator"
+
+
+async def stop_all(state_dir: Path) -> list[str]:
+    """Stop every workload any LocalOperator started under ``state_dir`` (``fgo cluster down``).
+
+    Returns ``<namespace>/<name>: <outcome>`` for each pid file found.
+    """
+    outcomes = []
+    for pid_file in sorted(operator_dir(state_dir).glob("*/*.pid")):
+        record = process.PidRecord.read(pid_file)
+        outcome = await process.terminate(record) if record else "not running"
+        outcomes.append(f"{pid_file.parent.name}/{pid_file.stem}: {outcome}")
+    return outcomes
