@@ -254,3 +254,20 @@ def test_label_values_are_escaped() -> None:
 
 def test_no_nodes_no_output() -> None:
     assert DcgmCollector(DEFAULT).scrape_text([], T0) == ""
+
+
+def test_every_tabled_field_has_a_value_source() -> None:
+    from fgo_status_exporter.dcgm import FIELD_SOURCES
+
+    for names in DCGM_EXPORTER.values():
+        for fld in (*names.counters, *names.optional_counters):
+            if fld.kind != "label":
+                assert fld.name in FIELD_SOURCES, f"{names.version}: no value for {fld.name}"
+
+
+def test_extra_metrics_are_appended_after_the_defaults() -> None:
+    options = ExporterOptions(names=DCGM_NAMES, extra_metrics=("DCGM_FI_PROF_SM_ACTIVE",))
+    text = scrape(full_and_idle(), options)
+    helps = [line.split()[2] for line in text.splitlines() if line.startswith("# HELP")]
+    assert helps[-1] == "DCGM_FI_PROF_SM_ACTIVE"
+    assert len(helps) == 26

@@ -66,6 +66,20 @@ def test_store_filters_and_keeps_last_good_record() -> None:
     assert changed == ["a", "a", "b", "b"]
 
 
+def test_store_reports_recreated_configmaps() -> None:
+    store = TopologyStore(accept=lambda p: True)
+    recreated: list[str] = []
+    store.recreated.append(recreated.append)
+    cm = configmap(node("a", "H100", 1))
+    cm["metadata"]["uid"] = "uid-1"
+    store.apply("ns/topology-a", cm, "topology")
+    store.apply("ns/topology-a", cm, "topology")  # an update of the same object
+    assert recreated == []
+    cm["metadata"]["uid"] = "uid-2"  # deleted and created again between two reads
+    store.apply("ns/topology-a", cm, "topology")
+    assert recreated == ["a"]
+
+
 @pytest.fixture
 async def served() -> Any:
     store = TopologyStore(accept=lambda p: True)
@@ -119,3 +133,14 @@ async def test_series_of_a_gone_pod_or_node_vanish(served: Any) -> None:
     store.delete("ns/topology-n1")
     _, _, body = await _get(server)
     assert body == b""
+
+
+def test_accepts_gzip() -> None:
+    from fgo_status_exporter.server import accepts_gzip
+
+    assert accepts_gzip("gzip")
+    assert accepts_gzip("deflate, gzip;q=0.5")
+    assert accepts_gzip("*")
+    assert not accepts_gzip("")
+    assert not accepts_gzip("identity")
+    assert not accepts_gzip("gzip;q=0")

@@ -89,6 +89,10 @@ class NodeLabeler:
         self.idle.clear()
         self._wake.set()
 
+    def forget(self, node_name: str) -> None:
+        """Re-read ``node_name`` on its next sync (its Node may have been re-created)."""
+        self.applied.pop(node_name, None)
+
     def forget_all(self) -> None:
         """Re-read every node on its next sync (periodic repair of labels edited by hand)."""
         self.applied.clear()

@@ -110,6 +110,7 @@ class Exporter:
             workers=settings.label_workers,
         )
         if settings.gfd_labels:
+            self.store.recreated.append(self.labeler.forget)
             self.store.listeners.append(self.labeler.mark)
         self.stats = ScrapeStats(registry)
         self._background: set[asyncio.Task[None]] = set()

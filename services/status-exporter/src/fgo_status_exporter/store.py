@@ -70,8 +70,12 @@ class TopologyStore:
         self._accept = accept
         self.nodes: dict[str, NodeTopology] = {}
         self._by_cm: dict[str, str] = {}  # ConfigMap key -> node name
+        self._uids: dict[str, str] = {}  # ConfigMap key -> uid of the object we last read
         self.version = 0
         self.listeners: list[Callable[[str], None]] = []
+        # Called when a ConfigMap was deleted and created again (seen as one change after a
+        # relist): what was derived from the old object must be re-checked, not assumed.
+        self.recreated: list[Callable[[str], None]] = []
 
     def _changed(self, node_name: str) -> None:
         self.version += 1
@@ -93,11 +97,18 @@ class TopologyStore:
             return
         if old_node is not None and old_node != parsed.node_name:
             self.delete(cm_key)
+        uid = str((cm.get("metadata") or {}).get("uid") or "")
+        previous_uid = self._uids.get(cm_key)
+        self._uids[cm_key] = uid
+        if previous_uid is not None and previous_uid != uid:
+            for listener in self.recreated:
+                listener(parsed.node_name)
         self._by_cm[cm_key] = parsed.node_name
         self.nodes[parsed.node_name] = parsed.topology
         self._changed(parsed.node_name)
 
     def delete(self, cm_key: str) -> None:
+        self._uids.pop(cm_key, None)
         node_name = self._by_cm.pop(cm_key, None)
         if node_name is None:
             return
