@@ -193,3 +193,32 @@ def test_runs_in_a_python_less_debian_rootfs(rootfs: Path, bundle: Path, state: 
     missing = _chroot(rootfs, bundle, state, "FGO_STATE_DIR=/nowhere nvidia-smi")
     assert missing.returncode == 9
     assert missing.stdout.startswith("NVIDIA-SMI has failed because it couldn't communicate")
+
+
+def test_ctrl_c_ends_a_loop_quietly_and_pipes_may_close(bundle: Path, state: Path) -> None:
+    import signal
+
+    with subprocess.Popen(
+        [str(bundle / "nvidia-smi"), "-lms", "100", "--query-gpu=index", "--format=csv,noheader"],
+        env=_env(state),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        lines = [proc.stdout.readline() for _ in range(16)]  # two rounds of 8 GPUs
+        assert lines == [f"{i}\n" for i in range(8)] * 2
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        assert "Traceback" not in proc.stderr.read()
+    # `nvidia-smi dmon | head -3`: the reader goes away, the writer exits without a traceback.
+    done = subprocess.run(
+        f"{bundle}/nvidia-smi dmon | head -3",
+        shell=True,
+        env=_env(state),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.stdout.count("\n") == 3 and "Traceback" not in done.stderr
