@@ -119,8 +119,11 @@ def test_select_by_index_uuid_and_bus_id(smi: Runner) -> None:
             "-i", ident, "--query-gpu=index,pci.bus_id", "--format=csv,noheader", node=node
         )
         assert result.out == f"4, {node.gpus[4].bus_id}\n", ident
-    many = smi("-i", "0,2", "--query-gpu=index", "--format=csv,noheader", node=node)
-    assert many.out == "0\n2\n"
+    many = smi("-i", "0,2", "--query-gpu=index,count", "--format=csv,noheader", node=node)
+    assert many.out == "0, 8\n2, 8\n"  # count: GPUs in the system, not the selection
+    assert "Attached GPUs                                          : 8\nGPU 00000000:5D" in smi(
+        "-q", "-i", "3", node=node
+    ).out
     for bad in ("8", "GPU-nope", "abc", "00000000:99:00.0"):
         result = smi("-i", bad, node=node)
         assert (result.out, result.code) == ("No devices were found\n", 6), bad

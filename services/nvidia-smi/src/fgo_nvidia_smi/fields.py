@@ -102,7 +102,7 @@ def _fields() -> list[Field]:
     add("timestamp", "", lambda g, s: csv_time(s.t))
     add("driver_version", "", lambda g, s: s.driver_version)
     add("vgpu_driver_capability.heterogenous_multivGPU", "", _const(NA))
-    add("count", "", lambda g, s: str(len(s.gpus)))
+    add("count", "", lambda g, s: str(s.attached))
     add(("name", "gpu_name"), "", lambda g, s: g.name)
     add(("serial", "gpu_serial"), "", lambda g, s: g.serial)
     add(("uuid", "gpu_uuid"), "", lambda g, s: g.uuid)

@@ -764,7 +764,7 @@ def _text_header(snapshot: Snapshot) -> list[str]:
         kv("Driver Version", snapshot.driver_version),
         kv("CUDA Version", snapshot.cuda_version),
         "",
-        kv("Attached GPUs", len(snapshot.gpus)),
+        kv("Attached GPUs", snapshot.attached),
     ]
 
 
@@ -827,7 +827,7 @@ def render_query_xml(snapshot: Snapshot) -> str:
         f"\t<timestamp>{banner_time(snapshot.t)}</timestamp>",
         f"\t<driver_version>{_escape(snapshot.driver_version)}</driver_version>",
         f"\t<cuda_version>{_escape(snapshot.cuda_version)}</cuda_version>",
-        f"\t<attached_gpus>{len(snapshot.gpus)}</attached_gpus>",
+        f"\t<attached_gpus>{snapshot.attached}</attached_gpus>",
     ]
     for gpu in snapshot.gpus:
         root = Node(

@@ -148,6 +148,8 @@ class Snapshot:
     t: float
     driver_version: str
     cuda_version: str
+    # GPUs the container can see, before any `-i` narrows what is printed ("Attached GPUs").
+    attached: int = 0
 
 
 def normalise_bus_id(bus_id: str) -> str:
@@ -354,6 +356,7 @@ def build_snapshot(node: NodeTopology, settings: Settings, t: float | None = Non
         t=now,
         driver_version=driver or FALLBACK_DRIVER,
         cuda_version=cuda or FALLBACK_CUDA,
+        attached=len(views),
     )
 
 
