@@ -66,6 +66,20 @@ cluster-up: setup tools ## Start the local control plane only
 cluster-down: setup ## Stop the local control plane (and services started by `make demo`)
 	$(UV_RUN) fgo cluster down --state-dir $(STATE_DIR)
 
+# `make bench` knobs (docs/benchmarks.md); e.g. `make bench BENCH_NODES=100` for a quick run.
+BENCH_NODES      ?= 100,500,1000
+BENCH_PODS       ?= 200
+BENCH_SCHED_PODS ?= 500
+BENCH_RATE       ?= 0
+BENCH_SCENARIOS  ?= nvidia-smi,bringup,exporter,footprint,churn,scheduler
+BENCH_ARGS       ?=
+
+.PHONY: bench
+bench: setup tools ## Scale/performance scenarios -> bench-results/latest/report.md (not part of `test`)
+	FGO_BIN_DIR=$(TOOLS_BIN) $(UV_RUN) --group bench python -m bench.run \
+		--nodes $(BENCH_NODES) --pods $(BENCH_PODS) --sched-pods $(BENCH_SCHED_PODS) \
+		--rate $(BENCH_RATE) --scenarios $(BENCH_SCENARIOS) $(BENCH_ARGS)
+
 .PHONY: protos
 protos: setup ## Regenerate gRPC stubs from our kubelet .proto files
 	hack/gen-protos.sh
