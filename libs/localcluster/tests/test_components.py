@@ -101,3 +101,4 @@ def test_kwok_manages_only_annotated_nodes_with_our_stages(tmp_path: Path) -> No
     assert "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake" in spec.argv
     assert f"--config={tmp_path / 'kwok' / 'stages.yaml'}" in spec.argv
     assert spec.env == {"KWOK_WORKDIR": str(tmp_path / "kwok")}
+    assert "--v=WARN" in spec.argv

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fgo_common.runtime.settings import SettingsError
+
 from fgo_localcluster import nodes
 from fgo_localcluster.cluster import ClusterError, ClusterStatus, LocalCluster
 from fgo_localcluster.layout import COMPONENTS, Ports
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster = LocalCluster(args.state_dir, bin_dir=args.bin_dir, ports=ports)
     try:
         code: int = asyncio.run(args.func(cluster, args))
-    except (ClusterError, ToolsError) as exc:
+    except (ClusterError, ToolsError, SettingsError) as exc:
         print(f"fgo: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

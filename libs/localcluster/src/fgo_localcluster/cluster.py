@@ -359,7 +359,13 @@ class LocalCluster:
             return None
         # Health URLs do not depend on the binaries' location.
         bin_dir = self._bin_dir or Path("/nonexistent")
-        return components.all_specs(bin_dir, self.layout, record.ports, record.feature_gates)
+        return components.all_specs(
+            bin_dir,
+            self.layout,
+            record.ports,
+            record.feature_gates,
+            tools.env_settings().kwok_log_level,
+        )
 
     def _spec(self, name: str) -> components.ComponentSpec:
         specs = self._specs_or_none()

@@ -201,9 +201,13 @@ def scheduler_spec(
     return ComponentSpec("kube-scheduler", argv, health)
 
 
-def kwok_spec(bin_dir: Path, layout: StateLayout, ports: Ports) -> ComponentSpec:
+def kwok_spec(
+    bin_dir: Path, layout: StateLayout, ports: Ports, log_level: str = "WARN"
+) -> ComponentSpec:
     argv = [
         str(bin_dir / "kwok"),
+        # At INFO KWOK logs every lease renewal: 100 lines/s with 1000 nodes, drowning the rest.
+        f"--v={log_level}",
         f"--kubeconfig={layout.component_kubeconfig('kwok')}",
         f"--config={layout.kwok_stages}",
         "--manage-all-nodes=false",
@@ -226,7 +230,11 @@ def kwok_spec(bin_dir: Path, layout: StateLayout, ports: Ports) -> ComponentSpec
 
 
 def all_specs(
-    bin_dir: Path, layout: StateLayout, ports: Ports, gates: dict[str, bool]
+    bin_dir: Path,
+    layout: StateLayout,
+    ports: Ports,
+    gates: dict[str, bool],
+    kwok_log_level: str = "WARN",
 ) -> dict[str, ComponentSpec]:
     """In start order."""
     specs = [
@@ -234,6 +242,6 @@ def all_specs(
         apiserver_spec(bin_dir, layout, ports, gates),
         controller_manager_spec(bin_dir, layout, ports, gates),
         scheduler_spec(bin_dir, layout, ports, gates),
-        kwok_spec(bin_dir, layout, ports),
+        kwok_spec(bin_dir, layout, ports, kwok_log_level),
     ]
     return {s.name: s for s in specs}

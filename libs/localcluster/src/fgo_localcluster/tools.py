@@ -42,6 +42,13 @@ class EnvSettings:
         "State directory of the local cluster (default: <repo>/.fgo/cluster).",
     )
 
+    kwok_log_level: str = env_field(
+        "FGO_KWOK_LOG_LEVEL",
+        "WARN",
+        "KWOK's log level; INFO shows every node/pod it patches (and every lease renewal).",
+        choices=("DEBUG", "INFO", "WARN", "ERROR"),
+    )
+
 
 def env_settings() -> EnvSettings:
     return load_settings(EnvSettings)
