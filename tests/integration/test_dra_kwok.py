@@ -520,3 +520,26 @@ async def test_deleting_the_pod_frees_the_device_for_the_next_claim(
     pod = await cluster.wait_running("second", timeout_s=90)
     assert pod["spec"]["nodeName"] == node
     assert await cluster.allocated_devices("second") == [(node, "gpu-0")]
+
+
+async def test_plain_nvidia_gpu_limit_is_served_from_our_slices(
+    cluster: Cluster, controller: KwokSliceController
+) -> None:
+    """DeviceClass gpu.nvidia.com maps the extended resource nvidia.com/gpu (DRAExtendedResource):
+    a pod written for the device plugin lands on a node that only has DRA devices."""
+    (node,) = await cluster.gpu_nodes(1, [{"type": "Tesla K80", "count": 2}])
+    await wait_slice_devices(cluster.kube, node, 2)
+    body = gpu_pod("extended", cluster.run, template="unused")
+    del body["spec"]["resourceClaims"]
+    body["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": "1"}}
+    await cluster.create_pod(body)
+    pod = await cluster.wait_running("extended")
+    assert pod["spec"]["nodeName"] == node
+    (status,) = pod["status"]["extendedResourceClaimStatus"]["requestMappings"]
+    assert status["resourceName"] == "nvidia.com/gpu"
+    claim_name = pod["status"]["extendedResourceClaimStatus"]["resourceClaimName"]
+    claim = await raw(
+        cluster.resource.read_namespaced_resource_claim, claim_name, cluster.namespace
+    )
+    (result,) = claim["status"]["allocation"]["devices"]["results"]
+    assert (result["driver"], result["pool"]) == ("gpu.nvidia.com", node)
