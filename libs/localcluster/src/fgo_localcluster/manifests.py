@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fgo_common import dra
+
 OPERATOR_NAMESPACE = "gpu-operator"
 NVIDIA_DRA_DRIVER = "gpu.nvidia.com"
 
@@ -28,26 +30,6 @@ def operator_namespace() -> dict[str, Any]:
     }
 
 
-def _device_class(name: str, device_type: str, extended_resource: str | None) -> dict[str, Any]:
-    expression = (
-        f"device.driver == '{NVIDIA_DRA_DRIVER}' && "
-        f"device.attributes['{NVIDIA_DRA_DRIVER}'].type == '{device_type}'"
-    )
-    spec: dict[str, Any] = {"selectors": [{"cel": {"expression": expression}}]}
-    if extended_resource:
-        # Lets a plain `nvidia.com/gpu: 1` limit be satisfied through DRA (DRAExtendedResource).
-        # An apiserver without that feature drops the field, which is the upstream fallback.
-        spec["extendedResourceName"] = extended_resource
-    return {
-        "apiVersion": "resource.k8s.io/v1",
-        "kind": "DeviceClass",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-
-
 def nvidia_device_classes() -> list[dict[str, Any]]:
-    return [
-        _device_class("gpu.nvidia.com", "gpu", "nvidia.com/gpu"),
-        _device_class("mig.nvidia.com", "mig", None),
-    ]
+    # fgo_common.dra is the one definition (the chart's template is compared with it by tests).
+    return dra.device_classes()
