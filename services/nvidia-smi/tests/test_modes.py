@@ -121,9 +121,10 @@ def test_select_by_index_uuid_and_bus_id(smi: Runner) -> None:
         assert result.out == f"4, {node.gpus[4].bus_id}\n", ident
     many = smi("-i", "0,2", "--query-gpu=index,count", "--format=csv,noheader", node=node)
     assert many.out == "0, 8\n2, 8\n"  # count: GPUs in the system, not the selection
-    assert "Attached GPUs                                          : 8\nGPU 00000000:5D" in smi(
-        "-q", "-i", "3", node=node
-    ).out
+    assert (
+        "Attached GPUs                                          : 8\nGPU 00000000:5D"
+        in smi("-q", "-i", "3", node=node).out
+    )
     for bad in ("8", "GPU-nope", "abc", "00000000:99:00.0"):
         result = smi("-i", bad, node=node)
         assert (result.out, result.code) == ("No devices were found\n", 6), bad
@@ -286,3 +287,26 @@ def test_k80_header_uses_the_node_driver(smi: Runner) -> None:
         in out
     )
     assert "|   0  Tesla K80                      On  |" in out
+
+
+def test_injected_faults_show_as_the_driver_reports_them(smi: Runner) -> None:
+    node = h100_capture_node()
+    node.gpus[0].faults = [
+        {"kind": "ecc", "sbeVolatile": 5, "dbeVolatile": 2},
+        {"kind": "remappedRows", "uncorrectable": 1},
+        {"kind": "thermal"},
+    ]
+    table = smi(node=node).out
+    assert "|   00000000:00:06.0 Off |                    2 |" in table
+    csv = smi(
+        "--query-gpu=ecc.errors.uncorrected.volatile.total,ecc.errors.corrected.volatile.dram,"
+        "ecc.errors.uncorrected.aggregate.device_memory,remapped_rows.uncorrectable,"
+        "clocks_event_reasons.hw_thermal_slowdown,clocks_event_reasons.hw_power_brake_slowdown",
+        "--format=csv,noheader",
+        node=node,
+    ).out
+    assert csv == "2, 5, 2, 1, Active, Not Active\n"
+    q = smi("-q", "-d", "ECC,PERFORMANCE,ROW_REMAPPER", node=node).out
+    assert re.search(r"Volatile\n(.*\n){3}.*DRAM Correctable +: 5\n.*DRAM Uncorrectable +: 2\n", q)
+    assert re.search(r"HW Slowdown +: Active\n +HW Thermal Slowdown +: Active\n", q)
+    assert re.search(r"Uncorrectable Error +: 1\n", q)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from fgo_nvidia_smi.cli import RC_INVALID_ARGUMENT, UsageError
 from fgo_nvidia_smi.fmt import csv_time, watts
 from fgo_nvidia_smi.report import (
+    clocks_event_bits,
     gsp_mode,
     mig_mode,
     tlimit_margin,
@@ -65,16 +66,30 @@ def _pci_part(position: int, width: int) -> Getter:
     return get
 
 
-def _clocks_active(gpu: GpuView) -> int:
-    # Bit 0 (GPU idle) while nothing runs; bit 2 (SW power cap) when at the power limit.
-    bits = 0x1 if gpu.sample.gpu_util == 0 else 0x0
-    if gpu.sample.power_w >= gpu.profile.power_default_limit_w * 0.99:
-        bits |= 0x4
-    return bits
-
-
 def _reason(bit: int) -> Getter:
-    return lambda gpu, snap: "Active" if _clocks_active(gpu) & bit else "Not Active"
+    return lambda gpu, snap: "Active" if clocks_event_bits(gpu) & bit else "Not Active"
+
+
+def _if_ecc(fn: Callable[[GpuView], str]) -> Getter:
+    return lambda gpu, snap: fn(gpu) if gpu.profile.ecc_supported else NA
+
+
+def _ecc_count(kind: str, scope: str) -> Getter:
+    """Injected ECC faults are DRAM errors (device memory); SRAM counters stay 0."""
+
+    def get(gpu: GpuView, snap: Snapshot) -> str:
+        if not gpu.profile.ecc_supported:
+            return NA
+        s = gpu.sample
+        counts = {
+            ("corrected", "volatile"): s.ecc_sbe_volatile,
+            ("corrected", "aggregate"): s.ecc_sbe_aggregate,
+            ("uncorrected", "volatile"): s.ecc_dbe_volatile,
+            ("uncorrected", "aggregate"): s.ecc_dbe_aggregate,
+        }
+        return str(counts[(kind, scope)])
+
+    return get
 
 
 def _fan(gpu: GpuView, snap: Snapshot) -> str:
@@ -164,7 +179,7 @@ def _fields() -> list[Field]:
     add(
         ("clocks_event_reasons.active", "clocks_throttle_reasons.active"),
         "",
-        lambda g, s: f"0x{_clocks_active(g):016X}",
+        lambda g, s: f"0x{clocks_event_bits(g):016X}",
     )
     for reason, bit in (
         ("gpu_idle", 0x1),
@@ -214,7 +229,12 @@ def _fields() -> list[Field]:
     for kind in ("corrected", "uncorrected"):
         for scope in ("volatile", "aggregate"):
             for unit in ("device_memory", "dram", *legacy_na, "sram", "total"):
-                getter = _const(NA) if unit in legacy_na else _ecc()
+                if unit in legacy_na:
+                    getter = _const(NA)
+                elif unit == "sram":
+                    getter = _ecc()
+                else:
+                    getter = _ecc_count(kind, scope)
                 add(f"ecc.errors.{kind}.{scope}.{unit}", "", getter)
     for scope in ("volatile", "aggregate"):
         for unit in ("parity", "secded"):
@@ -225,12 +245,24 @@ def _fields() -> list[Field]:
     add(("retired_pages.single_bit_ecc.count", "retired_pages.sbe"), "", _const(NA))
     add(("retired_pages.double_bit.count", "retired_pages.dbe"), "", _const(NA))
     add("retired_pages.pending", "", _const(NA))
-    add(("remapped_rows.correctable", "remapped_rows.sbe"), "", _ecc())
+    add(
+        ("remapped_rows.correctable", "remapped_rows.sbe"),
+        "",
+        _if_ecc(lambda g: str(g.sample.remapped_rows_correctable)),
+    )
     add("remapped_rows.correctable_inactive", "", _ecc())
-    add(("remapped_rows.uncorrectable", "remapped_rows.dbe"), "", _ecc())
+    add(
+        ("remapped_rows.uncorrectable", "remapped_rows.dbe"),
+        "",
+        _if_ecc(lambda g: str(g.sample.remapped_rows_uncorrectable)),
+    )
     add("remapped_rows.uncorrectable_inactive", "", _ecc())
     add("remapped_rows.pending", "", _ecc("No"))
-    add("remapped_rows.failure", "", _ecc("No"))
+    add(
+        "remapped_rows.failure",
+        "",
+        _if_ecc(lambda g: "Yes" if g.sample.row_remap_failure else "No"),
+    )
     add("remapped_rows.histogram.max", "", _ecc("2560"))
     for level in ("high", "partial", "low", "none"):
         add(f"remapped_rows.histogram.{level}", "", _ecc())

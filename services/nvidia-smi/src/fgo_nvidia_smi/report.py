@@ -90,15 +90,30 @@ def _mhz(value: int) -> str:
     return f"{value} MHz"
 
 
-def _clocks_active(gpu: GpuView) -> int:
-    bits = 0x1 if gpu.sample.gpu_util == 0 else 0x0
-    if gpu.sample.power_w >= gpu.profile.power_default_limit_w * 0.99:
-        bits |= 0x4
+# NVML clocks event reason bits (nvml.h nvmlClocksEventReason*).
+REASON_GPU_IDLE = 0x1
+REASON_SW_POWER_CAP = 0x4
+REASON_HW_SLOWDOWN = 0x8
+REASON_HW_THERMAL = 0x40
+REASON_HW_POWER_BRAKE = 0x80
+
+
+def clocks_event_bits(gpu: GpuView) -> int:
+    """Why clocks are below maximum: idle, at the power cap, or an injected thermal / power
+    brake fault (the telemetry model already lowered clocks and raised heat for those)."""
+    s = gpu.sample
+    bits = REASON_GPU_IDLE if s.gpu_util == 0 else 0x0
+    if s.power_w >= gpu.profile.power_default_limit_w * 0.99:
+        bits |= REASON_SW_POWER_CAP
+    if s.thermal_throttled:
+        bits |= REASON_HW_SLOWDOWN | REASON_HW_THERMAL
+    if s.power_throttled:
+        bits |= REASON_HW_SLOWDOWN | REASON_HW_POWER_BRAKE
     return bits
 
 
 def _active(gpu: GpuView, bit: int) -> str:
-    return "Active" if _clocks_active(gpu) & bit else "Not Active"
+    return "Active" if clocks_event_bits(gpu) & bit else "Not Active"
 
 
 def _supported_graphics_clocks(gpu: GpuView) -> list[int]:
@@ -208,13 +223,18 @@ def gpu_tree(gpu: GpuView, driver: str) -> list[Node]:
     def ecc_block(*names: tuple[str, str]) -> list[Node]:
         return [leaf(label, tag, ecc_count) for label, tag in names]
 
-    sram_dram = (
-        ("SRAM Correctable", "sram_correctable"),
-        ("SRAM Uncorrectable Parity", "sram_uncorrectable_parity"),
-        ("SRAM Uncorrectable SEC-DED", "sram_uncorrectable_secded"),
-        ("DRAM Correctable", "dram_correctable"),
-        ("DRAM Uncorrectable", "dram_uncorrectable"),
-    )
+    def ecc_scope(sbe: int, dbe: int) -> list[Node]:
+        # Injected ECC faults count as DRAM (HBM/GDDR) errors; SRAM stays clean.
+        return [
+            *ecc_block(
+                ("SRAM Correctable", "sram_correctable"),
+                ("SRAM Uncorrectable Parity", "sram_uncorrectable_parity"),
+                ("SRAM Uncorrectable SEC-DED", "sram_uncorrectable_secded"),
+            ),
+            leaf("DRAM Correctable", "dram_correctable", sbe if ecc else NA),
+            leaf("DRAM Uncorrectable", "dram_uncorrectable", dbe if ecc else NA),
+        ]
+
     migs: Node
     if gpu.migs:
         migs = group(None, "mig_devices", *(_mig_device_node(m) for m in gpu.migs))
@@ -370,7 +390,7 @@ def gpu_tree(gpu: GpuView, driver: str) -> list[Node]:
             group(
                 "Clocks Event Reasons",
                 "clocks_event_reasons",
-                leaf("Idle", "clocks_event_reason_gpu_idle", _active(gpu, 0x1)),
+                leaf("Idle", "clocks_event_reason_gpu_idle", _active(gpu, REASON_GPU_IDLE)),
                 leaf(
                     "Applications Clocks Setting",
                     "clocks_event_reason_applications_clocks_setting",
@@ -488,11 +508,11 @@ def gpu_tree(gpu: GpuView, driver: str) -> list[Node]:
         group(
             "ECC Errors",
             "ecc_errors",
-            group("Volatile", "volatile", *ecc_block(*sram_dram)),
+            group("Volatile", "volatile", *ecc_scope(s.ecc_sbe_volatile, s.ecc_dbe_volatile)),
             group(
                 "Aggregate",
                 "aggregate",
-                *ecc_block(*sram_dram),
+                *ecc_scope(s.ecc_sbe_aggregate, s.ecc_dbe_aggregate),
                 leaf("SRAM Threshold Exceeded", "sram_threshold_exceeded", "No" if ecc else NA),
             ),
             group(
@@ -536,12 +556,22 @@ def gpu_tree(gpu: GpuView, driver: str) -> list[Node]:
         group(
             "Remapped Rows",
             "remapped_rows",
-            leaf("Correctable Error", "remapped_row_corr", ecc_count),
+            leaf(
+                "Correctable Error", "remapped_row_corr", s.remapped_rows_correctable if ecc else NA
+            ),
             leaf("Inactive Correctable Error", "remapped_row_corr_inactive", ecc_count),
-            leaf("Uncorrectable Error", "remapped_row_unc", ecc_count),
+            leaf(
+                "Uncorrectable Error",
+                "remapped_row_unc",
+                s.remapped_rows_uncorrectable if ecc else NA,
+            ),
             leaf("Inactive Uncorrectable Error", "remapped_row_unc_inactive", ecc_count),
             leaf("Pending", "remapped_row_pending", "No" if ecc else NA),
-            leaf("Remapping Failure Occurred", "remapped_row_failure", "No" if ecc else NA),
+            leaf(
+                "Remapping Failure Occurred",
+                "remapped_row_failure",
+                ("Yes" if s.row_remap_failure else "No") if ecc else NA,
+            ),
             group(
                 "Bank Remap Availability Histogram",
                 "row_remapper_histogram",

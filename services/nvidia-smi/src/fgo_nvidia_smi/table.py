@@ -60,7 +60,7 @@ def _gpu_rows(gpu: GpuView) -> list[str]:
     name = truncate_right(gpu.name, NAME_WIDTH)
     ecc = NA
     if gpu.profile.ecc_supported:
-        ecc = "On" if gpu.mig_enabled else "0"
+        ecc = "On" if gpu.mig_enabled else str(sample.ecc_dbe_volatile)
     line1 = (
         f"| {gpu.index:>3}  {name:<{NAME_WIDTH}}    {_persistence(gpu):<3} "
         f"| {gpu.bus_id:>18} {'Off':>3} | {ecc:>20} |"
