@@ -67,9 +67,6 @@ MAX_ATTRIBUTES_AND_CAPACITIES_PER_DEVICE = 32
 MAX_ATTRIBUTE_VALUE_LENGTH = 64
 MAX_OBJECT_NAME_LENGTH = 253
 
-# Device taint keys the real driver sets on NVML health events (TaintKeyXID, TaintKeyGPULost).
-TAINT_XID = "xid"
-TAINT_GPU_LOST = "gpu-lost"
 TAINT_EFFECT_NO_SCHEDULE = "NoSchedule"
 
 UnhealthyPolicy = Literal["taint", "omit", "publish"]
@@ -286,9 +283,9 @@ def unhealthy_taints(gpu: GpuRecord, names: DraNames = DRA_NAMES) -> list[Obj]:
         if isinstance(value, int) and not isinstance(value, bool):
             xid = value
     if xid is not None:
-        key, value_text = TAINT_XID, str(xid)
+        key, value_text = names.taint_xid, str(xid)
     else:
-        key, value_text = TAINT_GPU_LOST, "true"
+        key, value_text = names.taint_gpu_lost, "true"
     return [
         {"key": f"{names.driver}/{key}", "value": value_text, "effect": TAINT_EFFECT_NO_SCHEDULE}
     ]

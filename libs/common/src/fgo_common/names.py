@@ -224,6 +224,10 @@ class DraNames:
     cap_ofa_engines: str = "ofaEngines"
     cap_memory_slice_prefix: str = "memorySlice"  # + slice index
     counter_memory_slice_prefix: str = "memory-slice-"  # + slice index
+    # Device taint keys (under the driver's domain) the driver sets on NVML health events:
+    # TaintKeyXID (value: the XID code) and TaintKeyGPULost.
+    taint_xid: str = "xid"
+    taint_gpu_lost: str = "gpu-lost"
 
     def gpu_device_name(self, minor: int) -> str:
         return f"gpu-{minor}"
