@@ -7,4 +7,6 @@ if ! command -v uv >/dev/null 2>&1 || [[ "$(uv --version | awk '{print $2}')" !=
   python3 -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
 fi
 cd "$(dirname "$0")/.."
-uv sync --frozen --python 3.11 --quiet
+# --all-packages: every member's default (dev) group too, e.g. the test-only consumers of
+# nvidia-smi output (pandas, GPUtil, nvsmi) that services/nvidia-smi declares for its tests.
+uv sync --frozen --python 3.11 --all-packages --quiet
