@@ -333,10 +333,16 @@ def sample_gpu(
         def util_at(b: int) -> int:
             return _utilization_at(usage_map, gpu.id, b, seed)
 
-    util = util_at(bucket)
-    lagged = (util + sum(util_at(bucket - lag) for lag in range(1, TEMPERATURE_LAG_BUCKETS))) / (
-        float(TEMPERATURE_LAG_BUCKETS)
+    loaded = bool(usage_map) or (
+        usages is None and gpu.mig_enabled and any(d.usage for d in gpu.mig_devices)
     )
+    if loaded:
+        util = util_at(bucket)
+        lagged = (
+            util + sum(util_at(bucket - lag) for lag in range(1, TEMPERATURE_LAG_BUCKETS))
+        ) / float(TEMPERATURE_LAG_BUCKETS)
+    else:
+        util, lagged = 0, 0.0  # nobody uses it now or in the lag window: skip the hashing
     faults = faults_at(gpu.faults, t) if gpu.faults else NO_FAULTS
 
     power = _power(profile, util) + (_unit_random(seed, gpu.id, "power", bucket) - 0.5) * 2.0

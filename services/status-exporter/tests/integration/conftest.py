@@ -28,7 +28,9 @@ from fgo_localcluster.tools import ensure_binaries, resolve_bin_dir
 from kubernetes_asyncio import client
 
 REPO = Path(__file__).resolve().parents[4]
-sys.path.insert(0, str(Path(__file__).parent))
+_HELPERS = str(Path(__file__).resolve().parents[1] / "helpers")
+if _HELPERS not in sys.path:
+    sys.path.append(_HELPERS)
 
 from exporter_harness import ExporterProcess, Prometheus, StartExporter  # noqa: E402
 
