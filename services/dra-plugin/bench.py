@@ -82,14 +82,14 @@ def check(response: dra_v1.pb2.NodePrepareResourcesResponse) -> None:
 
 
 async def make_claims(
-    api: client.ApiClient, namespace: str, node: str, count: int
+    api: client.ApiClient, namespace: str, node: str, count: int, prefix: str
 ) -> list[dra_v1.pb2.Claim]:
     resource: Any = client.ResourceV1Api(api)
     request = {"name": "gpu", "exactly": {"deviceClassName": DRIVER}}
     semaphore = asyncio.Semaphore(16)
 
     async def one(i: int) -> dra_v1.pb2.Claim:
-        name = f"c{i}"
+        name = f"{prefix}{i}"
         async with semaphore:
             created = await resource.create_namespaced_resource_claim(
                 namespace,
@@ -154,8 +154,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     connection = await peer.wait_for_plugin(DRIVER, timeout_seconds=60)
                     await asyncio.wait_for(plugin.node.synced.wait(), 60)
                     say(f"creating {args.claims + args.batch * 10} allocated claims")
-                    claims = await make_claims(api, namespace, node, args.claims)
-                    batch_claims = await make_claims(api, namespace, node, args.batch * 10)
+                    claims = await make_claims(api, namespace, node, args.claims, "single-")
+                    batch_claims = await make_claims(
+                        api, namespace, node, args.batch * 10, "batch-"
+                    )
                     prepare: list[float] = []
                     cached: list[float] = []
                     unprepare: list[float] = []
