@@ -221,6 +221,11 @@ async def env(
     await delete_namespace(kube, world.reservation_ns)
 
 
+def all_running(record: NodeTopology) -> bool:
+    """Every usage entry is of a running pod (its start time recorded)."""
+    return all(u.since > 0 for g in record.gpus for u in g.status.usage.values())
+
+
 def usage_of(record: NodeTopology, pod_uid: str) -> list[tuple[int, int, int]]:
     return [
         (g.index, g.status.usage[pod_uid].utilization.min, g.status.usage[pod_uid].utilization.max)
@@ -270,7 +275,8 @@ async def test_records_labels_and_allocation_lifecycle(env: Env) -> None:
     rec = await env.wait_record(
         node,
         lambda r: (
-            {k: len(v) for k, v in holders_by_pod(r).items()}
+            all_running(r)
+            and {k: len(v) for k, v in holders_by_pod(r).items()}
             == {key + "init-gpus": 3, key + "multi": 3, key + "busy": 1}
         ),
         "three pods holding 3 + 3 + 1 GPUs",
@@ -323,7 +329,9 @@ async def test_bad_inputs_are_reported_not_fatal(env: Env) -> None:
     for name in [*bad_values, "on-plain-node"]:
         await env.wait_running(name)
     rec = await env.wait_record(
-        node, lambda r: len(holders_by_pod(r)) == 4, "the four badly annotated pods recorded"
+        node,
+        lambda r: len(holders_by_pod(r)) == 4 and all_running(r),
+        "the four badly annotated pods recorded as running",
     )
     for name, value in bad_values.items():
         events = await env.wait_event(env.ns, name, "InvalidUtilizationAnnotation")
@@ -609,7 +617,9 @@ async def test_restart_mid_burst_converges_to_the_same_state(env: Env) -> None:
         expected = {f"{env.ns}/{n}": g for n, nd, g in wave1[1:] + wave2 if nd == node}
         rec = await env.wait_record(
             node,
-            lambda r, e=expected: {k: len(v) for k, v in holders_by_pod(r).items()} == e,
+            lambda r, e=expected: (
+                all_running(r) and {k: len(v) for k, v in holders_by_pod(r).items()} == e
+            ),
             f"every pod on {node} holds exactly what it requests",
         )
         held = [i for v in holders_by_pod(rec).values() for i in v]
@@ -646,3 +656,93 @@ def i_of(pod_name: str) -> int:
     """A per-pod utilisation derived from its name (w1-3 -> 13, w2-4 -> 24)."""
     wave, _, index = pod_name.partition("-")
     return int(wave[1]) * 10 + int(index)
+
+
+PODGROUP_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "podgroups.scheduling.run.ai"},
+    "spec": {
+        "group": "scheduling.run.ai",
+        "scope": "Namespaced",
+        "names": {"plural": "podgroups", "singular": "podgroup", "kind": "PodGroup"},
+        "versions": [
+            {
+                "name": "v2alpha2",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+async def test_workload_class_from_podgroups_appearing_later(env: Env) -> None:
+    """Without the PodGroup CRD the controller runs (default utilisation); once the CRD and a
+    PodGroup appear, the pod's utilisation follows its priority class, live."""
+    ext: Any = client.ApiextensionsV1Api(env.api)
+    custom: Any = client.CustomObjectsApi(env.api)
+    try:
+        await ext.delete_custom_resource_definition(PODGROUP_CRD["metadata"]["name"])
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    await env.write_config()
+    await env.start(OPTIONAL_API_RETRY_SECONDS="1")
+    (node,) = await env.add_nodes(1)
+    await env.create_pod(gpu_pod("grouped", node, annotations={"pod-group-name": "pg-1"}))
+    pod = (await env.wait_running("grouped"))["metadata"]
+    await env.wait_record(
+        node,
+        lambda r: [(lo, hi) for _, lo, hi in usage_of(r, pod["uid"])] == [(50, 90)],
+        "no PodGroup API: the default utilisation",
+    )
+    try:
+        await ext.create_custom_resource_definition(PODGROUP_CRD)
+
+        async def crd_served() -> bool:
+            try:
+                await custom.list_namespaced_custom_object(
+                    "scheduling.run.ai", "v2alpha2", env.ns, "podgroups"
+                )
+            except ApiException:
+                return False
+            return True
+
+        await _until(crd_served, "PodGroup CRD served")
+        group = {
+            "apiVersion": "scheduling.run.ai/v2alpha2",
+            "kind": "PodGroup",
+            "metadata": {"name": "pg-1"},
+            "spec": {"priorityClassName": "train"},
+        }
+        await custom.create_namespaced_custom_object(
+            "scheduling.run.ai", "v2alpha2", env.ns, "podgroups", group
+        )
+        await env.wait_record(
+            node,
+            lambda r: [(lo, hi) for _, lo, hi in usage_of(r, pod["uid"])] == [(80, 100)],
+            "train workload at 80-100",
+        )
+        await custom.patch_namespaced_custom_object(
+            "scheduling.run.ai",
+            "v2alpha2",
+            env.ns,
+            "podgroups",
+            "pg-1",
+            {"spec": {"priorityClassName": "build"}},
+            _content_type="application/merge-patch+json",
+        )
+        await env.wait_record(
+            node,
+            lambda r: [(lo, hi) for _, lo, hi in usage_of(r, pod["uid"])] == [(0, 0)],
+            "build workload at 0",
+        )
+    finally:
+        await ext.delete_custom_resource_definition(PODGROUP_CRD["metadata"]["name"])
