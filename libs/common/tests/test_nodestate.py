@@ -81,3 +81,31 @@ def test_errors_name_the_file_and_the_problem(tmp_path: Path) -> None:
 def test_state_dir_from_env() -> None:
     assert str(state_dir_from_env({})) == "/run/fake-gpu-operator"
     assert str(state_dir_from_env({STATE_DIR_ENV: "/x"})) == "/x"
+
+
+def _fake_bundle(path: Path, content: str) -> Path:
+    (path / "_internal").mkdir(parents=True)
+    (path / "nvidia-smi").write_text(content)
+    (path / "_internal" / "lib.so").write_text("lib")
+    (path / "launcher").write_text("#!/bin/sh\n" + content)
+    return path
+
+
+def test_install_nvidia_smi_versions_the_bundle(tmp_path: Path) -> None:
+    from fgo_common.nodestate import install_nvidia_smi
+
+    host = tmp_path / "host" / "nvidia-smi"
+    launcher = tmp_path / "host" / "bin" / "nvidia-smi"
+    v1 = _fake_bundle(tmp_path / "v1", "one")
+    assert install_nvidia_smi(str(v1), str(host), str(launcher))
+    assert (host / "nvidia-smi").read_text() == "one"
+    assert host.is_symlink() and launcher.read_text() == "#!/bin/sh\none"
+    assert oct(launcher.stat().st_mode & 0o777) == "0o755"
+    first_target = host.resolve()
+    assert not install_nvidia_smi(str(v1), str(host), str(launcher))  # idempotent
+    v2 = _fake_bundle(tmp_path / "v2", "two!")
+    assert install_nvidia_smi(str(v2), str(host), str(launcher))
+    assert (host / "nvidia-smi").read_text() == "two!"
+    # A container that mounted the first version keeps a complete copy of it.
+    assert (first_target / "nvidia-smi").read_text() == "one"
+    assert (first_target / "_internal" / "lib.so").exists()

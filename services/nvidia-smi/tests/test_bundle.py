@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 from conftest import CAPTURE_TIME
-from fgo_common.nodestate import write_node_state
+from fgo_common.nodestate import (
+    DEFAULT_STATE_DIR,
+    SMI_CONTAINER_DIR,
+    SMI_CONTAINER_PATH,
+    SMI_HOME_ENV,
+    install_nvidia_smi,
+    write_node_state,
+)
 from fgo_nvidia_smi.main import run
 from smi_fixtures import hgx_node
 
@@ -146,24 +153,34 @@ def rootfs() -> Iterator[Path]:
     assert done.returncode == 0, done.stderr[-2000:]
     path = Path(done.stdout.strip().splitlines()[-1])
     # Mount points of the contract (empty: the real content arrives by bind mounts).
-    (path / "usr/local/fake-gpu").mkdir(parents=True, exist_ok=True)
-    (path / "run/fake-gpu-operator").mkdir(parents=True, exist_ok=True)
-    (path / "usr/bin/nvidia-smi").touch()
+    (path / SMI_CONTAINER_DIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    (path / DEFAULT_STATE_DIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    (path / SMI_CONTAINER_PATH.lstrip("/")).touch()
     yield path
 
 
+@pytest.fixture(scope="module")
+def host_install(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The bundle installed on the "host" as node agents do it (versioned dir + symlink)."""
+    host = tmp_path_factory.mktemp("host")
+    smi_dir, launcher = host / "nvidia-smi", host / "bin" / "nvidia-smi"
+    assert install_nvidia_smi(bundle, smi_dir, launcher)
+    return smi_dir, launcher
+
+
 def _chroot(
-    rootfs: Path, bundle: Path, state: Path, command: str
+    rootfs: Path, install: tuple[Path, Path], state: Path, command: str
 ) -> subprocess.CompletedProcess[str]:
     """Run ``command`` (a shell line) in ``rootfs`` with the contract's bind mounts, inside a
     private mount namespace so nothing leaks onto the host."""
+    smi_dir, launcher = install
     script = (
-        f"mount --bind {bundle} {rootfs}/usr/local/fake-gpu && "
-        f"mount --bind {bundle}/launcher {rootfs}/usr/bin/nvidia-smi && "
-        f"mount -o bind,ro {state} {rootfs}/run/fake-gpu-operator && "
+        f"mount --bind {smi_dir} {rootfs}{SMI_CONTAINER_DIR} && "
+        f"mount --bind {launcher} {rootfs}{SMI_CONTAINER_PATH} && "
+        f"mount -o bind,ro {state} {rootfs}{DEFAULT_STATE_DIR} && "
         f"exec chroot {rootfs} /bin/sh -c '{command}'"
     )
-    env = {k: v for k, v in _env("/run/fake-gpu-operator").items() if k != "FGO_STATE_DIR"}
+    env = {k: v for k, v in _env("/unused").items() if k != "FGO_STATE_DIR"}
     env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"  # chroot lives in sbin
     return subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
@@ -177,20 +194,22 @@ def _chroot(
 
 @pytest.mark.rootfs
 @pytest.mark.timeout(1800)
-def test_runs_in_a_python_less_debian_rootfs(rootfs: Path, bundle: Path, state: Path) -> None:
+def test_runs_in_a_python_less_debian_rootfs(
+    rootfs: Path, host_install: tuple[Path, Path], state: Path
+) -> None:
     probe = _chroot(
         rootfs,
-        bundle,
+        host_install,
         state,
         "for p in python python3 python3.11; do command -v $p; done; echo probe-done",
     )
     assert probe.stdout.strip() == "probe-done", f"rootfs has Python? {probe.stdout}{probe.stderr}"
     for args in MODES:
         quoted = " ".join(f'"{a}"' for a in args)
-        done = _chroot(rootfs, bundle, state, f"nvidia-smi {quoted}")
-        # Default state dir (/run/fake-gpu-operator): nothing but the mounts tells it where.
+        # No FGO_STATE_DIR: the default path and the mounts are all it needs.
+        done = _chroot(rootfs, host_install, state, f"nvidia-smi {quoted}")
         assert (done.returncode, done.stdout) == _in_process(args, state), (args, done.stderr)
-    missing = _chroot(rootfs, bundle, state, "FGO_STATE_DIR=/nowhere nvidia-smi")
+    missing = _chroot(rootfs, host_install, state, "FGO_STATE_DIR=/nowhere nvidia-smi")
     assert missing.returncode == 9
     assert missing.stdout.startswith("NVIDIA-SMI has failed because it couldn't communicate")
 
@@ -222,3 +241,9 @@ def test_ctrl_c_ends_a_loop_quietly_and_pipes_may_close(bundle: Path, state: Pat
         check=False,
     )
     assert done.stdout.count("\n") == 3 and "Traceback" not in done.stderr
+
+
+def test_launcher_default_matches_the_contract() -> None:
+    source = (SERVICE / "packaging" / "launcher.c").read_text()
+    assert f'#define DEFAULT_HOME "{SMI_CONTAINER_DIR}"' in source
+    assert f'"{SMI_HOME_ENV}"' in source

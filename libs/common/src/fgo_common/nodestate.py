@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # No pathlib here: on Python 3.11 it pulls in urllib.parse and ipaddress, a cost every
 # nvidia-smi call would pay (its start-up time is a user-visible number).
 from fgo_common.topology import NodeTopology, TopologyFormatError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 STATE_DIR_ENV = "FGO_STATE_DIR"
 DEFAULT_STATE_DIR = "/run/fake-gpu-operator"
@@ -124,3 +127,86 @@ def read_node_state(directory: str | os.PathLike[str]) -> NodeTopology:
     except OSError as exc:
         raise NodeStateError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     return decode_node_state(data, path)
+
+
+# The standalone nvidia-smi (services/nvidia-smi/build.sh) and where containers find it; the
+# contract is docs/nvidia-smi.md. Node agents install the bundle on the host with
+# install_nvidia_smi() and mount SMI_HOST_DIR and SMI_LAUNCHER_HOST_PATH into GPU containers.
+SMI_HOME_ENV = "FGO_NVIDIA_SMI_HOME"
+SMI_CONTAINER_DIR = "/usr/local/fake-gpu"
+SMI_CONTAINER_PATH = "/usr/bin/nvidia-smi"
+SMI_HOST_DIR = "/var/lib/fake-gpu-operator/nvidia-smi"
+SMI_LAUNCHER_HOST_PATH = "/var/lib/fake-gpu-operator/bin/nvidia-smi"
+_STAMP = ".fgo-bundle-stamp"
+
+
+def _bundle_stamp(bundle: Path) -> str:
+    """Identity of a bundle's content: relative path, size and mtime of every file."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in bundle.rglob("*") if p.is_file() and p.name != _STAMP):
+        info = path.lstat()
+        rel = path.relative_to(bundle)
+        digest.update(f"{rel}\0{info.st_size}\0{int(info.st_mtime)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def install_nvidia_smi(
+    bundle_dir: str | os.PathLike[str],
+    host_dir: str | os.PathLike[str] = SMI_HOST_DIR,
+    launcher_path: str | os.PathLike[str] = SMI_LAUNCHER_HOST_PATH,
+) -> bool:
+    """Install the nvidia-smi bundle (``build.sh`` output: ``nvidia-smi``, ``_internal/``,
+    ``launcher``) at ``host_dir``, and its launcher at ``launcher_path``. Returns True when it
+    changed anything.
+
+    ``host_dir`` becomes a symlink to a versioned sibling (``<host_dir>.<stamp>``): containers
+    resolve the mount source when they start, so a running container keeps the version it
+    mounted and a new container never sees a half-copied bundle. All but the two newest
+    versions are pruned. The launcher is replaced by rename.
+    """
+    import shutil
+    from pathlib import Path  # writer side only: readers stay free of pathlib
+
+    bundle, host, launcher_file = Path(bundle_dir), Path(host_dir), Path(launcher_path)
+    stamp = _bundle_stamp(bundle)
+    versioned = host.with_name(f"{host.name}.{stamp}")
+    changed = False
+    host.parent.mkdir(parents=True, exist_ok=True)
+    if not (versioned / _STAMP).is_file():
+        staging = host.with_name(f"{versioned.name}.tmp{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(bundle, staging, symlinks=True)
+        (staging / _STAMP).write_text(stamp + "\n")
+        shutil.rmtree(versioned, ignore_errors=True)
+        staging.rename(versioned)
+        changed = True
+    if not (host.is_symlink() and str(host.readlink()) == versioned.name):
+        link_tmp = host.with_name(f"{host.name}.link{os.getpid()}")
+        link_tmp.unlink(missing_ok=True)
+        link_tmp.symlink_to(versioned.name)
+        if host.is_dir() and not host.is_symlink():
+            shutil.rmtree(host)  # a plain directory from an older installer
+        link_tmp.replace(host)
+        changed = True
+    launcher = (versioned / "launcher").read_bytes()
+    launcher_file.parent.mkdir(parents=True, exist_ok=True)
+    if not launcher_file.is_file() or launcher_file.read_bytes() != launcher:
+        tmp = launcher_file.with_name(f"{launcher_file.name}.tmp{os.getpid()}")
+        tmp.write_bytes(launcher)
+        tmp.chmod(0o755)
+        tmp.replace(launcher_file)
+        changed = True
+    versions = sorted(
+        (
+            p
+            for p in host.parent.glob(f"{host.name}.*")
+            if p.is_dir() and not p.is_symlink() and (p / _STAMP).is_file()
+        ),
+        key=lambda p: p.stat().st_mtime,
+    )
+    for old in versions[:-2]:
+        if old != versioned:
+            shutil.rmtree(old, ignore_errors=True)
+    return changed
