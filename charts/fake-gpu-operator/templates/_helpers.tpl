@@ -267,3 +267,18 @@ init container) and state/ (the node's topology snapshot, mounted read-only into
 {{- define "fgo.tmpVolume" -}}
 - {name: tmp, emptyDir: {sizeLimit: 64Mi}}
 {{- end -}}
+
+{{/*
+"true" if a cluster-scoped object we would render already exists and belongs to someone else
+(NVIDIA's DRA driver or GPU operator, a cluster's bootstrap): (list $ apiVersion kind name).
+We then leave it alone instead of failing the install on Helm's ownership check. `helm
+template` has no cluster to look in, so it always renders the object.
+*/}}
+{{- define "fgo.foreign" -}}
+{{- $root := index . 0 -}}
+{{- $existing := lookup (index . 1) (index . 2) "" (index . 3) -}}
+{{- if $existing -}}
+{{- $ann := default dict $existing.metadata.annotations -}}
+{{- if or (ne (index $ann "meta.helm.sh/release-name" | default "") $root.Release.Name) (ne (index $ann "meta.helm.sh/release-namespace" | default "") $root.Release.Namespace) -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
