@@ -192,7 +192,7 @@ def _eventually_empty(probe: Callable[[], list[str]], what: str, timeout_s: floa
     while left := probe():
         if time.monotonic() > deadline:
             pytest.fail(f"{what} left after {timeout_s:.0f}s: {left}", pytrace=False)
-        time.sleep(1)
+        time.sleep(1)  # noqa: TID251 - a synchronous test: there is no event loop to block
 
 
 def _names(manifest: str) -> set[str]:
