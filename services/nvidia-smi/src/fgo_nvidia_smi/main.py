@@ -88,12 +88,7 @@ def _select_ids(gpus: list[GpuView], ids: list[str] | None) -> list[int]:
     chosen: list[int] = []
     for raw in ids:
         token = raw.strip()
-        match: int | None = None
-        for pos, gpu in enumerate(gpus):
-            if _names_gpu(token, gpu):
-                match = pos
-            if match is not None:
-                break
+        match = next((pos for pos, gpu in enumerate(gpus) if _names_gpu(token, gpu)), None)
         if match is None:
             raise UsageError(NO_DEVICES, RC_NOT_FOUND)
         if match not in chosen:
