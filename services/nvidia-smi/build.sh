@@ -38,9 +38,15 @@ uv run --all-packages --group build pyinstaller \
 if command -v cc >/dev/null 2>&1; then
   cc -static -Os -s -o "$bundle/launcher" "$here/packaging/launcher.c"
 else
-  # No C compiler: a shell launcher (needs /bin/sh in the image).
-  printf '#!/bin/sh\nexec "${FGO_NVIDIA_SMI_HOME:-/usr/local/fake-gpu}/nvidia-smi" "$@"\n' \
-    > "$bundle/launcher"
+  # No C compiler: a shell launcher with the same behaviour (needs /bin/sh in the image).
+  cat > "$bundle/launcher" <<'LAUNCHER'
+#!/bin/sh
+home="${FGO_NVIDIA_SMI_HOME:-/usr/local/fake-gpu}"
+[ -x "$home/nvidia-smi" ] && exec "$home/nvidia-smi" "$@"
+echo "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure that the latest NVIDIA driver is installed and running."
+echo "fake nvidia-smi: cannot run $home/nvidia-smi" >&2
+exit 9
+LAUNCHER
   chmod 755 "$bundle/launcher"
 fi
 echo "built $bundle"
