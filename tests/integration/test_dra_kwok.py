@@ -543,3 +543,99 @@ async def test_plain_nvidia_gpu_limit_is_served_from_our_slices(
     )
     (result,) = claim["status"]["allocation"]["devices"]["results"]
     assert (result["driver"], result["pool"]) == ("gpu.nvidia.com", node)
+
+
+async def test_a_pool_larger_than_one_slice_is_split_and_fully_usable(
+    cluster: Cluster, controller: KwokSliceController
+) -> None:
+    # 20 H100s in MIG mode with seven 1g.10gb each: 140 devices, more than one slice may hold.
+    (node,) = await cluster.nodes(1, labels={TEST_LABEL: cluster.run})
+    topology = with_mig(
+        topology_for(node, [{"type": "h100", "count": 20}]), [("1g.10gb", i) for i in range(7)]
+    )
+    await write_topology(cluster.kube, cluster.namespace, topology)
+    slices = await wait_slice_devices(cluster.kube, node, 140)
+    assert [len(s["spec"]["devices"]) for s in slices] == [128, 12]
+    assert {s["spec"]["pool"]["resourceSliceCount"] for s in slices} == {2}
+    # A device that only the second slice carries is allocatable: the pool is complete.
+    last = slices[1]["spec"]["devices"][-1]
+    uuid = last["attributes"]["uuid"]["string"]
+    await cluster.create_template(
+        "last",
+        {
+            "name": "gpu",
+            "exactly": {
+                "deviceClassName": "mig.nvidia.com",
+                "selectors": [
+                    {"cel": {"expression": f"device.attributes['gpu.nvidia.com'].uuid == '{uuid}'"}}
+                ],
+            },
+        },
+    )
+    await cluster.create_pod(gpu_pod("last-mig", cluster.run, template="last"))
+    await cluster.wait_running("last-mig")
+    assert await cluster.allocated_devices("last-mig") == [(node, last["name"])]
+
+
+def with_mig(topology: NodeTopology, layout: list[tuple[str, int]]) -> NodeTopology:
+    """Every GPU of ``topology`` in MIG mode with ``layout`` ((profile, placement start), ...)."""
+    from fgo_common.identity import mig_uuid
+    from fgo_common.profiles import BUILTIN_CATALOG
+    from fgo_common.topology import MigDevice
+
+    for gpu in topology.gpus:
+        gpu.mig_enabled = True
+        for gi, (profile, start) in enumerate(layout, start=1):
+            table = BUILTIN_CATALOG.get(gpu.profile).mig_profile(profile)
+            gpu.mig_devices.append(
+                MigDevice(
+                    uuid=mig_uuid(gpu.id, gi, 0),
+                    profile=profile,
+                    gi_id=gi,
+                    ci_id=0,
+                    gi_profile_id=table.gi_profile_id,
+                    ci_profile_id=table.ci_profile_id,
+                    placement_start=start,
+                    placement_size=table.memory_slices,
+                    memory_mib=table.memory_mib,
+                    sm_count=table.sm_count,
+                )
+            )
+    return topology
+
+
+async def test_mig_devices_are_allocated_through_the_mig_device_class(
+    cluster: Cluster, controller: KwokSliceController
+) -> None:
+    (node,) = await cluster.nodes(1, labels={TEST_LABEL: cluster.run})
+    topology = with_mig(
+        topology_for(node, [{"type": "h100", "count": 1}]), [("3g.40gb", 0), ("3g.40gb", 4)]
+    )
+    await write_topology(cluster.kube, cluster.namespace, topology)
+    slices = await wait_slice_devices(cluster.kube, node, 2)
+    assert [d["name"] for d in slices[0]["spec"]["devices"]] == [
+        "gpu-0-mig-3g40gb-9-0",
+        "gpu-0-mig-3g40gb-9-4",
+    ]
+    mig_request = {
+        "name": "gpu",
+        "exactly": {
+            "deviceClassName": "mig.nvidia.com",
+            "selectors": [
+                {"cel": {"expression": "device.attributes['gpu.nvidia.com'].profile == '3g.40gb'"}}
+            ],
+        },
+    }
+    await cluster.create_template("mig", mig_request)
+    for name in ("mig-a", "mig-b"):
+        await cluster.create_pod(gpu_pod(name, cluster.run, template="mig"))
+    devices = set()
+    for name in ("mig-a", "mig-b"):
+        await cluster.wait_running(name)
+        devices.update(await cluster.allocated_devices(name))
+    assert devices == {(node, "gpu-0-mig-3g40gb-9-0"), (node, "gpu-0-mig-3g40gb-9-4")}
+    # The full-GPU class does not see a GPU in MIG mode.
+    await cluster.create_template("full")
+    await cluster.create_pod(gpu_pod("full-gpu", cluster.run, template="full"))
+    await asyncio.sleep(3)
+    assert (await cluster.pod("full-gpu"))["status"]["phase"] == "Pending"
