@@ -240,11 +240,27 @@ def test_loops_repeat_until_interrupted(smi: Runner, monkeypatch: pytest.MonkeyP
 def test_pmon_and_dmon_selection(smi: Runner) -> None:
     node = hgx_node()
     pmon = smi("pmon", "-c", "1", node=node).out.splitlines()
-    assert pmon[0].startswith("# gpu         pid   type     sm")
-    assert any(re.match(r" +1 +\d+ +C +\d+", line) for line in pmon[2:])
+    # Header as the r5xx driver prints it (labels one column right of the data, trailing blank).
+    assert pmon[:2] == [
+        "# gpu         pid   type     sm    mem    enc    dec    jpg    ofa    command ",
+        "# Idx           #    C/G      %      %      %      %      %      %    name ",
+    ]
+    assert (
+        pmon[2]
+        == "    0          -     -      -      -      -      -      -      -    -" + " " * 14
+    )
+    busy = pmon[3]
+    assert re.fullmatch(
+        r"    1 +\d+     C +\d+ +\d+      -      -      -      -    python {9}", busy
+    )
+    assert len(busy) == len(pmon[2])
+    mem = smi("pmon", "-c", "1", "-s", "um", node=node).out.splitlines()
+    assert mem[0].endswith("ofa     fb   ccpm    command ")
+    assert "  30000      0    python" in mem[3]
     dmon = smi("dmon", "-c", "1", "-s", "m", node=node).out.splitlines()
     assert dmon[0] == "# gpu     fb   bar1   ccpm "
     assert smi("dmon", "-s", "z").code == 255
+    assert smi("pmon", "-s", "x").code == 255
 
 
 def test_version_and_permission_errors(smi: Runner) -> None:

@@ -114,30 +114,58 @@ def _dmon_lines(opts: Options, cols: list[Column], snapshot: Snapshot) -> str:
     return "\n".join(out) + "\n"
 
 
+PMON_NAME_WIDTH = 15
+
+
+def _pmon_groups(select: str) -> tuple[bool, bool]:
+    """(utilisation columns, memory columns) for ``pmon -s`` (default ``u``)."""
+    wanted = select or "u"
+    if any(ch not in "um" for ch in wanted):
+        raise UsageError(
+            "Invalid combination of input arguments. Please run 'nvidia-smi pmon -h' for help.\n",
+            255,
+        )
+    return "u" in wanted, "m" in wanted
+
+
 def _pmon_header(opts: Options) -> str:
+    # The driver's data rows sit one column left of its header labels; both are reproduced.
+    util, mem = _pmon_groups(opts.select)
     head, unit, _ = _stamp(opts, 0.0)
-    first = f"{head} gpu" if head else "# gpu"
-    second = f"{unit} Idx" if unit else "# Idx"
-    names = ("sm", "mem", "enc", "dec", "jpg", "ofa")
-    line1 = first + f" {'pid':>11} {'type':>6}" + "".join(f" {n:>6}" for n in names)
-    line2 = second + f" {'#':>11} {'C/G':>6}" + "".join(f" {'%':>6}" for _ in names)
-    return f"{line1}    command \n{line2}    name \n"
+    names: list[tuple[str, str]] = []
+    if util:
+        names += [(n, "%") for n in ("sm", "mem", "enc", "dec", "jpg", "ofa")]
+    if mem:
+        names += [("fb", "MB"), ("ccpm", "MB")]
+    line1 = (head + " gpu" if head else "# gpu") + f"{'pid':>12}{'type':>7}"
+    line2 = (unit + " Idx" if unit else "# Idx") + f"{'#':>12}{'C/G':>7}"
+    line1 += "".join(f"{n:>7}" for n, _ in names) + "    command "
+    line2 += "".join(f"{u:>7}" for _, u in names) + "    name "
+    return f"{line1}\n{line2}\n"
 
 
 def _pmon_lines(opts: Options, snapshot: Snapshot) -> str:
+    util, mem = _pmon_groups(opts.select)
     _, _, stamp = _stamp(opts, snapshot.t)
     out = []
     for gpu in snapshot.gpus:
         procs = gpu.all_processes
         if not procs:
-            dashes = "".join(f" {'-':>6}" for _ in range(6))
-            out.append(f"{stamp}{gpu.index:>5} {'-':>11} {'-':>6}{dashes}    -")
+            cells = "".join(f"{'-':>7}" for _ in range((6 if util else 0) + (2 if mem else 0)))
+            out.append(f"{stamp}{gpu.index:>5}{'-':>11}{'-':>6}{cells}    {'-':<{PMON_NAME_WIDTH}}")
             continue
         for proc in procs:
-            sm = proc.sm_util if proc.sm_util is not None else 0
-            mem = int(sm * 0.35)
-            cells = f" {sm:>6} {mem:>6} {'-':>6} {'-':>6} {'-':>6} {'-':>6}"
-            out.append(f"{stamp}{gpu.index:>5} {proc.pid:>11} {proc.type:>6}{cells}    {proc.name}")
+            cells = ""
+            if util:
+                sm = proc.sm_util if proc.sm_util is not None else 0
+                cells += f"{sm:>7}{int(sm * 0.35):>7}" + f"{'-':>7}" * 4
+            if mem:
+                cells += f"{proc.used_mib:>7}{0:>7}"
+            name = proc.name.rsplit("/", 1)[-1][:PMON_NAME_WIDTH]
+            out.append(
+                f"{stamp}{gpu.index:>5}{proc.pid:>11}{proc.type:>6}{cells}    "
+                f"{name:<{PMON_NAME_WIDTH}}"
+            )
     return "\n".join(out) + "\n"
 
 
@@ -150,12 +178,6 @@ def run_monitor(opts: Options, fresh: Callable[[], Snapshot], out: TextIO) -> in
         def lines(s: Snapshot) -> str:
             return _dmon_lines(opts, cols, s)
     else:
-        if opts.select and any(ch not in "um" for ch in opts.select):
-            raise UsageError(
-                "Invalid combination of input arguments. "
-                "Please run 'nvidia-smi pmon -h' for help.\n",
-                255,
-            )
         out.write(_pmon_header(opts))
 
         def lines(s: Snapshot) -> str:
