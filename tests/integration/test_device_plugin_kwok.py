@@ -55,7 +55,8 @@ BASE_KEYS = {"cpu": "32", "memory": "128Gi", "pods": "110"}
 async def raw(call: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     resp = await call(*args, _preload_content=False, **kwargs)
     try:
-        return json.loads(await resp.read())
+        body: dict[str, Any] = json.loads(await resp.read())
+        return body
     finally:
         resp.release()
 
@@ -82,7 +83,7 @@ class Env:
         return names
 
     async def write(self, topology: NodeTopology) -> None:
-        body = {
+        body: dict[str, Any] = {
             "metadata": {
                 "name": f"topology-{topology.node_name}",
                 "labels": {NODE_NAME_LABEL: topology.node_name, NODE_TOPOLOGY_LABEL: "true"},
@@ -146,7 +147,8 @@ class Env:
 
     async def wait_bound(self, name: str, timeout_s: float = 60) -> str:
         async def probe() -> str | None:
-            return (await self.read_pod(name))["spec"].get("nodeName")
+            node_name = (await self.read_pod(name))["spec"].get("nodeName")
+            return str(node_name) if node_name else None
 
         return await eventually(probe, timeout_s=timeout_s, what=f"pod {name} scheduled")
 
@@ -263,7 +265,7 @@ async def test_health_mig_other_devices_and_removal(
 
     async def annotation_is(value: str) -> bool:
         node = await env.node(name)
-        return node["metadata"]["annotations"].get(MANAGED_RESOURCES_ANNOTATION) == value
+        return bool(node["metadata"]["annotations"].get(MANAGED_RESOURCES_ANNOTATION) == value)
 
     await eventually(lambda: annotation_is(GPU), timeout_s=10, what="managed list shrunk")
 

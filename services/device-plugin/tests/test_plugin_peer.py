@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import shutil
 import socket
+import sys
 from pathlib import Path
 
 import grpc
@@ -112,9 +115,13 @@ async def test_allocate_environment_and_mounts(sock_dir: Path, count: int) -> No
             "NVIDIA_VISIBLE_DEVICES": ",".join(wanted),
             "NODE_NAME": NODE,
             "FGO_STATE_DIR": "/run/fake-gpu-operator",
+            "FGO_NVIDIA_SMI_HOME": "/usr/local/fake-gpu",
+            "FGO_SEED": "0",
         }
+        # docs/nvidia-smi.md "Mounts": bundle directory, launcher file, state directory.
         mounts = {(m.container_path, m.host_path, m.read_only) for m in response.mounts}
         assert mounts == {
+            ("/usr/local/fake-gpu", "/var/lib/fake-gpu-operator/nvidia-smi", True),
             ("/usr/bin/nvidia-smi", "/var/lib/fake-gpu-operator/bin/nvidia-smi", True),
             ("/run/fake-gpu-operator", config.state_dir, True),
         }
@@ -129,6 +136,8 @@ async def test_allocate_several_containers_and_custom_env_name(sock_dir: Path) -
         visible_devices_env_name="FGO_VISIBLE_DEVICES",
         state_host_dir="/host/state",
         nvidia_smi_host_path="",
+        nvidia_smi_bundle_host_dir="",
+        seed=42,
     )
     async with (
         DevicePluginKubeletPeer(config.plugin_dir) as peer,
@@ -147,6 +156,7 @@ async def test_allocate_several_containers_and_custom_env_name(sock_dir: Path) -
         envs = [dict(c.envs) for c in response.container_responses]
         assert [e["FGO_VISIBLE_DEVICES"] for e in envs] == [u[0], f"{u[2]},{u[1]}"]
         assert all("NVIDIA_VISIBLE_DEVICES" not in e for e in envs)
+        assert all(e["FGO_SEED"] == "42" and "FGO_NVIDIA_SMI_HOME" not in e for e in envs)
         mounts = [(m.container_path, m.host_path) for m in response.container_responses[1].mounts]
         assert mounts == [("/run/fake-gpu-operator", "/host/state")]
 
@@ -351,3 +361,42 @@ async def test_settings_overrides_mig_strategy(sock_dir: Path) -> None:
     ):
         plugin = await peer.wait_for_plugin("nvidia.com/mig-7g.80gb")
         assert ids(await plugin.wait_for_devices()) == [record.gpus[1].mig_devices[0].uuid]
+
+
+async def test_nvidia_smi_sees_exactly_the_allocated_gpus(sock_dir: Path) -> None:
+    """The Allocate environment + the snapshot are enough for the real nvidia-smi CLI.
+
+    No container here: the state directory's container path is mapped back to its host path,
+    everything else is the Allocate response as the runtime would apply it.
+    """
+    record = topology(8)
+    config = settings(sock_dir)
+    async with (
+        DevicePluginKubeletPeer(config.plugin_dir) as peer,
+        running_agent(config, StaticTopologySource(record)),
+    ):
+        plugin = await peer.wait_for_plugin(GPU)
+        u = ids(await plugin.wait_for_devices())
+        response = await plugin.allocate([u[5], u[2]])
+        mounts = {m.container_path: m.host_path for m in response.mounts}
+        env = {
+            **dict(response.envs),
+            "FGO_STATE_DIR": mounts[response.envs["FGO_STATE_DIR"]],
+            "PATH": os.environ.get("PATH", ""),
+        }
+        smi = shutil.which("nvidia-smi", path=str(Path(sys.executable).parent))
+        assert smi is not None
+        proc = await asyncio.create_subprocess_exec(
+            smi,
+            "--query-gpu=uuid,pci.bus_id",
+            "--format=csv,noheader",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        rows = [line.split(", ") for line in out.decode().splitlines()]
+        # Enumerated in PCI bus order, like the driver inside the container.
+        assert sorted(r[0] for r in rows) == sorted([u[5], u[2]])
+        assert {r[1] for r in rows} == {record.gpus[5].bus_id, record.gpus[2].bus_id}

@@ -2,10 +2,12 @@
 
 Mirrors the NVIDIA device plugin's ``envvar`` device-list strategy (the allocated UUIDs in
 ``NVIDIA_VISIBLE_DEVICES``, or another name on nodes that also run the real NVIDIA runtime) and
-adds what the fake nvidia-smi needs (design principle 5): the executable, the node-local state
-directory (read-only; a directory rather than the file, because the file is replaced by rename
-and a file bind mount would keep showing the old inode) and ``FGO_STATE_DIR`` pointing at it.
-``NODE_NAME`` is set for tools written for the reference implementation.
+adds what the fake nvidia-smi needs (design principle 5, contract in docs/nvidia-smi.md): the
+bundle directory and the launcher at ``/usr/bin/nvidia-smi``, the node-local state directory
+(read-only; a directory rather than the file, because the file is replaced by rename and a file
+bind mount would keep showing the old inode), ``FGO_STATE_DIR``, ``FGO_NVIDIA_SMI_HOME`` and the
+telemetry seed ``FGO_SEED``. ``NODE_NAME`` is set for tools written for the reference
+implementation. All mounts are read-only.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from dataclasses import dataclass
 from fgo_common.nodestate import STATE_DIR_ENV
 
 NODE_NAME_ENV = "NODE_NAME"
+# Read by the nvidia-smi launcher / CLI (docs/nvidia-smi.md, "Mounts").
+NVIDIA_SMI_HOME_ENV = "FGO_NVIDIA_SMI_HOME"
+SEED_ENV = "FGO_SEED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,17 +38,27 @@ class ContainerSetup:
     visible_devices_env: str = "NVIDIA_VISIBLE_DEVICES"
     nvidia_smi_host_path: str = ""
     nvidia_smi_container_path: str = "/usr/bin/nvidia-smi"
+    bundle_host_dir: str = ""
+    bundle_container_dir: str = ""
     state_host_dir: str = ""
     state_container_dir: str = ""
+    seed: int = 0
 
     def envs(self, device_ids: Sequence[str]) -> dict[str, str]:
         out = {self.visible_devices_env: ",".join(device_ids), NODE_NAME_ENV: self.node_name}
         if self.state_host_dir and self.state_container_dir:
             out[STATE_DIR_ENV] = self.state_container_dir
+        if self.bundle_host_dir and self.bundle_container_dir:
+            out[NVIDIA_SMI_HOME_ENV] = self.bundle_container_dir
+        out[SEED_ENV] = str(self.seed)
         return out
 
     def mounts(self) -> list[MountSpec]:
         out = []
+        # The bundle directory and the launcher (a file mount) that execs it: a file mount of
+        # the bundle's own executable would look for its _internal/ next to /usr/bin.
+        if self.bundle_host_dir and self.bundle_container_dir:
+            out.append(MountSpec(self.bundle_container_dir, self.bundle_host_dir))
         if self.nvidia_smi_host_path and self.nvidia_smi_container_path:
             out.append(MountSpec(self.nvidia_smi_container_path, self.nvidia_smi_host_path))
         if self.state_host_dir and self.state_container_dir:

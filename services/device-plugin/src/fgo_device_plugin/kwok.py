@@ -31,7 +31,7 @@ from typing import Any
 
 import structlog
 from fgo_common.annotations import KWOK_NODE, KWOK_NODE_VALUE
-from fgo_common.kube.errors import is_not_found, raise_for_status
+from fgo_common.kube.errors import is_not_found, raise_for_status, status_of
 from fgo_common.kube.retry import retrying
 from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent
 from fgo_common.names import RESOURCE_NAMES
@@ -122,6 +122,7 @@ class KwokCapacityController:
     _queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     _queued: set[str] = field(default_factory=set)
     patches: int = 0
+    _annotations_forbidden: bool = False
 
     def __post_init__(self) -> None:
         core = client.CoreV1Api(self.api)
@@ -216,6 +217,8 @@ class KwokCapacityController:
             await self._annotate(node_name, names, bound)
 
     async def _annotate(self, node_name: str, names: set[str], bound: Any) -> None:
+        if self._annotations_forbidden:
+            return
         value = annotation_value(names) or None
         body = {"metadata": {"annotations": {MANAGED_RESOURCES_ANNOTATION: value}}}
         patch_node: Any = self._core.patch_node
@@ -233,7 +236,12 @@ class KwokCapacityController:
         try:
             await retrying(call, what=f"annotate node {node_name}")
         except Exception as exc:
-            if not is_not_found(exc):
+            if status_of(exc) == 403:
+                # Without `patch` on nodes, fall back to remembering names in memory only
+                # (a restart then cannot clean other-device names removed while it was down).
+                self._annotations_forbidden = True
+                log.error("node.annotate_forbidden", error=str(exc)[:200])
+            elif not is_not_found(exc):
                 bound.warning("node.annotate_failed", error=str(exc)[:200])
 
     async def _patch_status(self, node_name: str, patch: Obj, bound: Any) -> bool:

@@ -32,8 +32,11 @@ def container_setup(settings: Settings) -> ContainerSetup:
         visible_devices_env=settings.visible_devices_env_name,
         nvidia_smi_host_path=settings.nvidia_smi_host_path,
         nvidia_smi_container_path=settings.nvidia_smi_container_path,
+        bundle_host_dir=settings.nvidia_smi_bundle_host_dir,
+        bundle_container_dir=settings.nvidia_smi_bundle_container_dir,
         state_host_dir=settings.effective_state_host_dir,
         state_container_dir=settings.state_container_dir,
+        seed=settings.seed,
     )
 
 

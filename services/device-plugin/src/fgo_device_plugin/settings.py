@@ -73,6 +73,21 @@ class Settings:
         "/usr/bin/nvidia-smi",
         "where GPU containers find nvidia-smi",
     )
+    nvidia_smi_bundle_host_dir: str = env_field(
+        "NVIDIA_SMI_BUNDLE_HOST_DIR",
+        "/var/lib/fake-gpu-operator/nvidia-smi",
+        "host directory of the nvidia-smi bundle the launcher executes (empty: no mount)",
+    )
+    nvidia_smi_bundle_container_dir: str = env_field(
+        "NVIDIA_SMI_BUNDLE_CONTAINER_DIR",
+        "/usr/local/fake-gpu",
+        "where GPU containers see the bundle (exported to them as FGO_NVIDIA_SMI_HOME)",
+    )
+    seed: int = env_field(
+        "FGO_SEED",
+        0,
+        "telemetry seed passed to GPU containers (must equal the status-exporter's)",
+    )
     state_dir: str = env_field(
         "STATE_DIR",
         "/var/lib/fake-gpu-operator/state",
