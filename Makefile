@@ -71,7 +71,7 @@ BENCH_NODES      ?= 100,500,1000
 BENCH_PODS       ?= 200
 BENCH_SCHED_PODS ?= 500
 BENCH_RATE       ?= 0
-BENCH_SCENARIOS  ?= nvidia-smi,bringup,exporter,footprint,churn,scheduler
+BENCH_SCENARIOS  ?= nvidia-smi,components,bringup,exporter,footprint,churn,scheduler
 BENCH_ARGS       ?=
 
 .PHONY: bench

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -62,18 +61,16 @@ class BenchConfig:
     out_dir: Path = Path("bench-results")
     keep_cluster: bool = False
     dra: bool = True
+    components: str = "standalone"  # or "all": also those that start their own cluster
+    # Bench-only RBAC additions for permissions the chart is known to lack (see
+    # BENCH_RBAC_PATCHES); off by default so a run measures the chart as shipped.
+    grant_missing_rbac: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
         out["state_dir"] = str(self.state_dir)
         out["out_dir"] = str(self.out_dir)
         return out
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def chart_values(config: BenchConfig) -> dict[str, Any]:
@@ -91,6 +88,33 @@ def chart_values(config: BenchConfig) -> dict[str, Any]:
         # any chart); Helm refuses to adopt objects it did not create.
         "deviceClasses": {"enabled": False},
     }
+
+
+# Server-side apply that creates an object is authorised as `create`; the chart's
+# kwok-dra-plugin role has only patch on resourceslices, so every first publish is a 403.
+BENCH_RBAC_PATCHES: list[dict[str, Any]] = [
+    {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "fgo-bench-kwok-dra-plugin-create-slices"},
+        "rules": [
+            {"apiGroups": ["resource.k8s.io"], "resources": ["resourceslices"], "verbs": ["create"]}
+        ],
+    },
+    {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "fgo-bench-kwok-dra-plugin-create-slices"},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "fgo-bench-kwok-dra-plugin-create-slices",
+        },
+        "subjects": [
+            {"kind": "ServiceAccount", "name": "fgo-kwok-dra-plugin", "namespace": "gpu-operator"}
+        ],
+    },
+]
 
 
 class BenchEnv:
@@ -153,24 +177,30 @@ class BenchEnv:
             progress=self._say,
         )
         workloads = await self.operator.install(values_files=[values])
+        if self.config.grant_missing_rbac:
+            from kubernetes_asyncio import client
+
+            rbac = client.RbacAuthorizationV1Api(self.api)
+            role, binding = BENCH_RBAC_PATCHES
+            await rbac.patch_cluster_role(role["metadata"]["name"], role, **apicount.APPLY)
+            await rbac.patch_cluster_role_binding(
+                binding["metadata"]["name"], binding, **apicount.APPLY
+            )
+            self._say("bench-only RBAC added: create on resourceslices for fgo-kwok-dra-plugin")
         # Count each identity's requests from the first one on.
         await apicount.apply_flow_schemas(
             self.api,
             apicount.flow_schemas(OPERATOR_NAMESPACE, {w.service_account for w in workloads}),
         )
-        extra: dict[str, dict[str, str]] = {}
-        for w in workloads:
-            if is_kwok_exporter(w):
-                port = free_port()
-                # Both spellings: the chart's METRICS_PORT and the exporter's listen address.
-                extra[w.name] = {
-                    "METRICS_PORT": str(port),
-                    "DCGM_EXPORTER_LISTEN": f"127.0.0.1:{port}",
-                }
-                self.exporter_url = f"http://127.0.0.1:{port}/metrics"
-        self.workloads = await self.operator.start(workloads, extra_env=extra)
+        self.workloads = await self.operator.start(workloads)
+        for w in self.workloads:
+            if is_kwok_exporter(w.workload) and "metrics" in w.ports:
+                self.exporter_url = f"http://127.0.0.1:{w.ports['metrics']}/metrics"
         self.sampler.track([Tracked(w.workload.name, "ours", w.pid) for w in self.workloads])
-        await asyncio.sleep(2.0)
+        try:
+            await self.operator.wait_ready([w.workload.name for w in self.workloads], 120.0)
+        except Exception as exc:
+            self._say(f"WARNING: not every service became ready: {exc}")
         dead = [w.workload.name for w in self.workloads if not _alive(w.pid)]
         if dead:
             self._say(
@@ -186,8 +216,8 @@ class BenchEnv:
 
     def health_url(self, name: str) -> str | None:
         for w in self.workloads:
-            if w.workload.name == name and "HEALTH_PORT" in w.ports:
-                return f"http://127.0.0.1:{w.ports['HEALTH_PORT']}"
+            if w.workload.name == name and "health" in w.ports:
+                return f"http://127.0.0.1:{w.ports['health']}"
         return None
 
     # ------------------------------------------------------------------ phases

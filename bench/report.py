@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from bench.stats import fmt_bytes, fmt_seconds
+
+# Log lines some component benches interleave with their figures (structlog console format).
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d[ T][\d:.]+Z? \[\s*(debug|info|warning|error)")
 
 MET = {True: "met", False: "**missed**", None: "not measured"}
 
@@ -70,7 +74,15 @@ def machine_section(doc: dict[str, Any]) -> list[str]:
             f"{'on' if c.get('dra') else 'off'}",
         ],
     ]
-    return ["## Machine and run", "", *_table(["", ""], rows)]
+    out = ["## Machine and run", "", *_table(["", ""], rows)]
+    if c.get("grant_missing_rbac"):
+        out += [
+            "**This run added bench-only RBAC** (`--grant-missing-rbac`, bench/env.py "
+            "`BENCH_RBAC_PATCHES`) for permissions the chart lacks; the chart as shipped "
+            "does not get that far.",
+            "",
+        ]
+    return out
 
 
 def targets_section(doc: dict[str, Any]) -> list[str]:
@@ -342,6 +354,22 @@ def scheduler_section(s: dict[str, Any]) -> list[str]:
     return out
 
 
+def components_section(s: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for name, entry in s["figures"].items():
+        code = entry.get("exit_code")
+        state = "timed out" if code is None else f"exit {code}"
+        out.append(
+            f"**{name}** (`{' '.join(entry.get('argv') or [])}`): {state} after "
+            f"{fmt_seconds(entry.get('duration_s'))}"
+        )
+        out.append("")
+        tail = [ln for ln in entry.get("output_tail") or [] if not LOG_LINE.match(ln)]
+        if tail:
+            out += ["```", *tail[-25:], "```", ""]
+    return out
+
+
 SECTIONS = {
     "bringup": ("1. Bring-up", bringup_section, "bringup.png"),
     "churn": ("2. Churn", churn_section, "churn.png"),
@@ -349,6 +377,7 @@ SECTIONS = {
     "nvidia-smi": ("4. nvidia-smi", smi_section, "nvidia_smi.png"),
     "footprint": ("5. Footprint", footprint_section, "footprint.png"),
     "scheduler": ("6. Scheduler throughput", scheduler_section, "scheduler.png"),
+    "components": ("7. Component benchmarks", components_section, ""),
 }
 
 

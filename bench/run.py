@@ -28,9 +28,10 @@ from bench.scenarios.context import RunContext
 
 # Run order: nvidia-smi needs no cluster (and a quiet machine); bring-up leaves the nodes the
 # later scenarios use; footprint's idle phase comes before churn; footprint is summarised last.
-ORDER = ("nvidia-smi", "bringup", "exporter", "footprint", "churn", "scheduler")
+ORDER = ("nvidia-smi", "components", "bringup", "exporter", "footprint", "churn", "scheduler")
 MODULES = {
     "nvidia-smi": "bench.scenarios.nvidia_smi",
+    "components": "bench.scenarios.components",
     "bringup": "bench.scenarios.bringup",
     "exporter": "bench.scenarios.exporter",
     "footprint": "bench.scenarios.footprint",
@@ -94,6 +95,19 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         action="store_false",
         help="leave the KWOK DRA plugin off (no ResourceSlices, no DRA paths)",
     )
+    p.add_argument(
+        "--components",
+        choices=("standalone", "all"),
+        default=d.components,
+        help="which services/*/bench.py to run: the standalone ones, or also those that "
+        "start their own control plane",
+    )
+    p.add_argument(
+        "--grant-missing-rbac",
+        action="store_true",
+        help="add the bench-only RBAC the chart is known to lack (bench/env.py "
+        "BENCH_RBAC_PATCHES) so the paths behind it can be measured; off by default",
+    )
     p.add_argument("--state-dir", type=Path, default=d.state_dir)
     p.add_argument("--out", type=Path, default=d.out_dir)
     p.add_argument(
@@ -121,6 +135,8 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         scenario_timeout_s=a.timeout,
         bringup_timeout_s=a.bringup_timeout,
         scenarios=[s for s in ORDER if s in wanted],
+        components=a.components,
+        grant_missing_rbac=a.grant_missing_rbac,
         state_dir=a.state_dir,
         out_dir=a.out,
         keep_cluster=a.keep_cluster,
@@ -136,6 +152,8 @@ def budget(name: str, config: BenchConfig) -> float:
         return config.idle_seconds + 60.0
     if name == "nvidia-smi":
         return min(config.scenario_timeout_s, 300.0)
+    if name == "components":
+        return 6 * min(config.scenario_timeout_s, 600.0) + 60.0
     return config.scenario_timeout_s
 
 

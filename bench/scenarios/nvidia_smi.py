@@ -33,6 +33,7 @@ COMMANDS: list[list[str]] = [
 ]
 # Where a packaged build may be (first match wins); BENCH_NVIDIA_SMI overrides.
 PACKAGED_CANDIDATES = (
+    "build/nvidia-smi/dist/nvidia-smi/nvidia-smi",  # services/nvidia-smi/build.sh
     "services/nvidia-smi/dist/nvidia-smi",
     "services/nvidia-smi/dist/nvidia-smi/nvidia-smi",
     "build/nvidia-smi/nvidia-smi",
@@ -90,7 +91,7 @@ async def run(ctx: RunContext, result: ScenarioResult) -> None:
     if "packaged" not in found:
         result.note(
             "no packaged (PyInstaller) nvidia-smi found; build it with "
-            "services/nvidia-smi's build script or set BENCH_NVIDIA_SMI"
+            "services/nvidia-smi/build.sh or set BENCH_NVIDIA_SMI"
         )
     with tempfile.TemporaryDirectory(prefix="fgo-bench-smi-") as tmp:
         write_state(Path(tmp), ctx)
