@@ -326,3 +326,21 @@ def test_injected_faults_show_as_the_driver_reports_them(smi: Runner) -> None:
     assert re.search(r"Volatile\n(.*\n){3}.*DRAM Correctable +: 5\n.*DRAM Uncorrectable +: 2\n", q)
     assert re.search(r"HW Slowdown +: Active\n +HW Thermal Slowdown +: Active\n", q)
     assert re.search(r"Uncorrectable Error +: 1\n", q)
+
+
+def test_dmon_all_groups_with_date_and_time(smi: Runner) -> None:
+    node = h100_capture_node()
+    node.gpus[0].faults = [{"kind": "ecc", "sbeVolatile": 3}, {"kind": "thermal"}]
+    lines = smi("dmon", "-c", "1", "-s", "pucvmet", "-o", "DT", node=node).out.splitlines()
+    # Column order and the date/time prefix as the r5xx driver prints them.
+    assert lines[0] == (
+        "#Date        Time         gpu    pwr  gtemp  mtemp     sm    mem    enc    dec    jpg"
+        "    ofa   mclk   pclk  pviol  tviol     fb   bar1   ccpm  sbecc  dbecc    pci  rxpci"
+        "  txpci "
+    )
+    assert lines[1].startswith("#YYYYMMDD    HH:MM:SS     Idx      W")
+    assert re.match(r" 2026\d{4}    \d\d:\d\d:\d\d       0 ", lines[2])
+    values = lines[2].split()[3:]  # after date, time and the GPU index
+    assert values[11:13] == ["0", "1"]  # pviol, tviol: thermal slowdown injected
+    assert values[16:18] == ["3", "0"]  # sbecc, dbecc
+    assert [len(line) for line in lines] == [len(lines[0])] * 3

@@ -22,6 +22,10 @@ def _num(value: int | float) -> str:
     return str(round(value))
 
 
+def _ecc(gpu: GpuView, count: int) -> str:
+    return str(count) if gpu.profile.ecc_supported else "-"
+
+
 def _mig_dash(fn: Callable[[GpuView], str]) -> Callable[[GpuView], str]:
     return lambda g: "-" if g.mig_enabled else fn(g)
 
@@ -49,8 +53,9 @@ DMON_GROUPS: dict[str, list[Column]] = {
         ("pclk", "MHz", lambda g: str(g.sample.sm_clock_mhz)),
     ],
     "v": [
-        ("pviol", "%", lambda g: "0"),
-        ("tviol", "bool", lambda g: "0"),
+        # Share of the last interval spent power-capped / thermally slowed (injected faults).
+        ("pviol", "%", lambda g: "100" if g.sample.power_throttled else "0"),
+        ("tviol", "bool", lambda g: "1" if g.sample.thermal_throttled else "0"),
     ],
     "m": [
         ("fb", "MB", lambda g: str(g.memory_used_mib)),
@@ -58,8 +63,16 @@ DMON_GROUPS: dict[str, list[Column]] = {
         ("ccpm", "MB", lambda g: "0"),
     ],
     "e": [
-        ("sbecc", "errs", lambda g: "0"),
-        ("dbecc", "errs", lambda g: "0"),
+        (
+            "sbecc",
+            "errs",
+            lambda g: str(g.sample.ecc_sbe_volatile) if g.profile.ecc_supported else "-",
+        ),
+        (
+            "dbecc",
+            "errs",
+            lambda g: str(g.sample.ecc_dbe_volatile) if g.profile.ecc_supported else "-",
+        ),
         ("pci", "errs", lambda g: str(g.sample.pcie_replay_count)),
     ],
     "t": [
@@ -80,37 +93,41 @@ def _columns(select: str) -> list[Column]:
     return [col for key, cols in DMON_GROUPS.items() if key in wanted for col in cols]
 
 
-def _stamp(opts: Options, t: float) -> tuple[str, str, str]:
-    """Leading date/time header, unit and value cells for ``-o D``/``-o T``."""
-    heads, units, values = [], [], []
+def _prefix(opts: Options, t: float) -> tuple[str, str, str, int]:
+    """Header label line start, unit line start, row start and GPU-index width, with the
+    ``-o D``/``-o T`` date and time columns in front when asked for."""
+    heads: list[tuple[str, str, str]] = []
     if "D" in opts.date_time:
-        heads.append(f"{'Date':<8}")
-        units.append(f"{'YYYYMMDD':<8}")
-        values.append(time.strftime("%Y%m%d", time.localtime(t)))
+        heads.append(("Date", "YYYYMMDD", time.strftime("%Y%m%d", time.localtime(t))))
     if "T" in opts.date_time:
-        heads.append(f"{'Time':<8}")
-        units.append(f"{'HH:MM:SS':<8}")
-        values.append(time.strftime("%H:%M:%S", time.localtime(t)))
+        heads.append(("Time", "HH:MM:SS", time.strftime("%H:%M:%S", time.localtime(t))))
     if not heads:
-        return "", "", ""
-    return ("#" + " ".join(heads) + " ", "#" + " ".join(units) + " ", " " + " ".join(values) + " ")
+        return "# gpu", "# Idx", "", 5
+
+    def cells(items: list[str]) -> str:
+        return "#" + "".join(f"{h:<12}" for h in items[:-1]) + f"{items[-1]:<13}"
+
+    return (
+        cells([h for h, _, _ in heads]) + "gpu",
+        cells([u for _, u, _ in heads]) + "Idx",
+        " " + "    ".join(v for _, _, v in heads),
+        8,
+    )
 
 
 def _dmon_header(opts: Options, cols: list[Column]) -> str:
-    head, unit, _ = _stamp(opts, 0.0)
-    first = f"{head} gpu" if head else "# gpu"
-    second = f"{unit} Idx" if unit else "# Idx"
+    first, second, _, _ = _prefix(opts, 0.0)
     line1 = first + "".join(f" {name:>6}" for name, _, _ in cols) + " "
     line2 = second + "".join(f" {u:>6}" for _, u, _ in cols) + " "
     return f"{line1}\n{line2}\n"
 
 
 def _dmon_lines(opts: Options, cols: list[Column], snapshot: Snapshot) -> str:
-    _, _, stamp = _stamp(opts, snapshot.t)
+    _, _, stamp, width = _prefix(opts, snapshot.t)
     out = []
     for gpu in snapshot.gpus:
         cells = "".join(f" {get(gpu):>6}" for _, _, get in cols)
-        out.append(f"{stamp}{gpu.index:>5}{cells} ")
+        out.append(f"{stamp}{gpu.index:>{width}}{cells} ")
     return "\n".join(out) + "\n"
 
 
@@ -131,14 +148,14 @@ def _pmon_groups(select: str) -> tuple[bool, bool]:
 def _pmon_header(opts: Options) -> str:
     # The driver's data rows sit one column left of its header labels; both are reproduced.
     util, mem = _pmon_groups(opts.select)
-    head, unit, _ = _stamp(opts, 0.0)
+    first, second, _, _ = _prefix(opts, 0.0)
     names: list[tuple[str, str]] = []
     if util:
         names += [(n, "%") for n in ("sm", "mem", "enc", "dec", "jpg", "ofa")]
     if mem:
         names += [("fb", "MB"), ("ccpm", "MB")]
-    line1 = (head + " gpu" if head else "# gpu") + f"{'pid':>12}{'type':>7}"
-    line2 = (unit + " Idx" if unit else "# Idx") + f"{'#':>12}{'C/G':>7}"
+    line1 = first + f"{'pid':>12}{'type':>7}"
+    line2 = second + f"{'#':>12}{'C/G':>7}"
     line1 += "".join(f"{n:>7}" for n, _ in names) + "    command "
     line2 += "".join(f"{u:>7}" for _, u in names) + "    name "
     return f"{line1}\n{line2}\n"
@@ -146,13 +163,15 @@ def _pmon_header(opts: Options) -> str:
 
 def _pmon_lines(opts: Options, snapshot: Snapshot) -> str:
     util, mem = _pmon_groups(opts.select)
-    _, _, stamp = _stamp(opts, snapshot.t)
+    _, _, stamp, width = _prefix(opts, snapshot.t)
     out = []
     for gpu in snapshot.gpus:
         procs = gpu.all_processes
         if not procs:
             cells = "".join(f"{'-':>7}" for _ in range((6 if util else 0) + (2 if mem else 0)))
-            out.append(f"{stamp}{gpu.index:>5}{'-':>11}{'-':>6}{cells}    {'-':<{PMON_NAME_WIDTH}}")
+            out.append(
+                f"{stamp}{gpu.index:>{width}}{'-':>11}{'-':>6}{cells}    {'-':<{PMON_NAME_WIDTH}}"
+            )
             continue
         for proc in procs:
             cells = ""
@@ -163,7 +182,7 @@ def _pmon_lines(opts: Options, snapshot: Snapshot) -> str:
                 cells += f"{proc.used_mib:>7}{0:>7}"
             name = proc.name.rsplit("/", 1)[-1][:PMON_NAME_WIDTH]
             out.append(
-                f"{stamp}{gpu.index:>5}{proc.pid:>11}{proc.type:>6}{cells}    "
+                f"{stamp}{gpu.index:>{width}}{proc.pid:>11}{proc.type:>6}{cells}    "
                 f"{name:<{PMON_NAME_WIDTH}}"
             )
     return "\n".join(out) + "\n"
