@@ -344,3 +344,19 @@ def test_dmon_all_groups_with_date_and_time(smi: Runner) -> None:
     assert values[11:13] == ["0", "1"]  # pviol, tviol: thermal slowdown injected
     assert values[16:18] == ["3", "0"]  # sbecc, dbecc
     assert [len(line) for line in lines] == [len(lines[0])] * 3
+
+
+def test_display_sections_add_sample_summaries(smi: Runner) -> None:
+    node = hgx_node()
+    util = smi("-q", "-d", "UTILIZATION", "-i", "1", node=node).out
+    block = re.search(
+        r"    GPU Utilization Samples\n        Duration +: ([\d.]+) sec\n"
+        r"        Number of Samples +: (\d+)\n        Max +: (\d+) %\n        Min +: (\d+) %\n"
+        r"        Avg +: (\d+) %\n",
+        util,
+    )
+    assert block, util
+    assert 80 <= int(block.group(4)) <= int(block.group(3)) <= 100  # the pod's 80-100 % range
+    assert "    Power Samples\n" in smi("-q", "-d", "POWER", node=node).out
+    full = smi("-q", node=node).out
+    assert "Utilization Samples" not in full and "Power Samples" not in full

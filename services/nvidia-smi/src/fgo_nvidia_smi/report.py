@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fgo_common.telemetry import BUCKET_SECONDS
+
 from fgo_nvidia_smi.fmt import NA, arch_name, banner_time, watts
 from fgo_nvidia_smi.state import GpuView, MigView, Process, Snapshot
 
@@ -205,6 +207,49 @@ def _process_node(proc: Process) -> Node:
             leaf(None, "used_memory", _mib(proc.used_mib)),
         ],
     )
+
+
+SAMPLE_BUCKETS = 6  # one minute of the model's 10-second buckets
+
+
+def _samples_block(label: str, values: list[float], unit: str, fmt: str) -> Node:
+    duration = (len(values) - 1) * BUCKET_SECONDS
+    return group(
+        label,
+        None,
+        leaf("Duration", None, f"{duration:.2f} sec"),
+        leaf("Number of Samples", None, len(values)),
+        leaf("Max", None, f"{max(values):{fmt}} {unit}"),
+        leaf("Min", None, f"{min(values):{fmt}} {unit}"),
+        leaf("Avg", None, f"{sum(values) / len(values):{fmt}} {unit}"),
+        section="SAMPLES",
+    )
+
+
+def _utilization_samples(gpu: GpuView) -> list[Node]:
+    """``-q -d UTILIZATION`` only: min/max/avg over the recent samples."""
+    if gpu.mig_enabled:
+        return []
+    history = gpu.history(SAMPLE_BUCKETS)
+    blocks = (
+        ("GPU Utilization Samples", [float(h.gpu_util) for h in history]),
+        ("Memory Utilization Samples", [float(h.mem_copy_util) for h in history]),
+        ("ENC Utilization Samples", [float(h.encoder_util) for h in history]),
+        ("DEC Utilization Samples", [float(h.decoder_util) for h in history]),
+    )
+    nodes = [_samples_block(label, values, "%", ".0f") for label, values in blocks]
+    for node in nodes:
+        node.section = "UTILIZATION_SAMPLES"
+    return nodes
+
+
+def _power_samples(gpu: GpuView) -> list[Node]:
+    """``-q -d POWER`` only."""
+    node = _samples_block(
+        "Power Samples", [h.power_w for h in gpu.history(SAMPLE_BUCKETS)], "W", ".2f"
+    )
+    node.section = "POWER_SAMPLES"
+    return [node]
 
 
 def gpu_tree(gpu: GpuView, driver: str) -> list[Node]:
@@ -476,6 +521,7 @@ def gpu_tree(gpu: GpuView, driver: str) -> list[Node]:
             leaf("OFA", "ofa_util", NA if gpu.mig_enabled else _pct(0)),
             section="UTILIZATION",
         ),
+        *_utilization_samples(gpu),
         group(
             "Encoder Stats",
             "encoder_stats",
@@ -628,6 +674,7 @@ def gpu_tree(gpu: GpuView, driver: str) -> list[Node]:
             leaf("Max Power Limit", "max_power_limit", _w(p.power_max_limit_w)),
             section="POWER",
         ),
+        *_power_samples(gpu),
         # The driver really prints this label with a trailing blank.
         group(
             "GPU Memory Power Readings ",
@@ -801,14 +848,21 @@ def _text_header(snapshot: Snapshot) -> list[str]:
 def render_query_text(snapshot: Snapshot, sections: list[str] | None = None) -> str:
     """``nvidia-smi -q [-d SECTION,...]``."""
     wanted = set(sections or ())
-    if "SUPPORTED_CLOCKS" in wanted:
-        wanted.add("SUPPORTED_CLOCKS_TEXT")
+    # Blocks the full report leaves out; each belongs to the -d section that asks for it.
+    only_on_request = {"SUPPORTED_CLOCKS_TEXT", "UTILIZATION_SAMPLES", "POWER_SAMPLES"}
+    for section, extra in (
+        ("SUPPORTED_CLOCKS", "SUPPORTED_CLOCKS_TEXT"),
+        ("UTILIZATION", "UTILIZATION_SAMPLES"),
+        ("POWER", "POWER_SAMPLES"),
+    ):
+        if section in wanted:
+            wanted.add(extra)
     lines = _text_header(snapshot)
     for gpu in snapshot.gpus:
         lines.append(f"GPU {gpu.bus_id}")
         for node in gpu_tree(gpu, snapshot.driver_version):
-            if node.section == "SUPPORTED_CLOCKS_TEXT" and not wanted:
-                continue  # the full report leaves the clock table to -d SUPPORTED_CLOCKS
+            if node.section in only_on_request and not wanted:
+                continue
             if wanted and node.section not in wanted:
                 continue
             _text_lines(node, 1, lines)

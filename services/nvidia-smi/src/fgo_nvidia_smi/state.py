@@ -73,6 +73,16 @@ class GpuView:
     sample: GpuSample
     migs: list[MigView] = field(default_factory=list)
     processes: list[Process] = field(default_factory=list)
+    t: float = 0.0
+    seed: int = 0
+
+    def history(self, count: int) -> list[GpuSample]:
+        """The model's samples over the last ``count`` telemetry buckets, newest first (what
+        the driver's sample buffers summarise for ``-q -d UTILIZATION,POWER``)."""
+        return [self.sample] + [
+            sample_gpu(self.record, self.profile, self.t - i * BUCKET_SECONDS, seed=self.seed)
+            for i in range(1, count)
+        ]
 
     @property
     def mig_enabled(self) -> bool:
@@ -345,7 +355,13 @@ def build_snapshot(node: NodeTopology, settings: Settings, t: float | None = Non
                 )
                 migs.append(view)
         view_gpu = GpuView(
-            index=len(views), record=gpu, profile=profile, sample=gpu_sample, migs=migs
+            index=len(views),
+            record=gpu,
+            profile=profile,
+            sample=gpu_sample,
+            migs=migs,
+            t=now,
+            seed=settings.seed,
         )
         if whole and not gpu.mig_enabled:
             view_gpu.processes = _processes(gpu.id, gpu.status.usage, gpu.status.holders, ctx)
