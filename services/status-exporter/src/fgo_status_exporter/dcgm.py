@@ -139,17 +139,13 @@ def escape_label_value(value: str) -> str:
     return value
 
 
+# dcgm-exporter prints INT64 fields with %d and DOUBLE fields with %f.
 def _format_float(value: Value) -> str:
     return f"{value:f}"
 
 
 def _format_int(value: Value) -> str:
     return str(int(value))
-
-
-def format_value(value: Value, value_type: str) -> str:
-    """dcgm-exporter prints INT64 fields with %d and DOUBLE fields with %f."""
-    return _format_float(value) if value_type == "float" else _format_int(value)
 
 
 @dataclass(frozen=True, slots=True)
