@@ -280,6 +280,7 @@ def test_version_and_permission_errors(smi: Runner) -> None:
 
 
 def test_unsupported_but_real_options_say_so(smi: Runner) -> None:
+    assert smi("-B").out == smi("--list-excluded-gpus").out == "No excluded devices found.\n"
     for args in (
         ["nvlink", "-s"],
         ["--query-retired-pages=address", "--format=csv"],

@@ -325,10 +325,9 @@ def _main_options(found: list[tuple[str, str, str | None]]) -> Options:
     for key, spelling, value in found:
         if key == "version":
             modes.append("version")
-        elif key == "list":
-            modes.append("list")
+        elif key in ("list", "list_excluded"):
+            modes.append(key)
         elif key in (
-            "list_excluded",
             "unit",
             "dtd",
             "query_supported_clocks",

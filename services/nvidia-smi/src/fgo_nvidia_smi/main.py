@@ -173,6 +173,10 @@ def _dispatch(
 
         out.write(render_version(snapshot))
         return RC_OK
+    if opts.mode == "list_excluded":
+        # Excluded GPUs are ones the driver was told not to manage; the simulator has none.
+        out.write("No excluded devices found.\n")
+        return RC_OK
     if not snapshot.gpus:
         out.write(NO_DEVICES)
         return RC_NOT_FOUND
