@@ -361,3 +361,17 @@ def test_display_sections_add_sample_summaries(smi: Runner) -> None:
     assert "    Power Samples\n" in smi("-q", "-d", "POWER", node=node).out
     full = smi("-q", node=node).out
     assert "Utilization Samples" not in full and "Power Samples" not in full
+
+
+def test_reservation_pods_are_not_processes(smi: Runner) -> None:
+    from fgo_common.topology import HOLDER_RESERVATION, Holder, PodUsage
+
+    node = h100_capture_node()
+    status = node.gpus[0].status
+    status.holders = [
+        Holder("runai-reservation", "reserve-0", "c", pod_uid="uid-r", kind=HOLDER_RESERVATION),
+        Holder("team", "frac-0", "c", pod_uid="uid-f"),
+    ]
+    status.usage = {"uid-r": PodUsage(fb_used_mib=0), "uid-f": PodUsage(fb_used_mib=4000)}
+    out = smi("--query-compute-apps=used_memory", "--format=csv,noheader", node=node).out
+    assert out == "4000 MiB\n"

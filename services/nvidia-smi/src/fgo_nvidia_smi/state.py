@@ -243,7 +243,10 @@ def _processes(
 
     for holder in holders:
         key = holder.pod_uid or holder.pod
-        if holder.kind == HOLDER_RESERVATION or key in seen:
+        if key in seen:
+            continue
+        if holder.kind == HOLDER_RESERVATION:
+            seen.add(key)  # and its usage entry, if any, is no process either
             continue
         add(key, holder.pod, usages.get(holder.pod_uid))
     # Usage entries without a holder record (written by the reference implementation).
