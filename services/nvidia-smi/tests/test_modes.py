@@ -375,3 +375,13 @@ def test_reservation_pods_are_not_processes(smi: Runner) -> None:
     status.usage = {"uid-r": PodUsage(fb_used_mib=0), "uid-f": PodUsage(fb_used_mib=4000)}
     out = smi("--query-compute-apps=used_memory", "--format=csv,noheader", node=node).out
     assert out == "4000 MiB\n"
+
+
+def test_fractional_pod_sees_its_share_of_memory(smi: Runner) -> None:
+    fields = "--query-gpu=memory.total,memory.reserved,memory.used,memory.free"
+    whole = smi(fields, "--format=csv,noheader,nounits").out
+    assert whole == "81559, 480, 0, 81079\n"
+    half = smi(fields, "--format=csv,noheader,nounits", RUNAI_NUM_OF_GPUS="0.5").out
+    assert half == "40779, 240, 0, 40539\n"
+    for ignored in ("2", "abc", "0"):
+        assert smi(fields, "--format=csv,noheader,nounits", RUNAI_NUM_OF_GPUS=ignored).out == whole

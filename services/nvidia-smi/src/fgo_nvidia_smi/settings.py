@@ -14,6 +14,8 @@ from fgo_common.nodestate import DEFAULT_STATE_DIR, STATE_DIR_ENV
 
 VISIBLE_DEVICES_ENVS = ("FGO_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
 SEED_ENV = "FGO_SEED"
+# Run:ai's fractional-GPU variable (injected into fractional pods); <1 limits the memory shown.
+FRACTION_ENV = "RUNAI_NUM_OF_GPUS"
 # Pins "now" (unix seconds): lets tests compare nvidia-smi with the telemetry model exactly.
 TIME_ENV = "FGO_SMI_TIME"
 
@@ -31,6 +33,7 @@ class Settings:
     fixed_time: float | None
     # Pod name: the kubelet sets the container hostname to it; marks our own pod's processes.
     hostname: str
+    gpu_fraction: float = 1.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -54,10 +57,20 @@ class Settings:
                 fixed_time = float(time_raw)
             except ValueError as exc:
                 raise SettingsError(f"{TIME_ENV}={time_raw!r} is not a unix time") from exc
+        fraction = 1.0
+        fraction_raw = env.get(FRACTION_ENV, "").strip()
+        if fraction_raw:
+            try:
+                value = float(fraction_raw)
+            except ValueError:
+                value = 1.0  # as the reference tool: a bad value is ignored, not fatal
+            if 0.0 < value < 1.0:
+                fraction = value
         return cls(
             state_dir=env.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR,
             visible_devices=visible,
             seed=seed,
             fixed_time=fixed_time,
             hostname=env.get("HOSTNAME", ""),
+            gpu_fraction=fraction,
         )

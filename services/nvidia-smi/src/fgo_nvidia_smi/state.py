@@ -75,6 +75,9 @@ class GpuView:
     processes: list[Process] = field(default_factory=list)
     t: float = 0.0
     seed: int = 0
+    # Share of the GPU's memory a fractional (Run:ai) pod is limited to: its memory hook makes
+    # NVML report that much as the total.
+    fraction: float = 1.0
 
     def history(self, count: int) -> list[GpuSample]:
         """The model's samples over the last ``count`` telemetry buckets, newest first (what
@@ -103,16 +106,19 @@ class GpuView:
 
     @property
     def memory_total_mib(self) -> int:
-        return self.record.memory_mib or self.profile.memory_mib
+        return int((self.record.memory_mib or self.profile.memory_mib) * self.fraction)
 
     @property
     def memory_used_mib(self) -> int:
         # On a MIG GPU the model already sums its instances' framebuffer use.
-        return self.sample.fb_used_mib
+        used = self.sample.fb_used_mib
+        if self.fraction < 1.0:
+            used = min(used, self.memory_total_mib - self.memory_reserved_mib)
+        return used
 
     @property
     def memory_reserved_mib(self) -> int:
-        return self.sample.fb_reserved_mib
+        return int(self.sample.fb_reserved_mib * self.fraction)
 
     @property
     def memory_free_mib(self) -> int:
@@ -365,6 +371,7 @@ def build_snapshot(node: NodeTopology, settings: Settings, t: float | None = Non
             migs=migs,
             t=now,
             seed=settings.seed,
+            fraction=settings.gpu_fraction,
         )
         if whole and not gpu.mig_enabled:
             view_gpu.processes = _processes(gpu.id, gpu.status.usage, gpu.status.holders, ctx)
