@@ -80,6 +80,26 @@ bench: setup tools ## Scale/performance scenarios -> bench-results/latest/report
 		--nodes $(BENCH_NODES) --pods $(BENCH_PODS) --sched-pods $(BENCH_SCHED_PODS) \
 		--rate $(BENCH_RATE) --scenarios $(BENCH_SCENARIOS) $(BENCH_ARGS)
 
+# Images and chart (docs/chart.md). `make images REGISTRY=ghcr.io/me TAG=dev PUSH=1`.
+REGISTRY ?= ghcr.io/fake-gpu-operator
+TAG      ?=
+
+.PHONY: images
+images: ## Build one image per service with docker buildx (REGISTRY, TAG, PUSH=1, PLATFORMS)
+	REGISTRY=$(REGISTRY) TAG=$(TAG) hack/images.sh
+
+.PHONY: chart
+chart: setup tools ## Check and package the Helm chart into dist/ (CHART_VERSION, APP_VERSION)
+	FGO_BIN_DIR=$(TOOLS_BIN) hack/chart-package.sh
+
+.PHONY: chart-test
+chart-test: setup tools ## Chart: lint/render matrix (unit) + its objects on the local control plane
+	FGO_BIN_DIR=$(TOOLS_BIN) $(PYTEST) tests/chart
+
+.PHONY: e2e-kind
+e2e-kind: setup tools ## End-to-end scenarios on kind with the real images (needs Docker and kind)
+	FGO_BIN_DIR=$(TOOLS_BIN) hack/e2e-kind.sh
+
 .PHONY: protos
 protos: setup ## Regenerate gRPC stubs from our kubelet .proto files
 	hack/gen-protos.sh

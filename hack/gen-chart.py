@@ -368,6 +368,9 @@ def build() -> Schema:
             "GPU nodes)"
         ),
         "logLevel": string("Log level of every service", enum=LOG_LEVELS),
+        "telemetrySeed": integer(
+            "Seed of the telemetry model (exporter metrics and nvidia-smi agree on it)", minimum=0
+        ),
         "image": obj(
             "Image defaults of every component",
             {

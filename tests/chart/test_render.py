@@ -300,6 +300,7 @@ def test_values_reach_the_services(helm: Helm) -> None:
             "statusExporter.port=9500",
             "statusExporter.extraMetrics={DCGM_FI_PROF_SM_ACTIVE,DCGM_FI_DEV_FB_TOTAL}",
             "statusExporter.hostnameLabel=hostname",
+            "telemetrySeed=7",
         ]
     )
     su = _env(rendered.get("Deployment", "fgo-status-updater"))
@@ -313,6 +314,10 @@ def test_values_reach_the_services(helm: Helm) -> None:
     assert env["METRICS_PORT"] == "9500"
     assert env["EXPORTER_EXTRA_METRICS"] == "DCGM_FI_PROF_SM_ACTIVE,DCGM_FI_DEV_FB_TOTAL"
     assert env["HOSTNAME_LABEL"] == "hostname"
+    # nvidia-smi in pods gets the seed from the device plugin: both must agree.
+    assert (
+        env["FGO_SEED"] == "7" == _env(rendered.get("DaemonSet", "fgo-device-plugin"))["FGO_SEED"]
+    )
     ports = exporter["spec"]["template"]["spec"]["containers"][0]["ports"]
     assert {"name": "metrics", "containerPort": 9500} in ports
     svc = rendered.get("Service", "nvidia-dcgm-exporter-kwok")

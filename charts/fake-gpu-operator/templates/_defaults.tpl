@@ -39,6 +39,10 @@ restrictToSimulatedPools: true
 # -- Log level of every service (DEBUG, INFO, WARNING, ERROR).
 logLevel: INFO
 
+# -- Seed of the telemetry model's random parts: the exporter's metrics and nvidia-smi in GPU
+# pods (the device plugin passes it on as FGO_SEED) compute the same numbers from it.
+telemetrySeed: 0
+
 # -- Defaults for every component's image; each component may override repository/tag.
 image:
   registry: ghcr.io/fake-gpu-operator

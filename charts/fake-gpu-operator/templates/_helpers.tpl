@@ -94,6 +94,12 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .Values.logLevel | default "INFO" | quote }}
 {{- end -}}
 
+{{/* The telemetry seed: metrics and nvidia-smi in pods must use the same one. */}}
+{{- define "fgo.seedEnv" -}}
+- name: FGO_SEED
+  value: {{ .Values.telemetrySeed | default 0 | int | quote }}
+{{- end -}}
+
 {{/* Name of the cluster topology ConfigMap, prefix of the per-node ones (topology-<node>). */}}
 {{- define "fgo.topologyNameEnv" -}}
 - name: TOPOLOGY_CM_NAME
