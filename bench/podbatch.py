@@ -25,6 +25,8 @@ _POD_LABEL = re.compile(r'[{,]pod="([^"]*)"')
 
 # A wait gives up when no pod reached a new state for this long.
 STALL_S = 60.0
+# Leaving a view is only expected of pods that were in it.
+PRECONDITION = {"out_topology": "in_topology", "out_metrics": "in_metrics"}
 STATES = (
     "sent",
     "scheduled",
@@ -185,6 +187,11 @@ class PodBatch:
     def count(self, state: str) -> int:
         return self.first.count(state, self.names)
 
+    def expected(self, state: str) -> int:
+        """How many pods can reach ``state``: leaving a view needs having been in it."""
+        before = PRECONDITION.get(state)
+        return self.count(before) if before else len(self.names)
+
     async def wait(
         self,
         states: list[str],
@@ -197,7 +204,6 @@ class PodBatch:
         early when nothing moved for ``stall_s`` (a broken path should not eat the budget)."""
         t0 = time.monotonic()
         last_print = 0.0
-        total = len(self.names)
         progress = -1
         moved = t0
 
@@ -205,25 +211,28 @@ class PodBatch:
             nonlocal last_print, progress, moved
             now = time.monotonic()
             counts = [self.count(s) for s in states]
+            wanted = [self.expected(s) for s in states]
             if sum(counts) != progress:
                 progress, moved = sum(counts), now
             if say is not None and now - last_print >= 5.0:
                 last_print = now
                 say(
                     f"{label} t={now - t0:.0f}s "
-                    + " ".join(f"{s}={c}/{total}" for s, c in zip(states, counts, strict=True))
+                    + " ".join(
+                        f"{s}={c}/{w}" for s, c, w in zip(states, counts, wanted, strict=True)
+                    )
                 )
-            return all(c == total for c in counts) or now - moved > stall_s
+            return counts == wanted or now - moved > stall_s
 
         await wait_until(check, timeout_s, 0.1)
-        done = all(self.count(s) == total for s in states)
+        done = all(self.count(s) == self.expected(s) for s in states)
         if not done and say is not None:
             stalled = time.monotonic() - moved > stall_s
             say(
                 f"{label}: gave up after {time.monotonic() - t0:.0f}s ("
                 + ("no progress for " + f"{stall_s:.0f}s" if stalled else "time budget")
                 + "): "
-                + " ".join(f"{s}={self.count(s)}/{total}" for s in states)
+                + " ".join(f"{s}={self.count(s)}/{self.expected(s)}" for s in states)
             )
         return done
 
@@ -234,6 +243,7 @@ class PodBatch:
     def span(self, start_state: str, end_state: str) -> float | None:
         """From the first ``start_state`` stamp to the last ``end_state`` stamp, if all got it."""
         a, b = self.first.get(start_state), self.first.get(end_state)
-        if not a or self.count(end_state) < len(self.names):
+        reached = [b[k] for k in self.names if k in b]
+        if not a or not reached or len(reached) < self.expected(end_state):
             return None
-        return max(b[k] for k in self.names) - min(a.values())
+        return max(reached) - min(a.values())

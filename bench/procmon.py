@@ -154,9 +154,9 @@ class Sampler:
                 before = prev.procs.get(name)
                 cores = (p.cpu_s - before.cpu_s) / dt if before and before.pid == p.pid else 0.0
                 out.setdefault(name, []).append([t, p.rss_bytes / 2**20, max(cores, 0.0)])
-            out.setdefault("machine", []).append(
-                [t, (cur.machine_busy_s - prev.machine_busy_s) / dt]
-            )
+            # Clipped to the core count: a VM's /proc/stat can catch up in bursts.
+            busy = (cur.machine_busy_s - prev.machine_busy_s) / dt
+            out.setdefault("machine", []).append([t, min(busy, float(os.cpu_count() or 1))])
             prev = cur
         return out
 

@@ -89,6 +89,16 @@ async def one_path(
             figures["create_rate_pods_s"] = count / max(figures["create_window_s"], 1e-9)
             figures["sent_to_scheduled"] = stats.summarize(batch.latencies("sent", "scheduled"))
             tp = figures["throughput"]
+            # The scheduler cannot go faster than pods arrive: say when that is what we saw.
+            figures["bounded_by_creation"] = bool(
+                tp["average"] and tp["average"] >= 0.7 * figures["create_rate_pods_s"]
+            )
+            if figures["bounded_by_creation"]:
+                result.note(
+                    f"{path}: throughput is bounded by pod creation "
+                    f"({figures['create_rate_pods_s']:.0f} pods/s through the apiserver), "
+                    "not by the scheduler"
+                )
             result.say(
                 f"{path}: {len(scheduled)}/{count} scheduled, "
                 f"{tp['average'] or 0:.0f} pods/s average over {tp['window_s'] or 0:.1f}s"

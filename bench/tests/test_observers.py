@@ -4,7 +4,7 @@ from typing import Any
 
 from fgo_common.topology import GpuRecord, GpuStatus, Holder, NodeTopology
 
-from bench.podbatch import first_family_pods, topology_holders
+from bench.podbatch import PodBatch, first_family_pods, topology_holders
 from bench.scenarios.bringup import AdvertTracker
 
 
@@ -143,3 +143,50 @@ def test_first_family_pods() -> None:
     )
     assert first_family_pods(text) == {"churn-dp-00001"}
     assert first_family_pods("") == set()
+
+
+class _Env:
+    exporter_url = None
+
+
+def _cm(name: str, holders: list[str]) -> dict[str, Any]:
+    topo = NodeTopology(
+        node_name=name,
+        pool="bench",
+        gpu_product="H100",
+        gpu_memory_mib=80,
+        profile="h100",
+        driver_version="",
+        cuda_version="",
+        gpus=[_gpu(i, Holder("fgo-bench", p)) for i, p in enumerate(holders)],
+    )
+    return {"metadata": {"name": f"topology-{name}"}, "data": {"topology.yml": topo.to_yaml()}}
+
+
+def test_pod_batch_follows_pods_into_and_out_of_the_records() -> None:
+    batch = PodBatch(_Env(), "run", ["a", "b", "c"])  # type: ignore[arg-type]
+    batch.on_pod(
+        "ADDED",
+        {"metadata": {"name": "a"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Pending"}},
+        1.0,
+    )
+    batch.on_pod(
+        "MODIFIED",
+        {"metadata": {"name": "a"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}},
+        2.0,
+    )
+    batch.on_pod("ADDED", {"metadata": {"name": "zz"}, "spec": {}}, 1.0)  # not ours
+    batch.on_configmap("MODIFIED", _cm("n1", ["a", "b"]), 1.5)
+    batch.on_configmap("MODIFIED", _cm("n2", ["b"]), 1.6)
+    assert batch.first.get("scheduled") == {"a": 1.0}
+    assert batch.first.get("in_topology") == {"a": 1.5, "b": 1.5}
+    assert batch.latencies("running", "in_topology") == [-0.5]
+    # b leaves n1 but is still held on n2: not out yet; a leaves for good.
+    batch.on_configmap("MODIFIED", _cm("n1", []), 3.0)
+    assert batch.first.get("out_topology") == {"a": 3.0}
+    batch.on_configmap("DELETED", _cm("n2", ["b"]), 4.0)
+    assert batch.first.get("out_topology") == {"a": 3.0, "b": 4.0}
+    # Only pods that were recorded are expected to leave the records; c never was.
+    assert batch.expected("out_topology") == 2
+    assert batch.expected("gone") == 3
+    assert batch.span("in_topology", "out_topology") == 2.5
