@@ -247,6 +247,7 @@ class LocalCluster:
     async def restart_component(self, name: str) -> None:
         """Stop (SIGTERM, then SIGKILL) and start one component; waits until it is healthy."""
         self._check_name(name)
+        await self.resolve_bin_dir()  # an attached cluster object has not resolved it yet
         record = self._pid_record(name)
         if record is not None:
             await process.terminate(record)

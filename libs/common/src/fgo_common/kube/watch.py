@@ -74,6 +74,7 @@ class Reflector:
         self.synced = asyncio.Event()
         self.relists = 0
         self.restarts = 0
+        self.expirations = 0  # 410 Gone answers (each followed by a relist)
 
     async def _list(self) -> tuple[list[Obj], str]:
         resp = await self._list_fn(**self._kwargs, _preload_content=False)
@@ -143,8 +144,10 @@ class Reflector:
             resp.release()
 
     async def events(self, stop: asyncio.Event) -> AsyncIterator[WatchEvent]:
-        """Yield changes forever (until ``stop``); starts with a full list."""
-        need_list = True
+        """Yield changes forever (until ``stop``). The first call lists; a later call on the
+        same reflector resumes watching from where the previous one stopped (relisting only if
+        that resourceVersion has expired meanwhile)."""
+        need_list = not self.synced.is_set()
         failures = 0
         while not stop.is_set():
             try:
@@ -176,10 +179,12 @@ class Reflector:
                 # Server-side timeout: resume from the last resourceVersion.
             except WatchExpired as exc:
                 log.info("watch.expired", watch=self.name, reason=str(exc)[:200])
+                self.expirations += 1
                 need_list = True
             except Exception as exc:
                 if is_gone(exc):
                     log.info("watch.expired", watch=self.name)
+                    self.expirations += 1
                     need_list = True
                     continue
                 if not is_transient(exc) and not isinstance(
