@@ -11,7 +11,7 @@ from typing import Any
 
 from fgo_common.runtime.settings import SettingsError
 
-from fgo_localcluster import nodes
+from fgo_localcluster import nodes, operator
 from fgo_localcluster.cluster import ClusterError, ClusterStatus, LocalCluster
 from fgo_localcluster.layout import COMPONENTS, Ports
 from fgo_localcluster.tools import ToolsError
@@ -57,8 +57,17 @@ async def _up(cluster: LocalCluster, args: argparse.Namespace) -> int:
 
 
 async def _down(cluster: LocalCluster, args: argparse.Namespace) -> int:
+    # The operator's processes (`fgo demo`) first: they would only log errors without the API.
+    for outcome in await operator.stop_all(cluster.state_dir):
+        print(f"fgo: {outcome}", file=sys.stderr)
     await cluster.stop(purge=args.purge)
     return 0
+
+
+async def _demo(cluster: LocalCluster, args: argparse.Namespace) -> int:
+    from fgo_localcluster.demo import run_demo
+
+    return await run_demo(cluster, node_count=args.nodes)
 
 
 async def _status(cluster: LocalCluster, args: argparse.Namespace) -> int:
@@ -215,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("component", choices=COMPONENTS)
     logs.add_argument("-n", "--lines", type=int, default=50)
     logs.set_defaults(func=_logs)
+
+    demo = top.add_parser(
+        "demo",
+        parents=[common],
+        help="control plane + the chart (services as local processes) + KWOK GPU nodes + a GPU pod",
+    )
+    demo.add_argument("--nodes", type=int, default=2, help="KWOK GPU nodes in pool default")
+    demo.set_defaults(func=_demo)
     return parser
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import Any
 
 from fgo_localcluster import nodes
@@ -70,13 +69,13 @@ async def _wait(what: str, check: Any, timeout_s: float = 120.0) -> Any:
         await asyncio.sleep(0.5)
 
 
-async def run_demo(state_dir: Path | None = None, node_count: int = 2) -> int:
+async def run_demo(cluster: LocalCluster | None = None, node_count: int = 2) -> int:
     from kubernetes_asyncio import client
     from kubernetes_asyncio.client.exceptions import ApiException
 
     say = default_progress
     t0 = time.monotonic()
-    cluster = LocalCluster(state_dir)
+    cluster = cluster or LocalCluster()
     await cluster.start(wait=True)
     repo = find_repo_root()
     if repo is None:
