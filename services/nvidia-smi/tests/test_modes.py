@@ -385,3 +385,34 @@ def test_fractional_pod_sees_its_share_of_memory(smi: Runner) -> None:
     assert half == "40779, 240, 0, 40539\n"
     for ignored in ("2", "abc", "0"):
         assert smi(fields, "--format=csv,noheader,nounits", RUNAI_NUM_OF_GPUS=ignored).out == whole
+
+
+def test_start_up_imports_stay_lean() -> None:
+    """Every call pays for what main imports: no Kubernetes client, YAML, pathlib (3.11 drags
+    in urllib/ipaddress), asyncio or the OpenSSL-backed modules."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from fgo_nvidia_smi.main import run; "
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    loaded = set(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
+    banned = {
+        "kubernetes_asyncio",
+        "yaml",
+        "pathlib",
+        "asyncio",
+        "ssl",
+        "aiohttp",
+        "structlog",
+        "prometheus_client",
+        "tempfile",
+        "signal",
+        "urllib",
+    }
+    assert loaded & banned == set()
