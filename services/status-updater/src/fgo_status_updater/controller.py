@@ -44,6 +44,7 @@ from fgo_status_updater.knative import KnativePod, KnativePoller
 from fgo_status_updater.metrics import Metrics
 from fgo_status_updater.podinfo import Obj, annotations_of, labels_of, meta
 from fgo_status_updater.reconcile import NodeInputs, ReconcileOptions, reconcile_node
+from fgo_status_updater.records import dump_record, load_record
 from fgo_status_updater.settings import Settings
 from fgo_status_updater.usage import UsagePolicy
 from fgo_status_updater.workqueue import NodeQueue
@@ -123,6 +124,7 @@ class Controller:
         self._failures: dict[str, int] = {}
         self._patched_reservations: set[tuple[str, str, str]] = set()
         self._background: set[asyncio.Task[None]] = set()
+        self._parsed: dict[str, tuple[str, NodeTopology]] = {}  # node -> (resourceVersion, record)
         for part in sorted(self._required | {"topology-config"}):
             ctx.readiness.require(part)
 
@@ -395,10 +397,12 @@ class Controller:
             self.metrics.managed_nodes.set(len(self.caches.records))
             return result
         assert outcome.record is not None and node is not None
-        body = self._record_body(name, node, outcome.record, cm)
+        body = self._record_body(name, node, cm)
         result = "unchanged"
-        if cm is None or not _same_record(cm, body):
-            result = await self._write_record(name, body, create=cm is None)
+        if cm is None or previous is None or not _same_record(cm, body, previous, outcome.record):
+            body["data"] = {**(cm.get("data") or {} if cm else {})}
+            body["data"][TOPOLOGY_DATA_KEY] = dump_record(outcome.record)
+            result = await self._write_record(name, body, outcome.record, create=cm is None)
             if result == "conflict":
                 return result
         self.metrics.managed_nodes.set(len(self.caches.records))
@@ -408,13 +412,22 @@ class Controller:
         return result
 
     def _parse_record(self, name: str, cm: Obj | None) -> NodeTopology | None:
+        """The stored record as an object; the one we wrote last is kept, not re-parsed (the
+        reconciler never mutates its input)."""
         if cm is None:
+            self._parsed.pop(name, None)
             return None
+        version = str(meta(cm).get("resourceVersion", ""))
+        cached = self._parsed.get(name)
+        if cached is not None and cached[0] == version:
+            return cached[1]
         text = (cm.get("data") or {}).get(TOPOLOGY_DATA_KEY)
         try:
             if not isinstance(text, str):
                 raise TopologyFormatError(f"no {TOPOLOGY_DATA_KEY} key")
-            return NodeTopology.from_yaml(text, name)
+            record = load_record(text, name)
+            self._parsed[name] = (version, record)
+            return record
         except TopologyFormatError as exc:
             m = meta(cm)
             self._report(
@@ -426,9 +439,8 @@ class Controller:
             )
             return None
 
-    def _record_body(
-        self, name: str, node: Obj, record: NodeTopology, cm: Obj | None
-    ) -> dict[str, Any]:
+    def _record_body(self, name: str, node: Obj, cm: Obj | None) -> dict[str, Any]:
+        """The record ConfigMap's metadata (``data`` is added only when a write is due)."""
         old_meta = meta(cm) if cm else {}
         labels = dict(old_meta.get("labels") or {})
         labels[NODE_TOPOLOGY_LABEL] = "true"
@@ -455,14 +467,11 @@ class Controller:
         }
         if cm is not None:
             metadata["resourceVersion"] = old_meta.get("resourceVersion")
-        return {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": metadata,
-            "data": {**(cm.get("data") or {} if cm else {}), TOPOLOGY_DATA_KEY: record.to_yaml()},
-        }
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata}
 
-    async def _write_record(self, name: str, body: dict[str, Any], *, create: bool) -> str:
+    async def _write_record(
+        self, name: str, body: dict[str, Any], record: NodeTopology, *, create: bool
+    ) -> str:
         cm_name = body["metadata"]["name"]
 
         async def write() -> dict[str, Any]:
@@ -491,6 +500,7 @@ class Controller:
             return "conflict"
         self.metrics.writes.labels("ConfigMap", "create" if create else "update").inc()
         self.caches.store_record(name, stored)
+        self._parsed[name] = (str(meta(stored).get("resourceVersion", "")), record)
         log.debug("record.written", node=name, created=create)
         return "created" if create else "written"
 
@@ -595,10 +605,14 @@ class Controller:
         log.info("reservation.annotated", namespace=namespace, pod=pod, gpu=gpu)
 
 
-def _same_record(cm: Obj, body: dict[str, Any]) -> bool:
+def _same_record(
+    cm: Obj, body: dict[str, Any], previous: NodeTopology, record: NodeTopology
+) -> bool:
+    """Nothing to write: same record content (compared as data, not as YAML text, so a record
+    written by another YAML emitter is not rewritten) and same metadata."""
     old, new = meta(cm), body["metadata"]
     return (
-        (cm.get("data") or {}) == body["data"]
+        previous.to_dict() == record.to_dict()
         and (old.get("labels") or {}) == new["labels"]
         and (old.get("annotations") or {}) == new["annotations"]
         and [(o.get("kind"), o.get("name"), o.get("uid")) for o in old.get("ownerReferences") or []]

@@ -572,10 +572,16 @@ def _bank_energy(record: NodeTopology, prev: NodeTopology | None, now: float) ->
     prev_by_id = {g.id: g for g in prev.gpus}
     for gpu in record.gpus:
         old = prev_by_id.get(gpu.id)
-        if old is None or old.status.usage == gpu.status.usage:
+        if old is None:
             continue
-        profile = _profile(gpu)
         gpu.status.energy_banked_j = old.status.energy_banked_j
+        new_usage = gpu.status.usage
+        if all(
+            uid in new_usage and new_usage[uid].utilization == usage.utilization
+            for uid, usage in old.status.usage.items()
+        ):
+            continue  # nobody left or slowed down: the counter can only have grown
+        profile = _profile(gpu)
         before = sample_gpu(old, profile, now).energy_mj
         after = sample_gpu(gpu, profile, now).energy_mj
         if after < before:
