@@ -77,3 +77,17 @@ def test_is_kwok_node_needs_the_fake_value() -> None:
     other["metadata"]["annotations"]["kwok.x-k8s.io/node"] = "real"
     assert not is_kwok_node(other)
     assert not is_kwok_node({"metadata": {"name": "x"}})
+
+
+def test_node_facts_ignore_status_heartbeats() -> None:
+    from fgo_kwok_dra_plugin.controller import node_facts
+
+    before = node()
+    after = node()
+    after["status"] = {
+        "conditions": [{"type": "Ready", "lastHeartbeatTime": "2026-01-01T00:00:10Z"}]
+    }
+    after["metadata"]["resourceVersion"] = "99"
+    assert node_facts(before) == node_facts(after)
+    assert node_facts(before) != node_facts(node(deleting=True))
+    assert node_facts(before) != node_facts(node(kwok=False))

@@ -49,6 +49,12 @@ def is_kwok_node(node: Obj) -> bool:
     return annotations.get(KWOK_NODE_ANNOTATION) == KWOK_NODE_VALUE
 
 
+def node_facts(node: Obj) -> tuple[str, bool, bool]:
+    """What of a Node decides its slices: UID (owner), KWOK-ness, being deleted."""
+    meta = node.get("metadata") or {}
+    return (str(meta.get("uid", "")), is_kwok_node(node), bool(meta.get("deletionTimestamp")))
+
+
 def configmap_node(cm: Obj) -> str:
     return str(((cm.get("metadata") or {}).get("labels") or {}).get(NODE_NAME_LABEL, ""))
 
@@ -149,12 +155,18 @@ class KwokSliceController:
         self._cm_node: dict[str, str] = {}  # ConfigMap "<ns>/<name>" -> node it describes
         self._slices_by_node: dict[str, dict[str, Obj]] = {}
         self._published: set[str] = set()
+        self._desired_cache: dict[str, tuple[Any, DesiredPool | None]] = {}
 
     # -- event intake ---------------------------------------------------------------------
 
     def _on_node(self, event: WatchEvent) -> None:
-        if event.type != SYNCED:
-            self.queue.add(str(event.obj["metadata"]["name"]))
+        if event.type == SYNCED:
+            return
+        # Status heartbeats change nothing we publish; at thousands of nodes they would keep
+        # the workers busy re-checking unchanged pools.
+        if event.old is not None and node_facts(event.old) == node_facts(event.obj):
+            return
+        self.queue.add(str(event.obj["metadata"]["name"]))
 
     def _on_configmap(self, event: WatchEvent) -> None:
         if event.type == SYNCED:
@@ -211,12 +223,28 @@ class KwokSliceController:
         keys = {str(o["metadata"]["name"]) for o in self.nodes.cache.values()}
         return keys | set(self._cm_by_node) | set(self._slices_by_node)
 
+    def _desired(self, node_name: str, node: Obj | None, cm: Obj | None) -> DesiredPool | None:
+        """``desired_pool``, memoised per (record resourceVersion, node facts): the events of
+        our own slice writes and the periodic resync re-check nodes whose inputs did not change,
+        and parsing a record costs more than comparing a pool."""
+        key = (
+            str((cm or {}).get("metadata", {}).get("resourceVersion", "")),
+            node_facts(node) if node is not None else None,
+        )
+        cached = self._desired_cache.get(node_name)
+        if cm is not None and node is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        desired = desired_pool(node_name, node, cm, self.options, self.settings.instance)
+        if cm is None or node is None:
+            self._desired_cache.pop(node_name, None)
+        else:
+            self._desired_cache[node_name] = (key, desired)
+        return desired
+
     async def reconcile(self, node_name: str) -> None:
         node = self.nodes.cache.get(node_name)
         existing = list(self._slices_by_node.get(node_name, {}).values())
-        desired = desired_pool(
-            node_name, node, self._cm_by_node.get(node_name), self.options, self.settings.instance
-        )
+        desired = self._desired(node_name, node, self._cm_by_node.get(node_name))
         if desired is None:
             self._published.discard(node_name)
             if existing:
