@@ -229,6 +229,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await wait_until(observer, lambda: len(observer.recorded_at) >= args.pods, deadline)
             all_recorded = max(observer.recorded_at.values(), default=burst)
             results["all_recorded_after_burst_s"] = round(all_recorded - burst, 1)
+            last_running = max(observer.running_at.values(), default=burst)
+            results["all_running_after_burst_s"] = round(last_running - burst, 1)
+            results["all_recorded_after_last_running_s"] = round(all_recorded - last_running, 1)
             results["recorded"] = len(observer.recorded_at)
             results["running"] = len(observer.running_at)
             latencies = [

@@ -167,3 +167,20 @@ def test_settings() -> None:
     for env in ({"DEFAULT_GPU_UTILIZATION": "90-10"}, {"WORKERS": "0"}, {"DEBOUNCE_SECONDS": "-1"}):
         with pytest.raises(SettingsError):
             load_settings(Settings, env)
+
+
+def test_fast_yaml_matches_the_reference_form() -> None:
+    from fgo_common.topology import NodeTopology
+    from fgo_status_updater.reconcile import NodeInputs, reconcile_node
+    from fgo_status_updater.records import dump_record, load_record
+    from su_helpers import config
+
+    record = reconcile_node(
+        NodeInputs("n1", node("n1"), config(), None, [pod("p", node_name="n1", gpus=2)], now=1.0)
+    ).record
+    assert record is not None
+    text = dump_record(record)
+    assert text == record.to_yaml()  # same document as the shared (pure-Python) writer
+    assert load_record(text, "n1").to_dict() == NodeTopology.from_yaml(text, "n1").to_dict()
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_record("gpus: [", "n1")
