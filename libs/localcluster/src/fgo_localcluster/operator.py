@@ -153,6 +153,11 @@ def local_ports(workload: LocalWorkload) -> tuple[dict[str, str], dict[str, int]
     return overrides, {name: moved[port] for name, port in workload.ports.items()}
 
 
+def forbidden_in(text: str) -> list[str]:
+    """Lines of service log text reporting a refused API call."""
+    return [line for line in text.splitlines() if FORBIDDEN.search(line)]
+
+
 def forbidden_lines(log: Path, since: int = 0) -> list[str]:
     """Lines of a service log (from byte offset ``since``) reporting a refused API call."""
     try:
@@ -161,7 +166,7 @@ def forbidden_lines(log: Path, since: int = 0) -> list[str]:
             text = fh.read().decode(errors="replace")
     except FileNotFoundError:
         return []
-    return [line for line in text.splitlines() if FORBIDDEN.search(line)]
+    return forbidden_in(text)
 
 
 class LocalOperator:
