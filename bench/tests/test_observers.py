@@ -190,3 +190,14 @@ def test_pod_batch_follows_pods_into_and_out_of_the_records() -> None:
     assert batch.expected("out_topology") == 2
     assert batch.expected("gone") == 3
     assert batch.span("in_topology", "out_topology") == 2.5
+
+
+def test_bring_up_does_not_wait_for_kwok_ready() -> None:
+    t = AdvertTracker(gpus_per_node=1, dra=False)
+    labels = {"nvidia.com/gpu.product": "X", "nvidia.com/gpu.count": "1"}
+    t.on_node("ADDED", _node("n1", ready=False, gpus="1", labels=labels), 1.0)
+    t.on_configmap(
+        "ADDED", {"metadata": {"name": "topology-n1"}, "data": {"topology.yml": "x"}}, 1.0
+    )
+    assert t.done({"n1"})["ready"] == 0
+    assert t.complete({"n1"})
