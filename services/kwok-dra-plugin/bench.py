@@ -19,7 +19,11 @@ Compare with scheduler_perf's DRA thresholds (../shared/spec/peers-and-standards
 SchedulingWithResourceClaimTemplate 5000 pods / 500 nodes >= 40 pods/s (typically > 51), steady
 state 64-70 pods/s — on dedicated CI machines, with the scheduler's API rate limit raised.
 
-Uses a throw-away local control plane unless ``--state-dir`` names a running one.
+Uses a throw-away local control plane unless ``--state-dir`` names a running one. The local
+cluster runs kube-scheduler with its default API client limits (50 QPS, burst 100); binding a
+DRA pod takes two writes (claim status, binding), which caps it near 25 pods/s once the burst is
+spent. ``--scheduler-qps N`` replaces it for the run by the same binary and flags plus
+``--kube-api-qps=N --kube-api-burst=2N``, as scheduler_perf does, to measure the scheduler itself.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import signal
 import statistics
 import sys
 import tempfile
@@ -115,7 +120,14 @@ async def scheduled_times(core: Any, namespace: str, total: int, timeout_s: floa
 
 
 async def run_mode(
-    mode: str, api: client.ApiClient, run: str, pods: int, *, concurrency: int, timeout_s: float
+    mode: str,
+    api: client.ApiClient,
+    run: str,
+    pods: int,
+    *,
+    concurrency: int,
+    timeout_s: float,
+    prequeue: Scheduler | None = None,
 ) -> dict[str, Any]:
     core: Any = client.CoreV1Api(api)
     resource: Any = client.ResourceV1Api(api)
@@ -147,8 +159,9 @@ async def run_mode(
                 },
             )
             refs = [{"resourceClaimTemplateName": "gpu-claim"}] * pods
+        if prequeue is not None:
+            await prequeue.stop()
         say(f"[{mode}] creating {pods} pods")
-        start = time.monotonic()
         created_at: list[float] = []
 
         async def create_all() -> None:
@@ -161,10 +174,19 @@ async def run_mode(
             )
             created_at.append(time.monotonic())
 
-        creating = asyncio.create_task(create_all())
-        times = await scheduled_times(core, namespace, pods, timeout_s)
-        await creating
-        created_s = created_at[0] - start
+        t0 = time.monotonic()
+        if prequeue is not None:
+            # The whole batch waits in the queue; the clock starts with the scheduler.
+            await create_all()
+            start = time.monotonic()
+            await prequeue.start()
+            times = await scheduled_times(core, namespace, pods, timeout_s)
+        else:
+            start = t0
+            creating = asyncio.create_task(create_all())
+            times = await scheduled_times(core, namespace, pods, timeout_s)
+            await creating
+        created_s = created_at[0] - t0
         if len(times) < pods:
             say(f"[{mode}] only {len(times)}/{pods} pods scheduled within {timeout_s:.0f}s")
         total_s = (times[-1] - start) if times else float("nan")
@@ -196,6 +218,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     cluster = LocalCluster(state_dir, progress=say)
     await cluster.start(wait=True)
     results: dict[str, Any] = {"nodes": args.nodes, "gpus_per_node": args.gpus}
+    scheduler: Scheduler | None = None
+    if args.scheduler_qps:
+        scheduler = Scheduler(cluster, args.scheduler_qps, state_dir / "bench-kube-scheduler.log")
+        await scheduler.take_over()
+        results["scheduler_qps"] = args.scheduler_qps
+        results["prequeued"] = args.prequeue
     try:
         async with api_client(str(cluster.kubeconfig)) as api:
             run = unique_name("run", 20)
@@ -249,6 +277,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                             pods,
                             concurrency=args.concurrency,
                             timeout_s=args.timeout,
+                            prequeue=scheduler if args.prequeue else None,
                         )
                         say(json.dumps(outcome))
                         results["runs"].append(outcome)
@@ -260,9 +289,42 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 await factory.cleanup()
                 await delete_namespace(api, topo_ns)
     finally:
+        if scheduler is not None:
+            await scheduler.stop()
+            if not owns_cluster:
+                await cluster.restart_component("kube-scheduler")
         if owns_cluster:
             await cluster.stop(purge=True)
     return results
+
+
+class Scheduler:
+    """Our own kube-scheduler in place of the cluster's: its exact command line plus higher API
+    client limits (scheduler_perf raises them too)."""
+
+    def __init__(self, cluster: LocalCluster, qps: int, log_path: Path) -> None:
+        # The cluster's own command line (private helper: the flags must be exactly the cluster's).
+        spec = cluster._spec("kube-scheduler")
+        self.argv = [*spec.argv, f"--kube-api-qps={qps}", f"--kube-api-burst={2 * qps}"]
+        self.cluster = cluster
+        self.log_path = log_path
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def take_over(self) -> None:
+        self.cluster.kill_component("kube-scheduler", signal.SIGTERM)
+        await asyncio.sleep(2)
+        await self.start()
+
+    async def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(*self.argv, stdout=log, stderr=log)
+        say(f"kube-scheduler started (pid {self.process.pid}): {' '.join(self.argv[-2:])}")
+
+    async def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            await process.wait()
 
 
 def main() -> int:
@@ -274,8 +336,19 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent creates")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
     parser.add_argument("--state-dir", help="use this (running) local cluster")
+    parser.add_argument(
+        "--scheduler-qps", type=int, default=0, help="run kube-scheduler with this API QPS"
+    )
+    parser.add_argument(
+        "--prequeue",
+        action="store_true",
+        help="with --scheduler-qps: create every pod first, then start the scheduler and time "
+        "it alone (the creation rate of this script no longer limits the result)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
+    if args.prequeue and not args.scheduler_qps:
+        parser.error("--prequeue needs --scheduler-qps (the script must own the scheduler)")
     configure_logging("bench", "WARNING", json=False)
     results = asyncio.run(main_async(args))
     if args.json:
@@ -283,7 +356,8 @@ def main() -> int:
         return 0
     print(
         f"{results['nodes']} KWOK nodes x {results['gpus_per_node']} GPUs; "
-        f"slices published in {results['publish_seconds']} s"
+        f"slices published in {results['publish_seconds']} s; scheduler API QPS "
+        f"{results.get('scheduler_qps', 'default (50)')}"
     )
     for r in results["runs"]:
         print(
