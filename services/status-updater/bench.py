@@ -39,6 +39,7 @@ from fgo_localcluster import nodes as kwok
 from fgo_localcluster.cluster import LocalCluster
 from fgo_status_updater.testing import StatusUpdaterProcess
 from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
 
 try:
     _Loader: Any = yaml.CSafeLoader
@@ -110,6 +111,19 @@ async def _consume(reflector: Reflector, handle: Any, stop: asyncio.Event) -> No
     async for event in reflector.events(stop):
         if event.type != SYNCED:
             handle(event.obj, event.type == DELETED)
+
+
+async def _delete_all_pods(core: Any, ns: str) -> None:
+    """delete-collection, retried: a loaded apiserver answers 504 while still deleting."""
+    for attempt in range(10):
+        try:
+            await core.delete_collection_namespaced_pod(ns)
+            return
+        except ApiException as exc:
+            if exc.status not in (429, 500, 503, 504):
+                raise
+            say(f"delete-collection: {exc.status}, retrying")
+            await asyncio.sleep(2 + attempt)
 
 
 def say(message: str) -> None:
@@ -260,7 +274,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             writes_before = _writes(await updater.metrics())
             events_before = observer.pod_events
             gone = time.monotonic()
-            await core.delete_collection_namespaced_pod(ns)
+            await _delete_all_pods(core, ns)
             await wait_until(observer, lambda: not any(observer.held.values()), gone + args.timeout)
             results["all_released_after_delete_s"] = round(time.monotonic() - gone, 1)
             await asyncio.sleep(2)
