@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CAPTURE_TIME
 from fgo_common.nodestate import (
     DEFAULT_STATE_DIR,
     SMI_CONTAINER_DIR,
@@ -25,6 +24,7 @@ from fgo_common.nodestate import (
 )
 from fgo_nvidia_smi.main import run
 from smi_fixtures import hgx_node
+from smi_testlib import CAPTURE_TIME
 
 HERE = Path(__file__).resolve().parent
 SERVICE = HERE.parent

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import CAPTURE_TIME, Runner
 from fgo_common.nodestate import write_node_state
 from smi_fixtures import hgx_node
+from smi_testlib import CAPTURE_TIME, Runner
 
 FIELDS = "index,uuid,name,memory.total,memory.used,utilization.gpu,power.draw,temperature.gpu"
 

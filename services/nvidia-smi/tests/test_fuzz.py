@@ -7,7 +7,6 @@ import io
 from pathlib import Path
 
 import pytest
-from conftest import make_env
 from fgo_common.nodestate import write_node_state
 from fgo_nvidia_smi import clock
 from fgo_nvidia_smi.cli import MAIN_OPTIONS, SUB_OPTIONS
@@ -15,6 +14,7 @@ from fgo_nvidia_smi.main import run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from smi_fixtures import hgx_node
+from smi_testlib import make_env
 
 KNOWN = sorted({*MAIN_OPTIONS, *(o for table in SUB_OPTIONS.values() for o in table)})
 WORDS = [

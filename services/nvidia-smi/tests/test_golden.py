@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 import shlex
 
-from conftest import Runner, reference
-from golden import DATE, assert_lines, assert_q_text, assert_xml
+from smi_golden import DATE, assert_lines, assert_q_text, assert_xml
+from smi_testlib import Runner, reference
 
 
 def _args(command: str) -> list[str]:

@@ -8,11 +8,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from conftest import CAPTURE_TIME, REFERENCE, Runner
 from fgo_common.telemetry import profile_for, sample_gpu
 from fgo_nvidia_smi import clock
 from fgo_nvidia_smi.fields import APP_FIELDS, GPU_FIELDS
 from smi_fixtures import LONG_NAME, h100_capture_node, hgx_node, k80_node, long_name_node
+from smi_testlib import CAPTURE_TIME, REFERENCE, Runner
 
 HELP_FIELD = re.compile(r'^"([A-Za-z0-9_.]+)"(?: or "([A-Za-z0-9_.]+)")?$')
 

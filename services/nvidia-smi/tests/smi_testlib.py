@@ -1,0 +1,59 @@
+"""Helpers shared by the nvidia-smi tests (a uniquely named module: other suites in the same
+pytest session have their own ``conftest``, so tests never ``import conftest``)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fgo_common.nodestate import write_node_state
+from fgo_common.topology import NodeTopology
+from fgo_nvidia_smi.main import run
+from smi_fixtures import h100_capture_node
+
+REFERENCE = Path(__file__).resolve().parents[4] / "shared" / "reference" / "nvidia-smi-h100"
+# 2026-11-26 19:10:12 UTC, the capture's time stamp: pins every sampled value.
+CAPTURE_TIME = 1_795_720_212.0
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+Runner = Callable[..., Result]
+
+
+def make_env(state_dir: Path, **extra: str) -> dict[str, str]:
+    env = {
+        "FGO_STATE_DIR": str(state_dir),
+        "FGO_SMI_TIME": str(CAPTURE_TIME),
+        "TZ": "UTC",
+        "HOSTNAME": "test-pod",
+    }
+    env.update(extra)
+    return env
+
+
+def make_runner(tmp_path: Path) -> Runner:
+    """``smi(*args, node=..., **env)`` runs nvidia-smi in-process and returns its result."""
+
+    def call(*args: str, node: NodeTopology | None = None, **env: str) -> Result:
+        directory = tmp_path / "state"
+        write_node_state(directory, node if node is not None else h100_capture_node())
+        out, err = io.StringIO(), io.StringIO()
+        code = run(list(args), out, err, make_env(directory, **env))
+        return Result(code, out.getvalue(), err.getvalue())
+
+    return call
+
+
+def reference(name: str) -> tuple[str, str, int]:
+    """(command line, output, exit code) of a capture file."""
+    lines = (REFERENCE / name).read_text().splitlines(keepends=True)
+    assert lines[0].startswith("$ ") and lines[-1].startswith("[exit ")
+    return lines[0][2:].strip(), "".join(lines[1:-1]), int(lines[-1][6:-2])
