@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -233,6 +234,7 @@ class KwokCapacityController:
             await raise_for_status(resp)
             resp.release()
 
+        started = time.perf_counter()
         try:
             await retrying(call, what=f"annotate node {node_name}")
         except Exception as exc:
@@ -243,6 +245,8 @@ class KwokCapacityController:
                 log.error("node.annotate_forbidden", error=str(exc)[:200])
             elif not is_not_found(exc):
                 bound.warning("node.annotate_failed", error=str(exc)[:200])
+            return
+        self.metrics.kwok_write_seconds.labels("annotation").observe(time.perf_counter() - started)
 
     async def _patch_status(self, node_name: str, patch: Obj, bound: Any) -> bool:
         patch_status: Any = self._core.patch_node_status
@@ -257,6 +261,7 @@ class KwokCapacityController:
             await raise_for_status(resp)
             resp.release()
 
+        started = time.perf_counter()
         try:
             await retrying(call, what=f"patch status of node {node_name}")
         except Exception as exc:
@@ -267,6 +272,7 @@ class KwokCapacityController:
             bound.warning("node.patch_failed", error=str(exc)[:200])
             return False
         self.patches += 1
+        self.metrics.kwok_write_seconds.labels("status").observe(time.perf_counter() - started)
         self.metrics.kwok_patches.labels("ok").inc()
         bound.info("node.capacity_patched", patch=json.dumps(patch["status"], sort_keys=True))
         return True

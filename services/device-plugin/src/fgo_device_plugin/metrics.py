@@ -51,6 +51,13 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self.kwok_write_seconds = Histogram(
+            "fgo_device_plugin_kwok_write_duration_seconds",
+            "API call time of one node write in kwok mode (status patch or annotation).",
+            ["kind"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
         self.kwok_nodes = Gauge(
             "fgo_device_plugin_kwok_nodes",
             "KWOK nodes whose GPU capacity this controller manages.",
