@@ -134,9 +134,10 @@ def report(rendered: str) -> str:
         'any 403 (see docs/chart.md, "RBAC proven").',
         "",
         "Rules: no wildcards; each one lists exactly the verbs the service's code uses. Every "
-        "component has its own ServiceAccount; all of them call the API, so each needs its "
-        "token. The per-node records (ConfigMaps `topology-<node>`) are written only by the "
-        "status-updater and read through the shared Role `fgo-topology-reader`.",
+        "component has its own ServiceAccount, which mounts no token by default "
+        "(`automountServiceAccountToken: false`); all of them call the API, so each pod spec "
+        "asks for its token. The per-node records (ConfigMaps `topology-<node>`) are written "
+        "only by the status-updater and read through the shared Role `fgo-topology-reader`.",
         "",
     ]
     service_accounts = sorted({s for subs in holders.values() for s in subs})

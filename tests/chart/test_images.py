@@ -132,10 +132,12 @@ def test_installer_puts_the_bundle_and_launcher_on_the_host(tmp_path: Path) -> N
     again = _install(dest, v1)
     assert again.returncode == 0 and "already up to date" in again.stdout
     # A new image version replaces it (the previous version is kept for running containers).
-    upgrade = _install(dest, _bundle(tmp_path, "v2"))
+    # (install_nvidia_smi identifies a bundle by file sizes and whole-second mtimes: give the
+    # new one other sizes, as a rebuilt bundle has, so it is not taken for the same one.)
+    upgrade = _install(dest, _bundle(tmp_path, "v2.0"))
     assert upgrade.returncode == 0 and "installed" in upgrade.stdout
-    assert (home / "_internal" / "base_library.zip").read_text() == "v2"
-    assert launcher.read_text().endswith("launcher v2\n")
+    assert (home / "_internal" / "base_library.zip").read_text() == "v2.0"
+    assert launcher.read_text().endswith("launcher v2.0\n")
 
 
 def test_installer_refuses_what_it_cannot_install(tmp_path: Path) -> None:

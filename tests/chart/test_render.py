@@ -400,6 +400,15 @@ def test_every_service_account_is_bound(everything: Rendered) -> None:
         assert binding["roleRef"]["name"] in roles
 
 
+def test_tokens_are_mounted_only_where_a_pod_asks(everything: Rendered) -> None:
+    for sa in everything.of_kind("ServiceAccount"):
+        assert sa["automountServiceAccountToken"] is False, sa["metadata"]["name"]
+    for workload in everything.workloads():
+        spec = workload["spec"]["template"]["spec"]
+        # Every service of ours calls the API: each pod says so explicitly.
+        assert spec["automountServiceAccountToken"] is True, workload["metadata"]["name"]
+
+
 def test_topology_reader_role_only_when_someone_reads(helm: Helm) -> None:
     alone = helm.render([CHART / "ci" / "status-updater-only-values.yaml"])
     assert [r["metadata"]["name"] for r in alone.of_kind("Role")] == ["fgo-status-updater"]

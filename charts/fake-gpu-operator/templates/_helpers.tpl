@@ -212,6 +212,8 @@ metadata:
   name: fgo-{{ .component }}
   namespace: {{ .root.Release.Namespace }}
   labels: {{- include "fgo.componentLabels" . | nindent 4 }}
+# No token by default: a pod gets one only where its spec asks for it (ours all call the API).
+automountServiceAccountToken: false
 {{- end -}}
 
 {{/* ClusterRoleBinding of fgo-<component> to ClusterRole <release>-fgo-<component>. */}}
