@@ -230,8 +230,12 @@ class LocalOperator:
         return workloads_from_manifest(manifest, self.namespace)
 
     async def uninstall(self) -> None:
+        """Stop the workloads, ``helm uninstall``, and forget them (logs are kept)."""
         await self.stop()
         await self.helm("uninstall", self.release, "--namespace", self.namespace, "--wait")
+        for pattern in ("*.pid", "*.ports.json", "*.kubeconfig"):
+            for path in self.dir.glob(pattern):
+                path.unlink(missing_ok=True)
 
     async def _token_kubeconfig(self, workload: LocalWorkload) -> Path:
         """A kubeconfig that authenticates as the workload's ServiceAccount."""
