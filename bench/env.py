@@ -208,6 +208,9 @@ class BenchEnv:
                 f"(logs in {self.operator.dir / 'logs'})"
             )
 
+    def exporter_names(self) -> set[str]:
+        return {w.workload.name for w in self.workloads if is_kwok_exporter(w.workload)}
+
     def service_logs(self) -> dict[str, Path]:
         return {w.workload.name: w.log for w in self.workloads}
 

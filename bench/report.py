@@ -144,6 +144,15 @@ def bringup_section(s: dict[str, Any]) -> list[str]:
                     fmt_seconds(lat.get("p99")),
                 ]
             )
+        cpu = s["figures"].get(f"n{n}.cpu")
+        if cpu:
+            out.append(
+                f"Meanwhile our services used {cpu['ours_cpu_s']:.1f} CPU-seconds "
+                f"({cpu['ours_cpu_ms_per_node']:.0f} ms per node), the control plane "
+                f"{cpu['control_plane_cpu_s']:.1f}, other work on the host "
+                f"{cpu['other_cores']:.2f} cores."
+            )
+            out.append("")
         out += _table(
             [
                 "state",
@@ -230,7 +239,12 @@ def exporter_section(s: dict[str, Any]) -> list[str]:
     return [
         f"{page.get('gpus', '?')} GPUs on {s['params'].get('nodes', '?')} nodes: "
         f"{page.get('series', '?')} series in {page.get('families', '?')} families, "
-        f"{fmt_bytes(f.get('bytes'))} ({fmt_bytes(f.get('gzip_bytes'))} gzipped).",
+        f"{fmt_bytes(f.get('bytes'))} ({fmt_bytes(f.get('gzip_bytes'))} gzipped)"
+        + (
+            f"; the exporter spent {fmt_seconds(f['cpu_per_scrape_s'])} of CPU per scrape."
+            if f.get("cpu_per_scrape_s") is not None
+            else "."
+        ),
         "",
         *_table(
             ["scrape", "n", "p50", "p90", "p99", "max"],

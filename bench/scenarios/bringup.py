@@ -276,6 +276,22 @@ async def run(ctx: RunContext, result: ScenarioResult) -> None:
                     env, tracker, result, n, start_index=next_index, timeout_s=cfg.bringup_timeout_s
                 )
             next_index += n
+            spent = ctx.sampler.summary(f"bringup-{n}")
+            ours = spent.groups.get("ours", {})
+            result.figure(
+                f"n{n}.cpu",
+                {
+                    "ours_cpu_s": ours.get("cpu_seconds", 0.0),
+                    "ours_cpu_ms_per_node": ours.get("cpu_seconds", 0.0) / n * 1000,
+                    "control_plane_cpu_s": spent.groups.get("control-plane", {}).get(
+                        "cpu_seconds", 0.0
+                    ),
+                    "other_cores": spent.other_cores,
+                },
+                f"our services used {ours.get('cpu_seconds', 0.0):.1f} CPU-s "
+                f"({ours.get('cpu_seconds', 0.0) / n * 1000:.0f} ms per node); other work on "
+                f"the host {spent.other_cores:.1f} cores",
+            )
             ctx.shared["nodes"] = names
             if i < len(sizes) - 1:
                 async with env.phase(f"teardown-{n}"):

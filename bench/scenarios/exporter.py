@@ -88,7 +88,19 @@ async def run(ctx: RunContext, result: ScenarioResult) -> None:
     p50 = stats.percentile(plain, 50)
     if gpus:
         result.figure("per_gpu_ms", p50 / gpus * 1000, f"{p50 / gpus * 1e6:.0f} us per GPU")
-    note = f"p95 {stats.fmt_seconds(stats.percentile(plain, 95))}"
+    # CPU the exporter spent per scrape (from /proc over the phase): unlike the wall time it
+    # does not depend on what else the host runs.
+    phase = ctx.sampler.summary("exporter-scrape")
+    cpu = sum(ps.cpu_seconds for name, ps in phase.procs.items() if name in env.exporter_names())
+    per_scrape = cpu / (len(plain) + len(gzipped))
+    result.figure(
+        "cpu_per_scrape_s", per_scrape, f"{stats.fmt_seconds(per_scrape)} of CPU per scrape"
+    )
+    note = (
+        f"p95 {stats.fmt_seconds(stats.percentile(plain, 95))}; the exporter used "
+        f"{stats.fmt_seconds(per_scrape)} of CPU per scrape, other work on the host "
+        f"{phase.other_cores:.1f} cores"
+    )
     measured: float | None = p50
     if gpus < TARGET_GPUS:
         measured = None
