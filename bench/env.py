@@ -90,8 +90,8 @@ def chart_values(config: BenchConfig) -> dict[str, Any]:
     }
 
 
-# Server-side apply that creates an object is authorised as `create`; the chart's
-# kwok-dra-plugin role has only patch on resourceslices, so every first publish is a 403.
+# Server-side apply that creates an object is authorised as `create`; before commit bbf184b the
+# chart's kwok-dra-plugin role had only patch on resourceslices, so every first publish was a 403.
 BENCH_RBAC_PATCHES: list[dict[str, Any]] = [
     {
         "apiVersion": "rbac.authorization.k8s.io/v1",
