@@ -6,7 +6,7 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 UV_RUN      := uv run --frozen --python 3.11
 PYTEST      := $(UV_RUN) pytest
 TOOLS_BIN    = $(shell hack/build-tools.sh --print-dir)
-UNIT_PATHS  := libs services
+UNIT_PATHS  := libs services bench
 STATE_DIR   ?= .fgo/cluster
 
 .PHONY: help
@@ -41,11 +41,11 @@ types: setup ## mypy --strict over every package's src/
 
 .PHONY: unit
 unit: setup ## Unit tests (pure logic, fast)
-	$(PYTEST) -m "not integration and not e2e" $(UNIT_PATHS) tests/conformance tests/repo
+	$(PYTEST) -m "not integration and not e2e" $(UNIT_PATHS) tests/conformance tests/repo tests/chart
 
 .PHONY: integration
 integration: setup tools host-deps ## Integration tests against the real local control plane
-	FGO_BIN_DIR=$(TOOLS_BIN) $(PYTEST) -m integration tests/integration $(UNIT_PATHS)
+	FGO_BIN_DIR=$(TOOLS_BIN) $(PYTEST) -m integration tests/integration tests/chart $(UNIT_PATHS)
 
 .PHONY: e2e
 e2e: setup tools host-deps ## End-to-end scenarios: the chart installed into the local control plane

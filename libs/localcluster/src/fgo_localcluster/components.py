@@ -174,6 +174,10 @@ def controller_manager_spec(
         f"--cluster-signing-cert-file={pki.ca_cert}",
         f"--cluster-signing-key-file={pki.ca_key}",
         f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+        # The default client limit (20 qps) throttles claim creation from templates at scale;
+        # a simulator must not be the bottleneck of the scheduler tests it serves.
+        "--kube-api-qps=200",
+        "--kube-api-burst=400",
         *feature_gates_flag(gates),
     ]
     health = Health(f"https://127.0.0.1:{ports.controller_manager}/healthz", tls=True)
@@ -195,6 +199,10 @@ def scheduler_spec(
         f"--tls-cert-file={pki.cert('kube-scheduler-serving')}",
         f"--tls-private-key-file={pki.key('kube-scheduler-serving')}",
         "--leader-elect=false",
+        # Default 50 qps caps DRA binding (two writes per pod) near 25 pods/s; scheduler_perf
+        # runs the scheduler with far higher limits, and so do we.
+        "--kube-api-qps=1000",
+        "--kube-api-burst=2000",
         *feature_gates_flag(gates),
     ]
     health = Health(f"https://127.0.0.1:{ports.scheduler}/healthz", tls=True)
