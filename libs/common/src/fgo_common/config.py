@@ -19,7 +19,9 @@ from typing import Any
 
 import yaml
 
+from fgo_common import migstate
 from fgo_common.profiles import BUILTIN_CATALOG, DEFAULT_PROFILE_KEY, GpuProfile, ProfileCatalog
+from fgo_common.profiles.mig_layout import MigLayoutError
 from fgo_common.topology import OtherDevice
 from fgo_common.units import MemoryParseError, parse_memory_mib
 
@@ -29,7 +31,7 @@ BACKENDS = ("fake",)
 MAX_GPUS_PER_NODE = 64
 MAX_OTHER_DEVICE_COUNT = 1024
 
-_TOP_KEYS = ("nodePools", "nodePoolLabelKey", "migStrategy", "gpuOperator")
+_TOP_KEYS = ("nodePools", "nodePoolLabelKey", "migStrategy", "gpuOperator", "migConfigs")
 _SEED_POOL_KEYS = (
     "gpus",
     "otherDevices",
@@ -136,6 +138,9 @@ class ClusterConfig:
     mig_strategy: str = "none"
     pools: Mapping[str, PoolConfig] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    # Custom MIG configs (mig-parted ``mig-configs`` format, top-level key ``migConfigs``) that
+    # pool ``mig.config`` and the ``nvidia.com/mig.config`` node label may name.
+    mig_configs: migstate.CustomConfigs = field(default_factory=dict)
 
 
 def _expect_mapping(value: object, path: str) -> dict[str, Any]:
@@ -504,7 +509,24 @@ def parse_cluster_config(raw: object, catalog: ProfileCatalog = BUILTIN_CATALOG)
                 "a pool needs GPUs: `gpus: [{type, memory, count}]`, "
                 "`gpuProduct/gpuCount/gpuMemory`, or `gpu: {profile}`",
             )
-    return ClusterConfig(label_key, strategy, pools, tuple(warnings))
+    mig_configs = _check_mig_configs(top.get("migConfigs"), pools)
+    return ClusterConfig(label_key, strategy, pools, tuple(warnings), mig_configs)
+
+
+def _check_mig_configs(raw: object, pools: Mapping[str, PoolConfig]) -> migstate.CustomConfigs:
+    """Parse ``migConfigs`` and check every pool's ``mig.config`` can be laid out on its GPUs."""
+    try:
+        custom = migstate.parse_mig_parted(raw, "migConfigs") if raw is not None else {}
+    except MigLayoutError as exc:
+        raise ConfigError("", str(exc)) from None
+    for name, pool in pools.items():
+        if not pool.mig_config:
+            continue
+        try:
+            migstate.layouts_for(pool.mig_config, pool.gpu_profiles(), custom)
+        except MigLayoutError as exc:
+            raise ConfigError(f"nodePools.{name}.mig.config", str(exc)) from None
+    return custom
 
 
 def load_cluster_config(text: str, catalog: ProfileCatalog = BUILTIN_CATALOG) -> ClusterConfig:

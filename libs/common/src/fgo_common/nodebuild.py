@@ -6,6 +6,7 @@ a restart or a re-label) gives every surviving GPU the same UUID, bus id and NUM
 
 from __future__ import annotations
 
+from fgo_common import migstate
 from fgo_common.config import ClusterConfig, PoolConfig
 from fgo_common.identity import gpu_uuid, numa_node, pci_bus_id
 from fgo_common.topology import GpuRecord, NodeTopology
@@ -39,8 +40,12 @@ def build_gpus(node_name: str, pool: PoolConfig) -> list[GpuRecord]:
 def build_node_topology(
     node_name: str, pool: PoolConfig, config: ClusterConfig, *, kwok: bool
 ) -> NodeTopology:
-    """A fresh record (no allocations) for ``node_name`` in ``pool``."""
+    """A fresh record (no allocations) for ``node_name`` in ``pool``, with the pool's static
+    MIG layout (``mig.config``) applied; the config parser has already checked it fits."""
     gpus = build_gpus(node_name, pool)
+    if pool.mig_config:
+        layouts = migstate.layouts_for(pool.mig_config, pool.gpu_profiles(), config.mig_configs)
+        migstate.apply_layouts(gpus, layouts)
     first = pool.groups[0].profile
     return NodeTopology(
         node_name=node_name,

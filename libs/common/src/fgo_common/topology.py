@@ -313,6 +313,40 @@ class OtherDevice:
 
 
 @dataclass(slots=True)
+class MigConfigStatus:
+    """Where the node is in NVIDIA mig-manager's protocol (``nvidia.com/mig.config`` label ->
+    ``nvidia.com/mig.config.state``): ``applied`` is the config the GPUs have, ``requested`` the
+    one asked for, ``state`` ``pending``/``success``/``failed`` and, since ``since`` (unix time)."""
+
+    applied: str = ""
+    requested: str = ""
+    state: str = ""
+    since: float = 0.0
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "applied": self.applied,
+            "requested": self.requested,
+            "state": self.state,
+            "since": round(self.since, 3),
+        }
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> MigConfigStatus:
+        return cls(
+            applied=str(raw.get("applied", "")),
+            requested=str(raw.get("requested", "")),
+            state=str(raw.get("state", "")),
+            since=float(raw.get("since", 0.0)),
+            reason=str(raw.get("reason", "")),
+        )
+
+
+@dataclass(slots=True)
 class NodeTopology:
     """All simulated GPU facts of one node."""
 
@@ -330,6 +364,7 @@ class NodeTopology:
     # Bumped by the writer on every change of the GPU set (not of allocations): consumers that
     # publish capacity or slices compare it to skip no-op updates.
     generation: int = 1
+    mig_config: MigConfigStatus | None = None
 
     def gpu_by_id(self, gpu_id: str) -> GpuRecord | None:
         wanted = gpu_id.lower()
@@ -355,6 +390,8 @@ class NodeTopology:
         out["profile"] = self.profile
         out["kwok"] = self.kwok
         out["generation"] = self.generation
+        if self.mig_config is not None:
+            out["migConfig"] = self.mig_config.to_dict()
         out["gpus"] = [g.to_dict() for g in self.gpus]
         return out
 
@@ -385,6 +422,11 @@ class NodeTopology:
                 ],
                 kwok=bool(raw.get("kwok", False)),
                 generation=int(raw.get("generation", 1)),
+                mig_config=(
+                    MigConfigStatus.from_dict(raw["migConfig"])
+                    if isinstance(raw.get("migConfig"), dict)
+                    else None
+                ),
             )
             node.gpus = [
                 GpuRecord.from_dict(g, i, node) for i, g in enumerate(raw.get("gpus") or [])
