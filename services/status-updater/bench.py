@@ -65,6 +65,24 @@ def _writes(metrics: str) -> float:
     )
 
 
+def _metric(metrics: str, name: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith((name + " ", name + "{"))
+    )
+
+
+def _reconcile_stats(metrics: str) -> dict[str, float]:
+    count = _metric(metrics, "fgo_status_updater_reconcile_duration_seconds_count")
+    total = _metric(metrics, "fgo_status_updater_reconcile_duration_seconds_sum")
+    return {
+        "reconciles": count,
+        "mean_reconcile_ms": round(total / count * 1000, 1) if count else 0.0,
+        "conflicts": _metric(metrics, "fgo_status_updater_write_conflicts_total"),
+    }
+
+
 def _pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -262,6 +280,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(2)
             writes_create = _writes(await updater.metrics()) - writes_before
             events_create = observer.pod_events - events_before
+            metrics = await updater.metrics()
+            results["controller_after_create"] = _reconcile_stats(metrics)
             results["create_phase"] = {
                 "record_writes": int(writes_create),
                 "pod_events": events_create,
@@ -285,6 +305,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "pod_events": events_delete,
                 "writes_per_pod_event": round(writes_delete / max(1, events_delete), 3),
             }
+            results["controller_after_delete"] = _reconcile_stats(await updater.metrics())
             results["rss_peak_mib"] = round(rss_peak, 1)
         finally:
             stop.set()
