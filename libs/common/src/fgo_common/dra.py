@@ -19,9 +19,10 @@ Conformance (../shared/spec/peers-and-standards.md §3.5, driver 0.4 / 95932046)
 * pool = node name, one generation per content change, devices split over several slices of
   the pool when the API's per-slice limits require it, owner reference = the Node.
 
-Unhealthy GPUs are tainted (``NoSchedule``) the way the real driver taints them on NVML health
-events: ``gpu.nvidia.com/xid=<code>`` when the record names an XID fault, else
-``gpu.nvidia.com/gpu-lost``. Existing allocations are left alone; new claims do not get the GPU
+Unhealthy GPUs (and MIG devices) are tainted the way the real driver taints them on NVML health
+events: ``gpu.nvidia.com/xid=<code>`` when the record names a critical XID fault, else
+``gpu.nvidia.com/gpu-lost``; ``NoExecute`` for a lost GPU or XID 79, else ``NoSchedule``
+(``fgo_common.faults``). Existing allocations are left alone; new claims do not get the GPU
 unless they tolerate the taint. ``unhealthy="omit"`` drops them from the slice instead (for
 clusters without the DRADeviceTaints feature, where the API server would silently drop taints).
 
@@ -41,6 +42,7 @@ from typing import Any, Literal
 
 import yaml
 
+from fgo_common import faults
 from fgo_common.names import DRA_NAMES, RESOURCE_NAMES, DraNames
 from fgo_common.profiles import BUILTIN_CATALOG, DEFAULT_PROFILE_KEY, ProfileCatalog
 from fgo_common.profiles.model import GpuProfile, MigProfile
@@ -273,21 +275,23 @@ def _common_attributes(facts: GpuFacts, names: DraNames) -> Obj:
     return attrs
 
 
-def unhealthy_taints(gpu: GpuRecord, names: DraNames = DRA_NAMES) -> list[Obj]:
-    """The taint the real driver would have put on this GPU (none when it is healthy)."""
-    if gpu.healthy:
-        return []
-    xid = None
-    for fault in gpu.faults:
-        value = fault.get("xid")
-        if isinstance(value, int) and not isinstance(value, bool):
-            xid = value
-    if xid is not None:
-        key, value_text = names.taint_xid, str(xid)
-    else:
-        key, value_text = names.taint_gpu_lost, "true"
+def unhealthy_taints(
+    gpu: GpuRecord, names: DraNames = DRA_NAMES, mig: MigDevice | None = None
+) -> list[Obj]:
+    """The taints the real driver would have put on this GPU (or on one of its MIG devices):
+    none when healthy; rules in ``fgo_common.faults.device_taints`` (NoExecute for a lost GPU
+    or XID 79, else NoSchedule)."""
+    healthy = gpu.healthy and (mig is None or mig.health == HEALTHY)
     return [
-        {"key": f"{names.driver}/{key}", "value": value_text, "effect": TAINT_EFFECT_NO_SCHEDULE}
+        dict(t)
+        for t in faults.device_taints(
+            gpu.faults,
+            healthy,
+            driver=names.driver,
+            xid_key=names.taint_xid,
+            lost_key=names.taint_gpu_lost,
+            mig=mig.uuid if mig is not None else "",
+        )
     ]
 
 
@@ -397,7 +401,8 @@ def node_devices(
             continue
         if not gpu.healthy and options.unhealthy == "omit":
             continue
-        taints = unhealthy_taints(gpu, names) if options.unhealthy == "taint" else []
+        taint = options.unhealthy == "taint"
+        taints = unhealthy_taints(gpu, names) if taint else []
         profile = resolve_profile(gpu, topology, options.catalog)
         entries: list[PublishedDevice] = []
         if gpu.mig_enabled:
@@ -405,13 +410,16 @@ def node_devices(
                 if mig.health != HEALTHY and options.unhealthy == "omit":
                     continue
                 device = mig_device(gpu, mig, topology, profile, names)
+                mig_taints = unhealthy_taints(gpu, names, mig) if taint else []
+                if mig_taints:
+                    device["taints"] = mig_taints
                 entries.append(PublishedDevice(device["name"], mig.uuid, gpu.index, device))
             entries.sort(key=lambda e: e.name)
         else:
             device = gpu_device(gpu, topology, profile, names)
             entries.append(PublishedDevice(device["name"], gpu.id, gpu.index, device))
         for entry in entries:
-            if taints:
+            if taints and "taints" not in entry.device:
                 entry.device["taints"] = [dict(t) for t in taints]
             out.setdefault(entry.name, entry)
     return list(out.values())

@@ -17,6 +17,7 @@ RC_NOT_SUPPORTED = 3
 RC_NO_PERMISSION = 4
 RC_NOT_FOUND = 6
 RC_DRIVER_NOT_LOADED = 9
+RC_GPU_LOST = 15  # man nvidia-smi: the GPU has fallen off the bus or become inaccessible
 RC_OTHER = 255
 
 INVALID_COMBINATION = "Invalid combination of input arguments. Please run 'nvidia-smi -h' for help."

@@ -22,6 +22,7 @@ from fgo_nvidia_smi import clock
 from fgo_nvidia_smi.cli import (
     INVALID_COMBINATION,
     RC_DRIVER_NOT_LOADED,
+    RC_GPU_LOST,
     RC_NO_PERMISSION,
     RC_NOT_FOUND,
     RC_NOT_SUPPORTED,
@@ -164,6 +165,20 @@ def _pick(snapshot: Snapshot, chosen: list[int]) -> Snapshot:
     return snapshot
 
 
+def _report_lost(snapshot: Snapshot, out: TextIO) -> bool:
+    """An injected lost GPU (fgo_common.faults) fails the tool as NVML's GPU_IS_LOST does: one
+    line per lost GPU, exit 15. Simplification: the real tool may still print the other GPUs."""
+    from fgo_common.faults import gpu_lost
+
+    lost = [g for g in snapshot.gpus if g.record.faults and gpu_lost(g.record.faults, g.t)]
+    for gpu in lost:
+        out.write(
+            f"Unable to determine the device handle for GPU{gpu.index}: {gpu.bus_id[-12:]}: "
+            "GPU is lost.  Reboot the system to recover this GPU\n"
+        )
+    return bool(lost)
+
+
 def _dispatch(
     opts: Options, settings: Settings, node: NodeTopology, out: TextIO, err: TextIO
 ) -> int:
@@ -180,6 +195,8 @@ def _dispatch(
     if not snapshot.gpus:
         out.write(NO_DEVICES)
         return RC_NOT_FOUND
+    if _report_lost(snapshot, out):
+        return RC_GPU_LOST
     chosen = _select_ids(snapshot.gpus, opts.ids)
 
     def fresh() -> Snapshot:

@@ -21,6 +21,7 @@ from typing import Any, cast
 import structlog
 from fgo_common import annotations as ann
 from fgo_common.config import ClusterConfig, ConfigError, load_cluster_config
+from fgo_common.faults import FAULTS_LABEL
 from fgo_common.kube.errors import is_conflict, is_not_found, raise_for_status, status_of
 from fgo_common.kube.retry import Backoff, retrying
 from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent
@@ -37,8 +38,10 @@ from fgo_common.topology import (
 )
 from kubernetes_asyncio import client
 
+from fgo_status_updater import mig
 from fgo_status_updater.caches import Caches
 from fgo_status_updater.events import EventRecorder
+from fgo_status_updater.faults import FaultBook
 from fgo_status_updater.findings import NORMAL, WARNING, Finding, ObjectRef
 from fgo_status_updater.knative import KnativePod, KnativePoller
 from fgo_status_updater.metrics import Metrics
@@ -106,6 +109,7 @@ class Controller:
         self.options = ReconcileOptions(
             reservation_namespace=settings.reservation_namespace,
             usage=UsagePolicy(settings.default_utilization),
+            mig_reconfigure_seconds=settings.mig_reconfigure_seconds,
         )
         self.caches = Caches(settings.reservation_namespace, f"{settings.topology_cm_name}-")
         self.config: ClusterConfig | None = None
@@ -118,8 +122,9 @@ class Controller:
             on_change=self._knative_changed,
             on_outage=self._prometheus_down,
         )
+        self.faults = FaultBook(self._report)  # injected GPU faults (docs/faults.md)
         self.synced = asyncio.Event()
-        self._required = {"nodes", "pods", "records", "config", "resourceclaims"}
+        self._required = {"nodes", "pods", "records", "config", "resourceclaims", "gpu-faults"}
         self._synced_parts: set[str] = set()
         self._failures: dict[str, int] = {}
         self._patched_reservations: set[tuple[str, str, str]] = set()
@@ -148,6 +153,12 @@ class Controller:
             field_selector=f"metadata.name={self.settings.topology_cm_name}",
         )
         claims = Reflector(self.resource.list_resource_claim_for_all_namespaces, name="claims")
+        gpu_faults = Reflector(
+            core.list_namespaced_config_map,
+            name="gpu-faults",
+            namespace=ns,
+            label_selector=f"{FAULTS_LABEL}=true",
+        )
         groups = Reflector(
             self.custom.list_cluster_custom_object,
             name="podgroups",
@@ -160,6 +171,7 @@ class Controller:
             "watch-pods": self._watcher(pods, self.caches.on_pod, "pods"),
             "watch-records": self._watcher(records, self.caches.on_record, "records"),
             "watch-config": self._watcher(config, self._on_config, "config"),
+            "watch-faults": self._watcher(gpu_faults, self.faults.on_configmap, "gpu-faults"),
             "watch-claims": self._watcher(
                 claims, self.caches.on_claim, "resourceclaims", optional=True
             ),
@@ -370,6 +382,7 @@ class Controller:
         node = self.caches.nodes.get(name)
         cm = self.caches.records.get(name)
         previous = self._parse_record(name, cm)
+        now = time.time()
         outcome = reconcile_node(
             NodeInputs(
                 node_name=name,
@@ -380,10 +393,15 @@ class Controller:
                 claims=self.caches.claims,
                 pod_groups=self.caches.pod_groups,
                 knative=self.knative.values,
-                now=time.time(),
+                now=now,
             ),
             self.options,
         )
+        if outcome.record is not None:
+            outcome.findings.extend(self.faults.apply(outcome.record, previous, now))
+            wake = self.faults.next_change(name, now)
+            if wake is not None:
+                self._mark(name, wake + 0.05)  # the next fault start or expiry
         for finding in outcome.findings:
             self._report(finding)
         if outcome.action == "keep":
@@ -407,6 +425,9 @@ class Controller:
                 return result
         self.metrics.managed_nodes.set(len(self.caches.records))
         await self._set_deploy_labels(node, outcome.record.kwok)
+        await self._patch_node(node, mig.node_patch(node, outcome.record))
+        if outcome.requeue_after is not None:
+            self._mark(name, outcome.requeue_after + 0.05)  # a MIG config falls due
         for namespace, pod, gpu in outcome.reservation_patches:
             await self._annotate_reservation(namespace, pod, gpu)
         return result
@@ -580,6 +601,34 @@ class Controller:
             else:
                 labels[key] = value
         cast("dict[str, Any]", node).setdefault("metadata", {})["labels"] = labels
+
+    async def _patch_node(self, node: Obj, changes: dict[str, dict[str, str | None]]) -> None:
+        """Merge-patch labels/annotations of a Node (the MIG state ``mig.node_patch`` wants)."""
+        if not changes:
+            return
+        name = str(meta(node).get("name"))
+
+        async def send() -> object:
+            patch = {"metadata": changes}
+            return await _json(self.core.patch_node(name, cast("Any", patch), **_PATCH_KW))
+
+        try:
+            await retrying(send, what=f"patch node {name}")
+        except Exception as exc:
+            if is_not_found(exc):
+                return
+            raise
+        self.metrics.writes.labels("Node", "patch").inc()
+        # Until the watch brings the patched Node, remember the change to avoid sending it again.
+        node_meta = cast("dict[str, Any]", node).setdefault("metadata", {})
+        for section, values in changes.items():
+            merged = dict(node_meta.get(section) or {})
+            for key, value in values.items():
+                if value is None:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = value
+            node_meta[section] = merged
 
     async def _annotate_reservation(self, namespace: str, pod: str, gpu: str) -> None:
         key = (namespace, pod, gpu)
