@@ -59,6 +59,7 @@ def _node_signature(node: Obj) -> tuple[object, ...]:
         meta(node).get("uid"),
         _freeze(labels_of(node)),
         annotations_of(node).get(KWOK_NODE_ANNOTATION),
+        annotations_of(node).get("run.ai/mig.config"),  # the reference's MIG request
     )
 
 

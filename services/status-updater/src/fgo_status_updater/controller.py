@@ -38,6 +38,7 @@ from fgo_common.topology import (
 )
 from kubernetes_asyncio import client
 
+from fgo_status_updater import mig
 from fgo_status_updater.caches import Caches
 from fgo_status_updater.events import EventRecorder
 from fgo_status_updater.faults import FaultBook
@@ -108,6 +109,7 @@ class Controller:
         self.options = ReconcileOptions(
             reservation_namespace=settings.reservation_namespace,
             usage=UsagePolicy(settings.default_utilization),
+            mig_reconfigure_seconds=settings.mig_reconfigure_seconds,
         )
         self.caches = Caches(settings.reservation_namespace, f"{settings.topology_cm_name}-")
         self.config: ClusterConfig | None = None
@@ -423,6 +425,9 @@ class Controller:
                 return result
         self.metrics.managed_nodes.set(len(self.caches.records))
         await self._set_deploy_labels(node, outcome.record.kwok)
+        await self._patch_node(node, mig.node_patch(node, outcome.record))
+        if outcome.requeue_after is not None:
+            self._mark(name, outcome.requeue_after + 0.05)  # a MIG config falls due
         for namespace, pod, gpu in outcome.reservation_patches:
             await self._annotate_reservation(namespace, pod, gpu)
         return result
@@ -596,6 +601,34 @@ class Controller:
             else:
                 labels[key] = value
         cast("dict[str, Any]", node).setdefault("metadata", {})["labels"] = labels
+
+    async def _patch_node(self, node: Obj, changes: dict[str, dict[str, str | None]]) -> None:
+        """Merge-patch labels/annotations of a Node (the MIG state ``mig.node_patch`` wants)."""
+        if not changes:
+            return
+        name = str(meta(node).get("name"))
+
+        async def send() -> object:
+            patch = {"metadata": changes}
+            return await _json(self.core.patch_node(name, cast("Any", patch), **_PATCH_KW))
+
+        try:
+            await retrying(send, what=f"patch node {name}")
+        except Exception as exc:
+            if is_not_found(exc):
+                return
+            raise
+        self.metrics.writes.labels("Node", "patch").inc()
+        # Until the watch brings the patched Node, remember the change to avoid sending it again.
+        node_meta = cast("dict[str, Any]", node).setdefault("metadata", {})
+        for section, values in changes.items():
+            merged = dict(node_meta.get(section) or {})
+            for key, value in values.items():
+                if value is None:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = value
+            node_meta[section] = merged
 
     async def _annotate_reservation(self, namespace: str, pod: str, gpu: str) -> None:
         key = (namespace, pod, gpu)

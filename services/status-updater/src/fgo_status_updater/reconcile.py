@@ -45,6 +45,7 @@ from fgo_common.topology import (
     PodUsage,
 )
 
+from fgo_status_updater import mig
 from fgo_status_updater.findings import Finding, node_ref, pod_ref
 from fgo_status_updater.podinfo import (
     GPU_RESOURCE,
@@ -77,6 +78,7 @@ class ReconcileOptions:
     reservation_namespace: str = "runai-reservation"
     usage: UsagePolicy = field(default_factory=UsagePolicy)
     dra_driver: str = DRA_DRIVER
+    mig_reconfigure_seconds: float = 5.0  # pending -> success of nvidia.com/mig.config
 
 
 @dataclass(slots=True)
@@ -102,6 +104,7 @@ class NodeOutcome:
     findings: list[Finding] = field(default_factory=list)
     # (namespace, pod, GPU UUID) for reservation pods still lacking run.ai/reserve_for_gpu_index
     reservation_patches: list[tuple[str, str, str]] = field(default_factory=list)
+    requeue_after: float | None = None  # reconcile again after this many seconds (MIG delay)
 
 
 @dataclass(slots=True)
@@ -172,7 +175,10 @@ def reconcile_node(inputs: NodeInputs, options: ReconcileOptions | None = None) 
     work = _Work(inputs, opts, active, all_gpus, {g.id: [] for g in all_gpus}, {}, findings)
     holders, per_pod = work.holders, work.per_pod
     _assign_dra(work)
-    _assign_device_plugin(work, gpus)
+    if not mig.gpu_requests_use_mig(record):  # single strategy: nvidia.com/gpu are MIG devices
+        _assign_device_plugin(work, gpus)
+    mig_held = mig.assign_mig(record, prev, active, inputs.claims, opts.dra_driver)
+    findings.extend(mig_held.findings)
 
     # GPUs beyond the pool's size stay only while someone still holds them.
     kept_retiring = [g for g in retiring if holders[g.id]]
@@ -195,6 +201,17 @@ def reconcile_node(inputs: NodeInputs, options: ReconcileOptions | None = None) 
     record.gpus = gpus + kept_retiring
 
     _fill_usage(work, record)
+    _fill_mig_usage(work, record)
+    mig_step = mig.reconcile_mig_config(
+        node,
+        pool=pool,
+        config=config,
+        record=record,
+        prev=prev,
+        now=inputs.now,
+        delay=opts.mig_reconfigure_seconds,
+    )
+    findings.extend(mig_step.findings)
     _bank_energy(record, prev, inputs.now)
     record.other_devices = _other_devices(record.other_devices, active)
     record.generation = _generation(record, prev)
@@ -208,7 +225,7 @@ def reconcile_node(inputs: NodeInputs, options: ReconcileOptions | None = None) 
         ):
             m = meta(entry.pod)
             patches.append((str(m.get("namespace")), str(m.get("name")), entry.gpu_ids[0]))
-    return NodeOutcome("write", record, findings, patches)
+    return NodeOutcome("write", record, findings, patches, mig_step.requeue_after)
 
 
 # --- the GPU set ---------------------------------------------------------------------------------
@@ -478,6 +495,34 @@ def _assign_device_plugin(work: _Work, gpus: list[GpuRecord]) -> None:
 # --- usage ---------------------------------------------------------------------------------------
 
 
+def _fill_mig_usage(work: _Work, record: NodeTopology) -> None:
+    """Usage entries of MIG device holders, sized by the MIG device's memory."""
+    inputs, opts = work.inputs, work.opts
+    prev_usage: dict[tuple[str, str], PodUsage] = {}
+    for gpu in inputs.previous.gpus if inputs.previous else []:
+        for device in gpu.mig_devices:
+            for uid, usage in device.usage.items():
+                prev_usage[(device.uuid, uid)] = usage
+    pods_by_uid = {pod_uid(p): p for p in work.active}
+    for gpu in record.gpus:
+        for device in gpu.mig_devices:
+            for holder in device.holders:
+                pod = pods_by_uid.get(holder.pod_uid)
+                if pod is None or holder.pod_uid in device.usage:
+                    continue
+                previous = prev_usage.get((device.uuid, holder.pod_uid))
+                device.usage[holder.pod_uid] = pod_usage(
+                    pod,
+                    device.memory_mib,
+                    policy=opts.usage,
+                    pod_groups=inputs.pod_groups,
+                    knative_percent=inputs.knative.get(holder.pod_uid),
+                    previous=previous,
+                    since=start_time(pod) or (previous.since if previous else 0.0),
+                    findings=[],
+                )
+
+
 def _reservation_for(
     pod: Obj, reservations: list[_PodGpus], by_id: Mapping[str, GpuRecord]
 ) -> _PodGpus | None:
@@ -601,7 +646,17 @@ def _other_devices(devices: list[OtherDevice], active: list[Obj]) -> list[OtherD
 
 def _gpu_set_signature(record: NodeTopology) -> list[tuple[object, ...]]:
     return [
-        (g.id, g.index, g.minor, g.product, g.memory_mib, g.health, g.mig_enabled, g.numa_node)
+        (
+            g.id,
+            g.index,
+            g.minor,
+            g.product,
+            g.memory_mib,
+            g.health,
+            g.mig_enabled,
+            g.numa_node,
+            tuple((d.uuid, d.profile, d.placement_start, d.health) for d in g.mig_devices),
+        )
         for g in record.gpus
     ] + [(d.name, d.count) for d in record.other_devices]
 

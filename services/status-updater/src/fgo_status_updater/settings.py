@@ -70,6 +70,11 @@ class Settings:
         "how long a node's changes are collected before its record is written (batching)",
     )
     workers: int = env_field("WORKERS", 16, "nodes reconciled concurrently")
+    mig_reconfigure_seconds: float = env_field(
+        "MIG_RECONFIGURE_SECONDS",
+        5.0,
+        "how long nvidia.com/mig.config.state stays pending before a new MIG config applies",
+    )
     resync_seconds: float = env_field(
         "RESYNC_SECONDS",
         600.0,
@@ -113,6 +118,7 @@ class Settings:
                 raise SettingsError(f"{name}={value}: must be greater than 0")
         for name, value in (
             ("DEBOUNCE_SECONDS", self.debounce_seconds),
+            ("MIG_RECONFIGURE_SECONDS", self.mig_reconfigure_seconds),
             ("RESYNC_SECONDS", self.resync_seconds),
         ):
             if value < 0:
