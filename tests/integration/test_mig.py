@@ -1,0 +1,478 @@
+"""MIG end to end on the real control plane, KWOK nodes and the real services as processes.
+
+Per test: a topology config in the test's namespace (with a per-test pool label key, so other
+tests' services leave our nodes alone), then the status-updater (the only writer of records),
+the device-plugin in KWOK mode (capacity), the status-exporter in KWOK mode (GFD labels and
+metrics) and, where DRA is tested, the kwok-dra-plugin (ResourceSlices), all scoped to that
+namespace. The real kube-scheduler places the pods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+import yaml
+from fgo_common.topology import TOPOLOGY_DATA_KEY, NodeTopology
+from fgo_localcluster.cluster import LocalCluster
+from fgo_localcluster.testing import KwokNodeFactory, eventually
+from fgo_status_updater.testing import StatusUpdaterProcess, free_port
+from kubernetes_asyncio import client
+
+pytestmark = pytest.mark.integration
+
+KWOK_TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}
+MIG_CONFIG_LABEL = "nvidia.com/mig.config"
+MIG_STATE_LABEL = "nvidia.com/mig.config.state"
+RECONFIGURE_SECONDS = 3.0
+
+
+class Service:
+    """``python -m <module>`` with ``env``; ready when ``/readyz`` on HEALTH_PORT answers 200."""
+
+    def __init__(self, module: str, env: dict[str, str], workdir: Path) -> None:
+        self.module = module
+        self.health_port = free_port()
+        self.env = {**os.environ, "HEALTH_PORT": str(self.health_port), **env}
+        self.log_path = workdir / f"{module}.log"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        with self.log_path.open("wb") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", self.module, env=self.env, stdout=log, stderr=log
+            )
+
+        async def ready() -> bool:
+            assert self.proc is not None and self.proc.returncode is None, self.log_tail()
+            with contextlib.suppress(aiohttp.ClientError):
+                async with (
+                    aiohttp.ClientSession() as s,
+                    s.get(f"http://127.0.0.1:{self.health_port}/readyz") as r,
+                ):
+                    return r.status == 200
+            return False
+
+        await eventually(ready, timeout_s=60, what=f"{self.module} ready")
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.terminate()
+        try:
+            async with asyncio.timeout(15):
+                await self.proc.wait()
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class Stack:
+    """One test's config, services and helpers."""
+
+    def __init__(
+        self, kube: client.ApiClient, namespace: str, nodes: KwokNodeFactory, workdir: Path
+    ) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.nodes = nodes
+        self.workdir = workdir
+        self.pool_key = f"fgo.test/mig-pool-{secrets.token_hex(3)}"
+        self.core: Any = client.CoreV1Api(kube)
+        self.resource: Any = client.ResourceV1Api(kube)
+        self.services: list[Service | StatusUpdaterProcess] = []
+
+    async def start(self, cluster: LocalCluster, config: dict[str, Any], *, dra: bool) -> None:
+        config = {"nodePoolLabelKey": self.pool_key, **config}
+        await self.core.create_namespaced_config_map(
+            self.namespace,
+            {"metadata": {"name": "topology"}, "data": {"topology.yml": yaml.safe_dump(config)}},
+        )
+        kubeconfig = str(cluster.kubeconfig)
+        common = {"KUBECONFIG": kubeconfig, "TOPOLOGY_CM_NAMESPACE": self.namespace}
+        updater = StatusUpdaterProcess(
+            kubeconfig,
+            self.workdir / "status-updater.log",
+            TOPOLOGY_CM_NAMESPACE=self.namespace,
+            RESOURCE_RESERVATION_NAMESPACE=f"{self.namespace[:50]}-res",
+            PROMETHEUS_URL="",
+            DEBOUNCE_SECONDS="0.1",
+            MIG_RECONFIGURE_SECONDS=str(RECONFIGURE_SECONDS),
+        )
+        self.services.append(updater)
+        await updater.start()
+        self.metrics_port = free_port()
+        specs = [
+            ("fgo_device_plugin", {"DEVICE_PLUGIN_MODE": "kwok"}),
+            (
+                "fgo_status_exporter",
+                {
+                    "EXPORTER_MODE": "kwok",
+                    "METRICS_PORT": str(self.metrics_port),
+                    "LABEL_RESYNC_SECONDS": "0",
+                },
+            ),
+        ]
+        if dra:
+            specs.append(("fgo_kwok_dra_plugin", {"INSTANCE": f"mig-{secrets.token_hex(3)}"}))
+        for module, env in specs:
+            service = Service(module, {**common, **env}, self.workdir)
+            self.services.append(service)
+            await service.start()
+
+    async def stop(self, failed: bool) -> None:
+        for service in reversed(self.services):
+            if failed and isinstance(service, Service):
+                print(f"--- {service.module} log ---\n{service.log_tail()}")
+            await service.stop()
+        if failed:
+            updater_log = self.workdir / "status-updater.log"
+            if updater_log.exists():
+                tail = updater_log.read_text(errors="replace").splitlines()[-40:]
+                print("--- status-updater log ---\n" + "\n".join(tail))
+
+    # --- nodes ---------------------------------------------------------------------------------
+    async def node(self, pool: str, **labels: str) -> str:
+        (name,) = await self.nodes(1, labels={self.pool_key: pool, **labels})
+        return name
+
+    async def read_node(self, name: str) -> Any:
+        return await self.core.read_node(name)
+
+    async def labels(self, name: str) -> dict[str, str]:
+        return dict((await self.read_node(name)).metadata.labels or {})
+
+    async def relabel(self, name: str, value: str) -> None:
+        await self.core.patch_node(name, {"metadata": {"labels": {MIG_CONFIG_LABEL: value}}})
+
+    async def record(self, name: str) -> NodeTopology:
+        cm = await self.core.read_namespaced_config_map(f"topology-{name}", self.namespace)
+        return NodeTopology.from_yaml(cm.data[TOPOLOGY_DATA_KEY], name)
+
+    async def wait_capacity(self, name: str, want: dict[str, str | None], what: str) -> None:
+        async def probe() -> bool:
+            capacity = dict((await self.read_node(name)).status.capacity or {})
+            return all(capacity.get(k) == v for k, v in want.items())
+
+        await eventually(probe, timeout_s=60, what=f"{what}: capacity {want}")
+
+    async def wait_labels(self, name: str, want: dict[str, str | None], what: str) -> None:
+        async def probe() -> bool:
+            labels = await self.labels(name)
+            return all(labels.get(k) == v for k, v in want.items())
+
+        await eventually(probe, timeout_s=60, what=f"{what}: labels {want}")
+
+    # --- pods ----------------------------------------------------------------------------------
+    def pod(self, name: str, node: str, limits: dict[str, str], **annotations: str) -> Any:
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {
+                "nodeSelector": {"kubernetes.io/hostname": node},
+                "tolerations": [KWOK_TOLERATION],
+                "terminationGracePeriodSeconds": 0,
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": "registry.k8s.io/pause:3.10",
+                        "resources": {"limits": limits},
+                    }
+                ],
+            },
+        }
+
+    async def run_pod(self, body: dict[str, Any]) -> Any:
+        await self.core.create_namespaced_pod(self.namespace, body)
+        name = body["metadata"]["name"]
+
+        async def running() -> Any:
+            pod = await self.core.read_namespaced_pod(name, self.namespace)
+            return pod if pod.status.phase == "Running" else None
+
+        return await eventually(running, timeout_s=60, what=f"pod {name} Running")
+
+    async def metrics(self) -> str:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(f"http://127.0.0.1:{self.metrics_port}/metrics") as r,
+        ):
+            return await r.text()
+
+    async def events(self, name: str, reason: str) -> list[Any]:
+        found = await self.core.list_event_for_all_namespaces(
+            field_selector=f"involvedObject.name={name},reason={reason}"
+        )
+        return list(found.items)
+
+
+@pytest_asyncio.fixture
+async def stack(
+    kube: client.ApiClient,
+    namespace: str,
+    kwok_nodes: KwokNodeFactory,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[Stack]:
+    s = Stack(kube, namespace, kwok_nodes, tmp_path)
+    try:
+        yield s
+    finally:
+        rep = getattr(request.node, "rep_call", None)
+        await s.stop(bool(rep is not None and rep.failed))
+
+
+def h100_pool(strategy: str, mig: str = "all-1g.10gb", **extra: Any) -> dict[str, Any]:
+    return {
+        "migStrategy": strategy,
+        "nodePools": {"mig": {"gpus": [{"type": "H100", "count": 2}], "mig": {"config": mig}}},
+        **extra,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# strategies
+# --------------------------------------------------------------------------------------------
+
+STRATEGY_CASES: dict[str, tuple[dict[str, str | None], dict[str, str | None]]] = {
+    "none": (
+        {"nvidia.com/gpu": "2", "nvidia.com/mig-1g.10gb": None},
+        {"nvidia.com/mig.strategy": "none", "nvidia.com/gpu.count": "2"},
+    ),
+    "single": (
+        {"nvidia.com/gpu": "14", "nvidia.com/mig-1g.10gb": None},
+        {
+            "nvidia.com/mig.strategy": "single",
+            "nvidia.com/gpu.count": "14",
+            "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3-MIG-1g.10gb",
+        },
+    ),
+    "mixed": (
+        {"nvidia.com/mig-1g.10gb": "14"},
+        {
+            "nvidia.com/mig.strategy": "mixed",
+            "nvidia.com/mig-1g.10gb.count": "14",
+            "nvidia.com/mig-1g.10gb.product": "NVIDIA-H100-80GB-HBM3-MIG-1g.10gb",
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGY_CASES))
+async def test_mig_pool_capacity_and_labels_per_strategy(
+    stack: Stack, local_cluster: LocalCluster, strategy: str
+) -> None:
+    await stack.start(local_cluster, h100_pool(strategy), dra=False)
+    node = await stack.node("mig")
+    capacity, labels = STRATEGY_CASES[strategy]
+    await stack.wait_capacity(node, capacity, strategy)
+    await stack.wait_labels(node, {**labels, "nvidia.com/mig.capable": "true"}, strategy)
+    record = await stack.record(node)
+    assert all(g.mig_enabled and len(g.mig_devices) == 7 for g in record.gpus)
+
+
+# --------------------------------------------------------------------------------------------
+# a MIG pod, in the record and in the metrics
+# --------------------------------------------------------------------------------------------
+
+
+async def test_mig_pod_schedules_and_shows_in_metrics(
+    stack: Stack, local_cluster: LocalCluster
+) -> None:
+    await stack.start(local_cluster, h100_pool("mixed"), dra=False)
+    node = await stack.node("mig")
+    await stack.wait_capacity(node, {"nvidia.com/mig-1g.10gb": "14"}, "mixed")
+    body = stack.pod(
+        "mig-pod",
+        node,
+        {"nvidia.com/mig-1g.10gb": "1"},
+        **{"run.ai/simulated-gpu-utilization": "70"},
+    )
+    pod = await stack.run_pod(body)
+    assert pod.spec.node_name == node
+
+    async def held() -> tuple[int, Any] | None:
+        record = await stack.record(node)
+        found = [(g.index, d) for g in record.gpus for d in g.mig_devices if d.holders]
+        return found[0] if found else None
+
+    index, device = await eventually(held, timeout_s=30, what="MIG device holder in the record")
+    assert device.profile == "1g.10gb"
+    assert device.holders[0].pod == "mig-pod"
+
+    async def series() -> list[str] | None:
+        text = await stack.metrics()
+        lines = [
+            line
+            for line in text.splitlines()
+            # dcgm-exporter reports MIG instances through the profiling fields (no GPU_UTIL)
+            if line.startswith("DCGM_FI_PROF_GR_ENGINE_ACTIVE{") and 'pod="mig-pod"' in line
+        ]
+        return lines or None
+
+    (line,) = await eventually(series, timeout_s=30, what="the pod's MIG series")
+    assert 'GPU_I_PROFILE="1g.10gb"' in line
+    assert f'GPU_I_ID="{device.gi_id}"' in line
+    assert f'gpu="{index}"' in line
+    assert f'Hostname="{node}"' in line
+    assert float(line.rsplit(" ", 1)[1]) > 0  # the pod's 70% shows on its instance
+
+
+# --------------------------------------------------------------------------------------------
+# the mig-manager protocol
+# --------------------------------------------------------------------------------------------
+
+
+async def test_relabel_reconfigures_and_is_refused_while_in_use(
+    stack: Stack, local_cluster: LocalCluster
+) -> None:
+    await stack.start(local_cluster, h100_pool("mixed"), dra=False)
+    node = await stack.node("mig")
+    await stack.wait_capacity(node, {"nvidia.com/mig-1g.10gb": "14"}, "static layout")
+
+    states: list[str] = []
+
+    async def watch_state(until: str) -> None:
+        async def probe() -> bool:
+            state = (await stack.labels(node)).get(MIG_STATE_LABEL)
+            if state and (not states or states[-1] != state):
+                states.append(state)
+            return state == until
+
+        await eventually(probe, timeout_s=60, what=f"{MIG_STATE_LABEL}={until}", interval_s=0.1)
+
+    await stack.relabel(node, "all-balanced")
+    await watch_state("success")
+    assert states == ["pending", "success"]
+    balanced: dict[str, str | None] = {
+        "nvidia.com/mig-1g.10gb": "4",
+        "nvidia.com/mig-2g.20gb": "2",
+        "nvidia.com/mig-3g.40gb": "2",
+    }
+    await stack.wait_capacity(node, balanced, "after all-balanced")
+    await stack.wait_labels(
+        node,
+        {"nvidia.com/mig-3g.40gb.count": "2", "nvidia.com/mig-1g.10gb.count": "4"},
+        "after all-balanced",
+    )
+
+    # A pod holds a MIG device: the next reconfiguration is refused.
+    await stack.run_pod(stack.pod("holder", node, {"nvidia.com/mig-3g.40gb": "1"}))
+
+    async def held() -> bool:
+        record = await stack.record(node)
+        return any(d.holders for g in record.gpus for d in g.mig_devices)
+
+    await eventually(held, timeout_s=30, what="MIG device held in the record")
+    states.clear()
+    await stack.relabel(node, "all-1g.10gb")
+    await watch_state("failed")
+    # (the first read may still see the previous request's "success")
+    assert states in (["pending", "failed"], ["success", "pending", "failed"])
+    notes = (await stack.read_node(node)).metadata.annotations or {}
+    assert "holder" in notes["fake-gpu-operator/mig.config.reason"]
+    assert await stack.events(node, "MigConfigFailed")
+    await asyncio.sleep(1)  # nothing else moves
+    await stack.wait_capacity(node, balanced, "unchanged after the refusal")
+    assert (await stack.labels(node))[MIG_STATE_LABEL] == "failed"
+
+    # Once the pod is gone, a new request goes through.
+    await stack.core.delete_namespaced_pod("holder", stack.namespace, grace_period_seconds=0)
+
+    async def released() -> bool:
+        record = await stack.record(node)
+        return not any(d.holders for g in record.gpus for d in g.mig_devices)
+
+    await eventually(released, timeout_s=60, what="MIG device released")
+    await stack.relabel(node, "all-3g.40gb")
+    await watch_state("success")
+    await stack.wait_capacity(
+        node,
+        {"nvidia.com/mig-3g.40gb": "4", "nvidia.com/mig-1g.10gb": None},
+        "after all-3g.40gb",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# DRA
+# --------------------------------------------------------------------------------------------
+
+
+async def test_dra_claim_for_a_mig_device_is_allocated_and_recorded(
+    stack: Stack, local_cluster: LocalCluster
+) -> None:
+    await stack.start(local_cluster, h100_pool("mixed", "all-3g.40gb"), dra=True)
+    node = await stack.node("mig")
+
+    async def slice_devices() -> list[str] | None:
+        found = await stack.resource.list_resource_slice(field_selector=f"spec.nodeName={node}")
+        names = [d.name for s in found.items for d in s.spec.devices or []]
+        return names if len(names) == 4 else None
+
+    names = await eventually(slice_devices, timeout_s=60, what="4 MIG devices in slices")
+    assert all("-mig-3g40gb-" in n for n in names)
+    await stack.resource.create_namespaced_resource_claim(
+        stack.namespace,
+        {
+            "apiVersion": "resource.k8s.io/v1",
+            "kind": "ResourceClaim",
+            "metadata": {"name": "one-mig"},
+            "spec": {
+                "devices": {
+                    "requests": [
+                        {
+                            "name": "mig",
+                            "exactly": {
+                                "deviceClassName": "mig.nvidia.com",
+                                "selectors": [
+                                    {
+                                        "cel": {
+                                            "expression": "device.attributes['gpu.nvidia.com']"
+                                            ".profile == '3g.40gb'"
+                                        }
+                                    }
+                                ],
+                            },
+                        }
+                    ]
+                }
+            },
+        },
+    )
+    body = stack.pod("dra-mig", node, {})
+    body["spec"]["resourceClaims"] = [{"name": "mig", "resourceClaimName": "one-mig"}]
+    body["spec"]["containers"][0]["resources"] = {"claims": [{"name": "mig"}]}
+    await stack.run_pod(body)
+    claim = await stack.resource.read_namespaced_resource_claim("one-mig", stack.namespace)
+    (result,) = claim.status.allocation.devices.results
+    assert (result.driver, result.pool) == ("gpu.nvidia.com", node)
+
+    async def holder() -> Any:
+        record = await stack.record(node)
+        for gpu in record.gpus:
+            for device in gpu.mig_devices:
+                if device.holders:
+                    return gpu, device
+        return None
+
+    gpu, device = await eventually(holder, timeout_s=30, what="DRA holder on the MIG device")
+    assert result.device == f"gpu-{gpu.minor}-mig-3g40gb-{device.gi_profile_id}-" + str(
+        device.placement_start
+    )
+    assert device.holders[0].kind == "dra"
+    assert device.holders[0].claim == f"{stack.namespace}/one-mig"
+    assert not any(g.status.holders for g in (await stack.record(node)).gpus)
