@@ -298,7 +298,8 @@ def topology() -> Schema:
                 "properties": {
                     "config": {
                         "type": "string",
-                        "description": "mig-parted layout name, e.g. all-1g.10gb",
+                        "description": "mig-parted layout name (all-1g.10gb, all-balanced ...) or "
+                        "a migConfigs entry",
                     }
                 },
             },
@@ -322,6 +323,14 @@ def topology() -> Schema:
                     "description": "Pool name -> pool; empty: pool default with 2 x Tesla K80",
                     "propertyNames": {"pattern": r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"},
                     "additionalProperties": pool,
+                }
+            ),
+            "migConfigs": nullable(
+                {
+                    "type": "object",
+                    "description": "Custom MIG configs (mig-parted mig-configs format) named by a "
+                    "pool's mig.config or the nvidia.com/mig.config node label; see docs/mig.md",
+                    "additionalProperties": {"type": "array", "items": {"type": "object"}},
                 }
             ),
             "gpuOperator": compat("Accepted for compatibility, ignored"),
