@@ -222,3 +222,21 @@ def test_runai_annotation_handshake() -> None:
     assert mapping == {
         "1": [{"position": 0, "device_uuid": device.uuid, "gpu_instance_id": device.gi_id}]
     }
+
+
+def test_unhealthy_mig_devices_are_not_picked() -> None:
+    first = run([])
+    assert first.record is not None
+    first.record.gpus[0].mig_devices[0].health = "Unhealthy"
+    out = run([mig_pod("a")], first.record)
+    assert out.record is not None
+    (held,) = [d for g in out.record.gpus for d in g.mig_devices if d.holders]
+    assert held.uuid != first.record.gpus[0].mig_devices[0].uuid
+
+
+def test_bad_runai_annotation_fails_with_a_reason() -> None:
+    the_node = labelled(None, **{"run.ai/mig.config": "mig-configs: {other: []}"})
+    out = run([], run([]).record, the_node=the_node)
+    assert out.record is not None and out.record.mig_config is not None
+    assert out.record.mig_config.state == mig.FAILED
+    assert "run.ai/mig.config" in out.record.mig_config.reason

@@ -36,6 +36,7 @@ from fgo_common.names import DRA_NAMES, GPU_OPERATOR_LABELS, RESOURCE_NAMES
 from fgo_common.profiles import BUILTIN_CATALOG, DEFAULT_PROFILE_KEY, GpuProfile
 from fgo_common.profiles.mig_layout import MigLayout, MigLayoutError
 from fgo_common.topology import (
+    HEALTHY,
     HOLDER_DEVICE_PLUGIN,
     HOLDER_DRA,
     GpuRecord,
@@ -156,7 +157,7 @@ def assign_mig(
                     d
                     for g, d in devices
                     if g.healthy
-                    and d.health == g.health
+                    and d.health == HEALTHY
                     and not d.holders
                     and d not in have
                     and not g.status.holders
@@ -279,7 +280,7 @@ def _request(node: Obj, config: ClusterConfig) -> Request | MigLayoutError | Non
     except (yaml.YAMLError, MigLayoutError) as exc:
         return MigLayoutError("invalid-config", f"{name}: {exc}")
     if RUNAI_SELECTED not in custom:
-        return MigLayoutError("invalid-config", f"{RUNAI_MIG_CONFIG} has no config 'selected'")
+        return MigLayoutError("invalid-config", f"{name}: no config {RUNAI_SELECTED!r} in it")
     return Request(name, RUNAI_SELECTED, custom)
 
 
