@@ -283,6 +283,19 @@ async def test_mig_pool_capacity_and_labels_per_strategy(
     await stack.wait_labels(node, {**labels, "nvidia.com/mig.capable": "true"}, strategy)
     record = await stack.record(node)
     assert all(g.mig_enabled and len(g.mig_devices) == 7 for g in record.gpus)
+    if strategy == "none":
+        return
+    # A pod asking for the strategy's resource gets one MIG device in the record.
+    resource = "nvidia.com/gpu" if strategy == "single" else "nvidia.com/mig-1g.10gb"
+    await stack.run_pod(stack.pod("one", node, {resource: "1"}))
+
+    async def held() -> list[Any] | None:
+        record = await stack.record(node)
+        found = [d for g in record.gpus for d in g.mig_devices if d.holders]
+        return found or None
+
+    (device,) = await eventually(held, timeout_s=30, what=f"{resource} pod on a MIG device")
+    assert (device.holders[0].pod, device.holders[0].resource) == ("one", resource)
 
 
 # --------------------------------------------------------------------------------------------
