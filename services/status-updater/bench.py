@@ -34,12 +34,12 @@ from typing import Any
 
 import yaml
 from fgo_common.kube.client import api_client
+from fgo_common.kube.errors import is_transient, status_of
 from fgo_common.kube.watch import DELETED, SYNCED, Reflector
 from fgo_localcluster import nodes as kwok
 from fgo_localcluster.cluster import LocalCluster
 from fgo_status_updater.testing import StatusUpdaterProcess
 from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
 
 try:
     _Loader: Any = yaml.CSafeLoader
@@ -137,10 +137,10 @@ async def _delete_all_pods(core: Any, ns: str) -> None:
         try:
             await core.delete_collection_namespaced_pod(ns)
             return
-        except ApiException as exc:
-            if exc.status not in (429, 500, 503, 504):
+        except Exception as exc:
+            if not is_transient(exc):
                 raise
-            say(f"delete-collection: {exc.status}, retrying")
+            say(f"delete-collection: {type(exc).__name__} {status_of(exc)}, retrying")
             await asyncio.sleep(2 + attempt)
 
 
