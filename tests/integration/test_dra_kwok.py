@@ -341,7 +341,7 @@ async def test_topology_changes_update_the_slice(
     assert (taint["key"], taint["value"], taint["effect"]) == (
         "gpu.nvidia.com/xid",
         "79",
-        "NoSchedule",
+        "NoExecute",  # fallen off the bus: running workloads cannot continue (docs/faults.md)
     )
     assert stored["spec"]["pool"]["generation"] == 3
     assert stored["metadata"]["annotations"][dra.TOPOLOGY_GENERATION_ANNOTATION] == "3"
