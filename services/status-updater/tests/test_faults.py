@@ -7,7 +7,7 @@ import copy
 from fgo_common.config import parse_cluster_config
 from fgo_common.kube.watch import ADDED, DELETED, MODIFIED, WatchEvent
 from fgo_common.nodebuild import build_node_topology
-from fgo_common.topology import HEALTHY, UNHEALTHY, NodeTopology
+from fgo_common.topology import HEALTHY, UNHEALTHY, MigDevice, NodeTopology
 from fgo_status_updater.faults import FaultBook
 from fgo_status_updater.findings import Finding
 
@@ -119,3 +119,23 @@ def test_other_faults_are_left_alone() -> None:
     b.book.apply(new, rec, T0 + 1)
     assert [f["kind"] for f in new.gpus[3].faults] == ["retired", "thermal"]
     assert new.gpus[3].health == UNHEALTHY  # still retired
+
+
+def test_mig_device_fault_makes_only_that_device_unhealthy() -> None:
+    b = Book()
+    rec = record()
+    gpu = rec.gpus[0]
+    gpu.mig_enabled = True
+    gpu.mig_devices = [
+        MigDevice(f"MIG-{i}", "3g.40gb", i + 1, 0, 9, 2, 4 * i, 4, 40192, 60) for i in range(2)
+    ]
+    b.declare("- {node: n1, gpu: MIG-1, kind: xid, code: 48}\n")
+    findings = b.book.apply(rec, None, T0 + 1)
+    assert gpu.health == HEALTHY
+    assert [m.health for m in gpu.mig_devices] == [HEALTHY, UNHEALTHY]
+    assert gpu.faults[0]["mig"] == "MIG-1"
+    assert [f.reason for f in findings] == ["GpuFaultInjected"]
+
+    b.declare("[]\n", MODIFIED)
+    b.book.apply(rec, None, T0 + 2)
+    assert [m.health for m in gpu.mig_devices] == [HEALTHY, HEALTHY] and not gpu.faults
