@@ -3,7 +3,9 @@
 Real components, each scoped to this test's namespace: the status-updater (subprocess) reads the
 fault ConfigMaps and writes the records; the device plugin's KWOK capacity controller and the
 kwok-dra-plugin run in-process; the status-exporter (subprocess, KWOK mode) serves metrics;
-nvidia-smi renders the record the node agents would have written to the node. Each surface is
+nvidia-smi renders the record the node agents would have written to the node. A third test takes
+the kubelet path: the device plugin in node mode against the kubelet-side peers, and nvidia-smi
+reading the node state that plugin writes. Each surface is
 observed through the API (or HTTP / the tool's output) as a user would: node allocatable, the
 real scheduler's decisions, ResourceSlice device taints and the taint-eviction controller,
 metrics, nvidia-smi, Events.
@@ -17,6 +19,7 @@ import io
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -31,11 +34,15 @@ import yaml
 from fgo_common.faults import FAULTS_DATA_KEY, FAULTS_LABEL
 from fgo_common.kube.client import api_client
 from fgo_common.nodestate import write_node_state
-from fgo_common.runtime.runner import ServiceContext
+from fgo_common.runtime.runner import ServiceContext, run_tasks
 from fgo_common.runtime.settings import load_settings
 from fgo_common.topology import HEALTHY, UNHEALTHY, NodeTopology
 from fgo_device_plugin.kwok import KwokCapacityController
+from fgo_device_plugin.main import node_mode
 from fgo_device_plugin.metrics import Metrics
+from fgo_device_plugin.settings import Settings as DpSettings
+from fgo_kubelet_api.peers import DevicePluginKubeletPeer
+from fgo_kubelet_api.peers.podresources import PodResourcesKubeletPeer
 from fgo_kwok_dra_plugin.controller import KwokSliceController
 from fgo_kwok_dra_plugin.settings import Settings as DraSettings
 from fgo_localcluster.cluster import LocalCluster
@@ -522,3 +529,94 @@ async def test_lost_gpu_evicts_its_dra_pod_and_expires_on_its_own(world: World) 
     await w.until_taints(device, [])
     await w.until_record(lambda r: r.gpus[index].health == HEALTHY, "lost GPU back", 45)
     assert await w.events("GpuFaultCleared")
+
+
+async def test_node_path_device_plugin_reports_unhealthy_and_nvidia_smi_fails(
+    kube: client.ApiClient, local_cluster: LocalCluster, namespace: str, tmp_path: Path
+) -> None:
+    """A node with a kubelet: the device plugin (node mode, kubelet-side peers) streams the
+    injected fault as Unhealthy in ListAndWatch, and the node-local state it writes for GPU pods
+    makes nvidia-smi fail like the real tool on a lost GPU; clearing reverses both."""
+    core: Any = client.CoreV1Api(kube)
+    pool_key = f"fgo.test/pool-{secrets.token_hex(3)}"
+    config = {"nodePoolLabelKey": pool_key, "nodePools": {"p": {"gpus": [{"type": "H100",
+              "count": 2}]}}}  # fmt: skip
+    await core.create_namespaced_config_map(
+        namespace,
+        {"metadata": {"name": "topology"}, "data": {"topology.yml": yaml.safe_dump(config)}},
+    )
+    node = f"gpu-node-{secrets.token_hex(4)}"
+    await core.create_node({"metadata": {"name": node, "labels": {pool_key: "p"}}})
+    socks = Path(f"/tmp/fgo-flt-{secrets.token_hex(3)}")  # unix socket paths must stay short
+    settings = load_settings(
+        DpSettings,
+        {
+            "NODE_NAME": node,
+            "TOPOLOGY_CM_NAMESPACE": namespace,
+            "KUBECONFIG": str(local_cluster.kubeconfig),
+            "DEVICE_PLUGIN_DIR": str(socks / "dp"),
+            "STATE_DIR": str(socks / "state"),
+            "POD_RESOURCES_SOCKET": str(socks / "pr" / "kubelet.sock"),
+            "POD_RESOURCES_INTERVAL_SECONDS": "1",
+            "KUBELET_POLL_INTERVAL_SECONDS": "0.1",
+        },
+    )
+    updater = StatusUpdaterProcess(
+        local_cluster.kubeconfig,
+        tmp_path / "status-updater.log",
+        TOPOLOGY_CM_NAMESPACE=namespace,
+        RESOURCE_RESERVATION_NAMESPACE=f"{namespace[:50]}-res",
+        PROMETHEUS_URL="",
+        DEBOUNCE_SECONDS="0.1",
+    )
+    ctx = ServiceContext(name="device-plugin")
+    w = World(kube, local_cluster, namespace, node, tmp_path)
+    try:
+        await updater.start()
+        async with (
+            PodResourcesKubeletPeer(settings.pod_resources_socket),
+            DevicePluginKubeletPeer(settings.plugin_dir) as kubelet,
+        ):
+            task = asyncio.create_task(
+                run_tasks(ctx, {"node": node_mode(settings)}, health_port=None)
+            )
+            try:
+                plugin = await kubelet.wait_for_plugin(GPU, timeout_seconds=30)
+                await plugin.wait_for_devices(lambda ds: len(ds) == 2, timeout_seconds=30)
+                env = {"FGO_STATE_DIR": settings.state_dir, "NVIDIA_VISIBLE_DEVICES": "all"}
+                out = io.StringIO()
+                assert nvidia_smi(["-L"], out, io.StringIO(), env) == 0, out.getvalue()
+
+                await w.declare("lost", [{"node": node, "gpu": 1, "kind": "gpuLost"}])
+                await plugin.wait_for_devices(
+                    lambda ds: [d.health for d in ds] == ["Healthy", "Unhealthy"],
+                    timeout_seconds=30,
+                )
+
+                async def smi_fails() -> str | None:
+                    out = io.StringIO()
+                    code = nvidia_smi([], out, io.StringIO(), env)
+                    return out.getvalue() if code == 15 else None
+
+                text = await eventually(smi_fails, timeout_s=20, what="nvidia-smi exit 15")
+                assert "GPU1" in text and "GPU is lost" in text
+
+                await w.clear("lost")
+                await plugin.wait_for_devices(
+                    lambda ds: [d.health for d in ds] == ["Healthy", "Healthy"],
+                    timeout_seconds=30,
+                )
+
+                async def smi_ok() -> bool:
+                    return nvidia_smi(["-L"], io.StringIO(), io.StringIO(), env) == 0
+
+                await eventually(smi_ok, timeout_s=20, what="nvidia-smi works again")
+            finally:
+                ctx.stop.set()
+                async with asyncio.timeout(15):
+                    await task
+    finally:
+        await updater.stop()
+        with contextlib.suppress(ApiException):
+            await core.delete_node(node)
+        shutil.rmtree(socks, ignore_errors=True)
