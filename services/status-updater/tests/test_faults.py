@@ -48,6 +48,7 @@ class Book:
         if self.stored is not None:
             for gpu, old in zip(new.gpus, self.stored.gpus, strict=True):
                 gpu.faults, gpu.health = copy.deepcopy(old.faults), old.health
+            new.generation = self.stored.generation  # the reconciler's: GPU set unchanged
         findings = self.book.apply(new, self.stored, t)
         self.stored = new
         return new, findings
@@ -139,3 +140,16 @@ def test_mig_device_fault_makes_only_that_device_unhealthy() -> None:
     b.declare("[]\n", MODIFIED)
     b.book.apply(rec, None, T0 + 2)
     assert [m.health for m in gpu.mig_devices] == [HEALTHY, HEALTHY] and not gpu.faults
+
+
+def test_generation_follows_injected_health_changes() -> None:
+    b = Book()
+    assert b.reconcile(T0)[0].generation == 1
+    b.declare("- {node: n1, gpu: 0, kind: xid, code: 79}\n")
+    first, _ = b.reconcile(T0 + 1)
+    assert first.generation == 2  # the reconciler kept 1; the new health bumps it
+    same, _ = b.reconcile(T0 + 2)
+    assert same.generation == 2
+    b.declare("[]\n", MODIFIED)
+    cleared, _ = b.reconcile(T0 + 3)
+    assert cleared.generation == 3

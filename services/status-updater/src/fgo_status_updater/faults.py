@@ -138,6 +138,13 @@ class FaultBook:
             gpu.faults = [f for f in gpu.faults if not f.get("injected")] + mine
             _set_health(gpu, mine)
         after = _injected(record)
+        if (
+            previous is not None
+            and record.generation <= previous.generation
+            and _published_state(previous) != _published_state(record)
+        ):
+            # Health and taints are what consumers publish; the generation tells them.
+            record.generation = previous.generation + 1
         uid = ""  # the Node's uid is not needed for an Event to show under `kubectl describe`
         for key in sorted(after.keys() - before.keys()):
             gpu_id, fid = key
@@ -181,6 +188,24 @@ def _injected(record: NodeTopology | None) -> dict[tuple[str, str], float]:
             if fid:
                 out[(gpu.id, str(fid))] = float(f.get("since") or 0.0)
     return out
+
+
+def _published_state(record: NodeTopology) -> list[tuple[object, ...]]:
+    return [
+        (
+            g.id,
+            g.health,
+            tuple(m.health for m in g.mig_devices),
+            tuple(
+                sorted(
+                    (str(f.get("kind")), str(f.get("code")), str(f.get("mig")))
+                    for f in g.faults
+                    if f.get("injected")
+                )
+            ),
+        )
+        for g in record.gpus
+    ]
 
 
 def _resolve(record: NodeTopology, gpu: str) -> tuple[GpuRecord, MigDevice | None] | None:
