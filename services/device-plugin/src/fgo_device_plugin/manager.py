@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 import structlog
+from fgo_common.runtime.sockets import SocketIdentity, remove_socket, socket_identity
 from fgo_kubelet_api import deviceplugin_v1beta1 as dp
 
 from fgo_device_plugin.allocate import ContainerSetup
@@ -28,9 +29,6 @@ from fgo_device_plugin.server import (
     AllocateHook,
     DevicePluginService,
     ResourceServer,
-    SocketIdentity,
-    remove_socket,
-    socket_identity,
 )
 
 log = structlog.get_logger(__name__)

@@ -9,8 +9,6 @@ and answers INVALID_ARGUMENT naming the unknown ones, before anything is handed 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import stat
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 
 import grpc
 import structlog
+from fgo_common.runtime.sockets import SocketIdentity, remove_socket, socket_identity
 from fgo_kubelet_api import deviceplugin_v1beta1 as dp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -32,27 +31,6 @@ from fgo_device_plugin.resources import DeviceKind, PluginDevice, socket_name
 log = structlog.get_logger(__name__)
 
 AllocateHook = Callable[[str, Sequence[str]], None]
-SocketIdentity = tuple[int, int, int]
-
-
-def socket_identity(path: Path) -> SocketIdentity | None:
-    """(device, inode, ctime) of a socket file, or None if there is no socket at ``path``.
-
-    A re-created socket can reuse the inode number; the change time tells them apart.
-    """
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    if not stat.S_ISSOCK(st.st_mode):
-        return None
-    return (st.st_dev, st.st_ino, st.st_ctime_ns)
-
-
-def remove_socket(path: Path) -> None:
-    if socket_identity(path) is not None:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
 
 
 class DevicePluginService(dp.pb2_grpc.DevicePluginServicer):

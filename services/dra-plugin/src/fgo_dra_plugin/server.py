@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import structlog
+from fgo_common.runtime.sockets import SocketIdentity, remove_socket, socket_identity
 from fgo_kubelet_api import dra_v1, dra_v1beta1
 from fgo_kubelet_api import pluginregistration_v1 as reg
 from fgo_kubelet_api.dra import SERVICES_SUPPORTED_BY_KUBELET
@@ -41,29 +41,10 @@ from fgo_dra_plugin.driver import ClaimRef, Driver
 
 log = structlog.get_logger(__name__)
 
-SocketIdentity = tuple[int, int, int]
 Context = grpc.aio.ServicerContext[Any, Any]
 LIVENESS_SERVICE = "liveness"
 # Offered in the kubelet's order of preference: it walks our list and takes the first it knows.
 SUPPORTED_SERVICES: tuple[str, ...] = SERVICES_SUPPORTED_BY_KUBELET
-
-
-def socket_identity(path: Path) -> SocketIdentity | None:
-    """(device, inode, ctime) of a socket file, or None if there is no socket at ``path``."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    if not stat.S_ISSOCK(st.st_mode):
-        return None
-    return (st.st_dev, st.st_ino, st.st_ctime_ns)
-
-
-def remove_socket(path: Path) -> None:
-    """Remove ``path`` if it is a socket (never a checkpoint or anything else)."""
-    if socket_identity(path) is not None:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
 
 
 class ServerMetrics:

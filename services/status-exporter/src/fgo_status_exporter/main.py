@@ -9,8 +9,6 @@ dcgm-exporter's format, computed at scrape time; ``labeler`` patches node labels
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable
 from typing import Any
 
 import structlog
@@ -75,22 +73,6 @@ def serves_node(settings: Settings, node: dict[str, Any]) -> bool:
     if settings.mode == MODE_KWOK:
         return (meta.get("annotations") or {}).get(KWOK_NODE) == KWOK_NODE_VALUE
     return meta.get("name") == settings.node_name
-
-
-async def until_stopped(ctx: ServiceContext, work: Awaitable[None]) -> None:
-    """Run ``work`` until it ends or the service stops (then cancel it)."""
-    task = asyncio.ensure_future(work)
-    stopper = asyncio.ensure_future(ctx.stop.wait())
-    try:
-        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if task.done() and not task.cancelled():
-        task.result()
 
 
 class Exporter:
@@ -177,7 +159,7 @@ class Exporter:
                 else:
                     self.store.apply(key, event.obj, s.topology_cm_name)
 
-        await until_stopped(ctx, consume())
+        await ctx.until_stopped(consume())
 
     async def serve_metrics(self, ctx: ServiceContext) -> None:
         app = build_metrics_app(self.collector, self.served_nodes, stats=self.stats)

@@ -11,7 +11,6 @@ recomputed, never forced. Nothing is written before every cache has synced (that
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import time
@@ -204,7 +203,7 @@ class Controller:
         async def run(ctx: ServiceContext) -> None:
             while not ctx.stop.is_set():
                 try:
-                    await _until_stopped(ctx, consume())
+                    await ctx.until_stopped(consume())
                     return
                 except Exception as exc:
                     if not optional or status_of(exc) not in (403, 404):
@@ -327,7 +326,7 @@ class Controller:
     # --- periodic work ---------------------------------------------------------------------
     async def _resync(self, ctx: ServiceContext) -> None:
         period = self.settings.resync_seconds
-        await _until_stopped(ctx, self.synced.wait())
+        await ctx.until_stopped(self.synced.wait())
         while period and not await ctx.sleep(period):
             for node in self.caches.all_nodes():
                 self._mark(node)
@@ -337,10 +336,10 @@ class Controller:
         if not self.settings.prometheus_url:
             await ctx.stop.wait()
             return
-        await _until_stopped(ctx, self.synced.wait())
+        await ctx.until_stopped(self.synced.wait())
         while not ctx.stop.is_set():
             try:
-                await _until_stopped(ctx, self.knative.poll(self.caches.knative_pods()))
+                await ctx.until_stopped(self.knative.poll(self.caches.knative_pods()))
             except Exception:
                 log.exception("knative.poll_failed")
             if await ctx.sleep(self.settings.knative_poll_seconds):
@@ -375,7 +374,7 @@ class Controller:
                 self.metrics.last_reconcile.set(time.time())
                 self.queue.done(node)
 
-        await _until_stopped(ctx, loop())
+        await ctx.until_stopped(loop())
 
     # --- one node --------------------------------------------------------------------------
     async def reconcile(self, name: str) -> str:
@@ -667,22 +666,6 @@ def _same_record(
         and [(o.get("kind"), o.get("name"), o.get("uid")) for o in old.get("ownerReferences") or []]
         == [(o.get("kind"), o.get("name"), o.get("uid")) for o in new["ownerReferences"]]
     )
-
-
-async def _until_stopped(ctx: ServiceContext, coro: Awaitable[Any]) -> None:
-    """Run ``coro`` until it ends or the service stops (then cancel it)."""
-    task = asyncio.ensure_future(coro)
-    stopper = asyncio.ensure_future(ctx.stop.wait())
-    try:
-        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if task.done() and not task.cancelled():
-        task.result()
 
 
 __all__ = ["Controller", "deploy_labels"]

@@ -39,6 +39,22 @@ class ServiceContext:
     )
     extra_routes: list[web.RouteDef] = field(default_factory=list)
 
+    async def until_stopped(self, work: Awaitable[object]) -> None:
+        """Run ``work`` until it ends or the service stops (then cancel it); re-raise what it
+        raised. Watches block on the network, so tasks wrap them in this to honour SIGTERM."""
+        task = asyncio.ensure_future(work)
+        stopper = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if task.done() and not task.cancelled():
+            task.result()
+
     async def sleep(self, seconds: float) -> bool:
         """Sleep unless stopped first; returns True if the service is stopping."""
         with contextlib.suppress(TimeoutError):
