@@ -431,8 +431,15 @@ class NodeTopology:
             node.gpus = [
                 GpuRecord.from_dict(g, i, node) for i, g in enumerate(raw.get("gpus") or [])
             ]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise TopologyFormatError(f"malformed node topology: {exc}") from exc
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+            AttributeError,  # a list where a mapping belongs, or the other way round
+            OverflowError,  # int(float("inf"))
+            RecursionError,  # absurdly nested documents
+        ) as exc:
+            raise TopologyFormatError(f"malformed node topology: {exc!r}"[:500]) from exc
         return node
 
     @classmethod
@@ -441,6 +448,6 @@ class NodeTopology:
 
         try:
             raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise TopologyFormatError(f"node topology is not valid YAML: {exc}") from exc
+        except (yaml.YAMLError, RecursionError) as exc:
+            raise TopologyFormatError(f"node topology is not valid YAML: {exc!r}"[:500]) from exc
         return cls.from_dict(raw, node_name)

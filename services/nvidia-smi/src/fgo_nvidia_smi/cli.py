@@ -274,7 +274,9 @@ def _collect(argv: list[str], table: dict[str, OptSpec]) -> list[tuple[str, str,
         value = inline
         if value is None and pos < len(tokens):
             candidate, candidate_inline = tokens[pos]
-            takes = spec.value == "required" or (candidate.isdigit() and candidate_inline is None)
+            takes = spec.value == "required" or (
+                (candidate.isascii() and candidate.isdigit()) and candidate_inline is None
+            )
             if takes and candidate_inline is None:
                 value = candidate
                 pos += 1
@@ -285,7 +287,7 @@ def _collect(argv: list[str], table: dict[str, OptSpec]) -> list[tuple[str, str,
 
 
 def _parse_int(text: str | None, *, minimum: int = 0) -> int:
-    if text is None or not text.strip().isdigit():
+    if text is None or not (text.strip().isascii() and text.strip().isdigit()):
         raise _invalid_combination()
     value = int(text.strip())
     if value < minimum or value > 2**31 - 1:

@@ -75,7 +75,7 @@ def _driver_version_for_help(settings: Settings) -> str:
 def _names_gpu(token: str, gpu: GpuView) -> bool:
     wanted = token.upper()
     return (
-        (token.isdigit() and int(token) == gpu.index)
+        ((token.isascii() and token.isdigit()) and int(token) == gpu.index)
         or wanted == gpu.uuid.upper()
         or any(wanted == m.device.uuid.upper() for m in gpu.migs)
         or (":" in token and normalise_bus_id(token) == gpu.bus_id)

@@ -299,12 +299,14 @@ def parse_visible(spec: str | None, node: NodeTopology) -> Selection:
             whole.add(by_uuid[key].index)
         elif key in mig_owner:
             migs.setdefault(mig_owner[key].index, set()).add(key)
-        elif token.isdigit() and int(token) in by_index:
+        elif (token.isascii() and token.isdigit()) and int(token) in by_index:
             whole.add(int(token))
         elif ":" in token:
             gpu_part, _, mig_part = token.partition(":")
-            gpu = by_index.get(int(gpu_part)) if gpu_part.isdigit() else None
-            if gpu is not None and mig_part.isdigit():
+            gpu = (
+                by_index.get(int(gpu_part)) if (gpu_part.isascii() and gpu_part.isdigit()) else None
+            )
+            if gpu is not None and (mig_part.isascii() and mig_part.isdigit()):
                 ordered = sorted(gpu.mig_devices, key=lambda m: (m.gi_id, m.ci_id))
                 position = int(mig_part)
                 if position < len(ordered):
