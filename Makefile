@@ -80,6 +80,14 @@ bench: setup tools ## Scale/performance scenarios -> bench-results/latest/report
 		--nodes $(BENCH_NODES) --pods $(BENCH_PODS) --sched-pods $(BENCH_SCHED_PODS) \
 		--rate $(BENCH_RATE) --scenarios $(BENCH_SCENARIOS) $(BENCH_ARGS)
 
+# `make soak` (docs/reliability.md): the fault suite repeated for SOAK_SECONDS in total, outages
+# of 10-30 s; the table goes to bench-results/faults/soak-latest.md. Not part of `test`.
+SOAK_SECONDS ?= 3600
+
+.PHONY: soak
+soak: setup tools host-deps ## Fault suite repeated for SOAK_SECONDS (default 1 h) -> bench-results/faults/
+	FGO_BIN_DIR=$(TOOLS_BIN) FGO_FAULT_SOAK_SECONDS=$(SOAK_SECONDS) $(PYTEST) -m integration tests/faults
+
 # Images and chart (docs/chart.md). `make images REGISTRY=ghcr.io/me TAG=dev PUSH=1`.
 REGISTRY ?= ghcr.io/fake-gpu-operator
 TAG      ?=

@@ -736,6 +736,8 @@ async def collect(api: Any, scope: Scope) -> Snapshot:
             )
         except TopologyFormatError as exc:
             snap.record_errors[node] = str(exc)
+        except Exception as exc:  # a damaged record the parser does not even classify
+            snap.record_errors[node] = f"{type(exc).__name__}: {exc}"
     wanted = set(scope.nodes) if scope.nodes is not None else set(snap.records)
     for node in await _list(api, "/api/v1/nodes"):
         name = str(_meta(node).get("name"))
