@@ -197,6 +197,20 @@ def component(
     )
 
 
+# What fgo_common.units.parse_memory_mib accepts: a positive integer (MiB) or a number with a unit.
+MEMORY: Schema = {
+    "description": "Memory override: 12GB, 80Gi, 81559MiB or an integer (MiB)",
+    "oneOf": [
+        {"type": "integer", "minimum": 1, "maximum": 16777216},
+        {
+            "type": "string",
+            "maxLength": 24,
+            "pattern": r"^\s*[0-9]{1,12}(\.[0-9]+)?\s*([KkMmGgTt]([Ii]|[Ii]?[Bb])?|[Bb])?\s*$",
+        },
+    ],
+}
+
+
 def topology() -> Schema:
     gpu = {
         "type": "object",
@@ -207,6 +221,7 @@ def topology() -> Schema:
             "type": {
                 "type": "string",
                 "minLength": 1,
+                "maxLength": 128,
                 "description": "Product name, alias or profile key (docs/profiles.md); an "
                 "unknown product needs memory",
             },
@@ -215,10 +230,7 @@ def topology() -> Schema:
                 "minLength": 1,
                 "description": "Profile key (alternative to type)",
             },
-            "memory": {
-                "type": ["string", "integer"],
-                "description": "Memory override: 12GB, 80Gi, 81559MiB or an integer (MiB)",
-            },
+            "memory": MEMORY,
             "count": {
                 "type": "integer",
                 "minimum": 1,
@@ -234,7 +246,12 @@ def topology() -> Schema:
         "required": ["name", "count"],
         "properties": {
             "name": {"type": "string", "description": "Resource name, e.g. example.com/nic"},
-            "count": {"type": "integer", "minimum": 1, "description": "Quantity per node"},
+            "count": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 1024,
+                "description": "Quantity per node",
+            },
         },
     }
     pool = {
@@ -242,6 +259,7 @@ def topology() -> Schema:
         "description": "A node pool in one of three shapes: gpus (seed), gpuProduct/gpuCount/"
         "gpuMemory (legacy) or gpu (profile form); see docs/configuration.md",
         "additionalProperties": False,
+        "dependencies": {"gpuProduct": ["gpuCount"], "gpuMemory": ["gpuCount"]},
         "properties": {
             "gpus": {
                 "type": "array",
@@ -249,7 +267,12 @@ def topology() -> Schema:
                 "description": "Seed shape: the GPUs of each node in this pool",
                 "items": gpu,
             },
-            "gpuProduct": {"type": "string", "description": "Legacy shape: product name"},
+            "gpuProduct": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 128,
+                "description": "Legacy shape: product name",
+            },
             "gpuCount": {
                 "type": "integer",
                 "minimum": 1,
@@ -257,7 +280,7 @@ def topology() -> Schema:
                 "description": "Legacy shape: GPUs per node",
             },
             "gpuMemory": {
-                "type": ["integer", "string"],
+                **MEMORY,
                 "description": "Legacy shape: memory per GPU (MiB, or with a unit)",
             },
             "otherDevices": {
@@ -290,7 +313,30 @@ def topology() -> Schema:
                 "description": "Profile form: extra extended resources as [{<name>: <count>}]",
                 "items": {"type": "object", "additionalProperties": {"type": "integer"}},
             },
-            "numa": {"type": "object", "description": "NUMA layout: zones, gpusPerZone, ..."},
+            "numa": {
+                "type": "object",
+                "description": "NUMA layout (the keys fgo_common.config accepts)",
+                "additionalProperties": False,
+                "properties": {
+                    "zones": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": 16,
+                        "description": "NUMA nodes per node (0: default split)",
+                    },
+                    "gpusPerZone": {
+                        "type": "array",
+                        "maxItems": 16,
+                        "description": "GPUs on each NUMA node; must sum to the pool's GPUs",
+                        "items": {"type": "integer", "minimum": 0, "maximum": 64},
+                    },
+                    "topologyManagerPolicy": {"type": "string", "description": "Accepted"},
+                    "topologyManagerScope": {"type": "string", "description": "Accepted"},
+                    "cpuPerZone": {"type": ["string", "number"], "description": "Accepted"},
+                    "memPerZone": {"type": ["string", "number"], "description": "Accepted"},
+                    "distances": {"type": "object", "description": "Accepted (self/remote)"},
+                },
+            },
             "mig": {
                 "type": "object",
                 "description": "Static MIG layout",
