@@ -580,7 +580,9 @@ GRACE_PERIOD_S = 30.0  # the chart sets no terminationGracePeriodSeconds: Kubern
     "name",
     [STATUS_UPDATER, KWOK_CAPACITY, KWOK_DRA, KWOK_EXPORTER, DEVICE_PLUGIN, DRA_PLUGIN],
 )
-def test_sigterm_exits_cleanly_within_the_grace_period(world: World, name: str) -> None:
+def test_sigterm_exits_cleanly_within_the_grace_period(
+    world: World, report: FaultReport, name: str
+) -> None:
     async def check() -> float:
         from fgo_localcluster import process
 
@@ -617,6 +619,7 @@ def test_sigterm_exits_cleanly_within_the_grace_period(world: World, name: str) 
             world.held.discard(name)
 
     took = world.call(check)
+    report.shutdown_s[name] = took
     assert took < GRACE_PERIOD_S
 
 

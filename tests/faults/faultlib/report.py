@@ -48,6 +48,7 @@ class FaultReport:
         self.started = dt.datetime.now(dt.UTC)
         self.results: dict[str, FaultResult] = {}
         self.load: dict[str, object] = {}
+        self.shutdown_s: dict[str, float] = {}  # SIGTERM -> exit, per service
 
     def add(self, fault: str, outcome: Outcome) -> None:
         result = self.results.setdefault(fault, FaultResult(fault))
@@ -86,6 +87,12 @@ class FaultReport:
             lines += [f"- {fault}: {note}" for fault, note in notes]
         if self.load:
             lines += ["", "Load: " + ", ".join(f"{k} {v}" for k, v in self.load.items())]
+        if self.shutdown_s:
+            lines += [
+                "",
+                "SIGTERM to exit: "
+                + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(self.shutdown_s.items())),
+            ]
         bad = [(r.fault, e) for r in self.results.values() for e in r.examples]
         if bad:
             lines += ["", "Violations and crashes (first of each fault):", ""]
@@ -99,6 +106,7 @@ class FaultReport:
             "mode": self.mode,
             "started": self.started.isoformat(),
             "load": self.load,
+            "shutdown_s": self.shutdown_s,
             "faults": [
                 asdict(r) | {"p50_s": r.percentile(50), "p99_s": r.percentile(99)}
                 for r in self.results.values()
