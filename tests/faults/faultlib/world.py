@@ -296,11 +296,16 @@ class World:
 
     async def _supervise(self) -> None:
         streak: Counter[str] = Counter()
+        restarted: dict[str, float] = {}
         while True:
             await asyncio.sleep(1.0)
             for name in [*self.workloads, *self.agents]:
                 if name in self.held or self._is_running(name):
+                    # Like the kubelet, forget the back-off after a while of running well.
+                    if time.monotonic() - restarted.get(name, 0.0) > 120:
+                        streak[name] = 0
                     continue
+                restarted[name] = time.monotonic()
                 self.crashes[name] += 1
                 self.crash_log.append(f"{name}: {self._last_log_lines(name)}")
                 log.warning("supervisor.crashed", component=name)
