@@ -425,7 +425,9 @@ def build() -> Schema:
         ),
         "logLevel": string("Log level of every service", enum=LOG_LEVELS),
         "telemetrySeed": integer(
-            "Seed of the telemetry model (exporter metrics and nvidia-smi agree on it)", minimum=0
+            "Seed of the telemetry model (exporter metrics and nvidia-smi in pods of both "
+            "node plugins agree on it)",
+            minimum=0,
         ),
         "image": obj(
             "Image defaults of every component",
@@ -459,6 +461,16 @@ def build() -> Schema:
                 "defaultUtilization": string(
                     "Utilisation of a GPU pod without annotation: N or N-M (percent)",
                     pattern=r"^$|^[0-9]{1,3}(-[0-9]{1,3})?$",
+                ),
+                # A string too: `--set` passes 0.5 as a string (only integers are parsed).
+                "migReconfigureSeconds": nullable(
+                    {
+                        "type": ["number", "string"],
+                        "description": "How long nvidia.com/mig.config.state stays pending "
+                        "before a requested MIG layout is applied (seconds, >= 0)",
+                        "minimum": 0,
+                        "pattern": r"^[0-9]+(\.[0-9]+)?$",
+                    }
                 ),
                 "podPatchRbac": compat("Accepted for compatibility (pods patch is always granted)"),
                 "runaiIntegration": compat("Accepted for compatibility, ignored"),

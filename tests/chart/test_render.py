@@ -296,17 +296,20 @@ def test_values_reach_the_services(helm: Helm) -> None:
             "prometheus.url=http://prom.example:9090",
             "environment.resourceReservationNamespace=resv",
             "statusUpdater.defaultUtilization=10-20",
+            "statusUpdater.migReconfigureSeconds=0.5",
             "logLevel=DEBUG",
             "statusExporter.port=9500",
             "statusExporter.extraMetrics={DCGM_FI_PROF_SM_ACTIVE,DCGM_FI_DEV_FB_TOTAL}",
             "statusExporter.hostnameLabel=hostname",
             "telemetrySeed=7",
+            "draPlugin.enabled=true",
         ]
     )
     su = _env(rendered.get("Deployment", "fgo-status-updater"))
     assert su["PROMETHEUS_URL"] == "http://prom.example:9090"
     assert su["RESOURCE_RESERVATION_NAMESPACE"] == "resv"
     assert su["DEFAULT_GPU_UTILIZATION"] == "10-20"
+    assert su["MIG_RECONFIGURE_SECONDS"] == "0.5"
     assert su["LOG_LEVEL"] == "DEBUG"
     assert su["TOPOLOGY_CM_NAMESPACE"] == NAMESPACE
     exporter = rendered.get("Deployment", "nvidia-dcgm-exporter-kwok")
@@ -314,10 +317,11 @@ def test_values_reach_the_services(helm: Helm) -> None:
     assert env["METRICS_PORT"] == "9500"
     assert env["EXPORTER_EXTRA_METRICS"] == "DCGM_FI_PROF_SM_ACTIVE,DCGM_FI_DEV_FB_TOTAL"
     assert env["HOSTNAME_LABEL"] == "hostname"
-    # nvidia-smi in pods gets the seed from the device plugin: both must agree.
-    assert (
-        env["FGO_SEED"] == "7" == _env(rendered.get("DaemonSet", "fgo-device-plugin"))["FGO_SEED"]
-    )
+    # nvidia-smi in pods gets the seed from the node plugin that allocated the GPU (device
+    # plugin or DRA plugin): all must agree with the exporter.
+    assert env["FGO_SEED"] == "7"
+    for agent in ("fgo-device-plugin", "fgo-dra-plugin"):
+        assert _env(rendered.get("DaemonSet", agent))["FGO_SEED"] == "7", agent
     ports = exporter["spec"]["template"]["spec"]["containers"][0]["ports"]
     assert {"name": "metrics", "containerPort": 9500} in ports
     svc = rendered.get("Service", "nvidia-dcgm-exporter-kwok")
@@ -429,6 +433,8 @@ def test_topology_reader_role_only_when_someone_reads(helm: Helm) -> None:
         (["devicePlugin.visibleDevicesEnvName=A-B"], ["/devicePlugin/visibleDevicesEnvName"]),
         (["customProfiles.My_GPU.device_count=1"], ["My_GPU", "does not match pattern"]),
         (["statusUpdater.defaultUtilization=lots"], ["/statusUpdater/defaultUtilization"]),
+        (["statusUpdater.migReconfigureSeconds=-1"], ["/statusUpdater/migReconfigureSeconds"]),
+        (["statusUpdater.migReconfigureSeconds=soon"], ["/statusUpdater/migReconfigureSeconds"]),
     ],
 )  # fmt: skip
 def test_schema_rejects_bad_values(helm: Helm, sets: list[str], expected: list[str]) -> None:
@@ -554,3 +560,21 @@ def test_notes_render_for_every_matrix_entry(helm: Helm, ci_values: Path) -> Non
     notes = helm.notes([ci_values])
     assert "Next steps" in notes
     assert not re.search(r"<no value>|%!", notes), notes
+
+
+def test_node_agents_mount_the_nvidia_smi_bundle_the_init_container_installs(
+    helm: Helm,
+) -> None:
+    """Both node plugins point GPU containers at the same launcher and bundle, under the host
+    directory the install-nvidia-smi init container writes to."""
+    rendered = helm.render(sets=["draPlugin.enabled=true"])
+    paths = {}
+    for agent in ("fgo-device-plugin", "fgo-dra-plugin"):
+        ds = rendered.get("DaemonSet", agent)
+        env = _env(ds)
+        paths[agent] = (env["NVIDIA_SMI_HOST_PATH"], env["NVIDIA_SMI_BUNDLE_HOST_DIR"])
+        init = ds["spec"]["template"]["spec"]["initContainers"][0]
+        host_dir = init["command"][1].removeprefix("/host")
+        assert env["NVIDIA_SMI_BUNDLE_HOST_DIR"].startswith(host_dir + "/"), agent
+        assert env["NVIDIA_SMI_HOST_PATH"].startswith(host_dir + "/"), agent
+    assert paths["fgo-device-plugin"] == paths["fgo-dra-plugin"]

@@ -83,3 +83,35 @@ def test_chart_env_is_what_the_service_reads(everything: Rendered, workload: str
         load_settings(cls, env)
     except SettingsError as exc:
         pytest.fail(f"{workload}: {module} rejects the chart's environment: {exc}", pytrace=False)
+
+
+# Chart values that mirror a service setting: with the chart's defaults, the service must end up
+# with its own default, so `helm install` without values behaves like the service's README says.
+MIRRORED_DEFAULTS = [
+    ("fgo-status-updater", "MIG_RECONFIGURE_SECONDS"),  # statusUpdater.migReconfigureSeconds
+    ("nvidia-dcgm-exporter", "EMPTY_POD_LABELS"),  # statusExporter.emptyPodLabels
+    ("nvidia-dcgm-exporter-kwok", "EMPTY_POD_LABELS"),
+    ("fgo-device-plugin", "FGO_SEED"),  # telemetrySeed
+    ("fgo-dra-plugin", "FGO_SEED"),
+    ("fgo-dra-plugin", "NVIDIA_SMI_BUNDLE_HOST_DIR"),
+]
+
+
+@pytest.mark.parametrize(("workload", "variable"), MIRRORED_DEFAULTS)
+def test_chart_defaults_equal_the_service_defaults(
+    everything: Rendered, workload: str, variable: str
+) -> None:
+    matches = [(c, r) for n, c, r in _containers(everything) if n.split("/")[0] == workload]
+    assert matches, f"{workload} not rendered"
+    container, repository = matches[0]
+    cls = _settings_class(SERVICE_MODULES[repository])
+    entries = container.get("env", [])
+    assert variable in {e["name"] for e in entries}, f"{workload} does not set {variable}"
+    env = resolve_env(entries, pod_namespace="sim-gpus", pod_name=f"{workload}-x",
+                      service_account="sa", node_name="node-a")  # fmt: skip
+    field = next(f for f in dataclasses.fields(cls) if f.metadata.get("env") == variable)
+    rendered = getattr(load_settings(cls, env), field.name)
+    assert rendered == field.default, (
+        f"{workload}: the chart's default gives {variable}={rendered!r}, the service's own "
+        f"default is {field.default!r}"
+    )

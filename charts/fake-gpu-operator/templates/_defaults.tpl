@@ -40,7 +40,7 @@ restrictToSimulatedPools: true
 logLevel: INFO
 
 # -- Seed of the telemetry model's random parts: the exporter's metrics and nvidia-smi in GPU
-# pods (the device plugin passes it on as FGO_SEED) compute the same numbers from it.
+# pods (the device plugin and the DRA plugin pass it on as FGO_SEED) compute the same numbers.
 telemetrySeed: 0
 
 # -- Defaults for every component's image; each component may override repository/tag.
@@ -59,6 +59,9 @@ statusUpdater:
   # -- Utilisation range of a GPU pod without annotation or workload kind ("N" or "N-M"); empty:
   # the status-updater's default.
   defaultUtilization: ""
+  # -- Seconds nvidia.com/mig.config.state stays "pending" after a node's nvidia.com/mig.config
+  # changes, before the new MIG layout is applied (the time a real reconfiguration takes).
+  migReconfigureSeconds: 5
   image: {repository: status-updater, tag: "", pullPolicy: ""}
   resources:
     requests: {cpu: 100m, memory: 128Mi}

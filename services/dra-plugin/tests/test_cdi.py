@@ -13,6 +13,9 @@ SETUP = ContainerSetup(
     nvidia_smi_host_path="/var/lib/fake-gpu-operator/bin/nvidia-smi",
     state_host_dir="/var/lib/fake-gpu-operator/state",
     state_container_dir="/run/fake-gpu-operator",
+    bundle_host_dir="/var/lib/fake-gpu-operator/nvidia-smi",
+    bundle_container_dir="/usr/local/fake-gpu",
+    seed=7,
 )
 
 
@@ -24,8 +27,19 @@ def test_claim_spec_sets_all_uuids_on_every_device_and_common_mounts() -> None:
     for device in spec["devices"]:
         assert device["containerEdits"]["env"] == ["NVIDIA_VISIBLE_DEVICES=GPU-a,GPU-b"]
     common = spec["containerEdits"]
-    assert common["env"] == ["NODE_NAME=node-a", "FGO_STATE_DIR=/run/fake-gpu-operator"]
+    assert common["env"] == [
+        "NODE_NAME=node-a",
+        "FGO_SEED=7",
+        "FGO_NVIDIA_SMI_HOME=/usr/local/fake-gpu",
+        "FGO_STATE_DIR=/run/fake-gpu-operator",
+    ]
     assert common["mounts"] == [
+        # The bundle the launcher execs, then the launcher where users call nvidia-smi.
+        {
+            "hostPath": "/var/lib/fake-gpu-operator/nvidia-smi",
+            "containerPath": "/usr/local/fake-gpu",
+            "options": ["ro", "nosuid", "nodev", "bind"],
+        },
         {
             "hostPath": "/var/lib/fake-gpu-operator/bin/nvidia-smi",
             "containerPath": "/usr/bin/nvidia-smi",
@@ -44,7 +58,7 @@ def test_configurable_env_name_and_no_mounts_when_paths_are_empty() -> None:
     spec = claim_spec(KIND, "u", [("gpu-0", "GPU-a"), ("gpu-0", "GPU-a")], setup)
     assert [d["name"] for d in spec["devices"]] == ["u-gpu-0"]  # one CDI device per device
     assert spec["devices"][0]["containerEdits"]["env"] == ["FGO_VISIBLE_DEVICES=GPU-a"]
-    assert spec["containerEdits"] == {"env": ["NODE_NAME=n"]}
+    assert spec["containerEdits"] == {"env": ["NODE_NAME=n", "FGO_SEED=0"]}
 
 
 def test_device_ids_are_fully_qualified() -> None:

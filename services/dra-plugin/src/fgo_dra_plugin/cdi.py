@@ -9,10 +9,13 @@ claim (kind ``k8s.gpu.nvidia.com/claim``, the NVIDIA DRA driver's; device names
   default) to *all* GPU UUIDs of the claim: a container that gets two devices gets two edits
   setting the same variable, and they must agree (a container referencing several claims sees
   the last claim's list; a known limit of environment-based device lists);
-* the spec-wide edits add what the fake nvidia-smi needs (design principle 5): ``NODE_NAME``,
-  ``FGO_STATE_DIR``, a read-only bind mount of the nvidia-smi executable at the path users call
-  and a read-only bind mount of the node-state *directory* (the snapshot file is replaced by
-  rename; a file bind mount would keep showing the old inode).
+* the spec-wide edits add what the fake nvidia-smi needs (design principle 5, the contract of
+  docs/nvidia-smi.md, the same as the device plugin's Allocate): ``NODE_NAME``,
+  ``FGO_STATE_DIR``, ``FGO_NVIDIA_SMI_HOME`` and the telemetry seed ``FGO_SEED``; read-only bind
+  mounts of the nvidia-smi bundle directory, of the launcher (at the path users call; it execs
+  the bundle, whose executable needs its ``_internal/`` next to it) and of the node-state
+  *directory* (the snapshot file is replaced by rename; a file bind mount would keep showing
+  the old inode).
 
 Spec files are written atomically (temp file + rename) because runtimes watch the directory and
 may read a half-written file otherwise.
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fgo_common.nodestate import STATE_DIR_ENV
+from fgo_common.nodestate import SMI_HOME_ENV, STATE_DIR_ENV
 
 from fgo_dra_plugin.checkpoint import write_atomically
 
@@ -35,6 +38,8 @@ from fgo_dra_plugin.checkpoint import write_atomically
 # containerd 1.7+ and CRI-O 1.28+ accept; the CDI library validates against the minimum needed.
 CDI_VERSION = "0.5.0"
 NODE_NAME_ENV = "NODE_NAME"
+# Read by the fake nvidia-smi (services/nvidia-smi settings); the device plugin sets it too.
+SEED_ENV = "FGO_SEED"
 _BIND_RO = ["ro", "nosuid", "nodev", "bind"]
 _NOT_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -49,10 +54,22 @@ class ContainerSetup:
     nvidia_smi_container_path: str = "/usr/bin/nvidia-smi"
     state_host_dir: str = ""
     state_container_dir: str = ""
+    bundle_host_dir: str = ""
+    bundle_container_dir: str = ""
+    seed: int = 0
 
     def common_edits(self) -> dict[str, Any]:
-        env = [f"{NODE_NAME_ENV}={self.node_name}"]
+        env = [f"{NODE_NAME_ENV}={self.node_name}", f"{SEED_ENV}={self.seed}"]
         mounts: list[dict[str, Any]] = []
+        if self.bundle_host_dir and self.bundle_container_dir:
+            env.append(f"{SMI_HOME_ENV}={self.bundle_container_dir}")
+            mounts.append(
+                {
+                    "hostPath": self.bundle_host_dir,
+                    "containerPath": self.bundle_container_dir,
+                    "options": list(_BIND_RO),
+                }
+            )
         if self.nvidia_smi_host_path and self.nvidia_smi_container_path:
             mounts.append(
                 {

@@ -36,6 +36,9 @@ def container_setup(settings: Settings) -> ContainerSetup:
         nvidia_smi_container_path=settings.nvidia_smi_container_path,
         state_host_dir=settings.effective_state_host_dir,
         state_container_dir=settings.state_container_dir,
+        bundle_host_dir=settings.nvidia_smi_bundle_host_dir,
+        bundle_container_dir=settings.nvidia_smi_bundle_container_dir,
+        seed=settings.seed,
     )
 
 

@@ -14,7 +14,7 @@ from typing import cast
 
 from fgo_common.dra import UNHEALTHY_POLICIES, UnhealthyPolicy
 from fgo_common.names import DRA, DraNames
-from fgo_common.nodestate import DEFAULT_STATE_DIR
+from fgo_common.nodestate import DEFAULT_STATE_DIR, SMI_CONTAINER_DIR, SMI_HOST_DIR
 from fgo_common.runtime.settings import SettingsError, env_field
 from fgo_common.topology import node_topology_configmap_name
 from fgo_kubelet_api import pluginregistration_v1 as reg
@@ -75,6 +75,20 @@ class Settings:
     nvidia_smi_container_path: str = env_field(
         "NVIDIA_SMI_CONTAINER_PATH", "/usr/bin/nvidia-smi", "where GPU containers find nvidia-smi"
     )
+    nvidia_smi_bundle_host_dir: str = env_field(
+        "NVIDIA_SMI_BUNDLE_HOST_DIR", SMI_HOST_DIR,
+        "host directory of the nvidia-smi bundle the launcher at NVIDIA_SMI_HOST_PATH executes "
+        "(fgo-install-nvidia-smi puts it there), mounted into GPU containers (empty: no mount)",
+    )  # fmt: skip
+    nvidia_smi_bundle_container_dir: str = env_field(
+        "NVIDIA_SMI_BUNDLE_CONTAINER_DIR", SMI_CONTAINER_DIR,
+        "where GPU containers see the bundle (exported to them as FGO_NVIDIA_SMI_HOME)",
+    )  # fmt: skip
+    seed: int = env_field(
+        "FGO_SEED", 0,
+        "telemetry seed passed to GPU containers (must equal the status-exporter's, so "
+        "nvidia-smi in a pod prints the numbers the metrics show)",
+    )  # fmt: skip
     state_dir: str = env_field(
         "STATE_DIR", "/var/lib/fake-gpu-operator/state",
         "directory (as this container sees it) the node-local topology snapshot is written to",
