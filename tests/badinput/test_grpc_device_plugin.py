@@ -117,11 +117,7 @@ async def test_malformed_allocations(plugin: Plugin) -> None:
     for name, containers in cases.items():
         tried(SURFACE)
         code = await code_of(allocate(plugin.connection, containers))
-        # The INVALID_ARGUMENT message names every unknown ID: for megabytes of IDs the status
-        # exceeds gRPC's metadata limit and arrives as RESOURCE_EXHAUSTED (reported as a minor
-        # finding; a kubelet never sends such lists). The plugin itself is unaffected.
-        huge = name in ("huge list", "1 MiB id")
-        if code not in ACCEPTED and not (huge and code == grpc.StatusCode.RESOURCE_EXHAUSTED):
+        if code not in ACCEPTED:
             wrong[name] = code
     assert not wrong, wrong
 

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
+import yaml
 from fgo_common.kube.watch import ADDED, DELETED, MODIFIED, SYNCED, Reflector, WatchEvent
 from fgo_localcluster.cluster import LocalCluster
 from fgo_localcluster.nodes import api_client
@@ -158,3 +159,85 @@ async def test_relists_after_410_without_losing_or_duplicating(
     assert _names(events, DELETED) == Counter({"cm-2": 1})
     assert _names(events, MODIFIED) == Counter({"cm-1": 1})
     _no_duplicate_deliveries(events)
+
+
+async def _service_account_kubeconfig(
+    core: client.CoreV1Api, local_cluster: LocalCluster, namespace: str, tmp: Path
+) -> Path:
+    await core.create_namespaced_service_account(
+        namespace,
+        {"metadata": {"name": "watcher"}},  # type: ignore[arg-type]
+    )
+    request = await core.create_namespaced_service_account_token(
+        "watcher",
+        namespace,
+        {"spec": {"expirationSeconds": 3600}},  # type: ignore[arg-type]
+    )
+    admin = yaml.safe_load(Path(local_cluster.kubeconfig).read_text())
+    cluster = admin["clusters"][0]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": "watcher", "user": {"token": request.status.token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": cluster["name"], "user": "watcher"}}],
+        "current-context": "sa",
+    }
+    path = tmp / "watcher.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+async def test_keeps_retrying_while_forbidden_then_syncs(
+    local_cluster: LocalCluster, kube: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    """A freshly restarted apiserver refuses ServiceAccount requests for a moment; the watch
+    must back off and carry on (client-go's behaviour), not end the service."""
+    core = client.CoreV1Api(kube)
+    rbac = client.RbacAuthorizationV1Api(kube)
+    await _cm(core, namespace, "present")
+    kubeconfig = await _service_account_kubeconfig(core, local_cluster, namespace, tmp_path)
+    events: list[WatchEvent] = []
+    stop = asyncio.Event()
+    async with api_client(kubeconfig) as watch_api:
+        reflector = Reflector(
+            client.CoreV1Api(watch_api).list_namespaced_config_map,
+            name="forbidden",
+            namespace=namespace,
+            timeout_seconds=60,
+        )
+        task = asyncio.create_task(_consume(reflector, stop, events))
+        try:
+            await _until(lambda: reflector.restarts >= 2)
+            assert not task.done(), task
+            assert not reflector.synced.is_set()
+
+            await rbac.create_namespaced_role(
+                namespace,
+                {  # type: ignore[arg-type]
+                    "metadata": {"name": "watch-configmaps"},
+                    "rules": [
+                        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch"]}
+                    ],
+                },
+            )
+            await rbac.create_namespaced_role_binding(
+                namespace,
+                {  # type: ignore[arg-type]
+                    "metadata": {"name": "watch-configmaps"},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "Role",
+                        "name": "watch-configmaps",
+                    },
+                    "subjects": [
+                        {"kind": "ServiceAccount", "name": "watcher", "namespace": namespace}
+                    ],
+                },
+            )
+            await _until(reflector.synced.is_set)
+            await _until(lambda: "present" in _names(events, ADDED))
+        finally:
+            stop.set()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

@@ -400,3 +400,12 @@ async def test_nvidia_smi_sees_exactly_the_allocated_gpus(sock_dir: Path) -> Non
         # Enumerated in PCI bus order, like the driver inside the container.
         assert sorted(r[0] for r in rows) == sorted([u[5], u[2]])
         assert {r[1] for r in rows} == {record.gpus[5].bus_id, record.gpus[2].bus_id}
+
+
+def test_rejection_message_stays_small() -> None:
+    from fgo_device_plugin.server import describe_ids
+
+    text = describe_ids([f"GPU-{i}" for i in range(20_000)] + ["G" * (1 << 20)])
+    assert len(text) < 1024
+    assert text.endswith("and 19993 more")
+    assert describe_ids(["b", "a", "a"]) == "'a', 'b'"

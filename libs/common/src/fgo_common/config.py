@@ -78,9 +78,15 @@ _NUMA_KEYS = (
 class ConfigError(ValueError):
     """An invalid topology config; ``path`` names the field."""
 
+    # Messages go into Events (1 KiB note limit) and logs; a 1 MiB value must not be echoed.
+    MAX_MESSAGE = 600
+
     def __init__(self, path: str, message: str) -> None:
         self.path = path
-        super().__init__(f"{path}: {message}" if path else message)
+        text = f"{path}: {message}" if path else message
+        if len(text) > self.MAX_MESSAGE:
+            text = f"{text[: self.MAX_MESSAGE]}... ({len(text)} characters in all)"
+        super().__init__(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +120,9 @@ class PoolConfig:
     cuda_version: str = ""
     numa: NumaConfig | None = None
     mig_config: str = ""  # name of a MIG layout applied to the pool's GPUs ("" = MIG disabled)
+    # Dynamic MIG: GPUs start without MIG; DRA claims for MIG devices create instances, and the
+    # DRA publishers offer every placement through shared counters (``mig: {dynamic: true}``).
+    mig_dynamic: bool = False
 
     @property
     def gpu_count(self) -> int:
@@ -281,8 +290,26 @@ def _mig(raw: object, path: str) -> str:
     if raw is None:
         return ""
     entry = _expect_mapping(raw, path)
-    _check_keys(entry, ("config",), path)
+    _check_keys(entry, ("config", "dynamic"), path)
+    if _mig_dynamic(raw, path):
+        if "config" in entry:
+            raise ConfigError(
+                f"{path}.config",
+                "not allowed with dynamic: true (a dynamic pool's GPUs get MIG instances from "
+                "DRA claims, not from a static layout)",
+            )
+        return ""
     return _string(entry.get("config"), f"{path}.config")
+
+
+def _mig_dynamic(raw: object, path: str) -> bool:
+    """``mig.dynamic`` (default false); ``_mig`` has checked the mapping's keys."""
+    if not isinstance(raw, dict) or "dynamic" not in raw:
+        return False
+    value = raw["dynamic"]
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}.dynamic", f"must be true or false, got {value!r}")
+    return value
 
 
 def _seed_pool(
@@ -330,6 +357,7 @@ def _seed_pool(
         cuda_version=_optional_str(raw, "cudaVersion", path),
         numa=_numa(raw.get("numa"), f"{path}.numa", sum(g.count for g in groups)),
         mig_config=_mig(raw.get("mig"), f"{path}.mig"),
+        mig_dynamic=_mig_dynamic(raw.get("mig"), f"{path}.mig"),
     )
 
 
@@ -380,6 +408,7 @@ def _legacy_pool(
         cuda_version=_optional_str(raw, "cudaVersion", path),
         numa=_numa(raw.get("numa"), f"{path}.numa", count),
         mig_config=_mig(raw.get("mig"), f"{path}.mig"),
+        mig_dynamic=_mig_dynamic(raw.get("mig"), f"{path}.mig"),
     )
 
 
@@ -468,6 +497,7 @@ def _profile_pool(name: str, raw: dict[str, Any], path: str, catalog: ProfileCat
         cuda_version=str(system.get("cuda_version", "") or ""),
         numa=_numa(raw.get("numa"), f"{path}.numa", count),
         mig_config=_mig(raw.get("mig"), f"{path}.mig"),
+        mig_dynamic=_mig_dynamic(raw.get("mig"), f"{path}.mig"),
     )
 
 
@@ -520,6 +550,12 @@ def _check_mig_configs(raw: object, pools: Mapping[str, PoolConfig]) -> migstate
     except MigLayoutError as exc:
         raise ConfigError("", str(exc)) from None
     for name, pool in pools.items():
+        if pool.mig_dynamic and not any(p.mig_capable for p in pool.gpu_profiles()):
+            products = ", ".join(sorted({p.name for p in pool.gpu_profiles()}))
+            raise ConfigError(
+                f"nodePools.{name}.mig.dynamic",
+                f"needs a MIG-capable GPU in the pool; {products} is not MIG-capable",
+            )
         if not pool.mig_config:
             continue
         try:
@@ -535,4 +571,9 @@ def load_cluster_config(text: str, catalog: ProfileCatalog = BUILTIN_CATALOG) ->
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError("", f"not valid YAML: {exc}") from None
-    return parse_cluster_config(raw, catalog)
+    except RecursionError:
+        raise ConfigError("", "not a usable topology: the YAML is nested too deeply") from None
+    try:
+        return parse_cluster_config(raw, catalog)
+    except RecursionError:
+        raise ConfigError("", "not a usable topology: the document is nested too deeply") from None

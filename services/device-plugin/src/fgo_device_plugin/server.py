@@ -16,7 +16,12 @@ from typing import Any
 
 import grpc
 import structlog
-from fgo_common.runtime.sockets import SocketIdentity, remove_socket, socket_identity
+from fgo_common.runtime.sockets import (
+    SocketIdentity,
+    remove_socket,
+    restrict_socket,
+    socket_identity,
+)
 from fgo_kubelet_api import deviceplugin_v1beta1 as dp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -29,6 +34,23 @@ from fgo_device_plugin.preferred import preferred_allocation
 from fgo_device_plugin.resources import DeviceKind, PluginDevice, socket_name
 
 log = structlog.get_logger(__name__)
+
+
+# A status message travels in gRPC metadata (8 KiB by default) and lands in logs and Events:
+# name a few IDs, each cut short, and count the rest.
+MAX_IDS_SHOWN = 8
+MAX_ID_CHARS = 64
+
+
+def describe_ids(ids: list[str]) -> str:
+    distinct = sorted(set(ids))
+    shown = [
+        repr(i) if len(i) <= MAX_ID_CHARS else f"{i[:MAX_ID_CHARS]!r}... ({len(i)} chars)"
+        for i in distinct[:MAX_IDS_SHOWN]
+    ]
+    more = len(distinct) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more else "")
+
 
 AllocateHook = Callable[[str, Sequence[str]], None]
 
@@ -158,10 +180,11 @@ class DevicePluginService(dp.pb2_grpc.DevicePluginServicer):
         ]
         if unknown:
             self._metrics.allocations.labels(self.resource_name, "invalid").inc()
-            log.warning("allocate.rejected", resource=self.resource_name, unknown=unknown)
+            shown = describe_ids(unknown)
+            log.warning("allocate.rejected", resource=self.resource_name, unknown=shown)
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"unknown {self.resource_name} device IDs: {', '.join(sorted(set(unknown)))}",
+                f"unknown {self.resource_name} device IDs: {shown}",
             )
         responses = [
             self._container_response(list(req.devices_ids)) for req in request.container_requests
@@ -227,6 +250,7 @@ class ResourceServer:
         await health_servicer.set(dp.DEVICE_PLUGIN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         self._server = server
+        restrict_socket(self.socket_path)
         self._identity = socket_identity(self.socket_path)
         log.info("server.started", resource=self.resource_name, socket=str(self.socket_path))
 

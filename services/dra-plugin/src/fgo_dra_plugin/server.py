@@ -27,7 +27,12 @@ from typing import Any
 
 import grpc
 import structlog
-from fgo_common.runtime.sockets import SocketIdentity, remove_socket, socket_identity
+from fgo_common.runtime.sockets import (
+    SocketIdentity,
+    remove_socket,
+    restrict_socket,
+    socket_identity,
+)
 from fgo_kubelet_api import dra_v1, dra_v1beta1
 from fgo_kubelet_api import pluginregistration_v1 as reg
 from fgo_kubelet_api.dra import SERVICES_SUPPORTED_BY_KUBELET
@@ -210,6 +215,7 @@ class SocketServer:
         server.add_insecure_port(f"unix://{self.path}")
         await server.start()
         self._server = server
+        restrict_socket(self.path)
         self._identity = socket_identity(self.path)
         log.info("socket.serving", socket=self.name, path=str(self.path))
 

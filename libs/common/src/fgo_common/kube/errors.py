@@ -45,6 +45,19 @@ def is_transient(exc: BaseException) -> bool:
     ) and not isinstance(exc, ApiException)
 
 
+def is_auth_failure(exc: BaseException) -> bool:
+    """401/403. Usually final, but for about a second after a kube-apiserver restart every
+    ServiceAccount request is refused while its authenticator and RBAC caches fill, so
+    long-running loops retry these with back-off (as client-go's reflector does) instead of
+    exiting into a crash loop; one-shot writes retry them only a few times."""
+    return status_of(exc) in (401, 403)
+
+
+def is_api_error(exc: BaseException) -> bool:
+    """Any answer from the apiserver with an HTTP status (as opposed to a bug in our code)."""
+    return status_of(exc) is not None
+
+
 def retry_after_seconds(exc: BaseException) -> float | None:
     if isinstance(exc, ApiException) and exc.headers:
         value = exc.headers.get("Retry-After")

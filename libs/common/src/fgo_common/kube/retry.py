@@ -11,9 +11,17 @@ from typing import TypeVar
 
 import structlog
 
-from fgo_common.kube.errors import is_conflict, is_transient, retry_after_seconds
+from fgo_common.kube.errors import (
+    is_auth_failure,
+    is_conflict,
+    is_transient,
+    retry_after_seconds,
+)
 
 T = TypeVar("T")
+# A refusal right after an apiserver restart clears within a second or two; a real RBAC gap
+# must still surface quickly, so auth failures get only a few attempts.
+AUTH_FAILURE_ATTEMPTS = 4
 log = structlog.get_logger(__name__)
 
 
@@ -37,12 +45,16 @@ async def retrying(
     attempts: int = 8,
     backoff: Backoff | None = None,
 ) -> T:
-    """Run ``call``; retry transient failures up to ``attempts`` times."""
+    """Run ``call``; retry transient failures up to ``attempts`` times (auth failures up to
+    ``AUTH_FAILURE_ATTEMPTS``)."""
     for attempt in range(attempts):
         try:
             return await call()
         except Exception as exc:
-            if not is_transient(exc) or attempt == attempts - 1:
+            retryable = is_transient(exc) or (
+                is_auth_failure(exc) and attempt < AUTH_FAILURE_ATTEMPTS - 1
+            )
+            if not retryable or attempt == attempts - 1:
                 raise
             delay = retry_after_seconds(exc) or (backoff or Backoff()).delay(attempt)
             log.warning(

@@ -19,7 +19,13 @@ from typing import Any
 import aiohttp
 import structlog
 
-from fgo_common.kube.errors import is_gone, is_transient, raise_for_status
+from fgo_common.kube.errors import (
+    is_api_error,
+    is_auth_failure,
+    is_gone,
+    is_transient,
+    raise_for_status,
+)
 from fgo_common.kube.retry import Backoff
 
 log = structlog.get_logger(__name__)
@@ -187,14 +193,22 @@ class Reflector:
                     self.expirations += 1
                     need_list = True
                     continue
-                if not is_transient(exc) and not isinstance(
-                    exc, RuntimeError | json.JSONDecodeError
+                # Like client-go's reflector, a watch never gives up on the apiserver: any
+                # answer with a status (incl. the 401/403 of a freshly restarted apiserver
+                # whose caches are still filling) is retried with back-off. Only errors of
+                # our own code propagate.
+                if not (
+                    is_transient(exc)
+                    or is_api_error(exc)
+                    or isinstance(exc, RuntimeError | json.JSONDecodeError)
                 ):
                     raise
                 failures += 1
                 self.restarts += 1
                 delay = self._backoff.delay(min(failures, 8))
-                log.warning(
+                # A refusal that outlasts an apiserver restart is an RBAC gap: say so loudly.
+                report = log.error if is_auth_failure(exc) and failures >= 3 else log.warning
+                report(
                     "watch.retry",
                     watch=self.name,
                     error=str(exc)[:200] or type(exc).__name__,

@@ -28,3 +28,10 @@ def remove_socket(path: Path) -> None:
     if socket_identity(path) is not None:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def restrict_socket(path: Path) -> None:
+    """Make a socket we just bound owner-only (0600). gRPC creates it with the process umask,
+    which may be 000 in a container; only the kubelet (root) needs to connect."""
+    if socket_identity(path) is not None:
+        path.chmod(0o600)
