@@ -1,22 +1,39 @@
-"""The dcgm-exporter endpoint: ``GET /metrics`` computed at request time, streamed.
+"""The dcgm-exporter endpoint: ``GET /metrics`` for the served records at request time.
 
-Sampling and rendering run in a worker thread on a snapshot of the served records (records are
-replaced, never mutated, when a ConfigMap changes), so the event loop keeps answering probes and
-consuming watch events during a large scrape. The body is sent family by family, gzip-compressed
-when the scraper accepts it (Prometheus does), so a 1000-node scrape never sits in memory whole.
+The page of one set of records is the same for a whole telemetry bucket except for a few
+families (``page.py``), so it is rendered once per bucket, kept compressed, and served from
+there; while someone scrapes, the next bucket's page is rendered ahead in the background, so a
+scrape only renders the energy counters. Records with faults are rendered straight at request
+time, family by family (the original path, still the reference the page is tested against).
+
+All rendering runs in a worker thread on a snapshot of the served records (records are replaced,
+never mutated, when a ConfigMap changes), so the event loop keeps answering probes and consuming
+watch events during a large scrape. Bodies are streamed, never built whole.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
+import structlog
 from aiohttp import web
+from fgo_common.telemetry import BUCKET_SECONDS
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from fgo_status_exporter.dcgm import DcgmCollector, ServedNode
+from fgo_status_exporter.page import PageCache, bucket_of, gzip_pieces, plain_pieces
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+# Render the next bucket's page ahead only while someone scrapes: an unscraped exporter idles.
+PREPARE_WHILE_SCRAPED_SECONDS = 120.0
 
 TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -59,14 +76,57 @@ def build_metrics_app(
     *,
     clock: Callable[[], float] = time.time,
     stats: ScrapeStats | None = None,
+    pages: PageCache | None = None,
 ) -> web.Application:
+    cache = pages if pages is not None else PageCache(collector)
+    # One thread builds pages, one serves their pieces. Not the default pool: glibc gives each
+    # thread that allocates a lot its own malloc arena, and pages built in turn by six pool
+    # threads kept ~70 MiB more RSS at 1000 nodes than these two.
+    builder = ThreadPoolExecutor(1, thread_name_prefix="exporter-page-build")
+    server = ThreadPoolExecutor(1, thread_name_prefix="exporter-page-serve")
+
+    async def run_in(executor: ThreadPoolExecutor, func: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(executor, func, *args)
+
+    last_scrape = [-PREPARE_WHILE_SCRAPED_SECONDS]  # monotonic time of the latest scrape
+
     async def metrics(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
+        last_scrape[0] = time.monotonic()
         nodes = list(served())
         t = clock()
+        gzip = accepts_gzip(request.headers.get("Accept-Encoding", ""))
+        page = await run_in(builder, cache.lookup, nodes, t)
+        if page is None:
+            sent, response = await straight(request, nodes, t, gzip=gzip)
+        else:
+            sizes: list[int] = []
+            render = gzip_pieces if gzip else plain_pieces
+            response = await stream(request, render(cache, page, t, sizes), gzip=gzip)
+            sent = sum(sizes)
+        if stats is not None:
+            stats.duration.observe(time.perf_counter() - started)
+            stats.bytes.inc(sent)
+        return response
+
+    async def stream(
+        request: web.Request, pieces: Iterator[bytes], *, gzip: bool
+    ) -> web.StreamResponse:
+        headers = {"Content-Type": TEXT_FORMAT}
+        if gzip:
+            headers["Content-Encoding"] = "gzip"
+        response = web.StreamResponse(headers=headers)
+        await response.prepare(request)
+        while (piece := await run_in(server, next, pieces, None)) is not None:
+            await response.write(piece)
+        await response.write_eof()
+        return response
+
+    async def straight(
+        request: web.Request, nodes: Sequence[ServedNode], t: float, *, gzip: bool
+    ) -> tuple[int, web.StreamResponse]:
         entities = await asyncio.to_thread(collector.entities, nodes, t)
         chunks = collector.render(entities)
-        gzip = accepts_gzip(request.headers.get("Accept-Encoding", ""))
         # Level 1: the text is so repetitive that it still shrinks ~8x, at a fraction of the
         # CPU of the default level (which would cost more than computing the scrape).
         packer = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS) if gzip else None
@@ -98,15 +158,34 @@ def build_metrics_app(
         if packer is not None:
             await response.write(packer.flush())
         await response.write_eof()
-        if stats is not None:
-            stats.duration.observe(time.perf_counter() - started)
-            stats.bytes.inc(sent)
-        return response
+        return sent, response
+
+    async def prepare_ahead(_: web.Application) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                now = clock()
+                # Early in each bucket, render the next one (any instant in it gives its page).
+                await asyncio.sleep(max(0.0, (bucket_of(now) + 1) * BUCKET_SECONDS - now) + 0.5)
+                if time.monotonic() - last_scrape[0] > PREPARE_WHILE_SCRAPED_SECONDS:
+                    continue
+                try:
+                    await run_in(builder, cache.build, list(served()), bucket_of(clock()) + 1)
+                except Exception:
+                    log.exception("page.prepare_failed")  # the next scrape renders it instead
+
+        task = asyncio.create_task(loop(), name="exporter-page-ahead")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        builder.shutdown(wait=False, cancel_futures=True)
+        server.shutdown(wait=False, cancel_futures=True)
 
     async def health(_: web.Request) -> web.Response:
         # dcgm-exporter answers /health with 200 when it can collect.
         return web.Response(text="OK")
 
     app = web.Application()
+    app.cleanup_ctx.append(prepare_ahead)
     app.add_routes([web.get("/metrics", metrics), web.get("/health", health)])
     return app
