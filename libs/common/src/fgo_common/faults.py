@@ -37,6 +37,22 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fgo_common.names import (
+    HEALTH_FR_OK,
+    HEALTH_FR_PCI_REPLAY_RATE,
+    HEALTH_FR_ROW_REMAP_FAILURE,
+    HEALTH_FR_THROTTLE_POWER,
+    HEALTH_FR_THROTTLE_THERMAL,
+    HEALTH_FR_UNCONTAINED,
+    HEALTH_FR_VOLATILE_DBE,
+    HEALTH_FR_VOLATILE_SBE,
+    HEALTH_FR_XID_ERROR,
+    HEALTH_RESULT_FAIL,
+    HEALTH_RESULT_PASS,
+    HEALTH_RESULT_WARN,
+    HEALTH_WATCH_SYSTEMS,
+)
+
 FAULTS_LABEL = "fake-gpu-operator/gpu-faults"
 FAULTS_DATA_KEY = "faults.yaml"
 
@@ -352,3 +368,68 @@ def device_taints(
         latest = max(xids, key=lambda f: float(f.get("since") or 0.0))
         return [{"key": f"{driver}/{xid_key}", "value": str(latest["code"]), "effect": effect}]
     return [{"key": f"{driver}/{lost_key}", "value": "true", "effect": effect}]
+
+
+# --- DCGM health watches (DCGM_EXP_GPU_HEALTH_STATUS) -----------------------------------------
+
+# Which DCGM health watch system reports a critical XID, and with which error code. DCGM's own
+# mapping is not published per XID; ours follows the XID's meaning: memory errors to MEM (48/94
+# double-bit, 95 uncontained, 63/64 row remapping), fallen off the bus to PCIE, the rest to SM.
+_MEMORY_XIDS = {
+    48: HEALTH_FR_VOLATILE_DBE,
+    94: HEALTH_FR_VOLATILE_DBE,
+    95: HEALTH_FR_UNCONTAINED,
+    63: HEALTH_FR_XID_ERROR,
+    64: HEALTH_FR_ROW_REMAP_FAILURE,
+}
+
+
+def _health_finding(fault: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(system, error code) a fault shows under, or None for faults DCGM health ignores."""
+    kind = fault.get("kind")
+    if kind == RECORD_LOST:
+        return "PCIE", HEALTH_FR_XID_ERROR
+    if kind == KIND_XID:
+        code = fault.get("code")
+        if not isinstance(code, int) or code in APPLICATION_XIDS:
+            return None
+        if code in _MEMORY_XIDS:
+            return "MEM", _MEMORY_XIDS[code]
+        return ("PCIE" if code in EVICTING_XIDS else "SM"), HEALTH_FR_XID_ERROR
+    if kind == KIND_ECC:
+        if (fault.get("dbeVolatile") or 0) > 0:
+            return "MEM", HEALTH_FR_VOLATILE_DBE
+        return "MEM", HEALTH_FR_VOLATILE_SBE
+    if kind == KIND_THERMAL:
+        return "THERMAL", HEALTH_FR_THROTTLE_THERMAL
+    if kind == KIND_POWER:
+        return "POWER", HEALTH_FR_THROTTLE_POWER
+    if kind == RECORD_PCIE_REPLAY:
+        return "PCIE", HEALTH_FR_PCI_REPLAY_RATE
+    return None
+
+
+def dcgm_health(
+    faults: Iterable[Mapping[str, Any]], t: float | None = None
+) -> dict[str, tuple[int, str]]:
+    """Every DCGM health watch system of one GPU -> (result, error code) at ``t``.
+
+    FAIL exactly when the GPU is Unhealthy by :func:`is_critical` (NVIDIA's device-plugin rule)
+    for a fault on the whole GPU; a critical fault on one MIG device only (the GPU stays
+    Healthy, as in the record) and the non-critical kinds (single-bit ECC, thermal, power,
+    PCIe replays) WARN; application XIDs leave the GPU passing. Unaffected systems PASS with
+    DCGM_FR_OK."""
+    out = dict.fromkeys(HEALTH_WATCH_SYSTEMS, (HEALTH_RESULT_PASS, HEALTH_FR_OK))
+    for raw in faults:
+        if not isinstance(raw, Mapping) or not _active_now(raw, t):
+            continue
+        fault = _normalized(raw)
+        finding = _health_finding(fault)
+        if finding is None:
+            continue
+        system, code = finding
+        whole_gpu_critical = is_critical(fault) and not fault.get("mig")
+        result = HEALTH_RESULT_FAIL if whole_gpu_critical else HEALTH_RESULT_WARN
+        if result > out[system][0]:
+            out[system] = (result, code)
+    return out

@@ -342,7 +342,67 @@ _OPTIONAL_COUNTERS_4_5: tuple[DcgmField, ...] = (
     _f("DCGM_FI_DEV_FB_USED_PERCENT", "gauge", "Percentage used of Frame Buffer.", "float"),
     _f("DCGM_FI_DEV_PSTATE", "gauge", "Performance state (P-State) 0-15. 0=highest"),
     _f("DCGM_FI_DEV_POWER_MGMT_LIMIT", "gauge", "Power management limit (in W).", "float"),
+    # Violation counters: commented rows of dcp-metrics-included.csv at 4.5.x. DCGM 4 reports
+    # them in nanoseconds (dcgm_fields.h: "Power Violation time in ns"); DCGM 3 said usec.
+    _f("DCGM_FI_DEV_POWER_VIOLATION", "counter",
+       "Throttling duration due to power constraints (in ns)."),
+    _f("DCGM_FI_DEV_THERMAL_VIOLATION", "counter",
+       "Throttling duration due to thermal constraints (in ns)."),
+    _f("DCGM_FI_DEV_SYNC_BOOST_VIOLATION", "counter",
+       "Throttling duration due to sync-boost constraints (in ns)."),
+    _f("DCGM_FI_DEV_BOARD_LIMIT_VIOLATION", "counter",
+       "Throttling duration due to board limit constraints (in ns)."),
+    _f("DCGM_FI_DEV_LOW_UTIL_VIOLATION", "counter",
+       "Throttling duration due to low utilization (in ns)."),
+    _f("DCGM_FI_DEV_RELIABILITY_VIOLATION", "counter",
+       "Throttling duration due to reliability constraints (in ns)."),
+    # DCGM field 112 is in no shipped CSV; it appears only in custom ones, under either name
+    # (DCGM renamed it; the old name stays as a deprecated alias). HELP is ours, in the words
+    # of dcgm_fields.h's comment on the field.
+    _f("DCGM_FI_DEV_CLOCKS_EVENT_REASONS", "gauge",
+       "Current clock event reasons (bitmask of DCGM_CLOCKS_EVENT_REASON_*)."),
+    _f("DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", "gauge",
+       "Current clock throttle reasons (bitmask of DCGM_CLOCKS_THROTTLE_REASON_*)."),
+    # Exporter-computed metrics (not DCGM fields). 4.5.x has no CSV row for them; the HELP
+    # texts are the commented rows of default-counters.csv on main (7ad5832).
+    _f("DCGM_EXP_CLOCK_EVENTS_COUNT", "gauge",
+       "Clock events observed during the configured time window."),
+    _f("DCGM_EXP_GPU_HEALTH_STATUS", "gauge", "Current DCGM-reported GPU health status."),
 )  # fmt: skip
+
+# DCGM clock event reason bits (dcgm_fields.h DCGM_CLOCKS_EVENT_REASON_*, equal to NVML's
+# nvmlClocksEventReason*), with the `clock_event` label value dcgm-exporter's
+# DCGM_EXP_CLOCK_EVENTS_COUNT collector prints for each (clock_events_collector.go).
+CLOCK_EVENT_LABEL_VALUES: tuple[tuple[int, str], ...] = (
+    (0x001, "gpu_idle"),
+    (0x002, "clocks_setting"),
+    (0x004, "power_cap"),
+    (0x008, "hw_slowdown"),
+    (0x010, "sync_boost"),
+    (0x020, "sw_thermal"),
+    (0x040, "hw_thermal"),
+    (0x080, "hw_power_brake"),
+    (0x100, "display_clocks"),
+)
+
+# DCGM_EXP_GPU_HEALTH_STATUS: one series per GPU per health watch system, in the order of
+# dcgm-exporter's gpuHealthChecks; the value is DCGM's dcgmHealthWatchResult_t.
+HEALTH_WATCH_SYSTEMS: tuple[str, ...] = (
+    "PCIE", "NVLINK", "PMU", "MCU", "MEM", "SM", "INFOROM", "THERMAL", "POWER", "DRIVER",
+)  # fmt: skip
+HEALTH_RESULT_PASS = 0
+HEALTH_RESULT_WARN = 10
+HEALTH_RESULT_FAIL = 20
+# dcgmError_t names dcgm-exporter prints in `health_error_code` (healthCheckErrorToString).
+HEALTH_FR_OK = "DCGM_FR_OK"
+HEALTH_FR_XID_ERROR = "DCGM_FR_XID_ERROR"
+HEALTH_FR_VOLATILE_DBE = "DCGM_FR_VOLATILE_DBE_DETECTED"
+HEALTH_FR_VOLATILE_SBE = "DCGM_FR_VOLATILE_SBE_DETECTED"
+HEALTH_FR_UNCONTAINED = "DCGM_FR_UNCONTAINED_ERROR"
+HEALTH_FR_ROW_REMAP_FAILURE = "DCGM_FR_ROW_REMAP_FAILURE"
+HEALTH_FR_PCI_REPLAY_RATE = "DCGM_FR_PCI_REPLAY_RATE"
+HEALTH_FR_THROTTLE_THERMAL = "DCGM_FR_CLOCK_THROTTLE_THERMAL"
+HEALTH_FR_THROTTLE_POWER = "DCGM_FR_CLOCK_THROTTLE_POWER"
 
 # dcgm-exporter's XID text table (internal/pkg/collector/xid_errors.go), indexed by XID code;
 # codes beyond it print UNKNOWN_XID_MESSAGE. Copied per pinned version: never guess a string.
@@ -536,6 +596,14 @@ class DcgmExporterNames:
     pod_uid: str = "pod_uid"
     err_code: str = "err_code"
     err_msg: str = "err_msg"
+    # Labels of the exporter-computed metrics (collector/const.go, clock_events_collector.go,
+    # gpu_health_collector.go).
+    clock_event: str = "clock_event"
+    window_size: str = "window_size_in_ms"
+    health_watch: str = "health_watch"
+    health_error_code: str = "health_error_code"
+    clock_events_count: str = "DCGM_EXP_CLOCK_EVENTS_COUNT"
+    gpu_health_status: str = "DCGM_EXP_GPU_HEALTH_STATUS"
     device_prefix: str = "nvidia"  # device="nvidia<index>"
     listen_port: int = 9400
     service_name: str = "nvidia-dcgm-exporter"

@@ -39,12 +39,39 @@ MIG_INSTANCE_OVERHEAD_MIB = 13
 #   {kind: pcieReplay, count}
 #   {kind: thermal}                            thermal slowdown: hot, clocks down
 #   {kind: power}                              power brake: power capped low, clocks down
+#   {kind: degraded}                           degraded performance: SM clock and PCIe
+#                                              throughput down (no clock event reason)
 FAULT_XID = "xid"
 FAULT_ECC = "ecc"
 FAULT_REMAPPED_ROWS = "remappedRows"
 FAULT_PCIE_REPLAY = "pcieReplay"
 FAULT_THERMAL = "thermal"
 FAULT_POWER = "power"
+FAULT_DEGRADED = "degraded"
+
+# Clock event reason bits (DCGM dcgm_fields.h DCGM_CLOCKS_EVENT_REASON_*, the same values as
+# NVML's nvmlClocksEventReason*; 0x2, 0x10 and 0x100 are never set by the simulator).
+CLOCKS_EVENT_GPU_IDLE = 0x001
+CLOCKS_EVENT_CLOCKS_SETTING = 0x002
+CLOCKS_EVENT_SW_POWER_CAP = 0x004
+CLOCKS_EVENT_HW_SLOWDOWN = 0x008
+CLOCKS_EVENT_SYNC_BOOST = 0x010
+CLOCKS_EVENT_SW_THERMAL = 0x020
+CLOCKS_EVENT_HW_THERMAL = 0x040
+CLOCKS_EVENT_HW_POWER_BRAKE = 0x080
+CLOCKS_EVENT_DISPLAY_CLOCKS = 0x100
+CLOCKS_EVENT_SUPPORTED = 0x1FF
+# Power at or above this share of the limit counts as the SW power cap holding clocks down.
+SW_POWER_CAP_SHARE = 0.99
+# A degraded GPU runs its SM clock at most at this share of the base clock, and its PCIe link
+# (retraining, replaying) moves this share of the data.
+DEGRADED_CLOCK_SHARE = 0.7
+DEGRADED_PCIE_SHARE = 0.5
+# dcgm-exporter's defaults: DCGM samples each watched field every collect interval
+# (DCGM_EXPORTER_INTERVAL, 30 s), and DCGM_EXP_CLOCK_EVENTS_COUNT counts the samples of the
+# last DCGM_EXPORTER_CLOCK_EVENTS_COUNT_WINDOW_SIZE (5 min) that carry each reason.
+DCGM_SAMPLE_INTERVAL_SECONDS = 30.0
+CLOCK_EVENTS_WINDOW_SECONDS = 300.0
 
 # XIDs whose meaning implies a memory error, so the ECC / row-remap counters agree with them.
 _XID_DOUBLE_BIT = frozenset({48, 94, 95})
@@ -92,6 +119,12 @@ class GpuSample:
     row_remap_failure: bool = False
     thermal_throttled: bool = False
     power_throttled: bool = False
+    degraded: bool = False
+    # Why clocks are below their maximum (CLOCKS_EVENT_* bits), and the cumulative time the
+    # thermal / power-brake slowdowns have held them down (ns, as DCGM 4 reports violations).
+    clocks_event_reasons: int = 0
+    thermal_violation_ns: int = 0
+    power_violation_ns: int = 0
 
     @property
     def fb_used_percent(self) -> float:
@@ -114,6 +147,7 @@ class FaultState:
     pcie_replay_count: int = 0
     thermal: bool = False
     power: bool = False
+    degraded: bool = False
 
 
 NO_FAULTS = FaultState()
@@ -148,7 +182,7 @@ def faults_at(faults: Iterable[Mapping[str, Any]], t: float) -> FaultState:
     )
     xid = xids[-1][1] if xids else 0
     sbe_vol = dbe_vol = sbe_agg = dbe_agg = remap_c = remap_u = replays = 0
-    failure = thermal = power = False
+    failure = thermal = power = degraded = False
     for fault in active:
         kind = fault.get("kind")
         if kind == FAULT_ECC:
@@ -166,6 +200,8 @@ def faults_at(faults: Iterable[Mapping[str, Any]], t: float) -> FaultState:
             thermal = True
         elif kind == FAULT_POWER:
             power = True
+        elif kind == FAULT_DEGRADED:
+            degraded = True
     # An XID that reports a memory error implies the counters that error increments.
     codes = {code for _, code in xids}
     if codes & _XID_DOUBLE_BIT:
@@ -188,7 +224,87 @@ def faults_at(faults: Iterable[Mapping[str, Any]], t: float) -> FaultState:
         pcie_replay_count=replays,
         thermal=thermal,
         power=power,
+        degraded=degraded,
     )
+
+
+def violation_ns(faults: Iterable[Mapping[str, Any]], kind: str, t: float, boot: float) -> int:
+    """How long (ns) faults of ``kind`` have been active between ``boot`` and ``t``: the
+    violation counter of that slowdown. Non-decreasing in ``t`` while the record keeps the
+    faults; overlapping faults of one kind count once."""
+    spans: list[tuple[float, float]] = []
+    for fault in faults:
+        if not isinstance(fault, Mapping) or fault.get("kind") != kind:
+            continue
+        try:
+            since = max(boot, float(fault.get("since") or 0.0))
+            until = min(t, float(fault.get("until") or math.inf))
+        except (TypeError, ValueError):
+            continue
+        if until > since:
+            spans.append((since, until))
+    total, end = 0.0, -math.inf
+    for since, until in sorted(spans):
+        start = max(since, end)
+        if until > start:
+            total += until - start
+            end = until
+    return int(total * 1e9)
+
+
+def clocks_event_reasons(util: int, power_w: float, profile: GpuProfile, faults: FaultState) -> int:
+    """The CLOCKS_EVENT_* bits a GPU reports: idle when nothing runs, the SW power cap when it
+    draws its limit, HW slowdown with its thermal / power-brake cause for those faults. A
+    degraded GPU sets none: NVIDIA has no reason bit for it, its clocks are just lower."""
+    bits = CLOCKS_EVENT_GPU_IDLE if util == 0 else 0
+    if power_w >= profile.power_default_limit_w * SW_POWER_CAP_SHARE:
+        bits |= CLOCKS_EVENT_SW_POWER_CAP
+    if faults.thermal:
+        bits |= CLOCKS_EVENT_HW_SLOWDOWN | CLOCKS_EVENT_HW_THERMAL
+    if faults.power:
+        bits |= CLOCKS_EVENT_HW_SLOWDOWN | CLOCKS_EVENT_HW_POWER_BRAKE
+    return bits
+
+
+def _power_at(
+    gpu_id: str, profile: GpuProfile, util: int, bucket: int, *, seed: int, faults: FaultState
+) -> float:
+    power = _power(profile, util) + (_unit_random(seed, gpu_id, "power", bucket) - 0.5) * 2.0
+    power = max(profile.power_idle_w * 0.95, min(profile.power_default_limit_w, power))
+    if faults.power:
+        # Power brake (external signal): capped at the minimum limit.
+        power = min(power, profile.power_min_limit_w)
+    return power
+
+
+def clock_event_counts(
+    gpu: GpuRecord,
+    profile: GpuProfile,
+    t: float,
+    *,
+    seed: int = 0,
+    window_s: float = CLOCK_EVENTS_WINDOW_SECONDS,
+    interval_s: float = DCGM_SAMPLE_INTERVAL_SECONDS,
+) -> dict[int, int]:
+    """DCGM_EXP_CLOCK_EVENTS_COUNT: per reason bit, how many of DCGM's samples of the last
+    ``window_s`` (one every ``interval_s``, on multiples of it) carried that bit. The same
+    bits :func:`sample_gpu` reports at each sample instant."""
+    counts: dict[int, int] = {}
+    if interval_s <= 0 or window_s <= 0:
+        return counts
+    last = math.floor(t / interval_s)
+    first = math.floor((t - window_s) / interval_s) + 1
+    for tick in range(first, last + 1):
+        at = tick * interval_s
+        bucket = math.floor(at / BUCKET_SECONDS)
+        faults = faults_at(gpu.faults, at) if gpu.faults else NO_FAULTS
+        util = _gpu_utilization_at(gpu, profile, bucket, seed)
+        power = _power_at(gpu.id, profile, util, bucket, seed=seed, faults=faults)
+        bits = clocks_event_reasons(util, power, profile, faults)
+        for bit in range(CLOCKS_EVENT_SUPPORTED.bit_length()):
+            if bits & (1 << bit):
+                counts[1 << bit] = counts.get(1 << bit, 0) + 1
+    return counts
 
 
 @functools.lru_cache(maxsize=256)
@@ -345,8 +461,7 @@ def sample_gpu(
         util, lagged = 0, 0.0  # nobody uses it now or in the lag window: skip the hashing
     faults = faults_at(gpu.faults, t) if gpu.faults else NO_FAULTS
 
-    power = _power(profile, util) + (_unit_random(seed, gpu.id, "power", bucket) - 0.5) * 2.0
-    power = max(profile.power_idle_w * 0.95, min(profile.power_default_limit_w, power))
+    power = _power_at(gpu.id, profile, util, bucket, seed=seed, faults=faults)
     temp_span = profile.temp_max_load_c - profile.temp_idle_c
     temp = profile.temp_idle_c + temp_span * (lagged / 100.0) ** 0.9
     temp += (_unit_random(seed, gpu.id, "temp", bucket) - 0.5) * 1.0
@@ -361,11 +476,12 @@ def sample_gpu(
         temp = max(temp, profile.temp_slowdown_c + 1.0)
         if busy:
             sm_clock = min(sm_clock, int(profile.clock_sm_base_mhz * 0.6))
-    if faults.power:
-        # Power brake (external signal): capped at the minimum limit, clocks follow.
-        power = min(power, profile.power_min_limit_w)
-        if busy:
-            sm_clock = min(sm_clock, int(profile.clock_sm_base_mhz * 0.5))
+    if faults.power and busy:
+        # Power brake (external signal): power capped at the minimum limit, clocks follow.
+        sm_clock = min(sm_clock, int(profile.clock_sm_base_mhz * 0.5))
+    if faults.degraded:
+        # A degraded GPU cannot reach its clocks (idle clocks are below the cap anyway).
+        sm_clock = min(sm_clock, int(profile.clock_sm_base_mhz * DEGRADED_CLOCK_SHARE))
 
     total = memory_total_mib if memory_total_mib is not None else gpu.memory_mib
     reserved = 0 if memory_total_mib is not None else min(profile.memory_reserved_mib, total)
@@ -377,6 +493,8 @@ def sample_gpu(
     used = max(0, min(total - reserved, wanted))
     ratio = util / 100.0
     pcie_peak = 2_000_000_000 * profile.pcie_generation * profile.pcie_link_width // 16
+    if faults.degraded:
+        pcie_peak = int(pcie_peak * DEGRADED_PCIE_SHARE)
     return GpuSample(
         gpu_util=util,
         mem_copy_util=int(util * 0.35),
@@ -415,6 +533,11 @@ def sample_gpu(
         row_remap_failure=faults.row_remap_failure,
         thermal_throttled=faults.thermal,
         power_throttled=faults.power,
+        degraded=faults.degraded,
+        clocks_event_reasons=clocks_event_reasons(util, power, profile, faults),
+        # Time under each slowdown, from the record's faults (while it keeps them).
+        thermal_violation_ns=violation_ns(gpu.faults, FAULT_THERMAL, t, boot_time),
+        power_violation_ns=violation_ns(gpu.faults, FAULT_POWER, t, boot_time),
     )
 
 
@@ -444,6 +567,8 @@ def sample_mig_device(
     ratio = util / 100.0
     weight = _mig_weight(device, profile)
     pcie_peak = 2_000_000_000 * profile.pcie_generation * profile.pcie_link_width // 16
+    if parent.degraded:
+        pcie_peak = int(pcie_peak * DEGRADED_PCIE_SHARE)
     return dataclasses.replace(
         parent,
         gpu_util=util,

@@ -165,17 +165,25 @@ def _pick(snapshot: Snapshot, chosen: list[int]) -> Snapshot:
     return snapshot
 
 
+def lost_gpu_message(bus_id: str) -> str:
+    """NVML's GPU_IS_LOST as nvidia-smi reports it for a device whose handle it cannot get:
+    "GPU" and the bus id in its 4-digit-domain form, no space between (current drivers; older
+    ones printed a space), then the error text and nvidia-smi's advice (docs/faults.md)."""
+    return (
+        f"Unable to determine the device handle for GPU{bus_id[-12:]}: "
+        "GPU is lost.  Reboot the system to recover this GPU\n"
+    )
+
+
 def _report_lost(snapshot: Snapshot, out: TextIO) -> bool:
     """An injected lost GPU (fgo_common.faults) fails the tool as NVML's GPU_IS_LOST does: one
-    line per lost GPU, exit 15. Simplification: the real tool may still print the other GPUs."""
+    line per lost GPU, exit 15. The reports we found of a lost GPU among several (4-GPU hosts)
+    show only the error line, so the other GPUs are not printed (docs/faults.md)."""
     from fgo_common.faults import gpu_lost
 
     lost = [g for g in snapshot.gpus if g.record.faults and gpu_lost(g.record.faults, g.t)]
     for gpu in lost:
-        out.write(
-            f"Unable to determine the device handle for GPU{gpu.index}: {gpu.bus_id[-12:]}: "
-            "GPU is lost.  Reboot the system to recover this GPU\n"
-        )
+        out.write(lost_gpu_message(gpu.bus_id))
     return bool(lost)
 
 

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fgo_common.telemetry import BUCKET_SECONDS
+from fgo_common.telemetry import (
+    BUCKET_SECONDS,
+    CLOCKS_EVENT_GPU_IDLE,
+    CLOCKS_EVENT_HW_POWER_BRAKE,
+    CLOCKS_EVENT_HW_SLOWDOWN,
+    CLOCKS_EVENT_HW_THERMAL,
+    CLOCKS_EVENT_SW_POWER_CAP,
+)
 
 from fgo_nvidia_smi.fmt import NA, arch_name, banner_time, watts
 from fgo_nvidia_smi.state import GpuView, MigView, Process, Snapshot
@@ -92,26 +99,23 @@ def _mhz(value: int) -> str:
     return f"{value} MHz"
 
 
-# NVML clocks event reason bits (nvml.h nvmlClocksEventReason*).
-REASON_GPU_IDLE = 0x1
-REASON_SW_POWER_CAP = 0x4
-REASON_HW_SLOWDOWN = 0x8
-REASON_HW_THERMAL = 0x40
-REASON_HW_POWER_BRAKE = 0x80
+# NVML clocks event reason bits (nvml.h nvmlClocksEventReason*; DCGM uses the same values).
+REASON_GPU_IDLE = CLOCKS_EVENT_GPU_IDLE
+REASON_SW_POWER_CAP = CLOCKS_EVENT_SW_POWER_CAP
+REASON_HW_SLOWDOWN = CLOCKS_EVENT_HW_SLOWDOWN
+REASON_HW_THERMAL = CLOCKS_EVENT_HW_THERMAL
+REASON_HW_POWER_BRAKE = CLOCKS_EVENT_HW_POWER_BRAKE
 
 
 def clocks_event_bits(gpu: GpuView) -> int:
-    """Why clocks are below maximum: idle, at the power cap, or an injected thermal / power
-    brake fault (the telemetry model already lowered clocks and raised heat for those)."""
-    s = gpu.sample
-    bits = REASON_GPU_IDLE if s.gpu_util == 0 else 0x0
-    if s.power_w >= gpu.profile.power_default_limit_w * 0.99:
-        bits |= REASON_SW_POWER_CAP
-    if s.thermal_throttled:
-        bits |= REASON_HW_SLOWDOWN | REASON_HW_THERMAL
-    if s.power_throttled:
-        bits |= REASON_HW_SLOWDOWN | REASON_HW_POWER_BRAKE
-    return bits
+    """Why clocks are below maximum: the telemetry model's bits, so nvidia-smi and the
+    exporter's DCGM_FI_DEV_CLOCKS_EVENT_REASONS show the same reasons."""
+    return gpu.sample.clocks_event_reasons
+
+
+def _violation_us(ns: int) -> str:
+    """A slowdown's cumulative time, as nvidia-smi prints the event reason counters."""
+    return f"{ns // 1000} us"
 
 
 def _active(gpu: GpuView, bit: int) -> str:
@@ -478,9 +482,15 @@ def gpu_tree(gpu: GpuView, driver: str) -> list[Node]:
                     "SW Thermal Slowdown", "clocks_event_reasons_counters_sw_therm_slowdown", "0 us"
                 ),
                 leaf(
-                    "HW Thermal Slowdown", "clocks_event_reasons_counters_hw_therm_slowdown", "0 us"
+                    "HW Thermal Slowdown",
+                    "clocks_event_reasons_counters_hw_therm_slowdown",
+                    _violation_us(s.thermal_violation_ns),
                 ),
-                leaf("HW Power Braking", "clocks_event_reasons_counters_hw_power_brake", "0 us"),
+                leaf(
+                    "HW Power Braking",
+                    "clocks_event_reasons_counters_hw_power_brake",
+                    _violation_us(s.power_violation_ns),
+                ),
             ),
         ),
         leaf("Sparse Operation Mode", "sparse_operation_mode", "Disabled"),

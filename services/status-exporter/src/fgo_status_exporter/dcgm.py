@@ -21,11 +21,20 @@ import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from fgo_common.names import DcgmExporterNames, DcgmField
+from fgo_common.faults import dcgm_health
+from fgo_common.names import (
+    CLOCK_EVENT_LABEL_VALUES,
+    HEALTH_WATCH_SYSTEMS,
+    DcgmExporterNames,
+    DcgmField,
+)
 from fgo_common.profiles import BUILTIN_CATALOG, GpuProfile, ProfileCatalog
 from fgo_common.telemetry import (
+    CLOCK_EVENTS_WINDOW_SECONDS,
+    DCGM_SAMPLE_INTERVAL_SECONDS,
     DEFAULT_BOOT_TIME,
     GpuSample,
+    clock_event_counts,
     profile_for,
     sample_gpu,
     sample_mig_device,
@@ -121,6 +130,19 @@ FIELD_SOURCES: dict[str, FieldSource] = {
     "DCGM_FI_DEV_FB_USED_PERCENT": FieldSource(lambda s: s.fb_used_percent),
     "DCGM_FI_DEV_PSTATE": FieldSource(lambda s: s.pstate),
     "DCGM_FI_DEV_POWER_MGMT_LIMIT": FieldSource(lambda s: s.power_limit_w),
+    # Throttling: the same bits and slowdown times nvidia-smi prints (fgo_common.telemetry).
+    "DCGM_FI_DEV_CLOCKS_EVENT_REASONS": FieldSource(lambda s: s.clocks_event_reasons),
+    "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS": FieldSource(lambda s: s.clocks_event_reasons),
+    "DCGM_FI_DEV_POWER_VIOLATION": FieldSource(lambda s: s.power_violation_ns),
+    "DCGM_FI_DEV_THERMAL_VIOLATION": FieldSource(lambda s: s.thermal_violation_ns),
+    # Sync boost, board limit, low utilisation and reliability policies are not simulated.
+    "DCGM_FI_DEV_SYNC_BOOST_VIOLATION": FieldSource(lambda s: 0),
+    "DCGM_FI_DEV_BOARD_LIMIT_VIOLATION": FieldSource(lambda s: 0),
+    "DCGM_FI_DEV_LOW_UTIL_VIOLATION": FieldSource(lambda s: 0),
+    "DCGM_FI_DEV_RELIABILITY_VIOLATION": FieldSource(lambda s: 0),
+    # Exporter-computed families: rendered by DcgmCollector (their own labels), not by value.
+    "DCGM_EXP_CLOCK_EVENTS_COUNT": FieldSource(lambda s: 0),
+    "DCGM_EXP_GPU_HEALTH_STATUS": FieldSource(lambda s: 0),
 }
 
 DRIVER_VERSION_FIELD = "DCGM_FI_DRIVER_VERSION"
@@ -162,6 +184,10 @@ class ExporterOptions:
     seed: int = 0
     boot_time: float = DEFAULT_BOOT_TIME
     catalog: ProfileCatalog = BUILTIN_CATALOG
+    # DCGM_EXP_CLOCK_EVENTS_COUNT: window and DCGM's sampling interval (dcgm-exporter's
+    # DCGM_EXPORTER_CLOCK_EVENTS_COUNT_WINDOW_SIZE and DCGM_EXPORTER_INTERVAL, in ms).
+    clock_events_window_ms: int = int(CLOCK_EVENTS_WINDOW_SECONDS * 1000)
+    collect_interval_ms: int = int(DCGM_SAMPLE_INTERVAL_SECONDS * 1000)
 
     @property
     def host_label(self) -> str:
@@ -195,6 +221,11 @@ class Entity:
     holders: list[Holder]
     sample: GpuSample
     supported: frozenset[str]  # DCGM fields this entity reports
+    gpu: GpuRecord | None = None
+    profile: GpuProfile | None = None
+    gpu_head: str = ""  # the GPU's head without MIG labels (GPU-level families)
+    first_of_gpu: bool = True  # the first entity of its GPU (one GPU-level series set)
+    t: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +239,8 @@ class _Shape:
     labels: list[str]
     holders: list[Holder]
     supported: frozenset[str]
+    gpu_head: str
+    first_of_gpu: bool
 
 
 def _holders(holders: Iterable[Holder]) -> list[Holder]:
@@ -312,7 +345,9 @@ class DcgmCollector:
             head + self._render_pairs(self._attributes(None)) + "}"
         ]
         supported = self._supported(profile, device is not None)
-        return _Shape(gpu, device, profile, head, labels, holders, supported)
+        gpu_head = head if mig is None else self._head(gpu, hostname, driver, None)
+        first = device is None or device is min(gpu.mig_devices, key=lambda d: d.gi_id)
+        return _Shape(gpu, device, profile, head, labels, holders, supported, gpu_head, first)
 
     def _shapes(self, served: ServedNode) -> list[_Shape]:
         """The label text of every entity of a node: rebuilt only when its record changes
@@ -354,7 +389,12 @@ class DcgmCollector:
                         shape.gpu, shape.device, shape.profile, t, seed=o.seed,
                         boot_time=o.boot_time, parent=parent,
                     )  # fmt: skip
-                out.append(Entity(shape.head, shape.labels, shape.holders, sample, shape.supported))
+                out.append(
+                    Entity(
+                        shape.head, shape.labels, shape.holders, sample, shape.supported,
+                        shape.gpu, shape.profile, shape.gpu_head, shape.first_of_gpu, t,
+                    )
+                )  # fmt: skip
         if len(self._shape_cache) > len(seen):
             # Forget nodes no longer served (swap in a new dict: a concurrent scrape may read).
             self._shape_cache = {k: v for k, v in self._shape_cache.items() if k in seen}
@@ -369,10 +409,73 @@ class DcgmCollector:
         holders: list[Holder | None] = list(entity.holders) or [None]
         return [entity.head + self._render_pairs(self._attributes(h) + err) + "}" for h in holders]
 
+    def _clock_event_lines(self, entities: Sequence[Entity]) -> list[str]:
+        """DCGM_EXP_CLOCK_EVENTS_COUNT as dcgm-exporter's collector shapes it: per entity one
+        series per reason seen in the window (``clock_event``), or one 0 without it when none
+        was; MIG instances repeat their GPU's counts. Reasons in bit order."""
+        n, o = self.options.names, self.options
+        window = (n.window_size, str(o.clock_events_window_ms))
+        cache: dict[int, dict[int, int]] = {}
+        lines: list[str] = []
+        for entity in entities:
+            if entity.gpu is None or entity.profile is None:
+                continue
+            counts = cache.get(id(entity.gpu))
+            if counts is None:
+                counts = cache[id(entity.gpu)] = clock_event_counts(
+                    entity.gpu, entity.profile, entity.t, seed=o.seed,
+                    window_s=o.clock_events_window_ms / 1000,
+                    interval_s=o.collect_interval_ms / 1000,
+                )  # fmt: skip
+            seen = [
+                (label, counts[bit]) for bit, label in CLOCK_EVENT_LABEL_VALUES if bit in counts
+            ]
+            rows = [([(n.clock_event, label), window], count) for label, count in seen] or [
+                ([window], 0)
+            ]
+            holders: list[Holder | None] = list(entity.holders) or [None]
+            for pairs, count in rows:
+                extra = self._render_pairs(pairs)
+                for holder in holders:
+                    attrs = self._render_pairs(self._attributes(holder))
+                    lines.append(f"{n.clock_events_count}{entity.head}{extra}{attrs}}} {count}\n")
+        return lines
+
+    def _health_lines(self, entities: Sequence[Entity]) -> list[str]:
+        """DCGM_EXP_GPU_HEALTH_STATUS: per GPU (DCGM health watches GPUs, not GPU instances)
+        one series per health watch system, value PASS 0 / WARN 10 / FAIL 20."""
+        n = self.options.names
+        lines: list[str] = []
+        for entity in entities:
+            if entity.gpu is None or not entity.first_of_gpu:
+                continue
+            health = dcgm_health(entity.gpu.faults, entity.t)
+            whole = entity.gpu_head == entity.head
+            holders: list[Holder | None] = (list(entity.holders) if whole else []) or [None]
+            for system in HEALTH_WATCH_SYSTEMS:
+                result, code = health[system]
+                extra = self._render_pairs([(n.health_error_code, code), (n.health_watch, system)])
+                for holder in holders:
+                    attrs = self._render_pairs(self._attributes(holder))
+                    lines.append(
+                        f"{n.gpu_health_status}{entity.gpu_head}{extra}{attrs}}} {result}\n"
+                    )
+        return lines
+
     def render(self, entities: Sequence[Entity]) -> Iterator[str]:
         """The exposition text, one chunk per metric family (families without series skipped)."""
+        n = self.options.names
         for fld in self._fields:
             name = fld.name
+            if name in (n.clock_events_count, n.gpu_health_status):
+                special = (
+                    self._clock_event_lines(entities)
+                    if name == n.clock_events_count
+                    else self._health_lines(entities)
+                )
+                if special:
+                    yield f"# HELP {name} {fld.help}\n# TYPE {name} {fld.kind}\n" + "".join(special)
+                continue
             value = FIELD_SOURCES[name].value
             fmt = _format_float if fld.value_type == "float" else _format_int
             is_xid = name == "DCGM_FI_DEV_XID_ERRORS"

@@ -49,6 +49,8 @@ def exporter_options(settings: Settings) -> ExporterOptions:
         pod_uid_label=settings.pod_uid_label,
         extra_metrics=settings.extra_metric_names,
         seed=settings.telemetry_seed,
+        clock_events_window_ms=settings.clock_events_window_ms,
+        collect_interval_ms=settings.collect_interval_ms,
     )
 
 

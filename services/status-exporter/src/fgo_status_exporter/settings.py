@@ -77,6 +77,17 @@ class Settings:
         "comma-separated DCGM fields to add to the default set (e.g. DCGM_FI_PROF_SM_ACTIVE, "
         "DCGM_FI_DEV_FB_TOTAL); see the README for the list",
     )
+    clock_events_window_ms: int = env_field(
+        "DCGM_EXPORTER_CLOCK_EVENTS_COUNT_WINDOW_SIZE",
+        300000,
+        "window (ms) of DCGM_EXP_CLOCK_EVENTS_COUNT (dcgm-exporter's knob and default)",
+    )
+    collect_interval_ms: int = env_field(
+        "DCGM_EXPORTER_INTERVAL",
+        30000,
+        "DCGM's sampling interval (ms) that DCGM_EXP_CLOCK_EVENTS_COUNT counts samples of "
+        "(dcgm-exporter's collect interval knob and default); values are computed at scrape time",
+    )
     telemetry_seed: int = env_field(
         "FGO_SEED",
         0,
@@ -104,6 +115,12 @@ class Settings:
             raise SettingsError(f"METRICS_PORT={self.metrics_port}: port out of range")
         if self.label_workers < 1:
             raise SettingsError(f"LABEL_WORKERS={self.label_workers}: must be at least 1")
+        for var, value in (
+            ("DCGM_EXPORTER_CLOCK_EVENTS_COUNT_WINDOW_SIZE", self.clock_events_window_ms),
+            ("DCGM_EXPORTER_INTERVAL", self.collect_interval_ms),
+        ):
+            if value <= 0:
+                raise SettingsError(f"{var}={value}: must be a positive number of milliseconds")
         names = DCGM_EXPORTER[self.dcgm_version]
         known = {f.name for f in names.optional_counters}
         unknown = [m for m in self.extra_metric_names if m not in known]
