@@ -7,7 +7,8 @@ rendered manifest*: the same environment variables (downward-API fields resolved
 kubelet would) and the same identity — a token of the Deployment's ServiceAccount from the
 TokenRequest API — so the chart's RBAC is exercised for real: a call the chart does not allow
 fails exactly as it would in a cluster. DaemonSets select only real (non-KWOK) GPU nodes, of
-which the local cluster has none, so none of their pods would run there either.
+which the local cluster has none, so none of their pods would run there either; a test that
+plays a node's kubelet gets them for that node (``node_workloads``) and starts them the same way.
 
 Listen ports are the one thing that differs: every pod has its own network namespace, local
 processes share one, so each environment variable whose value is one of the container's ports
@@ -108,33 +109,60 @@ def resolve_env(
     return env
 
 
+def _workload(
+    doc: dict[str, Any], namespace: str, name: str, node_name: str = ""
+) -> LocalWorkload | None:
+    """The pod of a Deployment/DaemonSet ``doc`` as a local process (None: not our service)."""
+    spec = doc["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    repository = container["image"].rsplit("/", 1)[-1].split(":", 1)[0]
+    module = SERVICE_MODULES.get(repository)
+    if module is None:
+        return None
+    sa = spec.get("serviceAccountName", "default")
+    return LocalWorkload(
+        name=name,
+        namespace=doc["metadata"].get("namespace", namespace),
+        service_account=sa,
+        module=module,
+        env=resolve_env(container.get("env", []), namespace, f"{name}-local", sa, node_name),
+        ports={
+            p.get("name", str(p["containerPort"])): int(p["containerPort"])
+            for p in container.get("ports", [])
+        },
+    )
+
+
 def workloads_from_manifest(manifest: str, namespace: str) -> list[LocalWorkload]:
     """The Deployments of ``manifest`` (``helm get manifest``) that run one of our services."""
     out = []
     for doc in yaml.safe_load_all(manifest):
         if not doc or doc.get("kind") != "Deployment":
             continue
-        spec = doc["spec"]["template"]["spec"]
-        container = spec["containers"][0]
-        repository = container["image"].rsplit("/", 1)[-1].split(":", 1)[0]
-        module = SERVICE_MODULES.get(repository)
-        if module is None:
+        workload = _workload(doc, namespace, doc["metadata"]["name"])
+        if workload is not None:
+            out.append(workload)
+    return out
+
+
+def node_workloads_from_manifest(
+    manifest: str, namespace: str, node_name: str
+) -> list[LocalWorkload]:
+    """The DaemonSets of ``manifest`` that run one of our services, as their pod on
+    ``node_name`` would run (``spec.nodeName`` resolved); named ``<daemonset>-<node>``.
+
+    Nothing runs them by itself (the DaemonSets select real nodes only): a test that plays the
+    node's kubelet starts the ones it needs, with the kubelet's directories moved to a temp
+    dir through ``start(..., extra_env=...)``.
+    """
+    out = []
+    for doc in yaml.safe_load_all(manifest):
+        if not doc or doc.get("kind") != "DaemonSet":
             continue
-        name = doc["metadata"]["name"]
-        sa = spec.get("serviceAccountName", "default")
-        out.append(
-            LocalWorkload(
-                name=name,
-                namespace=doc["metadata"].get("namespace", namespace),
-                service_account=sa,
-                module=module,
-                env=resolve_env(container.get("env", []), namespace, f"{name}-local", sa),
-                ports={
-                    p.get("name", str(p["containerPort"])): int(p["containerPort"])
-                    for p in container.get("ports", [])
-                },
-            )
-        )
+        name = f"{doc['metadata']['name']}-{node_name}"
+        workload = _workload(doc, namespace, name, node_name)
+        if workload is not None:
+            out.append(workload)
     return out
 
 
@@ -228,6 +256,11 @@ class LocalOperator:
         """The workloads of the installed release."""
         manifest = await self.helm("get", "manifest", self.release, "--namespace", self.namespace)
         return workloads_from_manifest(manifest, self.namespace)
+
+    async def node_workloads(self, node_name: str) -> list[LocalWorkload]:
+        """The release's node agents (DaemonSets) as they would run on ``node_name``."""
+        manifest = await self.helm("get", "manifest", self.release, "--namespace", self.namespace)
+        return node_workloads_from_manifest(manifest, self.namespace, node_name)
 
     async def uninstall(self) -> None:
         """Stop the workloads, ``helm uninstall``, and forget them (logs are kept)."""
