@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import secrets
 import sys
@@ -22,9 +23,11 @@ import aiohttp
 import pytest
 import pytest_asyncio
 import yaml
+from fgo_common.nodestate import write_node_state
 from fgo_common.topology import TOPOLOGY_DATA_KEY, NodeTopology
 from fgo_localcluster.cluster import LocalCluster
 from fgo_localcluster.testing import KwokNodeFactory, eventually
+from fgo_nvidia_smi.main import run as nvidia_smi
 from fgo_status_updater.testing import StatusUpdaterProcess, free_port
 from kubernetes_asyncio import client
 
@@ -489,3 +492,164 @@ async def test_dra_claim_for_a_mig_device_is_allocated_and_recorded(
     assert device.holders[0].kind == "dra"
     assert device.holders[0].claim == f"{stack.namespace}/one-mig"
     assert not any(g.status.holders for g in (await stack.record(node)).gpus)
+
+
+# --------------------------------------------------------------------------------------------
+# dynamic MIG (partitionable devices through shared counters)
+# --------------------------------------------------------------------------------------------
+
+
+def _claim(name: str, device_class: str, profile: str | None = None) -> dict[str, Any]:
+    exactly: dict[str, Any] = {"deviceClassName": device_class}
+    if profile is not None:
+        exactly["selectors"] = [
+            {"cel": {"expression": f"device.attributes['gpu.nvidia.com'].profile == '{profile}'"}}
+        ]
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": name},
+        "spec": {"devices": {"requests": [{"name": "gpu", "exactly": exactly}]}},
+    }
+
+
+def _claim_pod(stack: Stack, name: str, node: str, claim: str) -> dict[str, Any]:
+    body = stack.pod(name, node, {})
+    body["spec"]["resourceClaims"] = [{"name": "gpu", "resourceClaimName": claim}]
+    body["spec"]["containers"][0]["resources"] = {"claims": [{"name": "gpu"}]}
+    return dict(body)
+
+
+async def test_dynamic_mig_claims_partition_one_h100_through_shared_counters(
+    stack: Stack, local_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """One H100 in a ``mig: {dynamic: true}`` pool: the real scheduler gives a 3g.40gb and two
+    1g.10gb claims non-overlapping placements, keeps a full-GPU claim and an overlapping 4g.40gb
+    claim pending while they exist, the record (and so metrics and nvidia-smi) shows the
+    instances, and once they are gone the full GPU is allocated."""
+    config = {
+        "migStrategy": "mixed",
+        "nodePools": {"dyn": {"gpus": [{"type": "H100", "count": 1}], "mig": {"dynamic": True}}},
+    }
+    await stack.start(local_cluster, config, dra=True)
+    node = await stack.node("dyn")
+
+    async def published() -> dict[str, Any] | None:
+        found = await stack.resource.list_resource_slice(field_selector=f"spec.nodeName={node}")
+        devices = {d.name: d for s in found.items for d in s.spec.devices or []}
+        sets = [c.name for s in found.items for c in s.spec.shared_counters or []]
+        return devices if len(devices) == 26 and sets == ["gpu-0-counter-set"] else None
+
+    devices = await eventually(published, timeout_s=60, what="26 devices and a counter set")
+    assert "gpu-0" in devices and "gpu-0-mig-3g40gb-9-4" in devices
+
+    claims = {"mig-3g": "3g.40gb", "mig-1g-a": "1g.10gb", "mig-1g-b": "1g.10gb"}
+    for claim, profile in claims.items():
+        await stack.resource.create_namespaced_resource_claim(
+            stack.namespace, _claim(claim, "mig.nvidia.com", profile)
+        )
+        await stack.run_pod(_claim_pod(stack, f"pod-{claim}", node, claim))
+    allocated: dict[str, str] = {}
+    for claim in claims:
+        read = await stack.resource.read_namespaced_resource_claim(claim, stack.namespace)
+        (result,) = read.status.allocation.devices.results
+        assert (result.driver, result.pool) == ("gpu.nvidia.com", node)
+        allocated[claim] = result.device
+    assert allocated["mig-3g"].startswith("gpu-0-mig-3g40gb-9-")
+    slices: list[int] = []
+    for name in allocated.values():
+        capacity = devices[name].capacity
+        slices += [
+            int(k.removeprefix("memorySlice")) for k in capacity if k.startswith("memorySlice")
+        ]
+    assert len(slices) == len(set(slices)) == 6  # 4 + 1 + 1 memory slices, none shared
+
+    # A full GPU and an overlapping 4g.40gb (its only placement is 0:4, which the 3g.40gb or
+    # the two 1g.10gb occupy) cannot be had while the three exist.
+    for claim, device_class, profile in (
+        ("full-gpu", "gpu.nvidia.com", None),
+        ("mig-4g", "mig.nvidia.com", "4g.40gb"),
+    ):
+        await stack.resource.create_namespaced_resource_claim(
+            stack.namespace, _claim(claim, device_class, profile)
+        )
+        await stack.core.create_namespaced_pod(
+            stack.namespace, _claim_pod(stack, f"pod-{claim}", node, claim)
+        )
+
+    async def unschedulable(pod_name: str) -> bool:
+        pod = await stack.core.read_namespaced_pod(pod_name, stack.namespace)
+        return any(
+            c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"
+            for c in pod.status.conditions or []
+        )
+
+    for claim in ("full-gpu", "mig-4g"):
+        await eventually(
+            lambda c=claim: unschedulable(f"pod-{c}"), timeout_s=60, what=f"{claim} unschedulable"
+        )
+        read = await stack.resource.read_namespaced_resource_claim(claim, stack.namespace)
+        assert read.status is None or read.status.allocation is None
+
+    async def instances() -> Any:
+        record = await stack.record(node)
+        gpu = record.gpus[0]
+        held = [d for d in gpu.mig_devices if d.holders]
+        return (record, gpu) if gpu.mig_enabled and len(held) == 3 else None
+
+    record, gpu = await eventually(instances, timeout_s=30, what="3 MIG instances in the record")
+    by_name = {
+        f"gpu-0-mig-{d.profile.replace('.', '')}-{d.gi_profile_id}-{d.placement_start}": d
+        for d in gpu.mig_devices
+    }
+    assert set(by_name) == set(allocated.values())
+    for claim, name in allocated.items():
+        device = by_name[name]
+        assert device.uuid == devices[name].attributes["uuid"].string
+        assert [(h.pod, h.kind) for h in device.holders] == [(f"pod-{claim}", "dra")]
+    assert not gpu.status.holders
+
+    # The exporter and nvidia-smi read the record: each shows the instances.
+    async def mig_series() -> list[str] | None:
+        lines = [
+            line
+            for line in (await stack.metrics()).splitlines()
+            if line.startswith("DCGM_FI_DEV_FB_USED{") and 'GPU_I_PROFILE="3g.40gb"' in line
+        ]
+        return lines or None
+
+    await eventually(mig_series, timeout_s=30, what="a 3g.40gb series in the exporter")
+    state = tmp_path / "smi-state"
+    state.mkdir()
+    write_node_state(state, record)
+    out = io.StringIO()
+    env = {"FGO_STATE_DIR": str(state), "NVIDIA_VISIBLE_DEVICES": "all"}
+    assert nvidia_smi(["-L"], out, io.StringIO(), env) == 0
+    listing = out.getvalue()
+    for device in gpu.mig_devices:
+        assert f"MIG {device.profile}" in listing and device.uuid in listing
+
+    # Once they are gone, the instances disappear and the full GPU is allocated.
+    for claim in (*claims, "mig-4g"):
+        await stack.core.delete_namespaced_pod(f"pod-{claim}", stack.namespace)
+        await stack.resource.delete_namespaced_resource_claim(claim, stack.namespace)
+
+    async def full_gpu_running() -> Any:
+        pod = await stack.core.read_namespaced_pod("pod-full-gpu", stack.namespace)
+        return pod if pod.status.phase == "Running" else None
+
+    await eventually(full_gpu_running, timeout_s=60, what="full-GPU pod Running")
+    read = await stack.resource.read_namespaced_resource_claim("full-gpu", stack.namespace)
+    (result,) = read.status.allocation.devices.results
+    assert result.device == "gpu-0"
+
+    async def whole_gpu_held() -> Any:
+        g = (await stack.record(node)).gpus[0]
+        return (
+            g
+            if not g.mig_enabled and [h.pod for h in g.status.holders] == ["pod-full-gpu"]
+            else None
+        )
+
+    final = await eventually(whole_gpu_held, timeout_s=30, what="full GPU held, MIG off")
+    assert not final.mig_devices

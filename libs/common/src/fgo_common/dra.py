@@ -19,6 +19,20 @@ Conformance (../shared/spec/peers-and-standards.md §3.5, driver 0.4 / 95932046)
 * pool = node name, one generation per content change, devices split over several slices of
   the pool when the API's per-slice limits require it, owner reference = the Node.
 
+Dynamic MIG (pool ``mig: {dynamic: true}``, record ``migDynamic``; KEP-4815 partitionable
+devices, the driver's ``DynamicMIG`` gate): every MIG-capable GPU is published as the full GPU
+*and* every MIG device it could create (each profile at each valid placement), all consuming the
+GPU's shared counter set ``gpu-<minor>-counter-set``. Its counters are the driver's MIG
+capacities turned into counter names (lower case: ``multiprocessors``, ``copyengines``,
+``decoders``, ``encoders``, ``jpegengines``, ``ofaengines``, ``memory``) plus one
+``memory-slice-<i>`` per memory slice. A MIG device consumes its profile's capacities and the
+memory slices of its placement; the full GPU consumes the whole set. So the scheduler never
+hands out overlapping placements, more engines or SMs than the GPU has, or the full GPU together
+with any of its MIG devices. resource.k8s.io/v1 in 1.36 (checked against kube-apiserver):
+``sharedCounters`` and ``devices`` may not share a slice, at most 8 counter sets per slice, 32
+counters per set, 2 counter consumptions per device and 64 devices per slice when any device
+consumes counters; :func:`build_slices` splits the pool accordingly.
+
 Unhealthy GPUs (and MIG devices) are tainted the way the real driver taints them on NVML health
 events: ``gpu.nvidia.com/xid=<code>`` when the record names a critical XID fault, else
 ``gpu.nvidia.com/gpu-lost``; ``NoExecute`` for a lost GPU or XID 79, else ``NoSchedule``
@@ -42,9 +56,10 @@ from typing import Any, Literal
 
 import yaml
 
-from fgo_common import faults
+from fgo_common import faults, migstate
 from fgo_common.names import DRA_NAMES, RESOURCE_NAMES, DraNames
 from fgo_common.profiles import BUILTIN_CATALOG, DEFAULT_PROFILE_KEY, ProfileCatalog
+from fgo_common.profiles.mig_layout import MigInstance, memory_slice_count, possible_instances
 from fgo_common.profiles.model import GpuProfile, MigProfile
 from fgo_common.topology import HEALTHY, GpuRecord, MigDevice, NodeTopology
 
@@ -68,6 +83,9 @@ MAX_DEVICES_PER_SLICE_WITH_TAINTS = 64  # also with consumesCounters or list att
 MAX_ATTRIBUTES_AND_CAPACITIES_PER_DEVICE = 32
 MAX_ATTRIBUTE_VALUE_LENGTH = 64
 MAX_OBJECT_NAME_LENGTH = 253
+MAX_COUNTER_SETS_PER_SLICE = 8  # and a slice holds either sharedCounters or devices
+MAX_COUNTERS_PER_SET = 32
+MAX_COUNTER_CONSUMPTIONS_PER_DEVICE = 2
 
 TAINT_EFFECT_NO_SCHEDULE = "NoSchedule"
 
@@ -365,6 +383,117 @@ def mig_device(
     }
 
 
+# --------------------------------------------------------------------------------------------
+# Dynamic MIG: shared counters
+# --------------------------------------------------------------------------------------------
+
+
+def counter_name(capacity: str) -> str:
+    """A capacity name as a counter name: counters must be lower-case RFC 1123 labels, so the
+    driver lower-cases its camelCase capacity names (``copyEngines`` -> ``copyengines``)."""
+    return re.sub(r"[^a-z0-9-]", "-", capacity.lower()).strip("-")
+
+
+def _engine_capacities(table: MigProfile, names: DraNames) -> dict[str, int]:
+    return {
+        names.cap_multiprocessors: table.sm_count,
+        names.cap_copy_engines: table.copy_engines,
+        names.cap_decoders: table.decoders,
+        names.cap_encoders: table.encoders,
+        names.cap_jpeg_engines: table.jpeg,
+        names.cap_ofa_engines: table.ofa,
+    }
+
+
+def _full_mig_profile(profile: GpuProfile) -> MigProfile:
+    """The profile spanning the whole GPU (``7g.80gb`` on H100): its engine counts are the GPU's."""
+    return max(
+        profile.mig_profiles, key=lambda m: (m.memory_slices, m.compute_slices, m.memory_mib)
+    )
+
+
+def gpu_counters(
+    gpu: GpuRecord, profile: GpuProfile, names: DraNames = DRA_NAMES
+) -> dict[str, int]:
+    """The counter set of a dynamic-MIG GPU: counter name -> total (memory in bytes)."""
+    full = _full_mig_profile(profile)
+    capacities = _engine_capacities(full, names)
+    capacities[names.cap_multiprocessors] = max(profile.sm_count, full.sm_count)
+    memory_mib = max(gpu.memory_mib or profile.memory_mib, full.memory_mib)
+    capacities[names.cap_memory] = memory_mib << 20
+    # Engines a product lacks (H100 has no NVENC) are left out rather than counted as zero.
+    counters = {counter_name(k): v for k, v in capacities.items() if v > 0}
+    for i in range(memory_slice_count(profile)):
+        counters[f"{names.counter_memory_slice_prefix}{i}"] = 1
+    return counters
+
+
+def instance_counters(instance: MigInstance, names: DraNames = DRA_NAMES) -> dict[str, int]:
+    """What a MIG device at ``instance``'s placement consumes from its GPU's counter set."""
+    capacities = _engine_capacities(instance.profile, names)
+    capacities[names.cap_memory] = instance.memory_mib << 20
+    counters = {counter_name(k): v for k, v in capacities.items() if v > 0}
+    for i in instance.memory_slices:
+        counters[f"{names.counter_memory_slice_prefix}{i}"] = 1
+    return counters
+
+
+def _counter_values(counters: dict[str, int], memory: str) -> Obj:
+    return {
+        name: {"value": binary_quantity(value) if name == memory else str(value)}
+        for name, value in sorted(counters.items())
+    }
+
+
+def _consumes(gpu: GpuRecord, counters: dict[str, int], names: DraNames) -> list[Obj]:
+    return [
+        {
+            "counterSet": names.counter_set_name(gpu.minor),
+            "counters": _counter_values(counters, counter_name(names.cap_memory)),
+        }
+    ]
+
+
+def counter_set(gpu: GpuRecord, profile: GpuProfile, names: DraNames = DRA_NAMES) -> Obj:
+    """The ``sharedCounters`` entry of one dynamic-MIG GPU."""
+    return {
+        "name": names.counter_set_name(gpu.minor),
+        "counters": _counter_values(
+            gpu_counters(gpu, profile, names), counter_name(names.cap_memory)
+        ),
+    }
+
+
+def dynamic_gpu_devices(
+    gpu: GpuRecord, node: NodeTopology, profile: GpuProfile, names: DraNames = DRA_NAMES
+) -> list[PublishedDevice]:
+    """The full GPU and every MIG device it could create, all consuming its counter set.
+
+    The full GPU carries the GPU's MIG capacities too (as the real driver's partitionable full
+    device does) and consumes every counter; a MIG device's UUID is the one the status-updater
+    records when a claim creates it (GI id from the placement alone, see
+    ``mig_layout.dynamic_gi_id``).
+    """
+    full = gpu_device(gpu, node, profile, names)
+    totals = gpu_counters(gpu, profile, names)
+    for capacity in _engine_capacities(_full_mig_profile(profile), names):
+        full["capacity"][capacity] = _capacity(totals.get(counter_name(capacity), 0))
+    full["consumesCounters"] = _consumes(gpu, totals, names)
+    out = [PublishedDevice(full["name"], gpu.id, gpu.index, full)]
+    migs = []
+    for instance in possible_instances(profile):
+        record = migstate.mig_device_of(gpu, instance)
+        device = mig_device(gpu, record, node, profile, names)
+        device["consumesCounters"] = _consumes(gpu, instance_counters(instance, names), names)
+        migs.append(PublishedDevice(device["name"], record.uuid, gpu.index, device))
+    return out + sorted(migs, key=lambda d: d.name)
+
+
+def is_dynamic(gpu: GpuRecord, node: NodeTopology, profile: GpuProfile) -> bool:
+    """True when ``gpu`` is published the dynamic-MIG way."""
+    return node.mig_dynamic and profile.mig_capable
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceOptions:
     """How a node's record becomes devices."""
@@ -405,7 +534,11 @@ def node_devices(
         taints = unhealthy_taints(gpu, names) if taint else []
         profile = resolve_profile(gpu, topology, options.catalog)
         entries: list[PublishedDevice] = []
-        if gpu.mig_enabled:
+        if is_dynamic(gpu, topology, profile):
+            # The record's current instances are not looked at: every possible device is
+            # always published, and the counters keep allocations apart.
+            entries = dynamic_gpu_devices(gpu, topology, profile, names)
+        elif gpu.mig_enabled:
             for mig in gpu.mig_devices:
                 if mig.health != HEALTHY and options.unhealthy == "omit":
                     continue
@@ -425,6 +558,24 @@ def node_devices(
     return list(out.values())
 
 
+def node_counter_sets(
+    topology: NodeTopology, options: DeviceOptions = DeviceOptions()
+) -> list[Obj]:
+    """The shared counter sets of ``topology``'s dynamic-MIG GPUs (those :func:`node_devices`
+    publishes), by minor; empty for a node without dynamic MIG."""
+    if not topology.mig_dynamic:
+        return []
+    out: dict[str, Obj] = {}
+    for gpu in sorted(topology.gpus, key=lambda g: (g.minor, g.index)):
+        if not gpu.id or (not gpu.healthy and options.unhealthy == "omit"):
+            continue
+        profile = resolve_profile(gpu, topology, options.catalog)
+        if is_dynamic(gpu, topology, profile):
+            entry = counter_set(gpu, profile, options.names)
+            out.setdefault(entry["name"], entry)
+    return list(out.values())
+
+
 # --------------------------------------------------------------------------------------------
 # Slices
 # --------------------------------------------------------------------------------------------
@@ -440,6 +591,13 @@ def split_devices(devices: Sequence[Obj]) -> list[list[Obj]]:
     )
     chunks = [list(devices[i : i + limit]) for i in range(0, len(devices), limit)]
     return chunks or [[]]
+
+
+def split_counter_sets(counter_sets: Sequence[Obj]) -> list[list[Obj]]:
+    """Counter sets in slices of their own (the API refuses them next to devices), at most
+    :data:`MAX_COUNTER_SETS_PER_SLICE` each; none when there are none."""
+    step = MAX_COUNTER_SETS_PER_SLICE
+    return [list(counter_sets[i : i + step]) for i in range(0, len(counter_sets), step)]
 
 
 def _short_hash(text: str) -> str:
@@ -488,20 +646,29 @@ def content_hash(spec_without_generation: Obj, metadata_extra: Obj) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def build_slices(target: PoolTarget, devices: Sequence[Obj], generation: int) -> list[Obj]:
-    """The complete ResourceSlice objects of one node's pool at ``generation``.
+def build_slices(
+    target: PoolTarget,
+    devices: Sequence[Obj],
+    generation: int,
+    counter_sets: Sequence[Obj] = (),
+) -> list[Obj]:
+    """The complete ResourceSlice objects of one node's pool at ``generation``: the slices of
+    shared counter sets (if any) first, then those of devices.
 
     Each carries :data:`CONTENT_HASH_ANNOTATION` over everything except the generation, so a
     publisher can tell whether the pool changed without comparing server-rewritten fields.
     """
-    chunks = split_devices(devices)
+    counter_chunks = split_counter_sets(counter_sets)
+    device_chunks = split_devices(devices) if devices or not counter_chunks else []
+    contents: list[tuple[str, list[Obj]]] = [("sharedCounters", c) for c in counter_chunks]
+    contents += [("devices", c) for c in device_chunks]
     out: list[Obj] = []
-    for index, chunk in enumerate(chunks):
+    for index, (field, chunk) in enumerate(contents):
         spec: Obj = {
             "driver": target.driver,
             "nodeName": target.node_name,
-            "pool": {"name": target.node_name, "resourceSliceCount": len(chunks)},
-            "devices": [dict(d) for d in chunk],
+            "pool": {"name": target.node_name, "resourceSliceCount": len(contents)},
+            field: [dict(d) for d in chunk],
         }
         owner = {
             "apiVersion": "v1",
@@ -558,7 +725,12 @@ class PoolPlan:
         return not self.apply and not self.delete
 
 
-def plan_pool(target: PoolTarget, devices: Sequence[Obj], existing: Iterable[Obj]) -> PoolPlan:
+def plan_pool(
+    target: PoolTarget,
+    devices: Sequence[Obj],
+    existing: Iterable[Obj],
+    counter_sets: Sequence[Obj] = (),
+) -> PoolPlan:
     """Compare the desired pool with ``existing`` (the stored slices of this pool).
 
     Nothing is written when every stored slice carries the hash of its desired content at one
@@ -567,7 +739,7 @@ def plan_pool(target: PoolTarget, devices: Sequence[Obj], existing: Iterable[Obj
     """
     current = {o["metadata"]["name"]: o for o in existing}
     stored_generation = max((slice_generation(o) for o in current.values()), default=0)
-    desired = build_slices(target, devices, stored_generation or 1)
+    desired = build_slices(target, devices, stored_generation or 1, counter_sets)
     same = (
         current
         and set(current) == {d["metadata"]["name"] for d in desired}
@@ -577,7 +749,7 @@ def plan_pool(target: PoolTarget, devices: Sequence[Obj], existing: Iterable[Obj
     if same:
         return PoolPlan([], [], stored_generation)
     generation = stored_generation + 1
-    desired = build_slices(target, devices, generation)
+    desired = build_slices(target, devices, generation, counter_sets)
     wanted = {d["metadata"]["name"] for d in desired}
     return PoolPlan(desired, sorted(n for n in current if n not in wanted), generation)
 

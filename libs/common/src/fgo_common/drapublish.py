@@ -99,7 +99,7 @@ async def apply_pool_plan(
             generation=plan.generation,
             applied=[o["metadata"]["name"] for o in plan.apply],
             deleted=plan.delete,
-            devices=sum(len(o["spec"]["devices"]) for o in plan.apply),
+            devices=sum(len(o["spec"].get("devices") or []) for o in plan.apply),
         )
     return result
 
@@ -110,9 +110,12 @@ async def publish_pool(
     devices: Sequence[Obj],
     existing: Iterable[Obj],
     field_manager: str,
+    *,
+    counter_sets: Sequence[Obj] = (),
 ) -> PublishResult:
-    """Bring the stored slices of ``target``'s pool (``existing``) to ``devices``."""
-    plan = plan_pool(target, devices, existing)
+    """Bring the stored slices of ``target``'s pool (``existing``) to ``devices`` (and the
+    shared ``counter_sets`` they consume, for dynamic MIG)."""
+    plan = plan_pool(target, devices, existing, counter_sets)
     return await apply_pool_plan(api, plan, field_manager, node=target.node_name)
 
 

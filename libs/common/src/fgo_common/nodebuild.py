@@ -59,4 +59,5 @@ def build_node_topology(
         other_devices=list(pool.other_devices),
         gpus=gpus,
         kwok=kwok,
+        mig_dynamic=pool.mig_dynamic,
     )

@@ -365,6 +365,9 @@ class NodeTopology:
     # publish capacity or slices compare it to skip no-op updates.
     generation: int = 1
     mig_config: MigConfigStatus | None = None
+    # Dynamic MIG (pool ``mig.dynamic``): DRA claims create and destroy MIG instances, and the
+    # DRA publishers offer every possible placement through shared counters.
+    mig_dynamic: bool = False
 
     def gpu_by_id(self, gpu_id: str) -> GpuRecord | None:
         wanted = gpu_id.lower()
@@ -392,6 +395,8 @@ class NodeTopology:
         out["generation"] = self.generation
         if self.mig_config is not None:
             out["migConfig"] = self.mig_config.to_dict()
+        if self.mig_dynamic:
+            out["migDynamic"] = True
         out["gpus"] = [g.to_dict() for g in self.gpus]
         return out
 
@@ -427,6 +432,7 @@ class NodeTopology:
                     if isinstance(raw.get("migConfig"), dict)
                     else None
                 ),
+                mig_dynamic=raw.get("migDynamic") is True,
             )
             node.gpus = [
                 GpuRecord.from_dict(g, i, node) for i, g in enumerate(raw.get("gpus") or [])

@@ -175,7 +175,10 @@ class NodeAgent:
             topology_generation=topology.generation,
         )
         devices = [d.device for d in self._devices.values()]
-        result = await publish_pool(self.resource, target, devices, existing, self.field_manager)
+        counter_sets = dra.node_counter_sets(topology, self.options)  # dynamic MIG only
+        result = await publish_pool(
+            self.resource, target, devices, existing, self.field_manager, counter_sets=counter_sets
+        )
         for stored in result.stored:
             self.metrics.slice_writes.labels("apply").inc()
             self._slices[stored["metadata"]["name"]] = stored

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -63,6 +63,7 @@ def configmap_node(cm: Obj) -> str:
 class DesiredPool:
     target: dra.PoolTarget
     devices: list[Obj]
+    counter_sets: list[Obj] = field(default_factory=list)  # dynamic MIG: shared counters
 
 
 def desired_pool(
@@ -96,7 +97,11 @@ def desired_pool(
         driver=options.names.driver,
         topology_generation=topology.generation,
     )
-    return DesiredPool(target, [d.device for d in dra.node_devices(topology, options)])
+    return DesiredPool(
+        target,
+        [d.device for d in dra.node_devices(topology, options)],
+        dra.node_counter_sets(topology, options),
+    )
 
 
 def _rv(obj: Obj) -> int:
@@ -254,7 +259,12 @@ class KwokSliceController:
                     self._forget_slice(obj)
             return
         result = await publish_pool(
-            self.resource, desired.target, desired.devices, existing, self.field_manager
+            self.resource,
+            desired.target,
+            desired.devices,
+            existing,
+            self.field_manager,
+            counter_sets=desired.counter_sets,
         )
         self._published.add(node_name)
         for stored in result.stored:

@@ -9,6 +9,12 @@ Two pure steps of one node's reconcile (``reconcile.py`` calls them):
   the kubelet's choice (``fake-gpu-operator/allocated-devices``), the stored record, a new pick
   (lowest GPU index, then lowest placement: deterministic).
 
+* :func:`apply_dynamic_mig` (pools with ``mig: {dynamic: true}``) makes the record's MIG
+  instances those that DRA claims of the node's active pods were allocated: a claim for
+  ``gpu-<minor>-mig-<profile>-<giProfileId>-<start>`` creates that instance (MIG mode on), and
+  when no active pod uses it any more the instance is destroyed; a GPU left without instances
+  goes back to MIG mode off, so it shows (and is offered) as a whole GPU again.
+
 * :func:`reconcile_mig_config` follows NVIDIA mig-manager: the node label
   ``nvidia.com/mig.config=<name>`` (or, for the reference's Run:ai dynamic-MIG handshake, the
   annotation ``run.ai/mig.config`` holding a mig-parted document with config ``selected``) asks
@@ -34,7 +40,12 @@ from fgo_common import migstate
 from fgo_common.config import ClusterConfig, PoolConfig
 from fgo_common.names import DRA_NAMES, GPU_OPERATOR_LABELS, RESOURCE_NAMES
 from fgo_common.profiles import BUILTIN_CATALOG, DEFAULT_PROFILE_KEY, GpuProfile
-from fgo_common.profiles.mig_layout import MigLayout, MigLayoutError
+from fgo_common.profiles.mig_layout import (
+    MigInstance,
+    MigLayout,
+    MigLayoutError,
+    possible_instances,
+)
 from fgo_common.topology import (
     HEALTHY,
     HOLDER_DEVICE_PLUGIN,
@@ -256,6 +267,90 @@ def _assign_dra(
                 out.pods.add(pod_uid(pod))
 
 
+# --- dynamic MIG ------------------------------------------------------------------------------
+
+
+def apply_dynamic_mig(
+    record: NodeTopology,
+    *,
+    active: Sequence[Obj],
+    claims: Mapping[str, Obj],
+    dra_driver: str,
+) -> list[Finding]:
+    """On a dynamic-MIG node, set every MIG-capable GPU's instances to those the claims of
+    ``active`` pods were allocated (see the module doc). Runs before :func:`assign_mig`, which
+    then records the claims' pods as holders of the instances created here.
+
+    An instance keeps its record entry (health, usage) while it exists; ids and UUIDs come from
+    the placement alone (``mig_layout.dynamic_gi_id``), as the DRA publishers announced them.
+    """
+    if not record.mig_dynamic:
+        return []
+    findings: list[Finding] = []
+    offered: dict[str, tuple[GpuRecord, MigInstance]] = {}
+    for gpu in record.gpus:
+        for instance in possible_instances(profile_of(gpu)):
+            name = DRA_NAMES.mig_device_name(
+                gpu.minor, instance.name, instance.gi_profile_id, instance.placement.start
+            )
+            offered[name] = (gpu, instance)
+    wanted: dict[str, dict[str, MigInstance]] = {g.id: {} for g in record.gpus}
+    for pod in active:
+        ns = str(meta(pod).get("namespace", ""))
+        for _, claim_name in claim_refs(pod):
+            claim = claims.get(f"{ns}/{claim_name}")
+            if claim is None:
+                continue
+            for result in claim_devices(claim):
+                if result.driver != dra_driver or result.pool != record.node_name:
+                    continue
+                found = offered.get(result.device)
+                if found is not None:
+                    wanted[found[0].id][result.device] = found[1]
+    for gpu in record.gpus:
+        chosen = _without_overlaps(gpu, wanted[gpu.id], findings, record)
+        if not chosen and not gpu.mig_enabled:
+            continue
+        existing = {
+            DRA_NAMES.mig_device_name(gpu.minor, d.profile, d.gi_profile_id, d.placement_start): d
+            for d in gpu.mig_devices
+        }
+        devices = [
+            existing.get(name) or migstate.mig_device_of(gpu, instance)
+            for name, instance in chosen.items()
+        ]
+        gpu.mig_devices = sorted(devices, key=lambda d: d.gi_id)
+        gpu.mig_enabled = bool(devices)
+    return findings
+
+
+def _without_overlaps(
+    gpu: GpuRecord,
+    wanted: Mapping[str, MigInstance],
+    findings: list[Finding],
+    record: NodeTopology,
+) -> dict[str, MigInstance]:
+    """The wanted instances minus any overlapping one already taken (the scheduler's counters
+    rule that out; a hand-written allocation could still do it)."""
+    chosen: dict[str, MigInstance] = {}
+    taken: set[int] = set()
+    for name, instance in sorted(wanted.items(), key=lambda kv: kv[1].placement.start):
+        slices = set(instance.memory_slices)
+        if slices & taken:
+            findings.append(
+                Finding(
+                    node_ref(record.node_name, ""),
+                    "OverlappingMigAllocation",
+                    f"device {name} overlaps another MIG instance allocated on GPU {gpu.index}; "
+                    "not created",
+                )
+            )
+            continue
+        taken |= slices
+        chosen[name] = instance
+    return chosen
+
+
 # --- the mig-manager protocol -----------------------------------------------------------------
 
 
@@ -341,6 +436,8 @@ def reconcile_mig_config(
     ref = node_ref(record.node_name, str(meta(node).get("uid", "")))
     request = _request(node, config)
     status = prev.mig_config if prev is not None else None
+    if record.mig_dynamic:
+        return _refuse_on_dynamic(request, status, record=record, now=now, ref=ref, out=out)
     if request is None:
         record.mig_config = None
         if pool is None or (not pool.mig_config and not any(g.mig_enabled for g in record.gpus)):
@@ -431,6 +528,35 @@ def reconcile_mig_config(
     if current.state == SUCCESS:
         # New GPUs (pool grown) or a rebuilt record: give free GPUs the applied layout.
         _converge(record.gpus, _layouts(record.gpus, request.config, request.custom))
+    return out
+
+
+def _refuse_on_dynamic(
+    request: Request | MigLayoutError | None,
+    status: MigConfigStatus | None,
+    *,
+    record: NodeTopology,
+    now: float,
+    ref: ObjectRef,
+    out: MigConfigOutcome,
+) -> MigConfigOutcome:
+    """A dynamic-MIG node's layout belongs to its DRA claims: a mig-manager request fails."""
+    if request is None:
+        record.mig_config = None
+        return out
+    name = request.name if isinstance(request, Request) else str(request).split(":", 1)[0]
+    current = dataclasses.replace(status) if status is not None else MigConfigStatus()
+    record.mig_config = current
+    if current.requested != name or current.state != FAILED:
+        _fail(
+            current,
+            name=name,
+            reason=f"pool {record.pool!r} uses dynamic MIG: DRA claims create and destroy MIG "
+            "instances, mig-manager configs do not apply",
+            now=now,
+            ref=ref,
+            out=out,
+        )
     return out
 
 

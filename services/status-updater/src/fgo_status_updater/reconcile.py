@@ -175,6 +175,11 @@ def reconcile_node(inputs: NodeInputs, options: ReconcileOptions | None = None) 
     work = _Work(inputs, opts, active, all_gpus, {g.id: [] for g in all_gpus}, {}, findings)
     holders, per_pod = work.holders, work.per_pod
     _assign_dra(work)
+    findings.extend(
+        mig.apply_dynamic_mig(
+            record, active=active, claims=inputs.claims, dra_driver=opts.dra_driver
+        )
+    )
     if not mig.gpu_requests_use_mig(record):  # single strategy: nvidia.com/gpu are MIG devices
         _assign_device_plugin(work, gpus)
     mig_held = mig.assign_mig(record, prev, active, inputs.claims, opts.dra_driver)

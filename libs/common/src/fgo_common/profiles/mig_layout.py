@@ -214,6 +214,43 @@ def named_layouts(gpu: GpuProfile, name: str, gpu_count: int) -> list[MigLayout]
     return [layout] * gpu_count
 
 
+def dynamic_gi_id(total_slices: int, placement: MigPlacement) -> int:
+    """The GI id a dynamically created instance at ``placement`` gets: a function of the
+    placement alone, so the status-updater and a node plugin preparing the claim agree on it
+    (and on the MIG UUID derived from it) without talking to each other.
+
+    The binary-tree rule of :func:`plan_layout`; the two halves, whose ids a real driver hands
+    out in creation order, are pinned to the ids they have when both exist (GI 1 at the upper
+    half, GI 2 at the lower one).
+    """
+    if placement.size * 2 == total_slices:
+        return 1 if placement.start else 2
+    level = (total_slices // placement.size).bit_length() - 1
+    return (1 << level) - 1 + placement.start // placement.size
+
+
+def dynamic_instance(gpu: GpuProfile, profile: MigProfile, placement: MigPlacement) -> MigInstance:
+    """The instance dynamic MIG creates for ``profile`` at ``placement`` (CI 0 spans it)."""
+    return MigInstance(
+        profile=profile,
+        gi_id=dynamic_gi_id(memory_slice_count(gpu), placement),
+        ci_id=0,
+        placement=placement,
+    )
+
+
+def possible_instances(gpu: GpuProfile) -> list[MigInstance]:
+    """Every instance a dynamic-MIG GPU of this product can create: each profile at each of
+    its valid placements, by profile (as ``mig -lgip``) then placement."""
+    if not gpu.mig_capable:
+        return []
+    return [
+        dynamic_instance(gpu, profile, placement)
+        for profile in gpu.mig_profiles
+        for placement in profile.placements
+    ]
+
+
 def _require_mig(gpu: GpuProfile) -> None:
     if not gpu.mig_capable:
         raise MigLayoutError("not-mig-capable", f"{gpu.name} is not MIG-capable")
