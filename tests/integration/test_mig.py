@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import os
 import secrets
@@ -566,15 +567,16 @@ async def test_dynamic_mig_claims_partition_one_h100_through_shared_counters(
 
     # A full GPU and an overlapping 4g.40gb (its only placement is 0:4, which the 3g.40gb or
     # the two 1g.10gb occupy) cannot be had while the three exist.
-    for claim, device_class, profile in (
+    blocked: tuple[tuple[str, str, str | None], ...] = (
         ("full-gpu", "gpu.nvidia.com", None),
         ("mig-4g", "mig.nvidia.com", "4g.40gb"),
-    ):
+    )
+    for name, device_class, wanted in blocked:
         await stack.resource.create_namespaced_resource_claim(
-            stack.namespace, _claim(claim, device_class, profile)
+            stack.namespace, _claim(name, device_class, wanted)
         )
         await stack.core.create_namespaced_pod(
-            stack.namespace, _claim_pod(stack, f"pod-{claim}", node, claim)
+            stack.namespace, _claim_pod(stack, f"pod-{name}", node, name)
         )
 
     async def unschedulable(pod_name: str) -> bool:
@@ -584,11 +586,13 @@ async def test_dynamic_mig_claims_partition_one_h100_through_shared_counters(
             for c in pod.status.conditions or []
         )
 
-    for claim in ("full-gpu", "mig-4g"):
+    for name, _, _ in blocked:
         await eventually(
-            lambda c=claim: unschedulable(f"pod-{c}"), timeout_s=60, what=f"{claim} unschedulable"
+            functools.partial(unschedulable, f"pod-{name}"),
+            timeout_s=60,
+            what=f"{name} unschedulable",
         )
-        read = await stack.resource.read_namespaced_resource_claim(claim, stack.namespace)
+        read = await stack.resource.read_namespaced_resource_claim(name, stack.namespace)
         assert read.status is None or read.status.allocation is None
 
     async def instances() -> Any:

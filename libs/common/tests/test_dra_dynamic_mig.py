@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import pytest
 from fgo_common import dra
@@ -44,7 +45,7 @@ def quantity(value: str) -> int:
     return int(value)
 
 
-def consumed(device: dict) -> dict[str, int]:
+def consumed(device: dict[str, Any]) -> dict[str, int]:
     (entry,) = device["consumesCounters"]
     return {k: quantity(v["value"]) for k, v in entry["counters"].items()}
 
@@ -234,7 +235,7 @@ def test_dynamic_flag_survives_the_record_round_trip() -> None:
         ({"dynamic": True, "other": 1}, "nodePools.p.mig.other: unknown key"),
     ],
 )
-def test_dynamic_config_errors_name_the_field(mig: dict, message: str) -> None:
+def test_dynamic_config_errors_name_the_field(mig: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
         parse_cluster_config({"nodePools": {"p": {"gpus": [{"type": "H100"}], "mig": mig}}})
 

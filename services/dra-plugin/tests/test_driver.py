@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from fgo_common import dra
 from fgo_common.config import parse_cluster_config
+from fgo_common.identity import mig_uuid
 from fgo_common.nodebuild import build_node_topology
 from fgo_dra_plugin.cdi import CdiKind, CdiStore, ContainerSetup
 from fgo_dra_plugin.driver import ClaimRef, Driver, DriverMetrics
@@ -171,3 +172,22 @@ async def test_unprepare_removes_spec_and_entry_and_is_idempotent(tmp_path: Path
     reloaded = make_driver(tmp_path, api)
     await reloaded.start()
     assert reloaded.checkpoint.claims == {}
+
+
+async def test_prepare_of_a_dynamic_mig_device_gives_the_instances_uuid(
+    tmp_path: Path, api: Api
+) -> None:
+    """Dynamic MIG: the claim names a placement device; the container sees the MIG UUID the
+    status-updater records for the instance (GI id from the placement)."""
+    dyn = parse_cluster_config(
+        {"nodePools": {"p": {"gpus": [{"type": "H100", "count": 1}], "mig": {"dynamic": True}}}}
+    )
+    topology = build_node_topology(NODE, dyn.pools["p"], dyn, kwok=False)
+    devices = {d.name: d for d in dra.node_devices(topology)}
+    driver = make_driver(tmp_path, api, devices=devices)
+    await driver.start()
+    ref = api.add(claim("u1", "gpu-0-mig-3g40gb-9-4"))
+    result = (await driver.prepare([ref]))["u1"]
+    assert result.error == ""
+    (device,) = result.devices
+    assert device.uuid == mig_uuid(topology.gpus[0].id, 1, 0)

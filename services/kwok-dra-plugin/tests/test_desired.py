@@ -91,3 +91,23 @@ def test_node_facts_ignore_status_heartbeats() -> None:
     assert node_facts(before) == node_facts(after)
     assert node_facts(before) != node_facts(node(deleting=True))
     assert node_facts(before) != node_facts(node(kwok=False))
+
+
+def test_dynamic_mig_node_gets_counter_sets_in_their_own_slice() -> None:
+    config = parse_cluster_config(
+        {"nodePools": {"p": {"gpus": [{"type": "H100", "count": 2}], "mig": {"dynamic": True}}}}
+    )
+    topology = build_node_topology("kwok-1", config.pools["p"], config, kwok=True)
+    cm = {
+        "metadata": {"name": "topology-kwok-1", "labels": {"node-name": "kwok-1"}},
+        "data": {TOPOLOGY_DATA_KEY: topology.to_yaml()},
+    }
+    desired = desired_pool("kwok-1", node(), cm, OPTIONS)
+    assert desired is not None
+    assert [c["name"] for c in desired.counter_sets] == ["gpu-0-counter-set", "gpu-1-counter-set"]
+    assert len(desired.devices) == 2 * 26
+    slices = dra.build_slices(desired.target, desired.devices, 1, desired.counter_sets)
+    assert [sorted(s["spec"]) for s in slices] == [
+        ["driver", "nodeName", "pool", "sharedCounters"],
+        ["devices", "driver", "nodeName", "pool"],
+    ]
