@@ -58,8 +58,10 @@ def machine_section(doc: dict[str, Any]) -> list[str]:
             + (" (with uncommitted changes)" if m.get("git_dirty") else ""),
         ],
         [
-            "Load average at start",
-            ", ".join(f"{x:.2f}" for x in m.get("load_average_at_start") or []),
+            "Load average at start / end",
+            ", ".join(f"{x:.2f}" for x in m.get("load_average_at_start") or [])
+            + " / "
+            + (", ".join(f"{x:.2f}" for x in m.get("load_average_at_end") or []) or "—"),
         ],
         [
             "Run",
@@ -144,13 +146,39 @@ def bringup_section(s: dict[str, Any]) -> list[str]:
                     fmt_seconds(lat.get("p99")),
                 ]
             )
+        api = s["figures"].get(f"n{n}.api") or {}
+        if api:
+            out.append(
+                "Apiserver requests per node by our services (counted by the apiserver, per "
+                "ServiceAccount): "
+                + "; ".join(
+                    f"{sa} {_num(v.get('writes'))} writes ("
+                    + (
+                        ", ".join(
+                            f"{b} {_num(x)}"
+                            for b, x in sorted(v.items())
+                            if b not in ("writes", "reads") and x
+                        )
+                        or "none"
+                    )
+                    + f") + {_num(v.get('reads'))} reads"
+                    for sa, v in api.items()
+                )
+                + "."
+            )
+            out.append("")
         cpu = s["figures"].get(f"n{n}.cpu")
         if cpu:
             out.append(
                 f"Meanwhile our services used {cpu['ours_cpu_s']:.1f} CPU-seconds "
                 f"({cpu['ours_cpu_ms_per_node']:.0f} ms per node), the control plane "
                 f"{cpu['control_plane_cpu_s']:.1f}, other work on the host "
-                f"{cpu['other_cores']:.2f} cores."
+                f"{cpu['other_cores']:.2f} cores"
+                + (
+                    f"; load average at the end {', '.join(f'{x:.1f}' for x in load)}."
+                    if (load := cpu.get("load_average_after"))
+                    else "."
+                )
             )
             out.append("")
         out += _table(

@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import importlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -262,6 +263,7 @@ class Runner:
         finally:
             stop.set()
             await sampler_task
+            self.machine["load_average_at_end"] = list(os.getloadavg())
             self.save()
             if env is not None:
                 await env.stop()

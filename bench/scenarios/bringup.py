@@ -10,12 +10,13 @@ the scenarios after this one.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 from fgo_common.topology import NODE_NAME_LABEL, NODE_TOPOLOGY_LABEL, TOPOLOGY_DATA_KEY
 
-from bench import stats
+from bench import apicount, stats
 from bench.env import (
     DRA_DRIVER,
     GPU_COUNT_LABEL,
@@ -228,6 +229,19 @@ async def bring_up(
     return names
 
 
+def api_per_node(
+    before: dict[str, float], after: dict[str, float], n: int, service_accounts: set[str]
+) -> dict[str, dict[str, float]]:
+    """Each of our ServiceAccounts' apiserver requests during a bring-up, per node and bucket
+    (``writes``, ``reads``, and writes by resource as bench.apicount names them): whether each
+    stage costs one write per node, as it should, or repeats itself."""
+    per = apicount.by_identity(before, after)
+    return {
+        sa: {k: v / n for k, v in per.get(sa, {"writes": 0.0, "reads": 0.0}).items()}
+        for sa in sorted(service_accounts)
+    }
+
+
 async def tear_down(
     env: BenchEnv, tracker: AdvertTracker, result: ScenarioResult, names: list[str]
 ) -> None:
@@ -271,10 +285,22 @@ async def run(ctx: RunContext, result: ScenarioResult) -> None:
     try:
         next_index = 1
         for i, n in enumerate(sizes):
+            before = await apicount.snapshot(env.api)
             async with env.phase(f"bringup-{n}"):
                 names = await bring_up(
                     env, tracker, result, n, start_index=next_index, timeout_s=cfg.bringup_timeout_s
                 )
+            after = await apicount.snapshot(env.api)
+            accounts = {w.workload.service_account for w in env.workloads}
+            api = api_per_node(before, after, n, accounts)
+            result.figures[f"n{n}.api"] = api
+            result.say(
+                f"n={n} apiserver requests per node by our services: "
+                + ", ".join(
+                    f"{sa} {v['writes']:.2f} writes + {v['reads']:.2f} reads"
+                    for sa, v in api.items()
+                )
+            )
             next_index += n
             spent = ctx.sampler.summary(f"bringup-{n}")
             ours = spent.groups.get("ours", {})
@@ -287,6 +313,7 @@ async def run(ctx: RunContext, result: ScenarioResult) -> None:
                         "cpu_seconds", 0.0
                     ),
                     "other_cores": spent.other_cores,
+                    "load_average_after": list(os.getloadavg()),
                 },
                 f"our services used {ours.get('cpu_seconds', 0.0):.1f} CPU-s "
                 f"({ours.get('cpu_seconds', 0.0) / n * 1000:.0f} ms per node); other work on "

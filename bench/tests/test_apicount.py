@@ -58,3 +58,13 @@ def test_reads_schema_has_no_write_verbs_of_its_own_and_writes_have_no_reads() -
     write = schemas[apicount.schema_name("x", "configmaps")]["spec"]["rules"][0]
     assert set(write["resourceRules"][0]["verbs"]) == set(apicount.WRITE_VERBS)
     assert "get" not in write["resourceRules"][0]["verbs"]
+
+
+def test_bringup_requests_per_node_cover_every_service_account() -> None:
+    from bench.scenarios.bringup import api_per_node
+
+    before = {"fgo-bench-su.configmaps": 2.0, "fgo-bench-su.read": 7.0}
+    after = {"fgo-bench-su.configmaps": 12.0, "fgo-bench-su.nodes": 10.0, "fgo-bench-su.read": 9.0}
+    per = api_per_node(before, after, 10, {"su", "idle"})
+    assert per["su"] == {"writes": 2.0, "reads": 0.2, "configmaps": 1.0, "nodes": 1.0}
+    assert per["idle"] == {"writes": 0.0, "reads": 0.0}  # a service that sent nothing is listed

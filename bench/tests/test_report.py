@@ -25,6 +25,9 @@ def _doc() -> dict[str, Any]:
             "per_node_latency_s": {"p50": 3.0, "p99": 3.5},
         },
     }
+    bringup.figures["n10.api"] = {
+        "fgo-kwok-dra-plugin": {"writes": 1.0, "reads": 0.5, "resourceslices": 1.0}
+    }
     bringup.series["n10.ready"] = [[0.5, 1], [0.7, 2]]
     bringup.series["n10.advertised"] = [[3.0, 1]]
     bringup.target(Target("1000 nodes advertised", "<=", 60.0, "s", None, "only 10 nodes"))
@@ -90,6 +93,7 @@ def test_render_states_machine_targets_and_partial_scenarios() -> None:
     assert "status **partial**" in text
     assert "status **failed**" in text
     assert "| advertised | 7/10 | — |" in text
+    assert "fgo-kwok-dra-plugin 1.00 writes (resourceslices 1.00) + 0.50 reads" in text
     assert "| fgo-status-updater | 8 | configmaps 8 | 1 |" in text
     assert "had exited by the end of the run:** fgo-kwok-dra-plugin" in text
 
