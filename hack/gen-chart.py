@@ -587,8 +587,10 @@ def build() -> Schema:
         "customProfiles": nullable(
             {
                 "type": "object",
-                "description": "Extra GPU products: name -> profile (system, device_defaults, "
-                "device_count), rendered into ConfigMap topology key profiles.yml",
+                "description": "Extra GPU products: name -> profile (reference profile.yaml "
+                "shape; device_defaults.name and .memory.total_bytes, system.driver_version and "
+                ".cuda_version are used), rendered into ConfigMap topology key profiles.yml; "
+                "pools name them as their GPU type (docs/profiles.md)",
                 "propertyNames": {"pattern": DNS_LABEL},
                 "additionalProperties": {"type": "object"},
             }

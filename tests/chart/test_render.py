@@ -16,6 +16,7 @@ import pytest
 import yaml
 from chartlib import CHART, CI_VALUES, NAMESPACE, ROOT, Helm, Rendered, values_id
 from fgo_common.config import load_cluster_config
+from fgo_common.profiles.custom import custom_catalog
 
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "DeviceClass", "RuntimeClass"}
 NODE_AGENTS = {("DaemonSet", "fgo-device-plugin"), ("DaemonSet", "fgo-dra-plugin")}
@@ -100,11 +101,13 @@ def test_nulls_render_the_defaults(helm: Helm, defaults: Rendered) -> None:
 
 
 def test_topology_configmap_is_a_valid_cluster_config(helm: Helm, ci_values: Path) -> None:
-    """The services parse what the chart renders (fgo_common.config, every shape)."""
+    """The status-updater parses what the chart renders (fgo_common.config, every shape, with
+    the custom profiles of the same ConfigMap)."""
     rendered = helm.render([ci_values])
     cms = [c for c in rendered.of_kind("ConfigMap") if c["metadata"]["name"] == "topology"]
     assert len(cms) == 1
-    config = load_cluster_config(cms[0]["data"]["topology.yml"])
+    data = cms[0]["data"]
+    config = load_cluster_config(data["topology.yml"], custom_catalog(data.get("profiles.yml")))
     assert config.pools, "no pools"
 
 
@@ -127,11 +130,18 @@ def test_reference_legacy_pool_is_not_merged_with_the_default_pool(helm: Helm) -
 def test_cluster_key_replaces_topology(helm: Helm) -> None:
     rendered = helm.render([CHART / "ci" / "profiles-values.yaml"])
     data = rendered.get("ConfigMap", "topology")["data"]
-    config = load_cluster_config(data["topology.yml"])
-    assert set(config.pools) == {"default", "highend", "mixed", "legacy", "mig"}
+    config = load_cluster_config(data["topology.yml"], custom_catalog(data["profiles.yml"]))
+    assert set(config.pools) == {"default", "highend", "mixed", "legacy", "mig", "custom"}
     assert config.pools["highend"].gpu_count == 4
     custom = yaml.safe_load(data["profiles.yml"])
     assert custom["my-gpu"]["device_defaults"]["name"] == "NVIDIA Example GPU"
+    # What the status-updater makes of the pool that uses it.
+    pool = config.pools["custom"]
+    assert pool.gpu_count == 2
+    assert (pool.groups[0].profile.name, pool.groups[0].profile.memory_mib) == (
+        "NVIDIA Example GPU",
+        24576,
+    )
 
 
 def test_no_profiles_key_without_custom_profiles(defaults: Rendered) -> None:

@@ -87,9 +87,13 @@ class Agents:
     kubeconfig: Path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def agents(target: Target, request: pytest.FixtureRequest) -> Iterator[Agents]:
-    """The second release installed, its status-updater running (see module docstring)."""
+    """The second release installed, its status-updater running (see module docstring).
+
+    Session-scoped like the main release: its namespace is deleted after the last test, since
+    a terminating namespace makes the controller-manager's kube-root-ca.crt publisher collect
+    403s (creates refused in a terminating namespace), which the guard would pin on a test."""
     if not isinstance(target, LocalTarget):
         pytest.skip("on kind the DaemonSets run as pods; this plays the kubelet locally")
     cluster: LocalCluster = request.getfixturevalue("local_cluster")

@@ -200,8 +200,10 @@ runtimeClass:
 # -- Built-in GPU profiles are part of the code (docs/profiles.md); accepted for compatibility.
 builtinProfiles:
   enabled: true
-# -- Extra GPU products: name -> profile (the reference's profile.yaml shape: system,
-# device_defaults, device_count). Rendered into the topology ConfigMap, key profiles.yml.
+# -- Extra GPU products: name -> profile (the reference's profile.yaml shape; used:
+# device_defaults.name, device_defaults.memory.total_bytes, system.driver_version/cuda_version).
+# Rendered into the topology ConfigMap, key profiles.yml; a pool names one as its GPU type, e.g.
+# gpus: [{type: my-gpu, count: 2}] (docs/profiles.md, "Custom profiles").
 customProfiles: {}
 
 # -- Compatibility: keys of the reference chart that have no effect here (accepted, so existing

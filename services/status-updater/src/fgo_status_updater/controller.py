@@ -25,6 +25,7 @@ from fgo_common.kube.errors import is_conflict, is_not_found, raise_for_status, 
 from fgo_common.kube.retry import Backoff, retrying
 from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent
 from fgo_common.names import GPU_OPERATOR_LABELS
+from fgo_common.profiles.custom import PROFILES_DATA_KEY, CustomProfileError, custom_catalog
 from fgo_common.runtime.runner import ServiceContext, TaskFactory
 from fgo_common.topology import (
     KWOK_NODE_ANNOTATION,
@@ -261,12 +262,16 @@ class Controller:
                 )
             )
             return set()
-        text = (cm.get("data") or {}).get(TOPOLOGY_DATA_KEY)
+        data = cm.get("data") or {}
+        text = data.get(TOPOLOGY_DATA_KEY)
         try:
             if text is None:
                 raise ConfigError(TOPOLOGY_DATA_KEY, "the ConfigMap has no such data key")
-            config = load_cluster_config(text)
-        except ConfigError as exc:
+            # The chart's customProfiles: pools may name them; what the other services need of
+            # them (product, memory, driver) goes into each node's record.
+            catalog = custom_catalog(data.get(PROFILES_DATA_KEY))
+            config = load_cluster_config(text, catalog)
+        except (ConfigError, CustomProfileError) as exc:
             self.metrics.config_errors.inc()
             kept = "the last valid config stays in force" if self.config else "no config in force"
             log.error("config.rejected", field=exc.path, error=str(exc), kept=bool(self.config))

@@ -48,6 +48,16 @@ class ProfileCatalog:
             catalog.add(profile)
         return catalog
 
+    def with_keyed(self, profiles: Iterable[GpuProfile]) -> ProfileCatalog:
+        """This catalog plus ``profiles`` found by their key only: their product names and
+        aliases keep finding what they found before (customProfiles, see custom.py)."""
+        catalog = ProfileCatalog(self._by_key.values())
+        catalog._index = dict(self._index)
+        for profile in profiles:
+            catalog._by_key[profile.key] = profile
+            catalog._index[normalise_product(profile.key)] = profile
+        return catalog
+
     def get(self, name: str) -> GpuProfile:
         profile = self._index.get(normalise_product(name))
         if profile is None:
