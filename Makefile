@@ -41,11 +41,11 @@ types: setup ## mypy --strict over every package's src/
 
 .PHONY: unit
 unit: setup ## Unit tests (pure logic, fast)
-	$(PYTEST) -m "not integration and not e2e" $(UNIT_PATHS) tests/conformance tests/repo tests/chart
+	$(PYTEST) -m "not integration and not e2e" $(UNIT_PATHS) tests/conformance tests/repo tests/chart tests/badinput
 
 .PHONY: integration
-integration: setup tools host-deps ## Integration tests against the real local control plane
-	FGO_BIN_DIR=$(TOOLS_BIN) $(PYTEST) -m integration tests/integration tests/chart $(UNIT_PATHS)
+integration: setup tools host-deps ## Integration tests against the real local control plane, incl. the quick fault suite
+	FGO_BIN_DIR=$(TOOLS_BIN) $(PYTEST) -m integration tests/integration tests/chart tests/badinput $(UNIT_PATHS) tests/faults
 
 .PHONY: e2e
 e2e: setup tools host-deps ## End-to-end scenarios: the chart installed into the local control plane
