@@ -57,3 +57,59 @@ def test_node_classification_and_managed_names() -> None:
     annotated = node(BASE, {MANAGED_RESOURCES_ANNOTATION: "example.com/nic,nvidia.com/gpu"})
     assert managed_names(annotated) == {"example.com/nic", "nvidia.com/gpu"}
     assert managed_names(node(BASE)) == set()
+
+
+def test_resource_version_is_numeric_or_zero() -> None:
+    from fgo_device_plugin.kwok import resource_version
+
+    assert resource_version({"metadata": {"resourceVersion": "4711"}}) == 4711
+    assert resource_version({"metadata": {}}) == 0
+    assert resource_version({"metadata": {"resourceVersion": "opaque-1"}}) == 0
+
+
+async def test_one_worker_per_node_and_no_decision_on_a_copy_older_than_our_write() -> None:
+    from fgo_device_plugin.kwok import KwokCapacityController, _Record
+    from fgo_device_plugin.metrics import Metrics
+    from kubernetes_asyncio.client import ApiClient
+
+    calls: list[tuple[str, Any]] = []
+
+    class Recorder:  # stands in for CoreV1Api's write call (pure logic: no API server)
+        async def patch_node_status(self, name: str, body: Any, **_: Any) -> Any:
+            calls.append((name, body))
+            raise ValueError("not sent")
+
+    async with ApiClient() as api:
+        ctl = KwokCapacityController(api=api, namespace="ns", prefix="topology", metrics=Metrics())
+        ctl._core = Recorder()  # type: ignore[assignment]
+        # An event while a worker has the node: queued once more for afterwards, not in parallel.
+        ctl._busy.add("n1")
+        ctl._enqueue("n1")
+        ctl._enqueue("n1")
+        assert ctl._queue.qsize() == 0
+        assert ctl._again == {"n1"}
+
+        ctl.records["n1"] = _Record(kwok=True, wanted={"nvidia.com/gpu": (8, 8)})
+        cached = node(BASE, {"kwok.x-k8s.io/node": "fake"})
+        cached["metadata"]["resourceVersion"] = "9"
+        ctl._nodes.cache["n1"] = cached
+        # Our last write returned a newer version than the cached copy: nothing is decided.
+        ctl._written["n1"] = 10
+        await ctl.reconcile("n1")
+        assert calls == []
+        # Once the cache has caught up, the node is written (here: attempted), in one request
+        # carrying both the capacity and the list of names we publish.
+        cached["metadata"]["resourceVersion"] = "10"
+        await ctl.reconcile("n1")
+        assert calls == [
+            (
+                "n1",
+                {
+                    "status": {
+                        "capacity": {"nvidia.com/gpu": "8"},
+                        "allocatable": {"nvidia.com/gpu": "8"},
+                    },
+                    "metadata": {"annotations": {MANAGED_RESOURCES_ANNOTATION: "nvidia.com/gpu"}},
+                },
+            )
+        ]

@@ -113,7 +113,7 @@ class Settings:
         30.0,
         "period of the pod resources resync (it also runs shortly after every Allocate)",
     )
-    kwok_workers: int = env_field("KWOK_WORKERS", 8, "concurrent node status patches in kwok mode")
+    kwok_workers: int = env_field("KWOK_WORKERS", 32, "concurrent node status patches in kwok mode")
     health_port: int = env_field("HEALTH_PORT", 8080, "port of /healthz, /readyz, /metrics")
     log_level: str = env_field(
         "LOG_LEVEL", "INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR")

@@ -38,7 +38,7 @@ class Settings:
         "value of the `fake-gpu-operator/publisher` label on our slices (and the field "
         "manager): installs with different values ignore each other's slices",
     )  # fmt: skip
-    workers: int = env_field("WORKERS", 4, "nodes reconciled concurrently")
+    workers: int = env_field("WORKERS", 32, "nodes reconciled concurrently")
     resync_seconds: float = env_field(
         "RESYNC_SECONDS", 300.0, "period of the full re-check of every node (no writes if equal)"
     )

@@ -6,9 +6,10 @@ write race). Which keys are ours is remembered on the Node itself, in the annota
 annotation does), so labels that no longer apply are removed even across restarts; a node that
 leaves its pool (its topology ConfigMap is deleted) loses every label we wrote.
 
-Work is coalesced per node (a burst of record changes costs one patch) and bounded by a small
-worker pool; labels only change when the GPU set or the MIG layout does, not with allocations, so
-pod churn causes no writes at all.
+Work is coalesced per node (a burst of record changes costs one patch) and spread over a worker
+pool (``LABEL_WORKERS``: each new node costs a read and a patch, so bring-up throughput is
+workers / apiserver latency); labels only change when the GPU set or the MIG layout does, not
+with allocations, so pod churn causes no writes at all.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class NodeLabeler:
         desired: Callable[[str], Labels],
         read_node: NodeReader,
         patch_node: NodePatcher,
-        workers: int = 8,
+        workers: int = 32,
     ) -> None:
         self._desired = desired
         self._read = read_node

@@ -97,7 +97,7 @@ class Settings:
         "GFD_LABELS_ENABLED", True, "write GPU feature discovery labels on the served nodes"
     )
     label_workers: int = env_field(
-        "LABEL_WORKERS", 8, "concurrent node label patches (bounded so bring-up does not burst)"
+        "LABEL_WORKERS", 32, "concurrent node label patches (a read and a patch per new node)"
     )
     label_resync_seconds: float = env_field(
         "LABEL_RESYNC_SECONDS",
