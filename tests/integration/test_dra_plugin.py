@@ -344,8 +344,10 @@ async def test_prepare_and_unprepare(env: Env, service: str) -> None:
         uuids = ",".join(g.id for g in topology.gpus)
         assert spec["devices"][0]["containerEdits"]["env"] == [f"NVIDIA_VISIBLE_DEVICES={uuids}"]
         assert f"NODE_NAME={env.node}" in spec["containerEdits"]["env"]
+        # nvidia-smi: the launcher at the path users call, the bundle it execs, the node state.
         assert {m["containerPath"] for m in spec["containerEdits"]["mounts"]} == {
             "/usr/bin/nvidia-smi",
+            "/usr/local/fake-gpu",
             "/run/fake-gpu-operator",
         }
 
