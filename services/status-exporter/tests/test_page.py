@@ -76,23 +76,25 @@ def test_energy_moves_within_a_bucket_and_the_page_follows() -> None:
     assert later == straight(collector, served, T0 + 2)
 
 
-def test_a_changed_record_gets_a_new_page() -> None:
+def test_a_changed_record_is_rendered_straight_until_the_next_bucket() -> None:
     collector = DcgmCollector(ExporterOptions(names=DCGM_NAMES))
     cache = PageCache(collector)
     served = nodes()
     assert cache.lookup(served, T0) is not None
-    changed = node("gpu-node-1", "H100", 4)  # the pod on GPU 0 and 1 are gone
+    changed = node("gpu-node-1", "H100", 4)  # the pods on GPU 0 and 1 are gone
     served[0] = ServedNode(changed, "gpu-node-1")
-    page = cache.lookup(served, T0 + 1)
+    # Same bucket: no second build (churn would pay one per scrape), the caller renders straight.
+    assert cache.lookup(served, T0 + 1) is None
+    assert cache.builds == 1
+    page = cache.lookup(served, T0 + 10)
     assert page is not None
     assert cache.builds == 2
-    text = b"".join(plain_pieces(cache, page, T0 + 1))
-    assert text == straight(collector, served, T0 + 1)
+    text = b"".join(plain_pieces(cache, page, T0 + 10))
+    assert text == straight(collector, served, T0 + 10)
     assert b"trainer-0" not in text
     # A renamed host label is a change too.
     served[0] = ServedNode(changed, "other-host")
-    cache.lookup(served, T0 + 2)
-    assert cache.builds == 3
+    assert cache.lookup(served, T0 + 12) is None
 
 
 def test_records_with_faults_are_rendered_straight() -> None:
@@ -111,6 +113,8 @@ def test_prepared_page_is_used_for_its_bucket() -> None:
     cache = PageCache(collector)
     served = nodes()
     ahead = cache.build(served, int(T0 // 10) + 1)
+    assert cache.has(int(T0 // 10) + 1)
+    assert not cache.has(int(T0 // 10))
     assert cache.lookup(served, T0 + 10.5) is ahead
     assert cache.lookup(served, T0) is not None  # the current bucket is built on demand
     assert cache.builds == 2

@@ -165,18 +165,27 @@ class PageCache:
         )
 
     def lookup(self, nodes: Sequence[ServedNode], t: float) -> Page | None:
-        """The cached page for ``nodes`` at ``t``, building it if needed; None = render straight."""
+        """The page for ``nodes`` at ``t``; None = render straight.
+
+        A bucket gets at most one page: when records change after it was built (pod churn), the
+        rest of the bucket is rendered straight rather than paying a build per scrape, and the
+        next bucket's page (rendered ahead) picks the new records up.
+        """
         bucket = bucket_of(t)
         hit = self._pages.get(bucket)
-        if hit is not None and self._same(hit[0], nodes):
-            return hit[1]
+        if hit is not None:
+            return hit[1] if self._same(hit[0], nodes) else None
         with self._building:
             # Concurrent scrapes of a new bucket wait for one build instead of each doing it
             # (and one build at a time bounds the memory it takes).
             hit = self._pages.get(bucket)
-            if hit is not None and self._same(hit[0], nodes):
-                return hit[1]
+            if hit is not None:
+                return hit[1] if self._same(hit[0], nodes) else None
             return self._build(nodes, bucket)
+
+    def has(self, bucket: int) -> bool:
+        """Whether ``bucket`` has a page (or the decision to render straight) already."""
+        return bucket in self._pages
 
     def build(self, nodes: Sequence[ServedNode], bucket: int) -> Page | None:
         """Render ``nodes`` for ``bucket`` (any instant in it gives the same static text)."""

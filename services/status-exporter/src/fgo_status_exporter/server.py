@@ -3,8 +3,9 @@
 The page of one set of records is the same for a whole telemetry bucket except for a few
 families (``page.py``), so it is rendered once per bucket, kept compressed, and served from
 there; while someone scrapes, the next bucket's page is rendered ahead in the background, so a
-scrape only renders the energy counters. Records with faults are rendered straight at request
-time, family by family (the original path, still the reference the page is tested against).
+scrape only renders the energy counters. Records with faults, and records that changed after
+their bucket's page was built (pod churn), are rendered straight at request time, family by
+family (the original path, still the reference the page is tested against).
 
 All rendering runs in a worker thread on a snapshot of the served records (records are replaced,
 never mutated, when a ConfigMap changes), so the event loop keeps answering probes and consuming
@@ -164,14 +165,20 @@ def build_metrics_app(
         async def loop() -> None:
             while True:
                 now = clock()
-                # Early in each bucket, render the next one (any instant in it gives its page).
+                # Early in each bucket, render the next one (any instant in a bucket gives its
+                # page), and this one if scraping began in the previous bucket: one build per
+                # bucket while scraped.
                 await asyncio.sleep(max(0.0, (bucket_of(now) + 1) * BUCKET_SECONDS - now) + 0.5)
                 if time.monotonic() - last_scrape[0] > PREPARE_WHILE_SCRAPED_SECONDS:
                     continue
-                try:
-                    await run_in(builder, cache.build, list(served()), bucket_of(clock()) + 1)
-                except Exception:
-                    log.exception("page.prepare_failed")  # the next scrape renders it instead
+                current = bucket_of(clock())
+                for bucket in (current, current + 1):
+                    if cache.has(bucket):
+                        continue
+                    try:
+                        await run_in(builder, cache.build, list(served()), bucket)
+                    except Exception:
+                        log.exception("page.prepare_failed")  # a scrape renders it instead
 
         task = asyncio.create_task(loop(), name="exporter-page-ahead")
         yield
