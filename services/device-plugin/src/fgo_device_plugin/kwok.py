@@ -25,6 +25,17 @@ merge patch as the capacity (that subresource persists metadata changes too), so
 the resources change together: one write per node, no orphan after a crash. A node with neither
 a record nor that annotation is left alone; on a node with a record, ``nvidia.com/gpu`` and
 ``nvidia.com/mig-*`` are ours in any case.
+
+Both paths on one node (``dra_shares_gpus``, chart: ``kwokDraPlugin.enabled``): the
+kwok-dra-plugin publishes the same GPUs as DRA devices, and the scheduler counts extended
+resources against ``allocatable`` and DRA claims against the ResourceSlices, each blind to the
+other. A real node runs one path or the other; ours arbitrate through the record's holders: a
+GPU (or MIG device) held through a DRA claim is subtracted from ``allocatable`` (capacity keeps
+the total, as it does for an unhealthy device), and the kwok-dra-plugin taints devices held
+through an extended resource. So neither path can hand out what the other holds. What is left
+is the window between an allocation and the record showing it (one status-updater write plus
+one of ours), in which both schedulers may still pick the same last GPU; the status-updater
+then reports the loser (``InsufficientGpus``).
 """
 
 from __future__ import annotations
@@ -43,11 +54,11 @@ from fgo_common.kube.errors import is_not_found, raise_for_status
 from fgo_common.kube.retry import retrying
 from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent
 from fgo_common.names import RESOURCE_NAMES
-from fgo_common.topology import NODE_NAME_LABEL, TopologyFormatError
+from fgo_common.topology import HOLDER_DRA, NODE_NAME_LABEL, NodeTopology, TopologyFormatError
 from kubernetes_asyncio import client
 
 from fgo_device_plugin.metrics import Metrics
-from fgo_device_plugin.resources import capacity_of, node_resources
+from fgo_device_plugin.resources import Resource, capacity_of, node_resources
 from fgo_device_plugin.source import parse_topology_configmap
 
 log = structlog.get_logger(__name__)
@@ -70,6 +81,35 @@ def managed_names(node: Obj) -> set[str]:
 def is_kwok_node(node: Obj) -> bool:
     annotations = node.get("metadata", {}).get("annotations") or {}
     return annotations.get(KWOK_NODE) == KWOK_NODE_VALUE
+
+
+def dra_held_devices(topology: NodeTopology) -> set[str]:
+    """IDs (GPU and MIG UUIDs) of the devices the extended-resource path must not hand out
+    because a DRA claim holds them or part of them: a GPU held through DRA, a GPU with a MIG
+    device held through DRA (a whole-GPU pod would share it), and every MIG device of a GPU
+    held through DRA as a whole."""
+    taken: set[str] = set()
+    for gpu in topology.gpus:
+        whole = any(h.kind == HOLDER_DRA for h in gpu.status.holders)
+        parts = [m for m in gpu.mig_devices if any(h.kind == HOLDER_DRA for h in m.holders)]
+        if whole or parts:
+            taken.add(gpu.id)
+        taken.update(m.uuid for m in (gpu.mig_devices if whole else parts))
+    return taken
+
+
+def wanted_capacity(resources: Mapping[str, Resource], dra_held: Collection[str] = ()) -> Wanted:
+    """``{name: (capacity, allocatable)}``: what the kubelet would publish, with GPU and MIG
+    devices that DRA claims hold left out of ``allocatable`` (``dra_held``: see
+    :func:`dra_held_devices`; empty when no DRA publisher shares the node's GPUs)."""
+    wanted = capacity_of(dict(resources))
+    if not dra_held:
+        return wanted
+    for name, resource in resources.items():
+        if resource.reports_allocations:
+            free = sum(1 for d in resource.devices if d.healthy and d.id not in dra_held)
+            wanted[name] = (resource.capacity, free)
+    return wanted
 
 
 def status_patch(node: Obj, wanted: Wanted, managed: Collection[str] = ()) -> Obj | None:
@@ -129,6 +169,8 @@ class KwokCapacityController:
     metrics: Metrics
     mig_strategy: str = ""
     workers: int = 32
+    # The kwok-dra-plugin publishes the same GPUs: leave DRA-held ones out of allocatable.
+    dra_shares_gpus: bool = False
     records: dict[str, _Record] = field(default_factory=dict)  # node name -> record
     _record_of_cm: dict[str, str] = field(default_factory=dict)  # CM name -> node name
     # node -> resource names this process published there (covers an annotation lost by hand)
@@ -188,7 +230,8 @@ class KwokCapacityController:
             log.debug("configmap.skipped", name=name, error=str(exc))
             return
         resources = node_resources(topology, self.mig_strategy)
-        record = _Record(kwok=topology.kwok, wanted=capacity_of(resources))
+        held = dra_held_devices(topology) if self.dra_shares_gpus else set()
+        record = _Record(kwok=topology.kwok, wanted=wanted_capacity(resources, held))
         self._record_of_cm[name] = node_name
         if self.records.get(node_name) != record:
             self.records[node_name] = record

@@ -64,6 +64,7 @@ def kwok_mode(settings: Settings) -> TaskFactory:
                 metrics,
                 mig_strategy=settings.mig_strategy,
                 workers=settings.kwok_workers,
+                dra_shares_gpus=settings.dra_shares_gpus,
             )
             async with asyncio.TaskGroup() as group:
                 group.create_task(controller.run(ctx.stop), name="kwok-capacity")

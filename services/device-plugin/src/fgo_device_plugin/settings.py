@@ -113,6 +113,12 @@ class Settings:
         30.0,
         "period of the pod resources resync (it also runs shortly after every Allocate)",
     )
+    dra_shares_gpus: bool = env_field(
+        "DRA_SHARES_GPUS",
+        False,
+        "kwok mode: the kwok-dra-plugin publishes the same GPUs as DRA devices, so GPUs held "
+        "through DRA claims are left out of allocatable nvidia.com/gpu and nvidia.com/mig-*",
+    )
     kwok_workers: int = env_field("KWOK_WORKERS", 32, "concurrent node status patches in kwok mode")
     health_port: int = env_field("HEALTH_PORT", 8080, "port of /healthz, /readyz, /metrics")
     log_level: str = env_field(

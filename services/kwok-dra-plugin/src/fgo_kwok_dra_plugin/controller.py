@@ -10,6 +10,19 @@ A node gets slices while it exists, is a KWOK node (its record says so, or the N
 ``kwok.x-k8s.io/node: fake``) and has a topology record. Anything else loses them: the Node was
 deleted (its slices are also owned by it, so the garbage collector would get there too), it left
 its GPU pool (the status-updater deleted the record), or it turned into a real node.
+
+Both paths on one node: on a KWOK node the KWOK capacity controller may also publish the same
+GPUs as ``nvidia.com/gpu`` (and ``nvidia.com/mig-*``), and the scheduler counts those against
+the node's allocatable without looking at our slices. A real node runs one path or the other;
+here the record's holders arbitrate. A device held through an extended resource (holder kind
+``device-plugin`` or ``reservation``) gets the device taint
+``fake-gpu-operator/held-by-extended-resource`` with effect ``NoSchedule``, so the scheduler
+allocates it to no new claim; the taint goes when the record no longer shows that holder. The
+capacity controller does the converse (GPUs held through DRA leave ``allocatable``).
+``NoSchedule`` and not ``NoExecute``: a claim that already holds the device (allocated in the
+instant before the record showed the other holder) must not be evicted; the status-updater
+reports that double booking. Under ``UNHEALTHY_DEVICES=omit`` (no DRADeviceTaints) held devices
+are left out of the slice instead; ``publish`` does not arbitrate.
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ from fgo_common.drapublish import publish_pool, slice_pool_node, withdraw_pool
 from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent
 from fgo_common.runtime.runner import ServiceContext
 from fgo_common.topology import (
+    HOLDER_DRA,
     KWOK_NODE_ANNOTATION,
     NODE_NAME_LABEL,
     TOPOLOGY_DATA_KEY,
@@ -42,6 +56,8 @@ log = structlog.get_logger(__name__)
 
 FIELD_MANAGER_PREFIX = "fake-gpu-operator/"
 KWOK_NODE_VALUE = "fake"
+# Our own vocabulary (not the NVIDIA driver's): a device the extended-resource path holds.
+HELD_TAINT_KEY = "fake-gpu-operator/held-by-extended-resource"
 
 
 def is_kwok_node(node: Obj) -> bool:
@@ -57,6 +73,43 @@ def node_facts(node: Obj) -> tuple[str, bool, bool]:
 
 def configmap_node(cm: Obj) -> str:
     return str(((cm.get("metadata") or {}).get("labels") or {}).get(NODE_NAME_LABEL, ""))
+
+
+def held_by_extended_resource(topology: NodeTopology) -> tuple[set[int], set[str]]:
+    """What pods hold through the extended-resource path (any holder that is not a DRA
+    claim): (indexes of GPUs held whole, UUIDs of MIG devices held)."""
+    whole = {g.index for g in topology.gpus if any(h.kind != HOLDER_DRA for h in g.status.holders)}
+    parts = {
+        m.uuid
+        for g in topology.gpus
+        for m in g.mig_devices
+        if any(h.kind != HOLDER_DRA for h in m.holders)
+    }
+    return whole, parts
+
+
+def arbitrate(
+    devices: list[dra.PublishedDevice],
+    topology: NodeTopology,
+    policy: dra.UnhealthyPolicy,
+) -> list[Obj]:
+    """The slice devices, with those the extended-resource path holds made unallocatable: every
+    device of a GPU held whole, a held MIG device and its parent GPU's full-GPU device.
+    ``policy`` as for unhealthy devices: ``taint`` adds :data:`HELD_TAINT_KEY` (NoSchedule),
+    ``omit`` leaves them out, ``publish`` changes nothing."""
+    whole, parts = held_by_extended_resource(topology)
+    if policy == "publish" or not (whole or parts):
+        return [d.device for d in devices]
+    parents = {g.id for g in topology.gpus for m in g.mig_devices if m.uuid in parts}
+    out: list[Obj] = []
+    for entry in devices:
+        held = entry.gpu_index in whole or entry.uuid in parts or entry.uuid in parents
+        if not held:
+            out.append(entry.device)
+        elif policy == "taint":
+            taint = {"key": HELD_TAINT_KEY, "effect": dra.TAINT_EFFECT_NO_SCHEDULE}
+            out.append({**entry.device, "taints": [*entry.device.get("taints", []), taint]})
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +152,7 @@ def desired_pool(
     )
     return DesiredPool(
         target,
-        [d.device for d in dra.node_devices(topology, options)],
+        arbitrate(dra.node_devices(topology, options), topology, options.unhealthy),
         dra.node_counter_sets(topology, options),
     )
 
