@@ -25,7 +25,7 @@ class Settings:
         "UNHEALTHY_DEVICES", "taint",
         "what an unhealthy GPU becomes: `taint` (NoSchedule device taint, as the NVIDIA driver "
         "does), `omit` (left out of the slice; for clusters without DRADeviceTaints) or "
-        "`publish` (ignored)",
+        "`publish` (ignored); the same for GPUs held through an extended resource",
         choices=UNHEALTHY_POLICIES,
     )  # fmt: skip
     dra_driver_version: str = env_field(
