@@ -21,6 +21,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from fgo_common.runtime.health import Readiness, build_health_app, serve_app
+from fgo_common.runtime.memory import release_freed_heap, trim_when_ready
 
 log = structlog.get_logger(__name__)
 
@@ -110,6 +111,10 @@ async def run_tasks(
         all_tasks["health-server"] = health
 
     timer = asyncio.create_task(hard_exit_timer())
+    release_freed_heap()
+    trimmer = asyncio.create_task(
+        trim_when_ready(lambda: ctx.readiness.ready, ctx.readiness.changed)
+    )
     log.info("service.starting", tasks=sorted(all_tasks))
     code = 0
     try:
@@ -122,6 +127,7 @@ async def run_tasks(
         code = 1
     finally:
         timer.cancel()
+        trimmer.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("service.stopped", exit_code=code)
