@@ -263,6 +263,10 @@ async def dra_killed_between_prepare_and_start(world: World, _: float) -> str:
 
     async def hook(entry: object) -> None:
         seen["entry"] = entry
+        # Keep this pod (and its claim) alive until the repeated prepare: the churn would
+        # otherwise expire it while the plugin restarts on a loaded machine, and the restarted
+        # plugin rightly drops a checkpointed claim that no longer exists.
+        churn.pause()
         world.held.add(DRA_PLUGIN)
         assert world.kill_agent(DRA_PLUGIN)
         await world.wait_agent_dead(DRA_PLUGIN)
