@@ -240,3 +240,87 @@ def test_bad_runai_annotation_fails_with_a_reason() -> None:
     assert out.record is not None and out.record.mig_config is not None
     assert out.record.mig_config.state == mig.FAILED
     assert "run.ai/mig.config" in out.record.mig_config.reason
+
+
+RUNAI_REQUEST = (
+    "version: v1\nmig-configs:\n  selected:\n"
+    "    - devices: ['1']\n      mig-enabled: true\n"
+    "      mig-devices: [{name: 3g.40gb, position: 0, size: 4}]\n"
+)
+
+
+def _runai_applied() -> tuple[dict[str, Any], NodeTopology]:
+    """A node whose ``run.ai/mig.config`` was applied, with the mapping written back."""
+    the_node = labelled(None, **{"run.ai/mig.config": RUNAI_REQUEST})
+    step = run([], run([]).record, the_node=the_node, now=NOW)
+    done = run([], step.record, the_node=the_node, now=NOW + DELAY)
+    assert done.record is not None
+    mapping = mig.node_patch(the_node, done.record)["annotations"]["run.ai/mig-mapping"]
+    assert mapping is not None
+    the_node["metadata"]["annotations"]["run.ai/mig-mapping"] = mapping
+    the_node["metadata"]["labels"]["nvidia.com/mig.config.state"] = "success"
+    return the_node, done.record
+
+
+def _layout(record: NodeTopology) -> list[list[tuple[str, int, str]]]:
+    return [[(d.profile, d.placement_start, d.uuid) for d in g.mig_devices] for g in record.gpus]
+
+
+def test_runai_annotation_with_unconvertible_values_fails_and_keeps_the_layout() -> None:
+    # Values the mig-parted parser converts with int() used to raise out of the reconcile
+    # (ValueError / TypeError), so the node was never reconciled again and got no Event.
+    the_node, applied = _runai_applied()
+    for position in ("x", "[1]"):
+        bad = RUNAI_REQUEST.replace("position: 0", f"position: {position}")
+        node_now = labelled(None, **{"run.ai/mig.config": bad})
+        node_now["metadata"]["annotations"]["run.ai/mig-mapping"] = the_node["metadata"][
+            "annotations"
+        ]["run.ai/mig-mapping"]
+        out = run([], applied, the_node=node_now, now=NOW + 2 * DELAY)
+        assert out.record is not None and out.record.mig_config is not None
+        assert out.record.mig_config.state == mig.FAILED
+        assert out.record.mig_config.reason.startswith("run.ai/mig.config@")
+        assert [f.reason for f in out.findings] == ["MigConfigFailed"]
+        assert _layout(out.record) == _layout(applied)
+        # The mapping still describes the layout in place: left as it is.
+        assert "run.ai/mig-mapping" not in mig.node_patch(node_now, out.record).get(
+            "annotations", {}
+        )
+
+
+def test_runai_mapping_is_removed_when_another_layout_replaces_it() -> None:
+    the_node, applied = _runai_applied()
+    # Annotation removed: the pool's layout comes back, the mapping goes.
+    gone = dict(
+        the_node,
+        metadata={
+            **the_node["metadata"],
+            "annotations": {
+                k: v
+                for k, v in the_node["metadata"]["annotations"].items()
+                if k != "run.ai/mig.config"
+            },
+        },
+    )
+    back = run([], applied, the_node=gone, now=NOW + 2 * DELAY)
+    assert back.record is not None and back.record.mig_config is None
+    assert all(len(g.mig_devices) == 7 for g in back.record.gpus)  # all-1g.10gb again
+    patch = mig.node_patch(gone, back.record)
+    assert patch["annotations"]["run.ai/mig-mapping"] is None
+    assert patch["labels"] == {"nvidia.com/mig.config.state": None}
+
+    # The mig-manager label wins over the annotation; once its layout is applied the mapping
+    # goes too (while it is pending the run.ai layout is still in place and keeps it).
+    both = labelled("halves", **the_node["metadata"]["annotations"])
+    both["metadata"]["labels"]["nvidia.com/mig.config.state"] = "success"
+    pending = run([], applied, the_node=both, now=NOW + 2 * DELAY)
+    assert pending.record is not None and pending.record.mig_config is not None
+    assert pending.record.mig_config.state == mig.PENDING
+    assert "run.ai/mig-mapping" not in mig.node_patch(both, pending.record).get("annotations", {})
+    done = run([], pending.record, the_node=both, now=NOW + 3 * DELAY)
+    assert done.record is not None and done.record.mig_config is not None
+    assert done.record.mig_config.applied == "halves"
+    assert all(
+        [d.profile for d in g.mig_devices] == ["3g.40gb", "3g.40gb"] for g in done.record.gpus
+    )
+    assert mig.node_patch(both, done.record)["annotations"]["run.ai/mig-mapping"] is None

@@ -372,7 +372,10 @@ def _request(node: Obj, config: ClusterConfig) -> Request | MigLayoutError | Non
     name = f"{RUNAI_MIG_CONFIG}@{digest}"
     try:
         custom = migstate.parse_mig_parted(yaml.safe_load(raw), RUNAI_MIG_CONFIG)
-    except (yaml.YAMLError, MigLayoutError) as exc:
+    except (yaml.YAMLError, ValueError, TypeError) as exc:
+        # ValueError covers MigLayoutError; ValueError/TypeError also come from values the
+        # parser converts without checking (``position: x``). An annotation anyone can write
+        # must end as a failed request, never as an exception that stalls the node's reconcile.
         return MigLayoutError("invalid-config", f"{name}: {exc}")
     if RUNAI_SELECTED not in custom:
         return MigLayoutError("invalid-config", f"{name}: no config {RUNAI_SELECTED!r} in it")
@@ -578,7 +581,13 @@ def _fail(
 
 def node_patch(node: Obj, record: NodeTopology) -> dict[str, dict[str, str | None]]:
     """Labels/annotations to change on the Node so it shows ``record.mig_config``: the
-    mig-manager state label, the failure reason, and the reference's ``run.ai/mig-mapping``."""
+    mig-manager state label, the failure reason, and the reference's ``run.ai/mig-mapping``.
+
+    The mapping describes the layout in place, so it is there exactly while that layout is the
+    one a ``run.ai/mig.config`` request applied (also while a newer request is pending or has
+    failed, since the layout has not changed then) and is removed once another layout replaces
+    it (annotation removed, or a ``nvidia.com/mig.config`` label applied): a stale mapping
+    would name MIG UUIDs that no longer exist."""
     labels, notes = labels_of(node), annotations_of(node)
     want_labels: dict[str, str | None] = {}
     want_notes: dict[str, str | None] = {}
@@ -595,10 +604,13 @@ def node_patch(node: Obj, record: NodeTopology) -> dict[str, dict[str, str | Non
         reason = status.reason[:1000] if status.state == FAILED else None
         if notes.get(REASON_ANNOTATION) != reason:
             want_notes[REASON_ANNOTATION] = reason
-        if status.applied.startswith(RUNAI_MIG_CONFIG) and status.state == SUCCESS:
-            mapping = runai_mapping(record)
-            if notes.get(RUNAI_MIG_MAPPING) != mapping:
-                want_notes[RUNAI_MIG_MAPPING] = mapping
+    mapping = (
+        runai_mapping(record)
+        if status is not None and status.applied.startswith(RUNAI_MIG_CONFIG)
+        else None
+    )
+    if notes.get(RUNAI_MIG_MAPPING) != mapping:
+        want_notes[RUNAI_MIG_MAPPING] = mapping
     out: dict[str, dict[str, str | None]] = {}
     if want_labels:
         out["labels"] = want_labels
