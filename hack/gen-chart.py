@@ -583,6 +583,16 @@ def build() -> Schema:
                 "podResources": compat("Accepted for compatibility, ignored"),
             },
         ),
+        "admissionPolicy": obj(
+            "ValidatingAdmissionPolicies narrowing the pods patch of the device-plugin node "
+            "agent and the status-updater to their own annotation (docs/security.md)",
+            {
+                "enabled": boolean(
+                    "Render them (only where the cluster serves admissionregistration.k8s.io/v1 "
+                    "ValidatingAdmissionPolicy)"
+                )
+            },
+        ),
         "runtimeClass": obj(
             "RuntimeClass nvidia (handler runc)",
             {"enabled": boolean("Render it (off where NVIDIA's GPU operator owns it)")},

@@ -116,7 +116,12 @@ class Helm:
         assert result.returncode != 0, f"rendering was expected to fail: {sets} {values}"
         return result.stderr
 
-    def notes(self, values: list[Path] | None = None, sets: list[str] | None = None) -> str:
+    def notes(
+        self,
+        values: list[Path] | None = None,
+        sets: list[str] | None = None,
+        extra: list[str] | None = None,
+    ) -> str:
         """NOTES.txt as `helm install` would print it (rendered through a copy of the chart:
         `helm template` does not render NOTES and `helm install --dry-run` needs a cluster)."""
         with tempfile.TemporaryDirectory(prefix="fgo-notes-") as tmp:
@@ -129,7 +134,7 @@ class Helm:
             (chart / "templates" / "notes-preview.yaml").write_text(
                 'kind: NotesPreview\nmetadata: {name: notes}\ntext: {{ include "notes.preview" . | toJson }}\n'
             )
-            rendered = self.render(values, sets, chart=chart)
+            rendered = self.render(values, sets, chart=chart, extra=extra)
             return str(rendered.get("NotesPreview", "notes")["text"])
 
 

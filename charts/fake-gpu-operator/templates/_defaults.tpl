@@ -192,6 +192,14 @@ statusExporter:
     interval: 15s
     labels: {}
 
+# -- ValidatingAdmissionPolicies that narrow the two cluster-wide `patch pods` grants: the
+# device-plugin node agent may change only annotation fake-gpu-operator/allocated-devices, and
+# only on pods of its own node; the status-updater only run.ai/reserve_for_gpu_index on pods of
+# environment.resourceReservationNamespace. Rendered where the cluster serves
+# admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy (1.30+). See docs/security.md.
+admissionPolicy:
+  enabled: true
+
 # -- RuntimeClass `nvidia` (handler runc): pods written for real GPU nodes that ask for
 # runtimeClassName: nvidia run here too. Turn off where NVIDIA's GPU operator owns it.
 runtimeClass:
