@@ -10,9 +10,11 @@ namespace. The real kube-scheduler places the pods.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import io
+import json
 import os
 import secrets
 import sys
@@ -657,3 +659,170 @@ async def test_dynamic_mig_claims_partition_one_h100_through_shared_counters(
 
     final = await eventually(whole_gpu_held, timeout_s=30, what="full GPU held, MIG off")
     assert not final.mig_devices
+
+
+# --------------------------------------------------------------------------------------------
+# the reference's Run:ai handshake: run.ai/mig.config in, run.ai/mig-mapping out
+# --------------------------------------------------------------------------------------------
+
+RUNAI_MIG_CONFIG = "run.ai/mig.config"
+RUNAI_MIG_MAPPING = "run.ai/mig-mapping"
+MIG_REASON = "fake-gpu-operator/mig.config.reason"
+# The reference's format (its mig-faker's input): a mig-parted document whose one config is
+# `selected`, GPU indexes as strings, instances as {name, position, size}.
+RUNAI_REQUEST = """\
+version: v1
+mig-configs:
+  selected:
+    - devices: ["0"]
+      mig-enabled: true
+      mig-devices:
+        - {name: 3g.40gb, position: 0, size: 4}
+        - {name: 3g.40gb, position: 4, size: 4}
+    - devices: ["1"]
+      mig-enabled: true
+      mig-devices:
+        - {name: 2g.20gb, position: 2, size: 2}
+        - {name: 1g.10gb, position: 6, size: 1}
+"""
+RUNAI_LAYOUT = [[("3g.40gb", 0), ("3g.40gb", 4)], [("2g.20gb", 2), ("1g.10gb", 6)]]
+
+
+async def test_runai_mig_config_annotation_handshake(
+    stack: Stack, local_cluster: LocalCluster
+) -> None:
+    """The reference's mig-faker protocol, answered by the status-updater for real: the
+    annotation's layout lands in the record (and so in capacity, GFD labels and ResourceSlices),
+    ``run.ai/mig-mapping`` names the instances; a malformed value fails with an Event and keeps
+    the layout; removing the annotation gives the node its pool's layout back."""
+    await stack.start(local_cluster, h100_pool("mixed"), dra=True)
+    node = await stack.node("mig")
+    await stack.wait_capacity(node, {"nvidia.com/mig-1g.10gb": "14"}, "pool layout")
+
+    async def annotate(value: str | None) -> None:
+        await stack.core.patch_node(node, {"metadata": {"annotations": {RUNAI_MIG_CONFIG: value}}})
+
+    async def notes() -> dict[str, str]:
+        return dict((await stack.read_node(node)).metadata.annotations or {})
+
+    states: list[str] = []
+
+    async def state_is(want: str) -> bool:
+        state = (await stack.labels(node)).get(MIG_STATE_LABEL)
+        if state and (not states or states[-1] != state):
+            states.append(state)
+        return state == want
+
+    def by_placement(gpu: Any) -> list[Any]:
+        return sorted(gpu.mig_devices, key=lambda d: d.placement_start)
+
+    def layout(record: NodeTopology) -> list[list[tuple[str, int]]]:
+        return [[(d.profile, d.placement_start) for d in by_placement(g)] for g in record.gpus]
+
+    # --- the request is applied ---------------------------------------------------------------
+    await annotate(RUNAI_REQUEST)
+    await eventually(
+        functools.partial(state_is, "success"), timeout_s=60, what="state success", interval_s=0.1
+    )
+    assert states == ["pending", "success"]
+    record = await stack.record(node)
+    assert layout(record) == RUNAI_LAYOUT
+    assert all(g.mig_enabled for g in record.gpus)
+    assert record.mig_config is not None
+    assert record.mig_config.applied.startswith(f"{RUNAI_MIG_CONFIG}@")
+
+    # The answer, in the reference's format: base64 JSON {"<gpu index>": [{position,
+    # device_uuid, gpu_instance_id}]}, naming the instances the record holds.
+    raw_mapping = (await notes())[RUNAI_MIG_MAPPING]  # same merge patch as the state label
+    mapping = json.loads(base64.b64decode(raw_mapping, validate=True))
+    assert mapping == {
+        str(g.index): [
+            {"position": d.placement_start, "device_uuid": d.uuid, "gpu_instance_id": d.gi_id}
+            for d in by_placement(g)
+        ]
+        for g in record.gpus
+    }
+    uuids = [e["device_uuid"] for entries in mapping.values() for e in entries]
+    assert len(set(uuids)) == 4 and all(u.startswith("MIG-") for u in uuids)
+
+    new_capacity: dict[str, str | None] = {
+        "nvidia.com/mig-3g.40gb": "2",
+        "nvidia.com/mig-2g.20gb": "1",
+        "nvidia.com/mig-1g.10gb": "1",
+    }
+    await stack.wait_capacity(node, new_capacity, "after run.ai/mig.config")
+    await stack.wait_labels(
+        node,
+        {
+            "nvidia.com/mig.strategy": "mixed",
+            "nvidia.com/mig-3g.40gb.count": "2",
+            "nvidia.com/mig-2g.20gb.count": "1",
+            "nvidia.com/mig-1g.10gb.count": "1",
+            "nvidia.com/mig-3g.40gb.product": "NVIDIA-H100-80GB-HBM3-MIG-3g.40gb",
+        },
+        "after run.ai/mig.config",
+    )
+    wanted_devices = {
+        f"gpu-{g.minor}-mig-{d.profile.replace('.', '')}-{d.gi_profile_id}-{d.placement_start}"
+        for g in record.gpus
+        for d in g.mig_devices
+    }
+
+    async def sliced() -> bool:
+        found = await stack.resource.list_resource_slice(field_selector=f"spec.nodeName={node}")
+        return {d.name for s in found.items for d in s.spec.devices or []} == wanted_devices
+
+    await eventually(sliced, timeout_s=60, what=f"ResourceSlices with {sorted(wanted_devices)}")
+
+    # --- a malformed value: a Warning Event, the last good layout stays ----------------------
+    await annotate(RUNAI_REQUEST.replace("position: 4,", "position: x,"))
+
+    async def failed_event() -> Any:
+        if not await state_is("failed"):
+            return None
+        found = [
+            e
+            for e in await stack.events(node, "MigConfigFailed")
+            if e.type == "Warning" and f"{RUNAI_MIG_CONFIG}@" in (e.message or "")
+        ]
+        return found or None
+
+    await eventually(failed_event, timeout_s=60, what="MigConfigFailed Warning Event")
+    after = await stack.record(node)
+    assert layout(after) == RUNAI_LAYOUT
+    assert [d.uuid for g in after.gpus for d in by_placement(g)] == uuids
+    assert after.mig_config is not None and after.mig_config.state == "failed"
+    assert after.mig_config.applied == record.mig_config.applied
+    current = await notes()
+    assert current[MIG_REASON].startswith(f"{RUNAI_MIG_CONFIG}@")
+    assert current[RUNAI_MIG_MAPPING] == raw_mapping  # still describes the layout in place
+    capacity = dict((await stack.read_node(node)).status.capacity or {})
+    assert {k: capacity.get(k) for k in new_capacity} == new_capacity
+
+    # --- removed: back to the pool's layout (all-1g.10gb), handshake traces gone -------------
+    await annotate(None)
+
+    async def cleared() -> bool:
+        labels, current = await stack.labels(node), await notes()
+        return MIG_STATE_LABEL not in labels and not (
+            {RUNAI_MIG_MAPPING, MIG_REASON} & set(current)
+        )
+
+    await eventually(cleared, timeout_s=60, what="state label, reason and mapping removed")
+    back = await stack.record(node)
+    assert back.mig_config is None
+    assert layout(back) == [[("1g.10gb", p) for p in range(7)]] * 2
+    await stack.wait_capacity(
+        node,
+        {
+            "nvidia.com/mig-1g.10gb": "14",
+            "nvidia.com/mig-3g.40gb": None,
+            "nvidia.com/mig-2g.20gb": None,
+        },
+        "pool layout again",
+    )
+    await stack.wait_labels(
+        node,
+        {"nvidia.com/mig-1g.10gb.count": "14", "nvidia.com/mig-3g.40gb.count": None},
+        "pool layout again",
+    )
