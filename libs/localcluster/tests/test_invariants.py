@@ -312,6 +312,15 @@ def test_expected_capacity_per_mig_strategy() -> None:
     assert expected_capacity(rec) == {"nvidia.com/gpu": (2, 2)}
 
 
+def test_expected_capacity_when_dra_shares_the_gpus() -> None:
+    rec = record("m", 3)
+    rec.gpus[0].status.holders.append(Holder("ns", "dra-pod", kind=HOLDER_DRA, claim="ns/c"))
+    rec.gpus[1].status.holders.append(Holder("ns", "dp-pod", resource="nvidia.com/gpu"))
+    # Only the DRA-held GPU leaves allocatable: the extended-resource pod counts against it.
+    assert expected_capacity(rec, dra_shared=True) == {"nvidia.com/gpu": (3, 2)}
+    assert expected_capacity(rec) == {"nvidia.com/gpu": (3, 3)}
+
+
 def test_parse_exposition_with_escapes() -> None:
     text = '# HELP x y\nDCGM_FI_DEV_FB_USED{UUID="GPU-1",pod="a\\"b",Hostname="n"} 12\nup 1\n'
     samples = parse_exposition(text)

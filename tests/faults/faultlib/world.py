@@ -621,6 +621,8 @@ class World:
             # The DRA-only kubelet node has no device plugin: nobody publishes its capacity.
             capacity_nodes=self.all_nodes - {self.kubelet_dra},
             slice_nodes=frozenset([*(n for n in kwok if n in self.live_nodes), self.kubelet_dra]),
+            # kwokDraPlugin is on: the capacity controller runs with DRA_SHARES_GPUS.
+            dra_shared_nodes=kwok,
             exporters=(invariants.ExporterTarget(self.exporter_url()),),
         )
 

@@ -104,6 +104,10 @@ class Scope:
     slice_nodes: frozenset[str] | None = None
     # What the publishers do with unhealthy devices ("taint"/"publish" keep them, "omit" drops).
     unhealthy_devices: str = "taint"
+    # KWOK nodes whose GPUs are published both as extended resources and as DRA devices: there
+    # a GPU (or MIG device) taken through a DRA claim must not also be allocatable, or the
+    # scheduler could hand it out twice (docs/chart.md, "Both GPU paths on one KWOK node").
+    dra_shared_nodes: frozenset[str] = frozenset()
     exporters: tuple[ExporterTarget, ...] = ()
     driver: str = DRA_DRIVER
 
@@ -226,22 +230,32 @@ def _holder_matches(holder: Holder, pod: Mapping[str, Any]) -> bool:
     return (holder.namespace, holder.pod) == (m.get("namespace"), m.get("name"))
 
 
-def expected_capacity(record: NodeTopology) -> dict[str, tuple[int, int]]:
+def expected_capacity(
+    record: NodeTopology, *, dra_shared: bool = False
+) -> dict[str, tuple[int, int]]:
     """Resource -> (capacity, allocatable) a kubelet would publish for the record's GPUs,
-    following NVIDIA's device plugin MIG strategies (none / single / mixed)."""
+    following NVIDIA's device plugin MIG strategies (none / single / mixed). With
+    ``dra_shared`` a device a DRA claim holds (wholly or in part) is not allocatable."""
     out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
 
     def add(resource: str, healthy: bool) -> None:
         out[resource][0] += 1
         out[resource][1] += int(healthy)
 
+    def via_dra(holders: Iterable[Holder]) -> bool:
+        return dra_shared and any(h.kind == HOLDER_DRA for h in holders)
+
     for gpu in record.gpus:
         migs = gpu.mig_devices if gpu.mig_enabled else []
+        whole_dra = via_dra(gpu.status.holders)
         if record.mig_strategy == "none" or not migs:
-            add(GPU_RESOURCE, gpu.healthy)
+            part_dra = any(via_dra(m.holders) for m in gpu.mig_devices)
+            add(GPU_RESOURCE, gpu.healthy and not whole_dra and not part_dra)
             continue
         for mig in migs:
-            healthy = gpu.healthy and mig.health == HEALTHY
+            healthy = (
+                gpu.healthy and mig.health == HEALTHY and not whole_dra and not via_dra(mig.holders)
+            )
             if record.mig_strategy == "single":
                 add(GPU_RESOURCE, healthy)
             else:
@@ -443,7 +457,7 @@ def _check_capacity(snapshot: Snapshot, scope: Scope) -> list[Violation]:
         status = obj.get("status") or {}
         capacity = status.get("capacity") or {}
         allocatable = status.get("allocatable") or {}
-        want = expected_capacity(record)
+        want = expected_capacity(record, dra_shared=node in scope.dra_shared_nodes)
         ours = {r for r in capacity if r == GPU_RESOURCE or r.startswith(MIG_RESOURCE_PREFIX)}
         for resource in sorted(set(want) | ours):
             cap, alloc = want.get(resource, (0, 0))
