@@ -88,6 +88,9 @@ async def create_namespace(api: client.ApiClient, name: str) -> None:
 
     Pods are rejected by the ServiceAccount admission plugin until the controller-manager has
     created that account, so a test that creates pods right away would flake without this.
+    The wait is long because right after an apiserver restart the controller-manager's
+    informers sit in client-go's reflector backoff (30 s cap, jitter up to 2x), so a namespace
+    created then can wait about a minute for its account; CI saw 60 s run out once.
     """
     from kubernetes_asyncio import client
 
@@ -95,7 +98,7 @@ async def create_namespace(api: client.ApiClient, name: str) -> None:
     await core.create_namespace({"metadata": {"name": name, "labels": {"fgo.test": "true"}}})
     await eventually(
         lambda: core.read_namespaced_service_account("default", name),
-        timeout_s=60,
+        timeout_s=180,
         what=f"ServiceAccount {name}/default",
     )
 
