@@ -6,14 +6,24 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 import yaml
 from fgo_common.kube.watch import ADDED, DELETED, MODIFIED, SYNCED, Reflector, WatchEvent
 from fgo_localcluster.cluster import LocalCluster
 from fgo_localcluster.nodes import api_client
 from kubernetes_asyncio import client
+
+
+@pytest.fixture
+async def restarts_apiserver(local_cluster: LocalCluster) -> AsyncIterator[LocalCluster]:
+    """For tests that restart the apiserver: the controllers are restarted afterwards, so the
+    next test does not wait out their informers' reflector backoff."""
+    yield local_cluster
+    await local_cluster.restart_clients_of_apiserver()
 
 
 async def _consume(reflector: Reflector, stop: asyncio.Event, sink: list[WatchEvent]) -> None:
@@ -70,6 +80,7 @@ async def _compact_etcd(cluster: LocalCluster) -> None:
             resp.raise_for_status()
 
 
+@pytest.mark.usefixtures("restarts_apiserver")
 async def test_resumes_after_apiserver_restart(
     local_cluster: LocalCluster, kube: client.ApiClient, namespace: str
 ) -> None:
@@ -110,6 +121,7 @@ async def test_resumes_after_apiserver_restart(
     _no_duplicate_deliveries(events)
 
 
+@pytest.mark.usefixtures("restarts_apiserver")
 async def test_relists_after_410_without_losing_or_duplicating(
     local_cluster: LocalCluster, kube: client.ApiClient, namespace: str
 ) -> None:

@@ -254,6 +254,17 @@ class LocalCluster:
             self.layout.pid_file(name).unlink(missing_ok=True)
         await self._ensure_component(name)
 
+    async def restart_clients_of_apiserver(self) -> None:
+        """Restart the controller-manager, scheduler and KWOK, one after another.
+
+        After an apiserver restart their client-go informers can sit in reflector backoff
+        (30 s cap, jitter up to 2x) for a minute or more, so namespaces get no default
+        ServiceAccount and pods stay unscheduled meanwhile. Tests that restart the apiserver
+        call this afterwards so the tests after them start from a settled control plane.
+        """
+        for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
+            await self.restart_component(name)
+
     def kill_component(self, name: str, sig: int = signal.SIGKILL) -> bool:
         """Send ``sig`` to a component (fault injection); True if it was running."""
         self._check_name(name)
