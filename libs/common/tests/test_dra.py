@@ -480,3 +480,28 @@ def test_device_classes_yaml_round_trips() -> None:
 def test_media_extension_profiles_are_named_like_the_driver(h100_known: None) -> None:
     topology = with_mig(h100_node(count=1), [("1g.10gb+me", 0)])
     assert [d.name for d in dra.node_devices(topology)] == ["gpu-0-mig-1g10gb-me-20-0"]
+
+
+def test_slice_index_view_keeps_what_planning_reads_and_drops_the_devices() -> None:
+    (full,) = stored(dra.plan_pool(TARGET, fake_devices(4), []).apply)
+    full["metadata"]["managedFields"] = [{"manager": "fgo", "operation": "Apply"}]
+    full["spec"]["sharedCounters"] = [{"name": "gpu-0-counter-set", "counters": {}}]
+    view = dra.slice_index_view(full)
+    assert "devices" not in view["spec"] and "sharedCounters" not in view["spec"]
+    assert "managedFields" not in view["metadata"]
+    assert dra.slice_hash(view) == dra.slice_hash(full) != ""
+    assert dra.slice_generation(view) == dra.slice_generation(full) == 1
+    assert view["spec"]["nodeName"] == NODE
+    assert view["metadata"]["resourceVersion"] == "42"
+    assert full["spec"]["devices"], "the stored object itself is not changed"
+
+
+@pytest.mark.parametrize(("before", "after"), [(3, 3), (200, 201), (201, 5), (0, 2)])
+def test_plans_from_index_views_equal_plans_from_full_slices(before: int, after: int) -> None:
+    """The publishers cache only index views; planning must not notice."""
+    full = stored(dra.plan_pool(TARGET, fake_devices(before), []).apply)
+    views = [dra.slice_index_view(o) for o in full]
+    for target in (TARGET, dataclasses.replace(TARGET, node_uid="uid-2")):
+        assert dra.plan_pool(target, fake_devices(after), views) == dra.plan_pool(
+            target, fake_devices(after), full
+        )

@@ -705,6 +705,20 @@ def slice_hash(obj: Obj) -> str:
     )
 
 
+def slice_index_view(obj: Obj) -> Obj:
+    """What a publisher keeps of a stored slice: enough for :func:`plan_pool` (name, content
+    hash, pool, node) without the devices and counters, which are most of a slice's size and
+    are never read back (an 8-GPU dynamic-MIG node publishes 208 devices)."""
+    spec = obj.get("spec") or {}
+    metadata = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    return {
+        "apiVersion": obj.get("apiVersion"),
+        "kind": obj.get("kind"),
+        "metadata": metadata,
+        "spec": {k: v for k, v in spec.items() if k not in ("devices", "sharedCounters")},
+    }
+
+
 def slice_generation(obj: Obj) -> int:
     try:
         return int(((obj.get("spec") or {}).get("pool") or {}).get("generation") or 0)

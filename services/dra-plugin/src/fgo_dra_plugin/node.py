@@ -84,6 +84,7 @@ class NodeAgent:
             name="resourceslices",
             field_selector=f"spec.nodeName={node}",
             label_selector=f"{dra.PUBLISHER_LABEL}={settings.instance}",
+            transform=dra.slice_index_view,
         )
         self.metrics = NodeMetrics(registry)
         self.field_manager = FIELD_MANAGER_PREFIX + settings.instance
@@ -181,7 +182,7 @@ class NodeAgent:
         )
         for stored in result.stored:
             self.metrics.slice_writes.labels("apply").inc()
-            self._slices[stored["metadata"]["name"]] = stored
+            self._slices[stored["metadata"]["name"]] = dra.slice_index_view(stored)
         for name in result.deleted:
             self.metrics.slice_writes.labels("delete").inc()
             self._slices.pop(name, None)

@@ -205,6 +205,7 @@ class KwokSliceController:
             self.resource.list_resource_slice,
             name="resourceslices",
             label_selector=f"{dra.PUBLISHER_LABEL}={settings.instance}",
+            transform=dra.slice_index_view,
         )
         self.field_manager = FIELD_MANAGER_PREFIX + settings.instance
         self.queue = KeyQueue()
@@ -213,7 +214,8 @@ class KwokSliceController:
         self._cm_node: dict[str, str] = {}  # ConfigMap "<ns>/<name>" -> node it describes
         self._slices_by_node: dict[str, dict[str, Obj]] = {}
         self._published: set[str] = set()
-        self._desired_cache: dict[str, tuple[Any, DesiredPool | None]] = {}
+        # node -> (inputs key, stored pool signature) after a successful publish
+        self._in_sync: dict[str, tuple[Any, frozenset[tuple[str, str, int]]]] = {}
 
     # -- event intake ---------------------------------------------------------------------
 
@@ -281,28 +283,27 @@ class KwokSliceController:
         keys = {str(o["metadata"]["name"]) for o in self.nodes.cache.values()}
         return keys | set(self._cm_by_node) | set(self._slices_by_node)
 
-    def _desired(self, node_name: str, node: Obj | None, cm: Obj | None) -> DesiredPool | None:
-        """``desired_pool``, memoised per (record resourceVersion, node facts): the events of
-        our own slice writes and the periodic resync re-check nodes whose inputs did not change,
-        and parsing a record costs more than comparing a pool."""
-        key = (
-            str((cm or {}).get("metadata", {}).get("resourceVersion", "")),
-            node_facts(node) if node is not None else None,
+    def _stored_signature(self, node_name: str) -> frozenset[tuple[str, str, int]]:
+        return frozenset(
+            (name, dra.slice_hash(o), dra.slice_generation(o))
+            for name, o in self._slices_by_node.get(node_name, {}).items()
         )
-        cached = self._desired_cache.get(node_name)
-        if cm is not None and node is not None and cached is not None and cached[0] == key:
-            return cached[1]
-        desired = desired_pool(node_name, node, cm, self.options, self.settings.instance)
-        if cm is None or node is None:
-            self._desired_cache.pop(node_name, None)
-        else:
-            self._desired_cache[node_name] = (key, desired)
-        return desired
 
     async def reconcile(self, node_name: str) -> None:
         node = self.nodes.cache.get(node_name)
+        cm = self._cm_by_node.get(node_name)
+        # The events of our own slice writes and the periodic resync re-check nodes whose
+        # inputs did not change; parsing a record costs more than comparing a pool, and
+        # keeping every node's desired devices would cost as much memory as the slices.
+        key = None
+        if node is not None and cm is not None:
+            key = (str(cm["metadata"].get("resourceVersion", "")), node_facts(node))
+            known = self._in_sync.get(node_name)
+            if known is not None and known == (key, self._stored_signature(node_name)):
+                return
+        self._in_sync.pop(node_name, None)
         existing = list(self._slices_by_node.get(node_name, {}).values())
-        desired = self._desired(node_name, node, self._cm_by_node.get(node_name))
+        desired = desired_pool(node_name, node, cm, self.options, self.settings.instance)
         if desired is None:
             self._published.discard(node_name)
             if existing:
@@ -322,11 +323,13 @@ class KwokSliceController:
         self._published.add(node_name)
         for stored in result.stored:
             self.metrics.slice_writes.labels("apply").inc()
-            self._remember_slice(stored)
+            self._remember_slice(dra.slice_index_view(stored))
         for obj in existing:
             if obj["metadata"]["name"] in result.deleted:
                 self.metrics.slice_writes.labels("delete").inc()
                 self._forget_slice(obj)
+        if key is not None:
+            self._in_sync[node_name] = (key, self._stored_signature(node_name))
 
     async def _worker(self, stop: asyncio.Event) -> None:
         failures: dict[str, int] = {}

@@ -39,6 +39,16 @@ SYNCED = "SYNCED"  # emitted after every (re)list, once the cache matches the se
 
 Obj = dict[str, Any]
 ListFn = Callable[..., Awaitable[Any]]
+Transform = Callable[[Obj], Obj]
+
+
+def drop_managed_fields(obj: Obj) -> Obj:
+    """The default cache transform (client-go users install the same one): no controller of
+    ours reads ``managedFields``, and they are often the biggest part of an object."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+    return obj
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +78,14 @@ class Reflector:
         name: str,
         timeout_seconds: int = 240,
         backoff: Backoff = _WATCH_BACKOFF,
+        transform: Transform = drop_managed_fields,
         **list_kwargs: Any,
     ) -> None:
+        """``transform`` sees every object before it is cached or delivered (the cache holds
+        what it returns): a service keeps only the fields it reads, which is what bounds its
+        memory at thousands of nodes."""
         self._list_fn = list_fn
+        self._transform = transform
         self._kwargs = list_kwargs
         self.name = name
         self._timeout = timeout_seconds
@@ -89,7 +104,8 @@ class Reflector:
             body = await resp.json()
         finally:
             resp.release()
-        return list(body.get("items") or []), str(body["metadata"]["resourceVersion"])
+        items = [self._transform(o) for o in body.get("items") or []]
+        return items, str(body["metadata"]["resourceVersion"])
 
     async def _relist(self) -> list[WatchEvent]:
         items, resource_version = await self._list()
@@ -112,6 +128,7 @@ class Reflector:
         return events
 
     def _apply(self, event_type: str, obj: Obj) -> WatchEvent | None:
+        obj = self._transform(obj)
         key = object_key(obj)
         old = self.cache.get(key)
         if event_type == DELETED:

@@ -1,0 +1,95 @@
+"""Reflector cache transforms (the list-watch protocol itself is tested against the real
+apiserver in tests/integration/test_watch.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fgo_common.kube.watch import ADDED, MODIFIED, SYNCED, Reflector, WatchEvent
+
+
+def _obj(name: str, rv: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "resourceVersion": rv,
+            "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:data": {}}}],
+        },
+        **extra,
+    }
+
+
+class _Content:
+    def __init__(self, lines: list[bytes], stop: asyncio.Event) -> None:
+        self._lines = lines
+        self._stop = stop
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        for line in self._lines:
+            yield line
+        self._stop.set()  # the stream ends; the test is over
+
+
+class _Response:
+    status = 200
+    reason = "OK"
+
+    def __init__(self, body: Any = None, content: _Content | None = None) -> None:
+        self._body = body
+        self.content = content
+
+    async def json(self) -> Any:
+        return self._body
+
+    def release(self) -> None:
+        pass
+
+
+def _list_fn(stop: asyncio.Event) -> Any:
+    async def list_fn(**kwargs: Any) -> _Response:
+        if kwargs.get("watch"):
+            event = {"type": "MODIFIED", "object": _obj("a", "3", data={"v": "2"})}
+            return _Response(content=_Content([json.dumps(event).encode() + b"\n"], stop))
+        items = [_obj("a", "1", data={"v": "1"}), _obj("b", "2", data={"v": "1"})]
+        return _Response({"metadata": {"resourceVersion": "2"}, "items": items})
+
+    return list_fn
+
+
+async def _collect(reflector: Reflector, stop: asyncio.Event) -> list[WatchEvent]:
+    events = []
+    async with asyncio.timeout(10):
+        async for event in reflector.events(stop):
+            events.append(event)
+    return events
+
+
+async def test_managed_fields_are_dropped_by_default() -> None:
+    stop = asyncio.Event()
+    reflector = Reflector(_list_fn(stop), name="t")
+    events = await _collect(reflector, stop)
+    assert [e.type for e in events] == [ADDED, ADDED, SYNCED, MODIFIED]
+    assert all("managedFields" not in o["metadata"] for o in reflector.cache.values())
+    assert all("managedFields" not in e.obj.get("metadata", {}) for e in events)
+    assert reflector.cache["a"]["data"] == {"v": "2"}
+    modified = events[-1]
+    assert modified.old is not None and modified.old["data"] == {"v": "1"}
+
+
+async def test_a_custom_transform_decides_what_is_cached() -> None:
+    stop = asyncio.Event()
+
+    def names_only(obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        return {"metadata": {"name": meta["name"], "resourceVersion": meta["resourceVersion"]}}
+
+    reflector = Reflector(_list_fn(stop), name="t", transform=names_only)
+    events = await _collect(reflector, stop)
+    assert [e.type for e in events] == [ADDED, ADDED, SYNCED, MODIFIED]
+    assert reflector.cache == {
+        "a": {"metadata": {"name": "a", "resourceVersion": "3"}},
+        "b": {"metadata": {"name": "b", "resourceVersion": "2"}},
+    }
