@@ -93,3 +93,36 @@ async def test_a_custom_transform_decides_what_is_cached() -> None:
         "a": {"metadata": {"name": "a", "resourceVersion": "3"}},
         "b": {"metadata": {"name": "b", "resourceVersion": "2"}},
     }
+
+
+def test_slim_node_keeps_metadata_spec_and_resources_only() -> None:
+    node = {
+        "metadata": {"name": "n", "labels": {"a": "b"}, "managedFields": [{}]},
+        "spec": {"taints": [{"key": "k", "effect": "NoSchedule"}]},
+        "status": {
+            "capacity": {"nvidia.com/gpu": "8"},
+            "allocatable": {"nvidia.com/gpu": "7"},
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "nodeInfo": {"kubeletVersion": "fake"},
+            "images": [{"names": ["x"]}],
+        },
+    }
+    from fgo_common.kube.watch import slim_node
+
+    assert slim_node(node) == {
+        "metadata": {"name": "n", "labels": {"a": "b"}},
+        "spec": {"taints": [{"key": "k", "effect": "NoSchedule"}]},
+        "status": {"capacity": {"nvidia.com/gpu": "8"}, "allocatable": {"nvidia.com/gpu": "7"}},
+    }
+
+
+def test_identity_stub_keeps_what_a_reflector_needs() -> None:
+    from fgo_common.kube.watch import identity_stub, object_key
+
+    pod = _obj("p", "7", spec={"containers": [{"name": "c"}]})
+    pod["metadata"].update(namespace="ns", uid="u-1", labels={"x": "y"})
+    stub = identity_stub(pod)
+    assert stub == {
+        "metadata": {"name": "p", "namespace": "ns", "uid": "u-1", "resourceVersion": "7"}
+    }
+    assert object_key(stub) == object_key(pod) == "ns/p"

@@ -52,7 +52,7 @@ import structlog
 from fgo_common.annotations import KWOK_NODE, KWOK_NODE_VALUE
 from fgo_common.kube.errors import is_not_found, raise_for_status
 from fgo_common.kube.retry import retrying
-from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent
+from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent, slim_node
 from fgo_common.names import RESOURCE_NAMES
 from fgo_common.topology import HOLDER_DRA, NODE_NAME_LABEL, NodeTopology, TopologyFormatError
 from kubernetes_asyncio import client
@@ -191,7 +191,7 @@ class KwokCapacityController:
             name=f"configmaps/{self.namespace}",
             namespace=self.namespace,
         )
-        self._nodes = Reflector(core.list_node, name="nodes")
+        self._nodes = Reflector(core.list_node, name="nodes", transform=slim_node)
         self.synced = asyncio.Event()
 
     # -- event intake -------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import structlog
 from fgo_common import dra
 from fgo_common.dra import Obj
 from fgo_common.drapublish import publish_pool, slice_pool_node, withdraw_pool
-from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent
+from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent, slim_node
 from fgo_common.runtime.runner import ServiceContext
 from fgo_common.topology import (
     HOLDER_DRA,
@@ -194,7 +194,7 @@ class KwokSliceController:
         )
         self.core = client.CoreV1Api(api)
         self.resource = client.ResourceV1Api(api)
-        self.nodes = Reflector(self.core.list_node, name="nodes")
+        self.nodes = Reflector(self.core.list_node, name="nodes", transform=slim_node)
         self.configmaps = Reflector(
             self.core.list_namespaced_config_map,
             name="topology-configmaps",

@@ -11,6 +11,7 @@ recomputed, never forced. Nothing is written before every cache has synced (that
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import time
@@ -23,7 +24,7 @@ from fgo_common.config import ClusterConfig, ConfigError, load_cluster_config
 from fgo_common.faults import FAULTS_LABEL
 from fgo_common.kube.errors import is_conflict, is_not_found, raise_for_status, status_of
 from fgo_common.kube.retry import Backoff, retrying
-from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent
+from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent, slim_node
 from fgo_common.names import GPU_OPERATOR_LABELS
 from fgo_common.profiles.custom import PROFILES_DATA_KEY, CustomProfileError, custom_catalog
 from fgo_common.runtime.runner import ServiceContext, TaskFactory
@@ -39,7 +40,7 @@ from fgo_common.topology import (
 from kubernetes_asyncio import client
 
 from fgo_status_updater import mig
-from fgo_status_updater.caches import Caches
+from fgo_status_updater.caches import Caches, pod_view
 from fgo_status_updater.events import EventRecorder
 from fgo_status_updater.faults import FaultBook
 from fgo_status_updater.findings import NORMAL, WARNING, Finding, ObjectRef
@@ -136,9 +137,12 @@ class Controller:
     # --- task wiring -----------------------------------------------------------------------
     def tasks(self) -> dict[str, TaskFactory]:
         core, ns = self.core, self.namespace
-        nodes = Reflector(core.list_node, name="nodes")
+        nodes = Reflector(core.list_node, name="nodes", transform=slim_node)
         pods = Reflector(
-            core.list_pod_for_all_namespaces, name="pods", field_selector="spec.nodeName!="
+            core.list_pod_for_all_namespaces,
+            name="pods",
+            field_selector="spec.nodeName!=",
+            transform=functools.partial(pod_view, self.settings.reservation_namespace),
         )
         records = Reflector(
             core.list_namespaced_config_map,

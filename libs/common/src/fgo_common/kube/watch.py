@@ -64,6 +64,25 @@ def object_key(obj: Obj) -> str:
     return f"{namespace}/{meta['name']}" if namespace else str(meta["name"])
 
 
+def slim_node(obj: Obj) -> Obj:
+    """A Node as our controllers read it: metadata, spec and the resource lists of its status.
+    Conditions, addresses, nodeInfo and images are dropped; at thousands of nodes they are most
+    of what a node cache would hold, and none of our services reads them."""
+    drop_managed_fields(obj)
+    status = obj.get("status")
+    if isinstance(status, dict):
+        obj["status"] = {k: status[k] for k in ("capacity", "allocatable") if k in status}
+    return obj
+
+
+def identity_stub(obj: Obj) -> Obj:
+    """Only what a Reflector itself needs of an object nobody reads (name, namespace, uid,
+    resourceVersion): a watch on a broad resource keeps the uninteresting ones this small."""
+    meta = obj.get("metadata") or {}
+    kept = {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion") if k in meta}
+    return {"metadata": kept}
+
+
 class WatchExpired(Exception):
     """The resourceVersion we watch from is no longer available (410 Gone)."""
 
