@@ -63,7 +63,10 @@ EXTRA_METRICS = (
     "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",
     "DCGM_FI_DEV_ECC_SBE_AGG_TOTAL",
     "DCGM_FI_DEV_ECC_DBE_AGG_TOTAL",
+    "DCGM_EXP_XID_ERRORS_COUNT",
 )
+# An hour, so the declarations' events stay in the window however slow the run.
+XID_WINDOW_MS = 3_600_000
 
 
 def _free_port() -> int:
@@ -85,8 +88,9 @@ class Exporter:
             "METRICS_PORT": str(self.port),
             "HEALTH_PORT": str(self.health),
             "LABEL_RESYNC_SECONDS": "0",
-            # ECC counters are not in dcgm-exporter's default set.
+            # ECC counters and the XID count are not in dcgm-exporter's default set.
             "EXPORTER_EXTRA_METRICS": ",".join(EXTRA_METRICS),
+            "DCGM_EXPORTER_XID_COUNT_WINDOW_SIZE": str(XID_WINDOW_MS),
         }
         self.log = log
         self.proc: asyncio.subprocess.Process | None = None
@@ -124,6 +128,17 @@ class Exporter:
             except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
+
+
+def xid_count(text: str, uuid: str) -> list[tuple[str, float]]:
+    """(xid label value or "" without one, value) of GPU ``uuid``'s DCGM_EXP_XID_ERRORS_COUNT
+    series, checking each carries the configured window."""
+    out = []
+    for labels, value in metric(text, "DCGM_EXP_XID_ERRORS_COUNT", uuid):
+        assert f'window_size_in_ms="{XID_WINDOW_MS}"' in labels, labels
+        code = re.search(r'xid="(\d+)"', labels)
+        out.append((code[1] if code else "", value))
+    return sorted(out)
 
 
 def metric(text: str, name: str, uuid: str) -> list[tuple[str, float]]:
@@ -425,6 +440,14 @@ async def test_each_kind_reaches_every_surface_and_clearing_recovers(world: Worl
     assert metric(text, "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", uuid[2])[0][1] == 2
     assert metric(text, "DCGM_FI_DEV_XID_ERRORS", uuid[2])[0][1] == 48
     assert metric(text, "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", uuid[2])[0][1] >= 1
+    # XIDs counted in the window: one event per declaration, the double-bit ECC error as XID
+    # 48, and a GPU without XIDs has the single 0 series without an xid label.
+    assert [xid_count(text, uuid[i]) for i in range(GPUS)] == [
+        [("79", 1)],
+        [("13", 1)],
+        [("48", 1)],
+        [("", 0)],
+    ]
     hot = metric(text, "DCGM_FI_DEV_GPU_TEMP", uuid[3])[0][1]
     cool = metric(text, "DCGM_FI_DEV_GPU_TEMP", uuid[1])[0][1]
     assert hot > cool
@@ -472,6 +495,7 @@ async def test_each_kind_reaches_every_surface_and_clearing_recovers(world: Worl
             metric(t, "DCGM_FI_DEV_XID_ERRORS", uuid[0])[0][1] == 0
             and metric(t, "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", uuid[2])[0][1] == 0
             and metric(t, "DCGM_FI_DEV_PCIE_REPLAY_COUNTER", uuid[1])[0][1] == 0
+            and all(xid_count(t, uuid[i]) == [("", 0)] for i in range(GPUS))
         ),
         "metrics recovered",
     )

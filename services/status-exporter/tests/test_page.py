@@ -108,6 +108,28 @@ def test_records_with_faults_are_rendered_straight() -> None:
     assert cache.builds == 1  # the decision is cached too
 
 
+def test_xid_count_is_on_the_page_and_moves_within_a_bucket_only_with_faults() -> None:
+    collector = DcgmCollector(ALL_FIELDS)
+    cache = PageCache(collector)
+    served = nodes()
+    page = cache.lookup(served, T0)
+    assert page is not None
+    text = b"".join(plain_pieces(cache, page, T0 + 3))
+    assert text == straight(collector, served, T0 + 3)
+    # Without faults every GPU entity has the one 0 series: constant, so it is static text.
+    assert b"DCGM_EXP_XID_ERRORS_COUNT{" in text and b'xid="' not in text
+    # An XID event switches the count at its exact instant, inside a bucket: such records are
+    # never served from a page.
+    faulty = node("gpu-node-1", "H100", 1)
+    faulty.gpus[0].faults = [{"kind": "xid", "code": 79, "since": T0 + 5}]
+    one = [ServedNode(faulty, "gpu-node-1")]
+    before, after = straight(collector, one, T0 + 4), straight(collector, one, T0 + 6)
+    assert b'xid="79"' not in before and b'window_size_in_ms="300000",xid="79"} 1' in after
+    fresh = PageCache(collector)
+    assert fresh.lookup(one, T0 + 4) is None and fresh.lookup(one, T0 + 6) is None
+    assert fresh.builds == 1  # the decision, not a page
+
+
 def test_prepared_page_is_used_for_its_bucket() -> None:
     collector = DcgmCollector(ExporterOptions(names=DCGM_NAMES))
     cache = PageCache(collector)

@@ -367,6 +367,10 @@ _OPTIONAL_COUNTERS_4_5: tuple[DcgmField, ...] = (
     # texts are the commented rows of default-counters.csv on main (7ad5832).
     _f("DCGM_EXP_CLOCK_EVENTS_COUNT", "gauge",
        "Clock events observed during the configured time window."),
+    # Older dcgm-exporter tests and CSVs word it "Count of XID Errors within user-specified time
+    # window (see xid-count-window-size param)."; the row on main is the one kept here.
+    _f("DCGM_EXP_XID_ERRORS_COUNT", "gauge",
+       "XID errors observed during the configured time window."),
     _f("DCGM_EXP_GPU_HEALTH_STATUS", "gauge", "Current DCGM-reported GPU health status."),
 )  # fmt: skip
 
@@ -597,12 +601,14 @@ class DcgmExporterNames:
     err_code: str = "err_code"
     err_msg: str = "err_msg"
     # Labels of the exporter-computed metrics (collector/const.go, clock_events_collector.go,
-    # gpu_health_collector.go).
+    # xid_collector.go, gpu_health_collector.go).
     clock_event: str = "clock_event"
     window_size: str = "window_size_in_ms"
     health_watch: str = "health_watch"
     health_error_code: str = "health_error_code"
     clock_events_count: str = "DCGM_EXP_CLOCK_EVENTS_COUNT"
+    xid: str = "xid"  # xid_collector.go: the XID code of DCGM_EXP_XID_ERRORS_COUNT
+    xid_errors_count: str = "DCGM_EXP_XID_ERRORS_COUNT"
     gpu_health_status: str = "DCGM_EXP_GPU_HEALTH_STATUS"
     device_prefix: str = "nvidia"  # device="nvidia<index>"
     listen_port: int = 9400

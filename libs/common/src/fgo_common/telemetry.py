@@ -72,6 +72,9 @@ DEGRADED_PCIE_SHARE = 0.5
 # last DCGM_EXPORTER_CLOCK_EVENTS_COUNT_WINDOW_SIZE (5 min) that carry each reason.
 DCGM_SAMPLE_INTERVAL_SECONDS = 30.0
 CLOCK_EVENTS_WINDOW_SECONDS = 300.0
+# DCGM_EXP_XID_ERRORS_COUNT counts the XID events of the last DCGM_EXPORTER_XID_COUNT_WINDOW_SIZE
+# (dcgm-exporter's default: 5 min).
+XID_COUNT_WINDOW_SECONDS = 300.0
 
 # XIDs whose meaning implies a memory error, so the ECC / row-remap counters agree with them.
 _XID_DOUBLE_BIT = frozenset({48, 94, 95})
@@ -304,6 +307,37 @@ def clock_event_counts(
         for bit in range(CLOCKS_EVENT_SUPPORTED.bit_length()):
             if bits & (1 << bit):
                 counts[1 << bit] = counts.get(1 << bit, 0) + 1
+    return counts
+
+
+def xid_counts(
+    faults: Iterable[Mapping[str, Any]], t: float, *, window_s: float = XID_COUNT_WINDOW_SECONDS
+) -> dict[int, int]:
+    """DCGM_EXP_XID_ERRORS_COUNT: per XID code, how many XID events of the GPU happened in
+    ``[t - window_s, t]``.
+
+    Each ``xid`` entry of the record is one event at its ``since``, as the driver logs one Xid
+    line when the error happens: a ``duration`` (``until``) says how long the fault stays
+    declared, not that it repeats, so an XID lasting 10 minutes counts once and leaves the
+    count ``window_s`` after it began. Only entries the record still holds can count (the
+    status-updater drops a fault when it ends or is removed). An entry without a ``since`` (its
+    time unknown) is not counted; ``mig`` entries count for their GPU, as DCGM keys the events
+    by GPU. The ECC double-bit fault's implied XID 48 is a record entry of its own
+    (``fgo_common.faults.record_faults``), so it counts like any other. Bad values are ignored,
+    as in :func:`faults_at`."""
+    counts: dict[int, int] = {}
+    if window_s <= 0:
+        return counts
+    for fault in faults:
+        if not isinstance(fault, Mapping) or fault.get("kind") != FAULT_XID:
+            continue
+        code = _int(fault, "code")
+        try:
+            since = float(fault.get("since") or 0.0)
+        except (TypeError, ValueError):
+            continue
+        if code > 0 and since > 0 and t - window_s <= since <= t:
+            counts[code] = counts.get(code, 0) + 1
     return counts
 
 

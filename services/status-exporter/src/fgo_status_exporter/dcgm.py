@@ -33,11 +33,13 @@ from fgo_common.telemetry import (
     CLOCK_EVENTS_WINDOW_SECONDS,
     DCGM_SAMPLE_INTERVAL_SECONDS,
     DEFAULT_BOOT_TIME,
+    XID_COUNT_WINDOW_SECONDS,
     GpuSample,
     clock_event_counts,
     profile_for,
     sample_gpu,
     sample_mig_device,
+    xid_counts,
 )
 from fgo_common.topology import GpuRecord, Holder, MigDevice, NodeTopology
 
@@ -142,6 +144,7 @@ FIELD_SOURCES: dict[str, FieldSource] = {
     "DCGM_FI_DEV_RELIABILITY_VIOLATION": FieldSource(lambda s: 0),
     # Exporter-computed families: rendered by DcgmCollector (their own labels), not by value.
     "DCGM_EXP_CLOCK_EVENTS_COUNT": FieldSource(lambda s: 0),
+    "DCGM_EXP_XID_ERRORS_COUNT": FieldSource(lambda s: 0),
     "DCGM_EXP_GPU_HEALTH_STATUS": FieldSource(lambda s: 0),
 }
 
@@ -188,6 +191,8 @@ class ExporterOptions:
     # DCGM_EXPORTER_CLOCK_EVENTS_COUNT_WINDOW_SIZE and DCGM_EXPORTER_INTERVAL, in ms).
     clock_events_window_ms: int = int(CLOCK_EVENTS_WINDOW_SECONDS * 1000)
     collect_interval_ms: int = int(DCGM_SAMPLE_INTERVAL_SECONDS * 1000)
+    # DCGM_EXP_XID_ERRORS_COUNT's window (DCGM_EXPORTER_XID_COUNT_WINDOW_SIZE, ms).
+    xid_count_window_ms: int = int(XID_COUNT_WINDOW_SECONDS * 1000)
 
     @property
     def host_label(self) -> str:
@@ -409,37 +414,68 @@ class DcgmCollector:
         holders: list[Holder | None] = list(entity.holders) or [None]
         return [entity.head + self._render_pairs(self._attributes(h) + err) + "}" for h in holders]
 
+    def _windowed_lines(
+        self,
+        entities: Sequence[Entity],
+        name: str,
+        window_ms: int,
+        seen: Callable[[GpuRecord, GpuProfile, float], list[tuple[str, str, int]]],
+    ) -> list[str]:
+        """One of dcgm-exporter's windowed counts (its ``expCollector``): per entity one series
+        per value seen in the window (``seen``: label name, label value, count), or one 0
+        without that label when none was; ``window_size_in_ms`` on each. The collector keys the
+        counts by GPU, so MIG instances repeat their GPU's counts."""
+        window = (self.options.names.window_size, str(window_ms))
+        lines: list[str] = []
+        for entity in entities:
+            if entity.gpu is None or entity.profile is None:
+                continue
+            found = seen(entity.gpu, entity.profile, entity.t)
+            rows = [([(label, value), window], count) for label, value, count in found]
+            holders: list[Holder | None] = list(entity.holders) or [None]
+            for pairs, count in rows or [([window], 0)]:
+                extra = self._render_pairs(pairs)
+                for holder in holders:
+                    attrs = self._render_pairs(self._attributes(holder))
+                    lines.append(f"{name}{entity.head}{extra}{attrs}}} {count}\n")
+        return lines
+
     def _clock_event_lines(self, entities: Sequence[Entity]) -> list[str]:
         """DCGM_EXP_CLOCK_EVENTS_COUNT as dcgm-exporter's collector shapes it: per entity one
         series per reason seen in the window (``clock_event``), or one 0 without it when none
         was; MIG instances repeat their GPU's counts. Reasons in bit order."""
         n, o = self.options.names, self.options
-        window = (n.window_size, str(o.clock_events_window_ms))
         cache: dict[int, dict[int, int]] = {}
-        lines: list[str] = []
-        for entity in entities:
-            if entity.gpu is None or entity.profile is None:
-                continue
-            counts = cache.get(id(entity.gpu))
+
+        def seen(gpu: GpuRecord, profile: GpuProfile, t: float) -> list[tuple[str, str, int]]:
+            counts = cache.get(id(gpu))
             if counts is None:
-                counts = cache[id(entity.gpu)] = clock_event_counts(
-                    entity.gpu, entity.profile, entity.t, seed=o.seed,
+                counts = cache[id(gpu)] = clock_event_counts(
+                    gpu, profile, t, seed=o.seed,
                     window_s=o.clock_events_window_ms / 1000,
                     interval_s=o.collect_interval_ms / 1000,
                 )  # fmt: skip
-            seen = [
-                (label, counts[bit]) for bit, label in CLOCK_EVENT_LABEL_VALUES if bit in counts
+            return [
+                (n.clock_event, label, counts[bit])
+                for bit, label in CLOCK_EVENT_LABEL_VALUES
+                if bit in counts
             ]
-            rows = [([(n.clock_event, label), window], count) for label, count in seen] or [
-                ([window], 0)
-            ]
-            holders: list[Holder | None] = list(entity.holders) or [None]
-            for pairs, count in rows:
-                extra = self._render_pairs(pairs)
-                for holder in holders:
-                    attrs = self._render_pairs(self._attributes(holder))
-                    lines.append(f"{n.clock_events_count}{entity.head}{extra}{attrs}}} {count}\n")
-        return lines
+
+        return self._windowed_lines(entities, n.clock_events_count, o.clock_events_window_ms, seen)
+
+    def _xid_count_lines(self, entities: Sequence[Entity]) -> list[str]:
+        """DCGM_EXP_XID_ERRORS_COUNT as dcgm-exporter's XID collector shapes it: per entity one
+        series per XID code seen in the window (``xid``), or one 0 without it when none was;
+        MIG instances repeat their GPU's counts. Codes in ascending order."""
+        n, o = self.options.names, self.options
+
+        def seen(gpu: GpuRecord, _: GpuProfile, t: float) -> list[tuple[str, str, int]]:
+            if not gpu.faults:
+                return []
+            counts = xid_counts(gpu.faults, t, window_s=o.xid_count_window_ms / 1000)
+            return [(n.xid, str(code), counts[code]) for code in sorted(counts)]
+
+        return self._windowed_lines(entities, n.xid_errors_count, o.xid_count_window_ms, seen)
 
     def _health_lines(self, entities: Sequence[Entity]) -> list[str]:
         """DCGM_EXP_GPU_HEALTH_STATUS: per GPU (DCGM health watches GPUs, not GPU instances)
@@ -465,14 +501,17 @@ class DcgmCollector:
     def render(self, entities: Sequence[Entity]) -> Iterator[str]:
         """The exposition text, one chunk per metric family (families without series skipped)."""
         n = self.options.names
+        # Exporter-computed families: their own labels, not one value per entity label set.
+        computed = {
+            n.clock_events_count: self._clock_event_lines,
+            n.xid_errors_count: self._xid_count_lines,
+            n.gpu_health_status: self._health_lines,
+        }
         for fld in self._fields:
             name = fld.name
-            if name in (n.clock_events_count, n.gpu_health_status):
-                special = (
-                    self._clock_event_lines(entities)
-                    if name == n.clock_events_count
-                    else self._health_lines(entities)
-                )
+            special_lines = computed.get(name)
+            if special_lines is not None:
+                special = special_lines(entities)
                 if special:
                     yield f"# HELP {name} {fld.help}\n# TYPE {name} {fld.kind}\n" + "".join(special)
                 continue

@@ -51,6 +51,7 @@ def exporter_options(settings: Settings) -> ExporterOptions:
         seed=settings.telemetry_seed,
         clock_events_window_ms=settings.clock_events_window_ms,
         collect_interval_ms=settings.collect_interval_ms,
+        xid_count_window_ms=settings.xid_count_window_ms,
     )
 
 

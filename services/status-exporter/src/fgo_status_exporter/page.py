@@ -2,7 +2,8 @@
 
 Every value the simulator reports is a function of the record and the 10 s telemetry bucket
 (``fgo_common.telemetry.BUCKET_SECONDS``), with two exceptions: the energy counter grows with
-the exact instant, and a GPU with faults has error counters that switch at exact instants. So a
+the exact instant, and a GPU with faults has error counters that switch at exact instants (the
+last XID, ``DCGM_EXP_XID_ERRORS_COUNT`` as an event enters or leaves its window). So a
 page for an unchanged set of records and one bucket is made of
 
 * *static* runs of families, rendered once and kept as raw-deflate segments (a 1000-node page is

@@ -88,6 +88,11 @@ class Settings:
         "DCGM's sampling interval (ms) that DCGM_EXP_CLOCK_EVENTS_COUNT counts samples of "
         "(dcgm-exporter's collect interval knob and default); values are computed at scrape time",
     )
+    xid_count_window_ms: int = env_field(
+        "DCGM_EXPORTER_XID_COUNT_WINDOW_SIZE",
+        300000,
+        "window (ms) of DCGM_EXP_XID_ERRORS_COUNT (dcgm-exporter's knob and default)",
+    )
     telemetry_seed: int = env_field(
         "FGO_SEED",
         0,
@@ -118,6 +123,7 @@ class Settings:
         for var, value in (
             ("DCGM_EXPORTER_CLOCK_EVENTS_COUNT_WINDOW_SIZE", self.clock_events_window_ms),
             ("DCGM_EXPORTER_INTERVAL", self.collect_interval_ms),
+            ("DCGM_EXPORTER_XID_COUNT_WINDOW_SIZE", self.xid_count_window_ms),
         ):
             if value <= 0:
                 raise SettingsError(f"{var}={value}: must be a positive number of milliseconds")
