@@ -552,8 +552,11 @@ def build() -> Schema:
                 "extraMetrics": nullable(
                     {
                         "type": "array",
-                        "description": "Extra DCGM fields, e.g. DCGM_FI_PROF_SM_ACTIVE",
-                        "items": {"type": "string", "pattern": r"^DCGM_FI_[A-Z0-9_]+$"},
+                        "description": (
+                            "Extra DCGM fields and dcgm-exporter's own families, e.g. "
+                            "DCGM_FI_PROF_SM_ACTIVE, DCGM_EXP_XID_ERRORS_COUNT"
+                        ),
+                        "items": {"type": "string", "pattern": r"^DCGM_(FI|EXP)_[A-Z0-9_]+$"},
                     }
                 ),
                 "kwok": obj(

@@ -309,7 +309,8 @@ def test_values_reach_the_services(helm: Helm) -> None:
             "statusUpdater.migReconfigureSeconds=0.5",
             "logLevel=DEBUG",
             "statusExporter.port=9500",
-            "statusExporter.extraMetrics={DCGM_FI_PROF_SM_ACTIVE,DCGM_FI_DEV_FB_TOTAL}",
+            "statusExporter.extraMetrics={DCGM_FI_PROF_SM_ACTIVE,DCGM_FI_DEV_FB_TOTAL,"
+            "DCGM_EXP_XID_ERRORS_COUNT}",
             "statusExporter.hostnameLabel=hostname",
             "telemetrySeed=7",
             "draPlugin.enabled=true",
@@ -325,7 +326,9 @@ def test_values_reach_the_services(helm: Helm) -> None:
     exporter = rendered.get("Deployment", "nvidia-dcgm-exporter-kwok")
     env = _env(exporter)
     assert env["METRICS_PORT"] == "9500"
-    assert env["EXPORTER_EXTRA_METRICS"] == "DCGM_FI_PROF_SM_ACTIVE,DCGM_FI_DEV_FB_TOTAL"
+    assert env["EXPORTER_EXTRA_METRICS"] == (
+        "DCGM_FI_PROF_SM_ACTIVE,DCGM_FI_DEV_FB_TOTAL,DCGM_EXP_XID_ERRORS_COUNT"
+    )
     assert env["HOSTNAME_LABEL"] == "hostname"
     # nvidia-smi in pods gets the seed from the node plugin that allocated the GPU (device
     # plugin or DRA plugin): all must agree with the exporter.

@@ -162,7 +162,7 @@ statusExporter:
   referenceHostname: false
   # -- Export empty pod/namespace/container labels on idle GPUs (older dcgm-exporter releases).
   emptyPodLabels: false
-  # -- Extra DCGM fields beyond the default set, e.g. [DCGM_FI_PROF_SM_ACTIVE].
+  # -- Extra DCGM fields beyond the default set, e.g. [DCGM_FI_PROF_SM_ACTIVE, DCGM_EXP_XID_ERRORS_COUNT].
   extraMetrics: []
   resources:
     requests: {cpu: 50m, memory: 64Mi}
