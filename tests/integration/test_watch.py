@@ -8,6 +8,7 @@ import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -253,3 +254,40 @@ async def test_keeps_retrying_while_forbidden_then_syncs(
             stop.set()
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_lists_in_pages_and_stays_consistent(
+    local_cluster: LocalCluster, kube: client.ApiClient, namespace: str
+) -> None:
+    """The list is fetched in pages (limit/continue); the cache still equals the server's
+    view and the watch resumes from the list's resourceVersion."""
+    core = client.CoreV1Api(kube)
+    for i in range(7):
+        await _cm(core, namespace, f"page-{i}")
+    pages: list[dict[str, object]] = []
+    events: list[WatchEvent] = []
+    stop = asyncio.Event()
+    async with api_client(Path(local_cluster.kubeconfig)) as watch_api:
+        list_fn: Any = client.CoreV1Api(watch_api).list_namespaced_config_map
+
+        async def recording_list(*args: Any, **kwargs: Any) -> Any:
+            if not kwargs.get("watch"):
+                pages.append({k: kwargs.get(k) for k in ("limit", "_continue")})
+            return await list_fn(*args, **kwargs)
+
+        reflector = Reflector(recording_list, name="paged", namespace=namespace, page_size=3)
+        task = asyncio.create_task(_consume(reflector, stop, events))
+        try:
+            await _until(reflector.synced.is_set)
+            assert _cache_view(reflector) == await _server_view(core, namespace)
+            await _cm(core, namespace, "after-list")
+            await _until(lambda: "after-list" in _names(events, ADDED))
+        finally:
+            stop.set()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    # 7 objects plus the namespace's kube-root-ca.crt ConfigMap: 8 in pages of 3.
+    assert [p["limit"] for p in pages] == [3, 3, 3]
+    assert pages[0]["_continue"] is None and all(p["_continue"] for p in pages[1:])
+    assert sum(_names(events, ADDED).values()) == 9
+    _no_duplicate_deliveries(events)

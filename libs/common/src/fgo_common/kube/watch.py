@@ -98,6 +98,7 @@ class Reflector:
         timeout_seconds: int = 240,
         backoff: Backoff = _WATCH_BACKOFF,
         transform: Transform = drop_managed_fields,
+        page_size: int = 250,
         **list_kwargs: Any,
     ) -> None:
         """``transform`` sees every object before it is cached or delivered (the cache holds
@@ -105,6 +106,7 @@ class Reflector:
         memory at thousands of nodes."""
         self._list_fn = list_fn
         self._transform = transform
+        self._page_size = page_size
         self._kwargs = list_kwargs
         self.name = name
         self._timeout = timeout_seconds
@@ -117,14 +119,27 @@ class Reflector:
         self.expirations = 0  # 410 Gone answers (each followed by a relist)
 
     async def _list(self) -> tuple[list[Obj], str]:
-        resp = await self._list_fn(**self._kwargs, _preload_content=False)
-        await raise_for_status(resp)
-        try:
-            body = await resp.json()
-        finally:
-            resp.release()
-        items = [self._transform(o) for o in body.get("items") or []]
-        return items, str(body["metadata"]["resourceVersion"])
+        """One consistent list, fetched in pages (``limit``/``continue``, as client-go does):
+        each page is transformed before the next is read, so a big list never sits in memory
+        whole, as raw body and full objects at once. An expired continue token is a 410, which
+        :meth:`events` answers with a fresh list."""
+        items: list[Obj] = []
+        token = ""
+        while True:
+            page: dict[str, Any] = {"limit": self._page_size}
+            if token:
+                page["_continue"] = token
+            resp = await self._list_fn(**self._kwargs, **page, _preload_content=False)
+            await raise_for_status(resp)
+            try:
+                body = await resp.json()
+            finally:
+                resp.release()
+            items.extend(self._transform(o) for o in body.get("items") or [])
+            metadata = body.get("metadata") or {}
+            token = str(metadata.get("continue") or "")
+            if not token:
+                return items, str(metadata["resourceVersion"])
 
     async def _relist(self) -> list[WatchEvent]:
         items, resource_version = await self._list()
