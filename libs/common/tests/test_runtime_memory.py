@@ -33,3 +33,21 @@ async def test_trim_waits_until_every_condition_is_ready(
 
 async def trim_when_ready(readiness: Readiness) -> None:
     await memory.trim_when_ready(lambda: readiness.ready, readiness.changed)
+
+
+def test_arena_limit_is_accepted_on_glibc() -> None:
+    assert memory.limit_malloc_arenas(2) is True
+
+
+async def test_periodic_trim_runs_until_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    trims: list[int] = []
+    monkeypatch.setattr(memory, "release_freed_heap", lambda: trims.append(1) or True)
+    stop = asyncio.Event()
+    task = asyncio.create_task(memory.trim_periodically(0.01, stop))
+    while len(trims) < 3:
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    count = len(trims)
+    await asyncio.sleep(0.05)
+    assert len(trims) == count  # no trim after stop

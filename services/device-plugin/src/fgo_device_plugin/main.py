@@ -10,12 +10,8 @@ from fgo_common.runtime.logging import configure_logging
 from fgo_common.runtime.runner import ServiceContext, TaskFactory, run_service
 from fgo_common.runtime.settings import SettingsError, load_settings
 
-from fgo_device_plugin.kwok import KwokCapacityController
 from fgo_device_plugin.metrics import Metrics
-from fgo_device_plugin.node import NodeAgent
-from fgo_device_plugin.reporter import pod_annotation_patcher
 from fgo_device_plugin.settings import MODE_KWOK, Settings
-from fgo_device_plugin.source import ConfigMapTopologySource
 
 COMPONENT = "device-plugin"
 log = structlog.get_logger(__name__)
@@ -30,6 +26,11 @@ async def _follow_readiness(ctx: ServiceContext, name: str, event: asyncio.Event
 
 
 def node_mode(settings: Settings) -> TaskFactory:
+    # Imported here: the gRPC stack (~10 MiB of RSS) is needed by the node agent only.
+    from fgo_device_plugin.node import NodeAgent
+    from fgo_device_plugin.reporter import pod_annotation_patcher
+    from fgo_device_plugin.source import ConfigMapTopologySource
+
     async def run(ctx: ServiceContext) -> None:
         ctx.readiness.require("registered")
         metrics = Metrics(ctx.registry)
@@ -53,6 +54,8 @@ def node_mode(settings: Settings) -> TaskFactory:
 
 
 def kwok_mode(settings: Settings) -> TaskFactory:
+    from fgo_device_plugin.kwok import KwokCapacityController
+
     async def run(ctx: ServiceContext) -> None:
         ctx.readiness.require("synced")
         metrics = Metrics(ctx.registry)

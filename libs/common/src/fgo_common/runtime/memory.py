@@ -9,6 +9,7 @@ start-up peak for its whole life; ``malloc_trim(0)`` hands it back (measured on 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -39,6 +40,35 @@ def release_freed_heap() -> bool:
         return False
     trim(0)
     return True
+
+
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+def limit_malloc_arenas(count: int) -> bool:
+    """Cap glibc's malloc arenas (like ``MALLOC_ARENA_MAX``) before threads start: each thread
+    that allocates gets its own arena otherwise, and memory freed in one is never reused by
+    another. False where the C library has no ``mallopt``."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_ARENA_MAX, count))
+
+
+async def trim_periodically(interval_s: float, stop: asyncio.Event) -> None:
+    """Trim every ``interval_s``: bursts (a thousand nodes arriving, a pod storm, a relist)
+    leave freed memory that glibc keeps, and with its dynamic trim threshold (raised to twice
+    the largest freed mmap'd block) it can keep tens of MiB for good."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
+        if stop.is_set():
+            return
+        release_freed_heap()
 
 
 async def trim_when_ready(is_ready: Callable[[], bool], changed: asyncio.Event) -> None:

@@ -21,11 +21,19 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from fgo_common.runtime.health import Readiness, build_health_app, serve_app
-from fgo_common.runtime.memory import release_freed_heap, trim_when_ready
+from fgo_common.runtime.memory import (
+    limit_malloc_arenas,
+    release_freed_heap,
+    trim_periodically,
+    trim_when_ready,
+)
 
 log = structlog.get_logger(__name__)
 
 TaskFactory = Callable[["ServiceContext"], Awaitable[None]]
+
+TRIM_INTERVAL_SECONDS = 30.0
+MALLOC_ARENAS = 2  # the event loop's thread and every other thread share the second
 
 
 @dataclass
@@ -91,6 +99,7 @@ async def run_tasks(
     shutdown_timeout_seconds: float = 20.0,
 ) -> int:
     """Run ``tasks`` until stopped; returns the process exit code."""
+    limit_malloc_arenas(MALLOC_ARENAS)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, ctx.stop.set)
@@ -115,6 +124,7 @@ async def run_tasks(
     trimmer = asyncio.create_task(
         trim_when_ready(lambda: ctx.readiness.ready, ctx.readiness.changed)
     )
+    periodic_trimmer = asyncio.create_task(trim_periodically(TRIM_INTERVAL_SECONDS, ctx.stop))
     log.info("service.starting", tasks=sorted(all_tasks))
     code = 0
     try:
@@ -128,6 +138,7 @@ async def run_tasks(
     finally:
         timer.cancel()
         trimmer.cancel()
+        periodic_trimmer.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("service.stopped", exit_code=code)
