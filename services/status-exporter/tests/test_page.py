@@ -147,3 +147,24 @@ def test_prepared_page_is_used_for_its_bucket() -> None:
 )
 def test_crc32_combine(a: bytes, b: bytes) -> None:
     assert crc32_combine(zlib.crc32(a), zlib.crc32(b), zeros_operator(len(b))) == zlib.crc32(a + b)
+
+
+@pytest.mark.parametrize(
+    ("interval_ms", "window_ms", "page_used"),
+    [(30000, 300000, True), (15000, 300000, False), (30000, 305000, False), (10000, 60000, True)],
+)
+def test_clock_event_counts_off_bucket_boundaries_disable_the_page(
+    interval_ms: int, window_ms: int, page_used: bool
+) -> None:
+    """DCGM samples every collect interval; a sample or window edge inside a bucket moves the
+    clock-events count mid-bucket, which a page built at the bucket start would miss."""
+    options = ExporterOptions(
+        names=DCGM_NAMES,
+        extra_metrics=ALL_FIELDS.extra_metrics,
+        collect_interval_ms=interval_ms,
+        clock_events_window_ms=window_ms,
+    )
+    cache = PageCache(DcgmCollector(options))
+    assert (cache.lookup(nodes(), T0) is not None) is page_used
+    without_family = ExporterOptions(names=DCGM_NAMES, collect_interval_ms=interval_ms)
+    assert PageCache(DcgmCollector(without_family)).lookup(nodes(), T0) is not None

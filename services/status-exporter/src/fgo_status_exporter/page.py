@@ -146,6 +146,22 @@ class Page:
     parts: tuple[Segment | str, ...]
 
 
+def _page_is_exact(collector: DcgmCollector) -> bool:
+    """Whether every static family really is constant within a bucket. DCGM_EXP_CLOCK_EVENTS_
+    COUNT counts DCGM samples (one per collect interval) in a sliding window: its value moves
+    only on bucket boundaries when both the interval and the window are whole buckets (the
+    defaults: 30 s and 5 min); with other settings the page would go stale within a bucket,
+    so it is not used and every scrape renders straight."""
+    options = collector.options
+    if options.names.clock_events_count not in {f.name for f in options.fields()}:
+        return True
+    bucket_ms = int(BUCKET_SECONDS * 1000)
+    return (
+        options.collect_interval_ms % bucket_ms == 0
+        and options.clock_events_window_ms % bucket_ms == 0
+    )
+
+
 class PageCache:
     """Builds and keeps the current bucket's page (and the next one, when prepared ahead)."""
 
@@ -156,6 +172,7 @@ class PageCache:
         self._fields = {f.name: f for f in collector.options.fields()}
         self._building = threading.Lock()
         self.builds = 0
+        self.usable = _page_is_exact(collector)
 
     @staticmethod
     def _same(page_nodes: Sequence[ServedNode], nodes: Sequence[ServedNode]) -> bool:
@@ -197,7 +214,8 @@ class PageCache:
         self.builds += 1
         frozen = tuple(nodes)
         page: Page | None = None
-        if not any(gpu.faults for served in frozen for gpu in served.topology.gpus):
+        faults = any(gpu.faults for served in frozen for gpu in served.topology.gpus)
+        if self.usable and not faults:
             page = Page(bucket, frozen, tuple(self._parts(frozen, bucket * BUCKET_SECONDS)))
         # Keep two buckets (the current one and the one prepared ahead); older pages are never
         # asked for again. New dicts are swapped in: a scrape in another thread may be reading.
