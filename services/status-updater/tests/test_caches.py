@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
+import pytest
 from fgo_common.kube.watch import ADDED, DELETED, MODIFIED, WatchEvent
-from fgo_status_updater.caches import Caches, pod_view
-from su_helpers import pod
+from fgo_status_updater.caches import Caches, _pod_signature, pod_view
+from fgo_status_updater.podinfo import (
+    annotations_of,
+    claim_container,
+    claim_refs,
+    effective_request,
+    is_active,
+    is_gpu_relevant,
+    labels_of,
+    pod_key,
+    pod_node,
+    pod_uid,
+    requested_resources,
+    start_time,
+)
+from su_helpers import container, pod
 
 RESERVATION = "runai-reservation"
 
@@ -15,16 +31,63 @@ def _caches() -> Caches:
     return Caches(RESERVATION, "topology-")
 
 
-def test_gpu_pods_are_kept_whole_without_managed_fields() -> None:
-    gpu_pod = pod("train", gpus=2)
-    gpu_pod["metadata"]["managedFields"] = [{"manager": "kubectl"}]
-    expected = copy.deepcopy(gpu_pod)
-    del expected["metadata"]["managedFields"]
-    assert pod_view(RESERVATION, gpu_pod) == expected
-    claim_pod = pod("dra", claims=[("gpu", "claim-1")])
-    assert pod_view(RESERVATION, copy.deepcopy(claim_pod)) == claim_pod
-    reservation = pod("reserve", namespace=RESERVATION)
-    assert pod_view(RESERVATION, copy.deepcopy(reservation)) == reservation
+def _noisy(p: dict[str, Any]) -> dict[str, Any]:
+    """What a real pod carries besides what the reconciler reads."""
+    p["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {}}]
+    p["spec"].update(
+        volumes=[{"name": "data", "emptyDir": {}}],
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists"}],
+        schedulerName="default-scheduler",
+    )
+    for c in p["spec"]["containers"]:
+        c.update(env=[{"name": "A", "value": "1" * 200}], command=["sleep", "inf"])
+    p["status"].update(
+        conditions=[{"type": "Ready", "status": "True"}],
+        containerStatuses=[{"name": "main", "ready": True}],
+        podIP="10.0.0.7",
+    )
+    return p
+
+
+def _pods() -> list[dict[str, Any]]:
+    sidecar = container("log", 0, restartPolicy="Always")
+    return [
+        pod("train", gpus=2, annotations={"gpu-fraction": "0.5"}, labels={"app": "a"}),
+        pod("multi", containers=[container("a", 1), container("b", 2)]),
+        pod("init", init=[container("setup", 4), sidecar], containers=[container("m", 1)]),
+        pod("dra", claims=[("gpu", "claim-1")]),
+        pod("pending", gpus=1, phase="Pending"),
+        pod("reserve", namespace=RESERVATION, labels={"runai-gpu-group": "g"}),
+    ]
+
+
+def _reading(p: dict[str, Any]) -> tuple[object, ...]:
+    """Everything the reconciler's accessors read of a pod."""
+    return (
+        pod_key(p),
+        pod_uid(p),
+        pod_node(p),
+        is_active(p),
+        start_time(p),
+        dict(annotations_of(p)),
+        dict(labels_of(p)),
+        sorted(requested_resources(p)),
+        [effective_request(p, r) for r in sorted(requested_resources(p))],
+        claim_refs(p),
+        [claim_container(p, name) for name, _ in claim_refs(p)],
+        is_gpu_relevant(p, RESERVATION),
+        _pod_signature(p),
+    )
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_slim_gpu_pods_read_exactly_like_full_ones(index: int) -> None:
+    full = _noisy(_pods()[index])
+    slim = pod_view(RESERVATION, copy.deepcopy(full))
+    assert _reading(slim) == _reading(full)
+    assert "managedFields" not in slim["metadata"]
+    assert "volumes" not in slim["spec"] and "conditions" not in slim["status"]
+    assert all(set(c) <= {"name", "resources", "restartPolicy"} for c in slim["spec"]["containers"])
 
 
 def test_other_pods_become_stubs_the_caches_ignore() -> None:

@@ -69,12 +69,43 @@ def _node_signature(node: Obj) -> tuple[object, ...]:
     )
 
 
+_CONTAINER_FIELDS = ("name", "resources", "restartPolicy")
+_POD_SPEC_FIELDS = ("nodeName", "resourceClaims", "priorityClassName")
+_POD_STATUS_FIELDS = ("phase", "startTime", "resourceClaimStatuses")
+
+
+def _slim_containers(containers: Any) -> list[dict[str, Any]]:
+    return [
+        {k: c[k] for k in _CONTAINER_FIELDS if k in c}
+        for c in containers or []
+        if isinstance(c, dict)
+    ]
+
+
+def slim_pod(pod: dict[str, Any]) -> dict[str, Any]:
+    """A GPU pod as the reconciler reads it: metadata, where it runs, what its containers
+    request (and their restart policy: sidecars), its claims and priority class, its phase.
+    Images, env, volumes, tolerations and conditions are most of a pod and never read."""
+    drop_managed_fields(pod)
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    slim_spec: dict[str, Any] = {k: spec[k] for k in _POD_SPEC_FIELDS if k in spec}
+    slim_spec["containers"] = _slim_containers(spec.get("containers"))
+    if spec.get("initContainers"):
+        slim_spec["initContainers"] = _slim_containers(spec.get("initContainers"))
+    return {
+        "metadata": pod.get("metadata") or {},
+        "spec": slim_spec,
+        "status": {k: status[k] for k in _POD_STATUS_FIELDS if k in status},
+    }
+
+
 def pod_view(reservation_namespace: str, pod: dict[str, Any]) -> dict[str, Any]:
     """What the pods watch keeps of a pod (its Reflector transform). The watch sees every
-    scheduled pod of the cluster; only GPU pods are kept whole, the rest as identity stubs,
-    which :meth:`Caches.on_pod` treats as what they are: pods of no interest."""
+    scheduled pod of the cluster; GPU pods are kept as :func:`slim_pod`, the rest as identity
+    stubs, which :meth:`Caches.on_pod` treats as what they are: pods of no interest."""
     if is_gpu_relevant(pod, reservation_namespace):
-        return drop_managed_fields(pod)
+        return slim_pod(pod)
     return identity_stub(pod)
 
 
