@@ -21,8 +21,12 @@ setup: ## Install uv (pinned) and the Python workspace from uv.lock
 tools: ## Build the pinned control-plane binaries once per machine (cached in ~/.cache/fgo)
 	@hack/build-tools.sh
 
+.PHONY: node-tools
+node-tools: host-deps ## Build the real node's binaries once per machine (containerd, runc, CNI, crictl, kubelet; ~3 min)
+	@hack/build-node-tools.sh
+
 .PHONY: host-deps
-host-deps: ## Install Debian packages the tests use (prometheus, debootstrap), idempotently
+host-deps: ## Install Debian packages the tests and the real node use (prometheus, debootstrap, iptables, conntrack, libseccomp-dev), idempotently
 	@hack/install-host-deps.sh
 
 .PHONY: lint

@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Debian packages some tests need; installs only what is missing, so repeated runs are instant.
+# Debian packages some tests and the real node need; installs only what is missing, so
+# repeated runs are instant.
 set -euo pipefail
 need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+# The real node (`fgo cluster add-real-node`): iptables/conntrack for the kubelet's and the
+# pods' network namespace (never the host's), libseccomp-dev to build runc with seccomp
+# (the chart's pods ask for the RuntimeDefault profile).
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v conntrack >/dev/null 2>&1 || need+=(conntrack)
+dpkg-query -W -f='${Status}' libseccomp-dev 2>/dev/null | grep -q "ok installed" || need+=(libseccomp-dev)
 if ((${#need[@]})); then
   echo "installing Debian packages: ${need[*]}"
   SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo
