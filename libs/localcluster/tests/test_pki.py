@@ -91,3 +91,36 @@ def test_ensure_keeps_existing_material_and_repairs_a_partial_dir(tmp_path: Path
     assert p.ensure() is True
     assert p.complete()
     assert _signed_by(_cert(p.cert("kwok")), _cert(p.ca_cert))
+
+
+def test_apiserver_kubelet_client_is_added_to_an_older_state_dir(tmp_path: Path) -> None:
+    from fgo_localcluster.pki import APISERVER_KUBELET_CLIENT
+
+    p = Pki(tmp_path)
+    assert p.ensure() is True
+    ca_before = p.ca_cert.read_bytes()
+    p.cert(APISERVER_KUBELET_CLIENT).unlink()
+    assert p.ensure() is True  # only the missing leaf, from the same CA
+    assert p.ca_cert.read_bytes() == ca_before
+    cert = _cert(p.cert(APISERVER_KUBELET_CLIENT))
+    assert _signed_by(cert, _cert(p.ca_cert))
+    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == (
+        "system:masters"
+    )
+    assert p.ensure() is False
+
+
+def test_issue_leaf_names_the_node(tmp_path: Path) -> None:
+    p = Pki(tmp_path / "pki")
+    p.ensure()
+    p.issue_leaf(
+        tmp_path / "node" / "kubelet-serving",
+        "system:node:n1",
+        ("system:nodes",),
+        ips=("10.250.0.2",),
+        server=True,
+    )
+    cert = _cert(tmp_path / "node" / "kubelet-serving.crt")
+    assert _signed_by(cert, _cert(p.ca_cert))
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address("10.250.0.2") in sans.get_values_for_type(x509.IPAddress)

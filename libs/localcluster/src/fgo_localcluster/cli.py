@@ -11,9 +11,10 @@ from typing import Any
 
 from fgo_common.runtime.settings import SettingsError
 
-from fgo_localcluster import nodes, operator
+from fgo_localcluster import nodes, operator, realnode
 from fgo_localcluster.cluster import ClusterError, ClusterStatus, LocalCluster
 from fgo_localcluster.layout import COMPONENTS, Ports
+from fgo_localcluster.nodeconfig import SANDBOX_IMAGE
 from fgo_localcluster.tools import ToolsError
 
 
@@ -137,6 +138,52 @@ async def _delete_nodes(cluster: LocalCluster, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _add_real_node(cluster: LocalCluster, args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    progress = _progress
+    bin_dir = await realnode.resolve_node_bin_dir(progress)
+    images: list[tuple[str, Path]] = []
+    if not args.no_images:
+        images = realnode.images_from_index()
+        if not images:
+            print(
+                f"fgo: no image index at {realnode.image_index_path()}; pods on the node need "
+                "`fgo cluster load-images ARCHIVE...` (at least the sandbox image "
+                f"{SANDBOX_IMAGE})",
+                file=sys.stderr,
+            )
+    node = realnode.RealNode(cluster.state_dir, args.name, progress)
+    await node.add(args.pool, bin_dir, images=images, timeout_s=args.timeout)
+    record = node.record
+    assert record is not None
+    print(
+        f"real node {args.name} Ready in {time.monotonic() - started:.1f}s: InternalIP "
+        f"{record.node_ip}, pods {record.pod_cidr}, pool {args.pool!r}; state {node.layout.root}"
+    )
+    return 0
+
+
+async def _load_images(cluster: LocalCluster, args: argparse.Namespace) -> int:
+    if args.archives:
+        images = [(str(a), a.resolve()) for a in args.archives]
+    else:
+        images = realnode.images_from_index()
+        if not images:
+            print(f"fgo: no archives given and no index at {realnode.image_index_path()}")
+            return 1
+    names = [args.node] if args.node else realnode.active_node_names(cluster.state_dir)
+    if not names:
+        print("fgo: no real node running; run `fgo cluster add-real-node` first", file=sys.stderr)
+        return 1
+    for name in names:
+        await realnode.RealNode(cluster.state_dir, name, _progress).load_images(images)
+    return 0
+
+
+def _progress(message: str) -> None:
+    print(f"fgo: {message}", file=sys.stderr, flush=True)
+
+
 async def _logs(cluster: LocalCluster, args: argparse.Namespace) -> int:
     path = cluster.log_path(args.component)
     try:
@@ -220,6 +267,32 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--concurrency", type=int, default=nodes.DEFAULT_CONCURRENCY)
     delete.set_defaults(func=_delete_nodes)
 
+    real = sub.add_parser(
+        "add-real-node",
+        help="add a real node (kubelet + containerd + runc, in its own namespaces; needs root)",
+    )
+    real.add_argument("--name", default=realnode.DEFAULT_NODE_NAME)
+    real.add_argument("--pool", default="default", help="run.ai/simulated-gpu-node-pool label")
+    real.add_argument(
+        "--no-images",
+        action="store_true",
+        help=f"do not import the images listed in {realnode.image_index_path()}",
+    )
+    real.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for Ready")
+    real.set_defaults(func=_add_real_node)
+
+    load = sub.add_parser(
+        "load-images", help="import image archives into the real nodes' containerd"
+    )
+    load.add_argument(
+        "archives",
+        nargs="*",
+        type=Path,
+        help=f"OCI/Docker archives (default: every image in {realnode.image_index_path()})",
+    )
+    load.add_argument("--node", default=None, help="one real node (default: all running)")
+    load.set_defaults(func=_load_images)
+
     logs = sub.add_parser("logs", help="print the tail of a component's log")
     logs.add_argument("component", choices=COMPONENTS)
     logs.add_argument("-n", "--lines", type=int, default=50)
@@ -243,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster = LocalCluster(args.state_dir, bin_dir=args.bin_dir, ports=ports)
     try:
         code: int = asyncio.run(args.func(cluster, args))
-    except (ClusterError, ToolsError, SettingsError) as exc:
+    except (ClusterError, ToolsError, SettingsError, realnode.RealNodeError) as exc:
         print(f"fgo: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -22,7 +22,16 @@ from types import TracebackType
 
 import aiohttp
 
-from fgo_localcluster import components, health, manifests, nodes, process, tools
+from fgo_localcluster import (
+    components,
+    health,
+    manifests,
+    nodehost,
+    nodes,
+    process,
+    realnode,
+    tools,
+)
 from fgo_localcluster.kubeconfig import render_kubeconfig, write_kubeconfig
 from fgo_localcluster.layout import (
     COMPONENTS,
@@ -225,7 +234,12 @@ class LocalCluster:
         return await self.status()
 
     async def stop(self, *, purge: bool = False) -> None:
-        """SIGTERM every component (dependents first), SIGKILL stragglers; optionally purge."""
+        """SIGTERM every component (dependents first), SIGKILL stragglers; optionally purge.
+
+        Real nodes go first (their kubelets would only log errors without the API), and are
+        cleaned completely: processes, mounts, link, cgroups.
+        """
+        await realnode.stop_all(self.state_dir, self._say)
 
         async def stop_one(name: str) -> None:
             record = self._pid_record(name)
@@ -303,6 +317,19 @@ class LocalCluster:
             )
 
         statuses = list(await asyncio.gather(*(one(n) for n in COMPONENTS)))
+        for node_name in realnode.active_node_names(self.state_dir):
+            for c in await realnode.RealNode(self.state_dir, node_name, self._say).status():
+                statuses.append(
+                    ComponentStatus(
+                        c.name,
+                        c.pid,
+                        c.running,
+                        c.healthy,
+                        c.detail,
+                        _rss_bytes(c.pid) if c.pid else None,
+                        c.log,
+                    )
+                )
         server = f"https://127.0.0.1:{record.ports.apiserver}" if record.ports.apiserver else None
         st = ClusterStatus(self.state_dir, self.kubeconfig, server, statuses)
         apiserver = next(c for c in statuses if c.name == "kube-apiserver")
@@ -564,6 +591,8 @@ class LocalCluster:
         root = self.state_dir
         if not root.exists():
             return
+        if nodehost.mounts_under(root):
+            raise ClusterError(f"mounts left under {root}; not purging (run `fgo cluster down`)")
         # Refuse to delete a directory that does not look like one of ours.
         if not (self.layout.record.exists() or self.layout.pki.root.exists()):
             raise ClusterError(f"{root} does not look like an fgo cluster state dir; not purging")

@@ -1,8 +1,8 @@
 """Command lines of the five control-plane processes, as pure functions of the layout.
 
 Everything listens on 127.0.0.1 only. Flags are kept close to what kubeadm/kwokctl use, minus
-what a single-host, kubelet-less cluster does not need (no kubelet client certificates, no
-cloud provider, no leader election).
+what a single-host cluster does not need (no cloud provider, no leader election). Real nodes
+(``add-real-node``) reach the apiserver through :mod:`fgo_localcluster.apiforward`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fgo_localcluster.layout import Ports, StateLayout
-from fgo_localcluster.pki import FRONT_PROXY_CLIENT_CN, SERVICE_CLUSTER_IP_RANGE
+from fgo_localcluster.pki import (
+    APISERVER_KUBELET_CLIENT,
+    FRONT_PROXY_CLIENT_CN,
+    SERVICE_CLUSTER_IP_RANGE,
+)
 
 # The DRA features the simulator's later work relies on. Gates that are GA (and locked on) in
 # the pinned release are no longer listed by `--help`; we only pass the ones that are, so the
@@ -144,6 +148,13 @@ def apiserver_spec(
         f"--proxy-client-cert-file={pki.cert('front-proxy-client')}",
         f"--proxy-client-key-file={pki.key('front-proxy-client')}",
         "--enable-aggregator-routing=true",
+        # Real nodes (`add-real-node`): the apiserver authenticates to kubelets (webhook
+        # authn/authz) and dials them by InternalIP, so node names never go to DNS. The
+        # kubelets' serving certificates are not verified (no --kubelet-certificate-authority)
+        # because KWOK's kubelet endpoint serves a self-signed one.
+        f"--kubelet-client-certificate={pki.cert(APISERVER_KUBELET_CLIENT)}",
+        f"--kubelet-client-key={pki.key(APISERVER_KUBELET_CLIENT)}",
+        "--kubelet-preferred-address-types=InternalIP",
         *feature_gates_flag(gates),
     ]
     health = Health(f"https://127.0.0.1:{ports.apiserver}/readyz", tls=True, client_cert=True)

@@ -41,6 +41,10 @@ APISERVER_IPS = ("127.0.0.1", KUBERNETES_SERVICE_IP)
 
 FRONT_PROXY_CLIENT_CN = "front-proxy-client"
 
+# The apiserver's client certificate towards kubelets (logs, exec, port-forward). The kubelets
+# run with webhook authorization, and system:masters passes it (kubeadm's older layout).
+APISERVER_KUBELET_CLIENT = "apiserver-kubelet-client"
+
 
 @dataclass(frozen=True)
 class ClientIdentity:
@@ -116,7 +120,7 @@ class Pki:
         leaf certificates signed by a CA that no longer exists would be useless.
         """
         if self.complete():
-            return False
+            return self._ensure_added_leaves()
         self.root.mkdir(parents=True, exist_ok=True)
         ca_key, ca_cert = _new_ca("fgo-local-ca")
         fp_key, fp_cert = _new_ca("fgo-local-front-proxy-ca")
@@ -151,6 +155,7 @@ class Pki:
             )
         for ident in CLIENT_IDENTITIES:
             self._issue(ident.file_stem, ca_key, ca_cert, ident.common_name, ident.organizations)
+        self._issue_apiserver_kubelet_client(ca_key, ca_cert)
 
         sa_key = ec.generate_private_key(ec.SECP256R1())
         _write_key(self.sa_key, sa_key)
@@ -160,6 +165,52 @@ class Pki:
             )
         )
         return True
+
+    def load_ca(self) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        key = serialization.load_pem_private_key(self.ca_key.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{self.ca_key} is not an ECDSA key")
+        return key, x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
+
+    def issue_leaf(
+        self,
+        path_stem: Path,
+        cn: str,
+        orgs: tuple[str, ...] = (),
+        *,
+        dns: tuple[str, ...] = (),
+        ips: tuple[str, ...] = (),
+        server: bool = False,
+    ) -> None:
+        """A certificate + key signed by the cluster CA, written to ``<path_stem>.crt/.key``."""
+        ca_key, ca_cert = self.load_ca()
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = issue_certificate(
+            key.public_key(), ca_key, ca_cert, cn, orgs, dns=dns, ips=ips, server=server
+        )
+        path_stem.parent.mkdir(parents=True, exist_ok=True)
+        _write_key(path_stem.with_suffix(".key"), key)
+        _write_cert(path_stem.with_suffix(".crt"), cert)
+
+    def _ensure_added_leaves(self) -> bool:
+        """Leaves added after a state dir was first made: issued from the existing CA, so
+        earlier kubeconfigs stay valid."""
+        stem = APISERVER_KUBELET_CLIENT
+        if self.cert(stem).is_file() and self.key(stem).is_file():
+            return False
+        self._issue_apiserver_kubelet_client(*self.load_ca())
+        return True
+
+    def _issue_apiserver_kubelet_client(
+        self, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate
+    ) -> None:
+        self._issue(
+            APISERVER_KUBELET_CLIENT,
+            ca_key,
+            ca_cert,
+            "kube-apiserver-kubelet-client",
+            ("system:masters",),
+        )
 
     def _issue(
         self,

@@ -83,9 +83,18 @@ def _real_path(executable: str) -> str:
 
 
 async def spawn(
-    argv: list[str], log_path: Path, pid_path: Path, env: dict[str, str] | None = None
+    argv: list[str],
+    log_path: Path,
+    pid_path: Path,
+    env: dict[str, str] | None = None,
+    *,
+    executable: str | None = None,
 ) -> PidRecord:
-    """Start ``argv`` detached, appending to ``log_path``; writes and returns its pid record."""
+    """Start ``argv`` detached, appending to ``log_path``; writes and returns its pid record.
+
+    ``executable`` is what the process will run once started, when ``argv[0]`` execs into
+    something else (``nsenter -- kubelet ...``); default ``argv[0]``.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     with log_path.open("a") as fh:
@@ -107,7 +116,7 @@ async def spawn(
     out, err = await proc.communicate()
     if proc.returncode != 0 or not out.strip().isdigit():
         raise RuntimeError(f"could not start {argv[0]}: {err.decode(errors='replace').strip()}")
-    record = PidRecord(int(out.strip()), _real_path(argv[0]), stamp)
+    record = PidRecord(int(out.strip()), _real_path(executable or argv[0]), stamp)
     write_atomic(pid_path, record.to_json())
     return record
 
