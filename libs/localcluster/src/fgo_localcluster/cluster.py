@@ -239,7 +239,7 @@ class LocalCluster:
         Real nodes go first (their kubelets would only log errors without the API), and are
         cleaned completely: processes, mounts, link, cgroups.
         """
-        await realnode.stop_all(self.state_dir, self._say)
+        await realnode.stop_all(self.state_dir, self._progress)
 
         async def stop_one(name: str) -> None:
             record = self._pid_record(name)

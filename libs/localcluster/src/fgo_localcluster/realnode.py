@@ -92,6 +92,10 @@ def active_node_names(state_dir: Path) -> list[str]:
 
 
 def image_index_path() -> Path:
+    """``$FGO_IMAGE_INDEX``, else ``${FGO_CACHE_DIR:-~/.cache/fgo}/images/index.json``."""
+    explicit = os.environ.get("FGO_IMAGE_INDEX")
+    if explicit:
+        return Path(explicit)
     cache = Path(os.environ.get("FGO_CACHE_DIR") or Path.home() / ".cache" / "fgo")
     return cache / "images" / "index.json"
 
