@@ -11,7 +11,7 @@ from typing import Any
 
 from fgo_common.runtime.settings import SettingsError
 
-from fgo_localcluster import nodes, operator, realnode
+from fgo_localcluster import nodehost, nodes, operator, realnode
 from fgo_localcluster.cluster import ClusterError, ClusterStatus, LocalCluster
 from fgo_localcluster.layout import COMPONENTS, Ports
 from fgo_localcluster.nodeconfig import SANDBOX_IMAGE
@@ -180,6 +180,21 @@ async def _load_images(cluster: LocalCluster, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _node_exec(cluster: LocalCluster, args: argparse.Namespace) -> int:
+    names = realnode.active_node_names(cluster.state_dir)
+    name = args.node or (names[0] if names else realnode.DEFAULT_NODE_NAME)
+    node = realnode.RealNode(cluster.state_dir, name, _progress)
+    record = node.record
+    if record is None or name not in names:
+        print(f"fgo: real node {name} is not running", file=sys.stderr)
+        return 1
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    argv = [*nodehost.nsenter(node.layout), *(command or ["/bin/sh"])]
+    # stdin/stdout/stderr inherited: interactive shells and pipes work; its status is ours.
+    proc = await asyncio.create_subprocess_exec(*argv, env=realnode.exec_env(node.layout, record))
+    return await proc.wait()
+
+
 def _progress(message: str) -> None:
     print(f"fgo: {message}", file=sys.stderr, flush=True)
 
@@ -292,6 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     load.add_argument("--node", default=None, help="one real node (default: all running)")
     load.set_defaults(func=_load_images)
+
+    nexec = sub.add_parser(
+        "node-exec",
+        help="run a command in a real node's namespaces (crictl, ctr, ip ...; default: a shell)",
+    )
+    nexec.add_argument("--node", default=None, help="default: the first running real node")
+    nexec.add_argument("command", nargs=argparse.REMAINDER)
+    nexec.set_defaults(func=_node_exec)
 
     logs = sub.add_parser("logs", help="print the tail of a component's log")
     logs.add_argument("component", choices=COMPONENTS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import os
 import shutil
@@ -124,6 +125,27 @@ def _log_error_line(path: Path) -> str:
         if "level=fatal" in line or "error" in line.lower():
             return line.strip()[:400]
     return (lines[-1] if lines else "(empty log)")[:400]
+
+
+def _fresh(condition: dict[str, str], since: dt.datetime | None) -> bool:
+    if since is None:
+        return True
+    stamp = condition.get("lastHeartbeatTime") or ""
+    try:
+        return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")) >= since
+    except ValueError:
+        return False
+
+
+def exec_env(layout: NodeLayout, record: NodeRecord) -> dict[str, str]:
+    """Environment for debugging commands in the node (crictl, ctr find their endpoints)."""
+    return {
+        **os.environ,
+        "PATH": f"{record.bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
+        "CRI_CONFIG_FILE": str(layout.crictl_config),
+        "CONTAINERD_ADDRESS": CONTAINERD_SOCKET,
+        "CONTAINERD_NAMESPACE": "k8s.io",
+    }
 
 
 async def resolve_node_bin_dir(progress: Progress, *, build: bool = True) -> Path:
@@ -465,7 +487,8 @@ class RealNode:
             env=env,
         )
 
-    async def _wait_ready(self, timeout_s: float) -> None:
+    async def _wait_ready(self, timeout_s: float, *, since: dt.datetime | None = None) -> None:
+        """Until the Node is Ready (with a heartbeat at or after ``since``, if given)."""
         cluster = ClusterRecord.load(self.cluster.record)
         deadline = time.monotonic() + timeout_s
         detail = "not registered yet"
@@ -483,7 +506,7 @@ class RealNode:
                         for c in node.get("status", {}).get("conditions", [])
                         if c.get("type") == "Ready"
                     ]
-                    if ready and ready[0].get("status") == "True":
+                    if ready and ready[0].get("status") == "True" and _fresh(ready[0], since):
                         break
                     if ready:
                         detail = f"Ready={ready[0].get('status')}: {ready[0].get('message', '')}"
@@ -516,6 +539,7 @@ class RealNode:
                 self.layout.pid_file(component).unlink(missing_ok=True)
 
         await terminate("kubelet", 10.0)
+        await self._delete_node_object()
         # Containers (pods) next: they live under the kubelet's cgroupRoot.
         await nodehost.kill_cgroup_tree(self.cgroup_root)
         await terminate("containerd", 10.0)
@@ -552,6 +576,39 @@ class RealNode:
                 "run `fgo cluster down` again"
             )
         return done
+
+    async def _delete_node_object(self) -> None:
+        """A stopped real node does not come back with `fgo cluster up`: remove its Node (and
+        so, through pod GC, its pods) while the apiserver is still there. Best effort."""
+        port = ClusterRecord.load(self.cluster.record).ports.apiserver
+        if not port or not self.layout.record.exists():
+            return
+        with contextlib.suppress(RestError, aiohttp.ClientError, OSError, TimeoutError):
+            async with Rest(f"https://127.0.0.1:{port}", self.cluster.pki, timeout_s=5.0) as api:
+                await api.request("DELETE", f"/api/v1/nodes/{self.name}")
+
+    async def restart(self, component: str, timeout_s: float = 120.0) -> None:
+        """Stop (SIGTERM, then SIGKILL) and start one component of a running node; for the
+        kubelet, wait until the Node is Ready again. Pods keep running meanwhile."""
+        if component not in NODE_COMPONENTS:
+            raise ValueError(f"unknown component {component!r}; one of {NODE_COMPONENTS}")
+        record = self.record
+        if record is None or not nodehost.namespaces_pinned(self.layout):
+            raise RealNodeError(f"real node {self.name} is not running; add it first")
+        self._t0 = time.monotonic()
+        since = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        rec = self._pid(component)
+        if rec is not None:
+            await process.terminate(rec, 10.0)
+        starters = {
+            "apiforward": self._start_apiforward,
+            "containerd": self._start_containerd,
+            "kubelet": self._start_kubelet,
+        }
+        await starters[component](record)
+        if component == "kubelet":
+            # The Node still looks Ready from before; wait for the new kubelet's heartbeat.
+            await self._wait_ready(timeout_s, since=since)
 
     # ------------------------------------------------------------------ status
 
