@@ -48,7 +48,7 @@ unit: setup ## Unit tests (pure logic, fast)
 	$(PYTEST) -m "not integration and not e2e" $(UNIT_PATHS) tests/conformance tests/repo tests/chart tests/badinput
 
 .PHONY: integration
-integration: setup tools host-deps ## Integration tests against the real local control plane, incl. the quick fault suite
+integration: setup tools node-tools host-deps ## Integration tests against the real local control plane (and a real node), incl. the quick fault suite
 	FGO_BIN_DIR=$(TOOLS_BIN) $(PYTEST) -m integration tests/integration tests/chart tests/badinput $(UNIT_PATHS) tests/faults
 
 .PHONY: e2e
