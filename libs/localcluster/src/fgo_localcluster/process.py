@@ -64,6 +64,17 @@ def _proc_state(pid: int) -> str | None:
     return stat[stat.rfind(")") + 2 :].split(" ", 1)[0]
 
 
+def pid_exists(pid: int) -> bool:
+    """True while any process (whatever it runs, zombies included) has this pid."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def is_running(record: PidRecord) -> bool:
     """True if ``record.pid`` is alive (not a zombie) and runs ``record.executable``."""
     state = _proc_state(record.pid)

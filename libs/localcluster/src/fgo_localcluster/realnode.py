@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,11 +220,11 @@ class RealNode:
     def _say(self, message: str) -> None:
         self._progress(f"[{time.monotonic() - self._t0:5.1f}s] {self.name}: {message}")
 
-    def _pid(self, component: str) -> process.PidRecord | None:
+    def pid_record(self, component: str) -> process.PidRecord | None:
         return process.PidRecord.read(self.layout.pid_file(component))
 
     def running(self, component: str) -> bool:
-        rec = self._pid(component)
+        rec = self.pid_record(component)
         return rec is not None and process.is_running(rec)
 
     # ------------------------------------------------------------------ add
@@ -247,8 +247,19 @@ class RealNode:
         if all(self.running(c) for c in NODE_COMPONENTS):
             self._say("already running")
             return
+        previous = self.record
+        if (
+            previous is not None
+            and nodehost.namespaces_pinned(self.layout)
+            and previous.apiserver_port == cluster.ports.apiserver
+            and previous.pool == pool
+        ):
+            # Like `cluster up`: start only what is not running (e.g. after a kill -9 of one
+            # component); running pods are kept.
+            await self._start_missing(previous, timeout_s)
+            return
         if nodehost.namespaces_pinned(self.layout) or any(self.running(c) for c in NODE_COMPONENTS):
-            self._say("cleaning up a previous, partly running instance")
+            self._say("cleaning up a previous instance that cannot be resumed")
             await self.stop()
 
         record = await self._new_record(pool, bin_dir, cluster.ports.apiserver)
@@ -279,6 +290,25 @@ class RealNode:
             # One line for the user; the half-made node is removed so a retry starts clean.
             with contextlib.suppress(Exception):
                 await self.stop(quiet=True)
+            raise RealNodeError(str(exc)) from None
+
+    def _starters(self) -> dict[str, Callable[[NodeRecord], Awaitable[None]]]:
+        return {
+            "apiforward": self._start_apiforward,
+            "containerd": self._start_containerd,
+            "kubelet": self._start_kubelet,
+        }
+
+    async def _start_missing(self, record: NodeRecord, timeout_s: float) -> None:
+        since = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        starters = self._starters()
+        missing = [c for c in NODE_COMPONENTS if not self.running(c)]
+        self._say(f"resuming: starting {', '.join(missing)}")
+        try:
+            for component in missing:
+                await starters[component](record)
+            await self._wait_ready(timeout_s, since=since if "kubelet" in missing else None)
+        except (nodehost.NodeHostError, RealNodeError) as exc:
             raise RealNodeError(str(exc)) from None
 
     def _preflight(self, bin_dir: Path) -> None:
@@ -364,6 +394,8 @@ class RealNode:
         while True:
             if process.is_running(rec) or time.monotonic() > deadline:
                 break
+            if not process.pid_exists(rec.pid):
+                break  # already exited; the caller reports it with its log line
             await asyncio.sleep(0.05)
         self._say(f"{component}: started (pid {rec.pid}), log {self.layout.log(component)}")
         return rec
@@ -495,10 +527,10 @@ class RealNode:
         async with Rest(f"https://127.0.0.1:{cluster.ports.apiserver}", self.cluster.pki) as api:
             while True:
                 if not self.running("kubelet"):
-                    raise self._died("kubelet", "fix the cause above and add the node again")
+                    raise self._died("kubelet", "fix that and add the node again")
                 for component in ("containerd", "apiforward"):
                     if not self.running(component):
-                        raise self._died(component, "fix the cause and add the node again")
+                        raise self._died(component, "fix that and add the node again")
                 try:
                     node = await api.get(f"/api/v1/nodes/{self.name}")
                     ready = [
@@ -531,7 +563,7 @@ class RealNode:
         done: list[str] = []
 
         async def terminate(component: str, grace_s: float) -> None:
-            rec = self._pid(component)
+            rec = self.pid_record(component)
             if rec is not None:
                 outcome = await process.terminate(rec, grace_s)
                 if outcome != "not running":
@@ -597,15 +629,10 @@ class RealNode:
             raise RealNodeError(f"real node {self.name} is not running; add it first")
         self._t0 = time.monotonic()
         since = dt.datetime.now(dt.UTC).replace(microsecond=0)
-        rec = self._pid(component)
+        rec = self.pid_record(component)
         if rec is not None:
             await process.terminate(rec, 10.0)
-        starters = {
-            "apiforward": self._start_apiforward,
-            "containerd": self._start_containerd,
-            "kubelet": self._start_kubelet,
-        }
-        await starters[component](record)
+        await self._starters()[component](record)
         if component == "kubelet":
             # The Node still looks Ready from before; wait for the new kubelet's heartbeat.
             await self._wait_ready(timeout_s, since=since)
@@ -616,7 +643,7 @@ class RealNode:
         record = self.record
         result = []
         for component in NODE_COMPONENTS:
-            rec = self._pid(component)
+            rec = self.pid_record(component)
             running = rec is not None and process.is_running(rec)
             healthy, detail = running, "ok" if running else "not running"
             if running and component == "kubelet" and record is not None:
