@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Build (and optionally push) one image per service with docker buildx.
+# Build (and optionally push) one image per service, from services/<service>/Dockerfile.
 #
 #   make images                                  # build for the local engine (--load)
 #   make images REGISTRY=ghcr.io/me TAG=dev PUSH=1 PLATFORMS=linux/amd64,linux/arm64
+#
+# Builder: docker buildx where a Docker engine answers; otherwise (machines without Docker, as
+# root) buildah with chroot isolation from Debian's packages (hack/images/buildah-build.sh),
+# FROM local base images built from Debian's packages and PyPI (hack/images/build-bases.sh)
+# unless PYTHON_IMAGE / SMI_BUILD_IMAGE / UV_IMAGE are given. BUILDER=docker|buildah forces one.
 #
 # Image names are <REGISTRY>/<service>:<TAG>, the names the chart uses (image.registry,
 # image.tag; repositories status-updater, device-plugin, dra-plugin, kwok-dra-plugin,
@@ -13,11 +18,25 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 chart_app_version="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/fake-gpu-operator/Chart.yaml)"
-REGISTRY="${REGISTRY:-ghcr.io/fake-gpu-operator}"
-TAG="${TAG:-$chart_app_version}"
+export REGISTRY="${REGISTRY:-ghcr.io/fake-gpu-operator}"
+export TAG="${TAG:-$chart_app_version}"
 PUSH="${PUSH:-}"
 PLATFORMS="${PLATFORMS:-}"
-SERVICES="${SERVICES:-$(cd services && for d in */; do [ -f "$d/Dockerfile" ] && printf '%s ' "${d%/}"; done)}"
+export SERVICES="${SERVICES:-$(cd services && for d in */; do [ -f "$d/Dockerfile" ] && printf '%s ' "${d%/}"; done)}"
+BUILDER="${BUILDER:-}"
+
+if [[ -z "$BUILDER" ]]; then
+  if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+    BUILDER=docker
+  else
+    BUILDER=buildah
+  fi
+fi
+if [[ "$BUILDER" == buildah ]]; then
+  [[ -z "$PLATFORMS" ]] || { echo "make images: PLATFORMS needs docker buildx; buildah builds for this machine only" >&2; exit 2; }
+  export PUSH
+  exec hack/images/buildah-build.sh
+fi
 
 fail() { echo "make images: $*" >&2; exit 2; }
 
