@@ -149,13 +149,14 @@ async def create_namespaces(layout: NodeLayout, record: NodeRecord, veth: str) -
         pin.touch()
     for target in PRIVATE_DIRS:
         layout.private_dir(target).mkdir(parents=True, exist_ok=True)
-    host, port = APISERVER_IN_NODE
+    host = APISERVER_IN_NODE[0]
     binds = "; ".join(f'mount --bind "{layout.private_dir(t)}" "{t}"' for t in PRIVATE_DIRS)
     script = f"""set -e
 {binds}
 ip link set lo up
 ip addr add {host}/32 dev lo
-ip link add eth0 type veth peer name {veth} netns {os.getpid()}
+ip link add eth0 type veth peer name {veth} netns {os.getpid()} || {{
+  echo "cannot create a veth pair (kernel without veth support?)" >&2; exit 1; }}
 ip addr add {record.node_ip}/30 dev eth0
 ip link set eth0 up
 ip route add default via {record.host_ip}
@@ -175,7 +176,6 @@ sysctl -q -w net.ipv4.ip_forward=1
         what="creating the node's namespaces",
         fix="the real node needs root with mount and network namespaces (unshare -m -n)",
     )
-    del port
     await run(["ip", "addr", "add", f"{record.host_ip}/30", "dev", veth], what="ip addr add")
     # No IPv6 on the link: nothing to autoconfigure, no router solicitations.
     await run(["sysctl", "-q", "-w", f"net.ipv6.conf.{veth}.disable_ipv6=1"], what="sysctl on veth")
