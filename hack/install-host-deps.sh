@@ -5,9 +5,9 @@ set -euo pipefail
 need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
-# The real node (`fgo cluster add-real-node`): iptables/conntrack for the kubelet's and the
-# pods' network namespace (never the host's), libseccomp-dev to build runc with seccomp
-# (the chart's pods ask for the RuntimeDefault profile).
+# The real node (`fgo cluster add-real-node`): libseccomp-dev to build runc with seccomp (the
+# chart's pods ask for the RuntimeDefault profile). iptables/conntrack are for rules inside a
+# node's own network namespace only (today none are made: no kube-proxy, no KUBE-FIREWALL).
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v conntrack >/dev/null 2>&1 || need+=(conntrack)
 dpkg-query -W -f='${Status}' libseccomp-dev 2>/dev/null | grep -q "ok installed" || need+=(libseccomp-dev)
