@@ -6,9 +6,9 @@ import asyncio
 
 import structlog
 from fgo_common.kube.client import api_client
+from fgo_common.runtime.entry import service_main
 from fgo_common.runtime.logging import configure_logging
 from fgo_common.runtime.runner import ServiceContext, TaskFactory, run_service
-from fgo_common.runtime.settings import SettingsError, load_settings
 
 from fgo_device_plugin.metrics import Metrics
 from fgo_device_plugin.settings import MODE_KWOK, Settings
@@ -78,12 +78,7 @@ def kwok_mode(settings: Settings) -> TaskFactory:
     return run
 
 
-def main() -> int:
-    try:
-        settings = load_settings(Settings)
-    except SettingsError as exc:
-        print(f"{COMPONENT}: invalid setting: {exc}")
-        return 2
+def _start(settings: Settings) -> int:
     if settings.mode == MODE_KWOK:
         configure_logging(COMPONENT, settings.log_level)
     else:
@@ -96,3 +91,15 @@ def main() -> int:
     )
     task = kwok_mode(settings) if settings.mode == MODE_KWOK else node_mode(settings)
     return run_service(COMPONENT, {settings.mode: task}, health_port=settings.health_port)
+
+
+def main() -> int:
+    return service_main(
+        component=COMPONENT,
+        prog="fgo-device-plugin",
+        description="Kubelet device plugin for simulated NVIDIA GPUs (nvidia.com/gpu, MIG "
+        "resources) on nodes with a kubelet (DEVICE_PLUGIN_MODE=node), or the GPU capacity of "
+        "KWOK nodes (DEVICE_PLUGIN_MODE=kwok).",
+        settings_cls=Settings,
+        start=_start,
+    )

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 
 from fgo_common.kube.client import api_client
+from fgo_common.runtime.entry import service_main
 from fgo_common.runtime.logging import configure_logging
 from fgo_common.runtime.runner import ServiceContext, run_tasks
-from fgo_common.runtime.settings import SettingsError, load_settings
 
 from fgo_kwok_dra_plugin.controller import KwokSliceController
 from fgo_kwok_dra_plugin.settings import Settings
@@ -25,11 +24,17 @@ async def serve(settings: Settings) -> int:
         )
 
 
-def main() -> int:
-    try:
-        settings = load_settings(Settings)
-    except SettingsError as exc:
-        print(f"{COMPONENT}: invalid setting: {exc}", file=sys.stderr)
-        return 2
+def _start(settings: Settings) -> int:
     configure_logging(COMPONENT, settings.log_level)
     return asyncio.run(serve(settings))
+
+
+def main() -> int:
+    return service_main(
+        component=COMPONENT,
+        prog="fgo-kwok-dra-plugin",
+        description="ResourceSlices of the gpu.nvidia.com driver for KWOK nodes (which have no "
+        "kubelet to run the DRA plugin).",
+        settings_cls=Settings,
+        start=_start,
+    )

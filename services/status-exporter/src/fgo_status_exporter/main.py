@@ -16,10 +16,10 @@ from fgo_common.annotations import KWOK_NODE, KWOK_NODE_VALUE
 from fgo_common.kube.client import api_client
 from fgo_common.kube.watch import DELETED, SYNCED, Reflector, object_key
 from fgo_common.names import DCGM_EXPORTER
+from fgo_common.runtime.entry import service_main
 from fgo_common.runtime.health import serve_app
 from fgo_common.runtime.logging import configure_logging
 from fgo_common.runtime.runner import ServiceContext, TaskFactory, run_tasks
-from fgo_common.runtime.settings import SettingsError, load_settings
 from fgo_common.topology import NODE_TOPOLOGY_LABEL, node_topology_configmap_name
 from prometheus_client import CollectorRegistry, Gauge
 
@@ -197,12 +197,18 @@ async def amain(settings: Settings) -> int:
         return await run_tasks(ctx, tasks, health_port=settings.health_port)
 
 
-def main() -> int:
-    try:
-        settings = load_settings(Settings)
-    except SettingsError as exc:
-        print(f"{COMPONENT}: invalid setting: {exc}")
-        return 2
+def _start(settings: Settings) -> int:
     node = settings.node_name if settings.mode == MODE_NODE else ""
     configure_logging(COMPONENT, settings.log_level, mode=settings.mode, node=node)
     return asyncio.run(amain(settings))
+
+
+def main() -> int:
+    return service_main(
+        component=COMPONENT,
+        prog="fgo-status-exporter",
+        description="dcgm-exporter-compatible GPU metrics (:9400/metrics) and GPU feature "
+        "discovery node labels, per node (EXPORTER_MODE=node) or for all KWOK nodes.",
+        settings_cls=Settings,
+        start=_start,
+    )

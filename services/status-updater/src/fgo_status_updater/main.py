@@ -6,9 +6,9 @@ import asyncio
 
 import structlog
 from fgo_common.kube.client import api_client
+from fgo_common.runtime.entry import service_main
 from fgo_common.runtime.logging import configure_logging
 from fgo_common.runtime.runner import ServiceContext, run_tasks
-from fgo_common.runtime.settings import SettingsError, load_settings
 
 from fgo_status_updater.controller import Controller
 from fgo_status_updater.settings import Settings
@@ -32,11 +32,18 @@ async def serve(settings: Settings, ctx: ServiceContext | None = None) -> int:
         return await run_tasks(ctx, controller.tasks(), health_port=settings.health_port)
 
 
-def main() -> int:
-    try:
-        settings = load_settings(Settings)
-    except SettingsError as exc:
-        print(f"{COMPONENT}: invalid setting: {exc}")
-        return 2
+def _start(settings: Settings) -> int:
     configure_logging(COMPONENT, settings.log_level)
     return asyncio.run(serve(settings))
+
+
+def main() -> int:
+    return service_main(
+        component=COMPONENT,
+        prog="fgo-status-updater",
+        description="Central controller of the fake GPU operator: writes each GPU node's "
+        "topology record (GPUs, health, MIG, holders, utilisation) from the topology ConfigMap, "
+        "nodes, pods and ResourceClaims.",
+        settings_cls=Settings,
+        start=_start,
+    )
