@@ -52,7 +52,7 @@ integration: setup tools node-tools host-deps ## Integration tests against the r
 	FGO_BIN_DIR=$(TOOLS_BIN) $(PYTEST) -m integration tests/integration tests/chart tests/badinput $(UNIT_PATHS) tests/faults
 
 .PHONY: e2e
-e2e: setup tools host-deps ## End-to-end scenarios: the chart installed into the local control plane
+e2e: setup tools node-tools host-deps ## End-to-end scenarios: the chart installed into the local control plane
 	FGO_BIN_DIR=$(TOOLS_BIN) $(PYTEST) -m e2e tests/e2e
 
 .PHONY: test
