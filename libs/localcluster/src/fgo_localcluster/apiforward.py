@@ -60,7 +60,11 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         pass
 
 
-async def serve(sock: socket.socket, target: tuple[str, int]) -> None:
+async def serve(
+    sock: socket.socket, target: tuple[str, int], stop: asyncio.Event | None = None
+) -> None:
+    """Forward every connection on ``sock`` to ``target`` until ``stop`` (default: SIGTERM)."""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection(*target)
@@ -76,10 +80,11 @@ async def serve(sock: socket.socket, target: tuple[str, int]) -> None:
                 with contextlib.suppress(ConnectionError, OSError):
                     await w.wait_closed()
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     server = await asyncio.start_server(handle, sock=sock)
     print(f"apiforward: serving {sock.getsockname()} -> {target[0]}:{target[1]}", flush=True)
     async with server:
