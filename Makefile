@@ -26,7 +26,7 @@ node-tools: host-deps ## Build the real node's binaries once per machine (contai
 	@hack/build-node-tools.sh
 
 .PHONY: host-deps
-host-deps: ## Install Debian packages the tests and the real node use (prometheus, debootstrap, iptables, conntrack, libseccomp-dev), idempotently
+host-deps: ## Install Debian packages the tests, images and the real node use (prometheus, debootstrap, buildah, iptables, conntrack, libseccomp-dev), idempotently
 	@hack/install-host-deps.sh
 
 .PHONY: lint
@@ -48,15 +48,19 @@ unit: setup ## Unit tests (pure logic, fast)
 	$(PYTEST) -m "not integration and not e2e" $(UNIT_PATHS) tests/conformance tests/repo tests/chart tests/badinput
 
 .PHONY: integration
-integration: setup tools node-tools host-deps ## Integration tests against the real local control plane (and a real node), incl. the quick fault suite
-	FGO_BIN_DIR=$(TOOLS_BIN) $(PYTEST) -m integration tests/integration tests/chart tests/badinput $(UNIT_PATHS) tests/faults
+integration: setup tools node-tools host-deps images ## Integration tests against the real local control plane (and a real node), the images as runc containers, the quick fault suite
+	FGO_BIN_DIR=$(TOOLS_BIN) $(PYTEST) -m integration tests/images tests/integration tests/chart tests/badinput $(UNIT_PATHS) tests/faults
 
 .PHONY: e2e
 e2e: setup tools node-tools host-deps ## End-to-end scenarios: the chart installed into the local control plane
 	FGO_BIN_DIR=$(TOOLS_BIN) $(PYTEST) -m e2e tests/e2e
 
+.PHONY: e2e-images
+e2e-images: setup tools node-tools host-deps images ## The e2e scenarios again, every Deployment of the chart running from its image (runc)
+	FGO_BIN_DIR=$(TOOLS_BIN) FGO_E2E_RUNTIME=containers $(PYTEST) -m e2e tests/e2e
+
 .PHONY: test
-test: lint types unit integration e2e ## THE test command (CI runs this): lint, types, unit, integration, e2e
+test: lint types unit integration e2e e2e-images ## THE test command (CI runs this): lint, types, unit, integration, e2e (processes and images)
 
 .PHONY: demo
 demo: setup tools ## Start a local simulated GPU cluster with two KWOK GPU nodes and a GPU pod
@@ -99,7 +103,7 @@ REGISTRY ?= ghcr.io/fake-gpu-operator
 TAG      ?=
 
 .PHONY: images
-images: ## Build one image per service with docker buildx (REGISTRY, TAG, PUSH=1, PLATFORMS)
+images: host-deps ## Build one image per service: docker buildx if an engine runs, else buildah as root (REGISTRY, TAG, PUSH=1, PLATFORMS)
 	REGISTRY=$(REGISTRY) TAG=$(TAG) hack/images.sh
 
 .PHONY: chart

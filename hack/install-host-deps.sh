@@ -5,6 +5,8 @@ set -euo pipefail
 need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+# `make images` without a Docker engine: buildah (chroot isolation) builds the Dockerfiles.
+command -v buildah >/dev/null 2>&1 || need+=(buildah)
 # The real node (`fgo cluster add-real-node`): libseccomp-dev to build runc with seccomp (the
 # chart's pods ask for the RuntimeDefault profile). iptables/conntrack are for rules inside a
 # node's own network namespace only (today none are made: no kube-proxy, no KUBE-FIREWALL).

@@ -1,8 +1,8 @@
 """The images the chart runs: every command it names exists in the image, the node agents'
 images ship the standalone nvidia-smi, and the installer their init container runs works.
 
-No Docker engine here: the Dockerfiles are read (tests/repo checks hadolint, COPY sources and
-ENTRYPOINTs), and the installer script runs on a bundle-shaped directory.
+Here the Dockerfiles are read (tests/repo checks hadolint, COPY sources and ENTRYPOINTs) and the
+installer script runs on a bundle-shaped directory; tests/images runs the built images.
 """
 
 from __future__ import annotations

@@ -33,7 +33,9 @@ import pytest_asyncio
 from fgo_common.runtime.settings import env_field, load_settings
 from fgo_localcluster.cluster import LocalCluster
 from fgo_localcluster.nodes import api_client
+from fgo_localcluster.oci import ContainerRuntime
 from fgo_localcluster.operator import LocalOperator
+from fgo_localcluster.realnode import resolve_node_bin_dir
 from fgo_localcluster.testing import KwokNodeFactory, create_namespace, unique_name
 from kubernetes_asyncio import client
 
@@ -60,6 +62,14 @@ class E2eSettings:
         "FGO_E2E_SET", "", "Extra helm --set values (images of make e2e-kind)."
     )
     namespace: str = env_field("FGO_E2E_NAMESPACE", "fgo-e2e", "Namespace of the release.")
+    runtime: str = env_field(
+        "FGO_E2E_RUNTIME",
+        "process",
+        "How the chart's Deployments run on the local control plane: `process` (the service "
+        "modules of this checkout) or `containers` (runc containers of the images `make images` "
+        "built, the exact bits users run).",
+        choices=("process", "containers"),
+    )
     bin_dir: str | None = env_field("FGO_BIN_DIR", None, "helm and kubectl.")
 
 
@@ -95,6 +105,10 @@ def target(e2e_settings: E2eSettings, request: pytest.FixtureRequest) -> Iterato
         yield from _cluster_target(Path(e2e_settings.kubeconfig), bin_dir, e2e_settings, sets)
         return
     cluster: LocalCluster = request.getfixturevalue("local_cluster")
+    containers = None
+    if e2e_settings.runtime == "containers":
+        runc = Path(asyncio.run(resolve_node_bin_dir(print, build=False))) / "runc"
+        containers = ContainerRuntime(runc, state_dir=cluster.state_dir / "operator")
     operator = LocalOperator(
         kubeconfig=cluster.kubeconfig,
         bin_dir=cluster.bin_dir,
@@ -102,6 +116,7 @@ def target(e2e_settings: E2eSettings, request: pytest.FixtureRequest) -> Iterato
         state_dir=cluster.state_dir,
         namespace=e2e_settings.namespace,
         release=RELEASE,
+        containers=containers,
     )
     local = LocalTarget(operator, cluster.bin_dir)
 

@@ -35,6 +35,7 @@ import yaml
 
 from fgo_localcluster import process
 from fgo_localcluster.layout import write_atomic
+from fgo_localcluster.oci import ContainerRuntime, Mount
 
 # Image repository (last path element) -> Python module of the service it runs.
 SERVICE_MODULES = {
@@ -45,6 +46,7 @@ SERVICE_MODULES = {
     "status-exporter": "fgo_status_exporter",
 }
 TOKEN_SECONDS = 24 * 3600
+CONTAINER_KUBECONFIG = "/var/run/fgo/kubeconfig"
 # What a service logs when the apiserver refused a call (HTTP 403 / reason Forbidden).
 FORBIDDEN = re.compile(r"\b403\b|[Ff]orbidden")
 
@@ -62,6 +64,8 @@ class LocalWorkload:
     env: dict[str, str]
     # Container port name -> port, from the manifest.
     ports: dict[str, int] = field(default_factory=dict)
+    # The container's image, run by a ContainerRuntime instead of the module when one is given.
+    image: str = ""
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,7 @@ def _workload(
             p.get("name", str(p["containerPort"])): int(p["containerPort"])
             for p in container.get("ports", [])
         },
+        image=str(container["image"]),
     )
 
 
@@ -198,7 +203,9 @@ def forbidden_lines(log: Path, since: int = 0) -> list[str]:
 
 
 class LocalOperator:
-    """Install the chart and run its Deployments as local processes (see module docstring)."""
+    """Install the chart and run its Deployments as local processes (see module docstring),
+    or, given a :class:`~fgo_localcluster.oci.ContainerRuntime`, as runc containers of the
+    images the manifest names (same env, same token, the kubeconfig mounted read-only)."""
 
     def __init__(
         self,
@@ -210,7 +217,9 @@ class LocalOperator:
         namespace: str = "gpu-operator",
         release: str = "gpu-operator",
         progress: Progress | None = None,
+        containers: ContainerRuntime | None = None,
     ) -> None:
+        self.containers = containers
         self.kubeconfig = kubeconfig
         self.bin_dir = bin_dir
         self.chart = chart
@@ -323,18 +332,24 @@ class LocalOperator:
                 **(extra_env or {}).get(workload.name, {}),
             }
             log = self.log(workload.name)
-            record = await process.spawn(
-                [sys.executable, "-m", workload.module],
-                log,
-                self.dir / f"{workload.name}.pid",
-                env=env,
-            )
+            pid_file = self.dir / f"{workload.name}.pid"
+            if self.containers is None:
+                record = await process.spawn(
+                    [sys.executable, "-m", workload.module], log, pid_file, env=env
+                )
+                how = f"pid {record.pid}"
+            else:
+                # The image's user reads it through the bind mount; its directory stays 0700.
+                kubeconfig.chmod(0o644)
+                env["KUBECONFIG"] = CONTAINER_KUBECONFIG
+                record = await self.containers.start(
+                    self._container(workload.name), workload.image, log, pid_file, env=env,
+                    mounts=[Mount(kubeconfig, CONTAINER_KUBECONFIG)],
+                )  # fmt: skip
+                how = f"container of {workload.image}, runc pid {record.pid}"
             write_atomic(self.dir / f"{workload.name}.ports.json", json.dumps(ports))
             running.append(RunningWorkload(workload, record.pid, log, ports))
-            self._say(
-                f"started {workload.name} as {workload.service_account} (pid {record.pid}, "
-                f"log {log})"
-            )
+            self._say(f"started {workload.name} as {workload.service_account} ({how}, log {log})")
         return running
 
     def log(self, name: str) -> Path:
@@ -368,7 +383,13 @@ class LocalOperator:
 
     async def stop_one(self, name: str) -> str:
         record = process.PidRecord.read(self.dir / f"{name}.pid")
-        return await process.terminate(record) if record else "not running"
+        outcome = await process.terminate(record) if record else "not running"
+        if self.containers is not None:
+            await self.containers.remove(self._container(name))
+        return outcome
+
+    def _container(self, name: str) -> str:
+        return f"{self.namespace}-{name}"
 
     async def stop(self) -> None:
         for pid_file in sorted(self.dir.glob("*.pid")):
