@@ -113,6 +113,7 @@ fgo_buildah config --entrypoint '["/pause"]' --user 65535:65535 \
   --label org.opencontainers.image.title=fgo-pause "$ctr"
 fgo_buildah commit --quiet --rm "$ctr" "$FGO_PAUSE_IMAGE" >/dev/null
 
+fgo_rm_build_containers
 touch "$stamp"
 echo "base images built in $(( $(date +%s) - started ))s (key $key):"
 for image in "${all[@]}"; do

@@ -65,6 +65,7 @@ for service in $SERVICES; do
       echo "make images: building $image failed (full log: $log)" >&2
       exit 1
     fi
+    fgo_rm_build_containers
     rm -f "$out_dir/$service"-*.oci.tar
     fgo_buildah push --quiet "$image" "oci-archive:$archive.tmp:$image"
     mv "$archive.tmp" "$archive"

@@ -38,6 +38,14 @@ fgo_bud_args() {
   printf '%s\n' "${args[@]}"
 }
 
+# buildah bud leaves the working container of a stage that has no instruction of its own
+# (`FROM uv-image AS uv`), mounted; nothing else here is named like these.
+fgo_rm_build_containers() {
+  fgo_buildah containers --format '{{.ContainerName}}' \
+    | grep -E -- '-working-container(-[0-9]+)?$' | xargs -r buildah --root "$FGO_BUILDAH_ROOT" \
+      --runroot "$FGO_BUILDAH_RUNROOT" --storage-driver overlay rm >/dev/null || true
+}
+
 fgo_need_buildah() {
   if ! command -v buildah >/dev/null 2>&1; then
     echo "make images: buildah is not installed; run 'make host-deps' (Debian package buildah) or use a machine with a Docker engine" >&2

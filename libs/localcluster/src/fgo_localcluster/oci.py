@@ -31,6 +31,7 @@ from fgo_localcluster.layout import write_atomic
 
 DEFAULT_STORE = Path(os.environ.get("FGO_CACHE_DIR", Path.home() / ".cache" / "fgo")) / "images"
 CGROUP_PARENT = "/fgo-containers"
+RUNTIME_RECORD = ".runtime.json"
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _NAME = re.compile(r"[^a-z0-9_.-]+")
 
@@ -156,6 +157,13 @@ def runtime_spec(
     }
 
 
+def _remove_empty_cgroup_parent() -> None:
+    # runc removes the container's own cgroups; the shared parent goes with the last one.
+    for parent in Path("/sys/fs/cgroup").glob(f"*{CGROUP_PARENT}"):
+        with contextlib.suppress(OSError):
+            parent.rmdir()
+
+
 @dataclass(frozen=True)
 class Finished:
     returncode: int
@@ -213,6 +221,9 @@ class ContainerRuntime:
         rootfs = Path((await self._exec(*self._buildah(), "mount", name)).stdout.strip())
         bundle = self._bundle(name)
         bundle.mkdir(parents=True, exist_ok=True)
+        # For `fgo cluster down`, which cleans up without knowing which runc started them.
+        write_atomic(self.state_dir / "containers" / RUNTIME_RECORD,
+                     json.dumps({"runc": str(self.runc), "store": str(self.store)}))  # fmt: skip
         spec = runtime_spec(
             rootfs, config, hostname=name, cgroup=f"{CGROUP_PARENT}/{name}", **spec_args
         )
@@ -241,3 +252,20 @@ class ContainerRuntime:
         await self._exec(*self._buildah(), "rm", name, check=False)
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(self._bundle(name))
+        _remove_empty_cgroup_parent()
+
+
+async def remove_all(state_dir: Path) -> list[str]:
+    """Remove every container a :class:`ContainerRuntime` with ``state_dir`` left behind (its
+    processes already stopped or not); returns their names."""
+    base = state_dir / "containers"
+    try:
+        record = json.loads((base / RUNTIME_RECORD).read_text())
+    except (OSError, ValueError):
+        return []
+    runtime = ContainerRuntime(Path(record["runc"]), store=Path(record["store"]),
+                               state_dir=state_dir)  # fmt: skip
+    names = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for name in names:
+        await runtime.remove(name)
+    return names

@@ -35,7 +35,7 @@ import yaml
 
 from fgo_localcluster import process
 from fgo_localcluster.layout import write_atomic
-from fgo_localcluster.oci import ContainerRuntime, Mount
+from fgo_localcluster.oci import ContainerRuntime, Mount, remove_all
 
 # Image repository (last path element) -> Python module of the service it runs.
 SERVICE_MODULES = {
@@ -421,4 +421,6 @@ async def stop_all(state_dir: Path) -> list[str]:
         record = process.PidRecord.read(pid_file)
         outcome = await process.terminate(record) if record else "not running"
         outcomes.append(f"{pid_file.parent.name}/{pid_file.stem}: {outcome}")
+    for name in await remove_all(operator_dir(state_dir)):
+        outcomes.append(f"container {name}: removed")
     return outcomes
