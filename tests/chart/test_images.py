@@ -8,6 +8,7 @@ installer script runs on a bundle-shaped directory; tests/images runs the built 
 from __future__ import annotations
 
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -163,7 +164,7 @@ def test_images_script_builds_every_service_under_the_charts_names() -> None:
     assert 'image="$REGISTRY/$service:$TAG"' in script
 
 
-def test_images_script_fails_clearly_without_docker(tmp_path: Path) -> None:
+def test_images_script_with_docker_forced_fails_clearly_without_an_engine(tmp_path: Path) -> None:
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     docker = fake_bin / "docker"
@@ -173,9 +174,33 @@ def test_images_script_fails_clearly_without_docker(tmp_path: Path) -> None:
         [str(ROOT / "hack" / "images.sh")],
         capture_output=True,
         text=True,
-        env={"PATH": f"{fake_bin}:/usr/bin:/bin"},
+        env={"PATH": f"{fake_bin}:/usr/bin:/bin", "BUILDER": "docker"},
         check=False,
     )
     assert result.returncode == 2
     assert "no Docker engine is reachable" in result.stderr
     assert "Cannot connect to the Docker daemon" in result.stderr
+
+
+def test_images_script_without_engine_or_buildah_says_what_to_install(tmp_path: Path) -> None:
+    # A PATH with a docker client whose engine is down, and no buildah: the daemonless
+    # fallback is chosen and names the package to install.
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    docker = fake_bin / "docker"
+    docker.write_text("#!/bin/sh\nexit 1\n")
+    docker.chmod(0o755)
+    for tool in ("bash", "sh", "sed", "dirname", "id", "cat", "git", "printf"):
+        found = shutil.which(tool)
+        if found:
+            (fake_bin / tool).symlink_to(found)
+    result = subprocess.run(
+        [str(ROOT / "hack" / "images.sh")],
+        capture_output=True,
+        text=True,
+        env={"PATH": str(fake_bin), "HOME": str(tmp_path)},
+        check=False,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "buildah is not installed" in result.stderr
+    assert "make host-deps" in result.stderr
