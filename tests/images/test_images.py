@@ -13,7 +13,6 @@ with every Deployment of the chart running from its image (tests/e2e, FGO_E2E_RU
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import re
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "services" / "nvidia-smi" / "tests"))
 
 from smi_fixtures import hgx_node  # noqa: E402
-from smi_testlib import CAPTURE_TIME  # noqa: E402
+from smi_testlib import CAPTURE_TIME, run_in_utc  # noqa: E402
 
 SERVICES = ["status-updater", "device-plugin", "dra-plugin", "kwok-dra-plugin", "status-exporter"]
 NODE_AGENTS = ["device-plugin", "dra-plugin"]
@@ -162,25 +161,9 @@ def node_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _in_process(args: list[str], state: Path) -> tuple[int, str]:
-    from fgo_nvidia_smi.main import run as smi
-
-    out, err = io.StringIO(), io.StringIO()
     env = {"FGO_STATE_DIR": str(state), "FGO_SMI_TIME": str(CAPTURE_TIME), "TZ": "UTC",
            "HOSTNAME": "gpu-pod", "PATH": "/usr/bin:/bin"}  # fmt: skip
-    previous = os.environ.get("TZ")
-    os.environ["TZ"] = "UTC"
-    try:
-        import time
-
-        time.tzset()
-        code = smi(args, out, err, env)
-    finally:
-        if previous is None:
-            del os.environ["TZ"]
-        else:
-            os.environ["TZ"] = previous
-        time.tzset()
-    return code, out.getvalue()
+    return run_in_utc(args, env)
 
 
 @pytest.fixture(scope="module", params=NODE_AGENTS)

@@ -43,6 +43,27 @@ def make_env(state_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def run_in_utc(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """nvidia-smi in-process with the process's TZ set to UTC (the time functions read the
+    process's zone, as the bundle's do in a container with TZ=UTC); (exit code, stdout)."""
+    import os
+    import time
+
+    out, err = io.StringIO(), io.StringIO()
+    previous = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
+    try:
+        time.tzset()
+        code = run(args, out, err, env)
+    finally:
+        if previous is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = previous
+        time.tzset()
+    return code, out.getvalue()
+
+
 def make_runner(tmp_path: Path) -> Runner:
     """``smi(*args, node=..., **env)`` runs nvidia-smi in-process and returns its result."""
 

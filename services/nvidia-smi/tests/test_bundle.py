@@ -5,7 +5,6 @@ mount it (docs/nvidia-smi.md): bundle directory at /usr/local/fake-gpu, the stat
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import shutil
@@ -22,9 +21,8 @@ from fgo_common.nodestate import (
     install_nvidia_smi,
     write_node_state,
 )
-from fgo_nvidia_smi.main import run
 from smi_fixtures import hgx_node
-from smi_testlib import CAPTURE_TIME
+from smi_testlib import CAPTURE_TIME, run_in_utc
 
 HERE = Path(__file__).resolve().parent
 SERVICE = HERE.parent
@@ -73,21 +71,7 @@ def _env(state: Path | str) -> dict[str, str]:
 
 
 def _in_process(args: list[str], state: Path) -> tuple[int, str]:
-    out, err = io.StringIO(), io.StringIO()
-    previous = os.environ.get("TZ")
-    os.environ["TZ"] = "UTC"
-    try:
-        import time
-
-        time.tzset()
-        code = run(args, out, err, _env(state))
-    finally:
-        if previous is None:
-            del os.environ["TZ"]
-        else:
-            os.environ["TZ"] = previous
-        time.tzset()
-    return code, out.getvalue()
+    return run_in_utc(args, _env(state))
 
 
 def test_bundle_matches_the_python_package(bundle: Path, state: Path) -> None:
