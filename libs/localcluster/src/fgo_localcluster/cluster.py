@@ -237,9 +237,14 @@ class LocalCluster:
         """SIGTERM every component (dependents first), SIGKILL stragglers; optionally purge.
 
         Real nodes go first (their kubelets would only log errors without the API), and are
-        cleaned completely: processes, mounts, link, cgroups.
+        cleaned completely: processes, mounts, link, cgroups. If that fails, the control plane
+        is still stopped, then the node's error is raised (nothing is purged).
         """
-        await realnode.stop_all(self.state_dir, self._progress)
+        node_error: realnode.RealNodeError | None = None
+        try:
+            await realnode.stop_all(self.state_dir, self._progress)
+        except realnode.RealNodeError as exc:
+            node_error = exc
 
         async def stop_one(name: str) -> None:
             record = self._pid_record(name)
@@ -255,6 +260,8 @@ class LocalCluster:
         )
         await stop_one("kube-apiserver")
         await stop_one("etcd")
+        if node_error is not None:
+            raise node_error
         if purge:
             self._purge()
 
