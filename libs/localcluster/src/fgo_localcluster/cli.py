@@ -15,6 +15,7 @@ from fgo_localcluster import nodehost, nodes, operator, realnode
 from fgo_localcluster.cluster import ClusterError, ClusterStatus, LocalCluster
 from fgo_localcluster.layout import COMPONENTS, Ports
 from fgo_localcluster.nodeconfig import SANDBOX_IMAGE
+from fgo_localcluster.nodetools import NodeToolsError
 from fgo_localcluster.tools import ToolsError
 
 
@@ -339,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster = LocalCluster(args.state_dir, bin_dir=args.bin_dir, ports=ports)
     try:
         code: int = asyncio.run(args.func(cluster, args))
-    except (ClusterError, ToolsError, SettingsError, realnode.RealNodeError) as exc:
+    except (ClusterError, ToolsError, SettingsError, NodeToolsError) as exc:
         print(f"fgo: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

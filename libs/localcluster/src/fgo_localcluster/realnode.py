@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import os
 import shutil
 import sys
@@ -37,29 +36,38 @@ from fgo_localcluster.nodeconfig import (
     write_configs,
 )
 from fgo_localcluster.nodes import POOL_LABEL
+from fgo_localcluster.nodetools import (
+    NODE_BINARIES,
+    NodeToolsError,
+    image_index_path,
+    images_from_index,
+    resolve_node_bin_dir,
+)
 from fgo_localcluster.rest import Rest, RestError
 
 Progress = Callable[[str], None]
 
 NODE_COMPONENTS = ("apiforward", "containerd", "kubelet")
 DEFAULT_NODE_NAME = "real-node-1"
-NODE_BINARIES = (
-    "containerd",
-    "containerd-shim-runc-v2",
-    "ctr",
-    "runc",
-    "crictl",
-    "kubelet",
-    "cni/bridge",
-    "cni/host-local",
-    "cni/loopback",
-)
 HOST_COMMANDS = ("unshare", "nsenter", "mount", "umount", "ip", "sysctl")
-BUILD_SCRIPT = Path("hack/build-node-tools.sh")
 
 
-class RealNodeError(RuntimeError):
+class RealNodeError(NodeToolsError):
     """The real node could not be set up or cleaned; the message names cause and fix."""
+
+
+__all__ = [
+    "DEFAULT_NODE_NAME",
+    "NODE_COMPONENTS",
+    "RealNode",
+    "RealNodeError",
+    "active_node_names",
+    "image_index_path",
+    "images_from_index",
+    "node_names",
+    "resolve_node_bin_dir",
+    "stop_all",
+]
 
 
 @dataclass(frozen=True)
@@ -92,27 +100,6 @@ def active_node_names(state_dir: Path) -> list[str]:
     return active
 
 
-def image_index_path() -> Path:
-    """``$FGO_IMAGE_INDEX``, else ``${FGO_CACHE_DIR:-~/.cache/fgo}/images/index.json``."""
-    explicit = os.environ.get("FGO_IMAGE_INDEX")
-    if explicit:
-        return Path(explicit)
-    cache = Path(os.environ.get("FGO_CACHE_DIR") or Path.home() / ".cache" / "fgo")
-    return cache / "images" / "index.json"
-
-
-def images_from_index(index: Path | None = None) -> list[tuple[str, Path]]:
-    """(name, archive) of every image the image build listed, or [] if there is no index."""
-    path = index or image_index_path()
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        return []
-    except json.JSONDecodeError as exc:
-        raise RealNodeError(f"{path} is not valid JSON ({exc}); rebuild the images") from exc
-    return [(str(i["name"]), Path(i["archive"])) for i in raw.get("images", [])]
-
-
 def _log_error_line(path: Path) -> str:
     """The last line that looks like an error in a component's log (kubelet: "E1207 ...")."""
     try:
@@ -125,6 +112,11 @@ def _log_error_line(path: Path) -> str:
         if "level=fatal" in line or "error" in line.lower():
             return line.strip()[:400]
     return (lines[-1] if lines else "(empty log)")[:400]
+
+
+def _path_env(bin_dir: str) -> dict[str, str]:
+    # The node's binaries first: containerd finds its runc shim on PATH.
+    return {"PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
 
 
 def _fresh(condition: dict[str, str], since: dt.datetime | None) -> bool:
@@ -141,57 +133,11 @@ def exec_env(layout: NodeLayout, record: NodeRecord) -> dict[str, str]:
     """Environment for debugging commands in the node (crictl, ctr find their endpoints)."""
     return {
         **os.environ,
-        "PATH": f"{record.bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
+        **_path_env(record.bin_dir),
         "CRI_CONFIG_FILE": str(layout.crictl_config),
         "CONTAINERD_ADDRESS": CONTAINERD_SOCKET,
         "CONTAINERD_NAMESPACE": "k8s.io",
     }
-
-
-async def resolve_node_bin_dir(progress: Progress, *, build: bool = True) -> Path:
-    """``FGO_NODE_BIN_DIR``, else hack/build-node-tools.sh's cache dir (built if missing)."""
-    from fgo_localcluster.tools import find_repo_root
-
-    explicit = os.environ.get("FGO_NODE_BIN_DIR")
-    if explicit:
-        bin_dir = Path(explicit)
-        missing = [b for b in NODE_BINARIES if not os.access(bin_dir / b, os.X_OK)]
-        if missing:
-            raise RealNodeError(f"FGO_NODE_BIN_DIR={bin_dir} lacks {', '.join(missing)}")
-        return bin_dir
-    repo = find_repo_root()
-    if repo is None:
-        raise RealNodeError(
-            "cannot find the checkout (hack/build-node-tools.sh); set FGO_NODE_BIN_DIR"
-        )
-    script = repo / BUILD_SCRIPT
-    out, _ = await (
-        await asyncio.create_subprocess_exec(
-            str(script), "--print-dir", stdout=asyncio.subprocess.PIPE, cwd=repo
-        )
-    ).communicate()
-    bin_dir = Path(out.decode().strip())
-    if all(os.access(bin_dir / b, os.X_OK) for b in NODE_BINARIES):
-        return bin_dir
-    if not build:
-        raise RealNodeError(f"node binaries missing in {bin_dir}; run `make node-tools`")
-    progress("building the node's binaries with hack/build-node-tools.sh (first time: minutes)")
-    proc = await asyncio.create_subprocess_exec(
-        str(script), cwd=repo, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    assert proc.stdout is not None
-    tail: list[str] = []
-    async for raw in proc.stdout:
-        line = raw.decode(errors="replace").rstrip()
-        tail = [*tail[-9:], line]
-        if line.startswith(("[", "node tools ready", "build-node-tools:")):
-            progress(f"build-node-tools: {line}")
-    if await proc.wait() != 0:
-        raise RealNodeError(
-            f"hack/build-node-tools.sh failed ({tail[-1] if tail else 'no output'}); "
-            "run it by hand to see the whole output"
-        )
-    return bin_dir
 
 
 class RealNode:
@@ -431,7 +377,7 @@ class RealNode:
     async def _start_containerd(self, record: NodeRecord) -> None:
         bin_dir = Path(record.bin_dir)
         # The runc shim is found on PATH (containerd's own rule).
-        env = {"PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
+        env = _path_env(str(bin_dir))
         rec = await self._spawn(
             "containerd",
             [
@@ -502,7 +448,7 @@ class RealNode:
 
     async def _start_kubelet(self, record: NodeRecord) -> None:
         bin_dir = Path(record.bin_dir)
-        env = {"PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
+        env = _path_env(str(bin_dir))
         await self._spawn(
             "kubelet",
             [

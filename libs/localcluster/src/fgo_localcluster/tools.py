@@ -42,6 +42,23 @@ class EnvSettings:
         "State directory of the local cluster (default: <repo>/.fgo/cluster).",
     )
 
+    node_bin_dir: str | None = env_field(
+        "FGO_NODE_BIN_DIR",
+        None,
+        "Directory with the real node's binaries (default: hack/build-node-tools.sh's).",
+    )
+    cache_dir: str | None = env_field(
+        "FGO_CACHE_DIR",
+        None,
+        "Cache root of tools and images (default: ~/.cache/fgo); the image index is "
+        "<cache>/images/index.json.",
+    )
+    image_index: str | None = env_field(
+        "FGO_IMAGE_INDEX",
+        None,
+        "Image index that add-real-node and load-images import (default: under FGO_CACHE_DIR).",
+    )
+
     kwok_log_level: str = env_field(
         "FGO_KWOK_LOG_LEVEL",
         "WARN",
