@@ -103,3 +103,35 @@ def test_choose_slot_skips_taken_and_host_networks() -> None:
 def test_state_dir_under_a_replaced_host_dir_is_refused() -> None:
     with pytest.raises(nodehost.NodeHostError, match="under /var/lib"):
         nodehost.check_state_dir_visible(NodeLayout(Path("/var/lib/fgo"), "n1"))
+
+
+def test_archive_digests_reads_oci_ref_names(tmp_path: Path) -> None:
+    import io
+    import json
+    import tarfile
+
+    from fgo_localcluster.nodetools import archive_digests, parse_ctr_images
+
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "digest": "sha256:" + "a" * 64,
+                "annotations": {"org.opencontainers.image.ref.name": "localhost/fgo/pause:3.10"},
+            }
+        ],
+    }
+    archive = tmp_path / "pause.oci.tar"
+    with tarfile.open(archive, "w") as tar:
+        data = json.dumps(index).encode()
+        info = tarfile.TarInfo("index.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    assert archive_digests(archive) == {"localhost/fgo/pause:3.10": "sha256:" + "a" * 64}
+    assert archive_digests(tmp_path / "missing.tar") == {}
+    listing = (
+        "REF TYPE DIGEST SIZE PLATFORMS LABELS\n"
+        "localhost/fgo/pause:3.10 application/vnd.oci.image.manifest.v1+json "
+        f"sha256:{'a' * 64} 340.3 KiB linux/amd64 io.cri-containerd.image=managed\n"
+    )
+    assert parse_ctr_images(listing) == {"localhost/fgo/pause:3.10": "sha256:" + "a" * 64}

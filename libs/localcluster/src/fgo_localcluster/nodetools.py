@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -101,3 +102,32 @@ async def resolve_node_bin_dir(progress: Progress, *, build: bool = True) -> Pat
             "run it by hand to see the whole output"
         )
     return bin_dir
+
+
+def archive_digests(archive: Path) -> dict[str, str]:
+    """Image name -> manifest digest of an OCI archive (from its index.json ref names); {}
+    for other formats or unreadable archives (they are then always imported)."""
+    try:
+        with tarfile.open(archive) as tar:
+            member = tar.extractfile("index.json")
+            if member is None:
+                return {}
+            index = json.loads(member.read())
+    except (OSError, KeyError, tarfile.TarError, json.JSONDecodeError):
+        return {}
+    found = {}
+    for manifest in index.get("manifests", []):
+        name = (manifest.get("annotations") or {}).get("org.opencontainers.image.ref.name")
+        if name and "digest" in manifest:
+            found[str(name)] = str(manifest["digest"])
+    return found
+
+
+def parse_ctr_images(listing: str) -> dict[str, str]:
+    """``ctr images ls`` output -> image name -> target digest."""
+    images = {}
+    for line in listing.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 3 and fields[2].startswith("sha256:"):
+            images[fields[0]] = fields[2]
+    return images

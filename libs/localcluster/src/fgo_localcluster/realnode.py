@@ -39,8 +39,10 @@ from fgo_localcluster.nodes import POOL_LABEL
 from fgo_localcluster.nodetools import (
     NODE_BINARIES,
     NodeToolsError,
+    archive_digests,
     image_index_path,
     images_from_index,
+    parse_ctr_images,
     resolve_node_bin_dir,
 )
 from fgo_localcluster.rest import Rest, RestError
@@ -436,9 +438,14 @@ class RealNode:
                 f"containerd of {self.name} is not running; run `fgo cluster add-real-node` first"
             )
         loaded = []
+        present = parse_ctr_images(await self.ctr(["images", "ls"]))
         for name, archive in images:
             if not archive.is_file():
                 raise RealNodeError(f"image archive {archive} ({name}) does not exist; rebuild it")
+            digests = archive_digests(archive)
+            if digests and all(present.get(n) == d for n, d in digests.items()):
+                self._say(f"image {name} already present")
+                continue
             started = time.monotonic()
             # Streamed on stdin: the archive need not be visible inside the node's mounts.
             await self.ctr(["images", "import", "--snapshotter=overlayfs", "-"], archive)
