@@ -19,6 +19,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -244,6 +245,47 @@ def test_test_image_pod_logs_and_exec(env: RealNodeEnv) -> None:
         "cat /sys/fs/cgroup/memory/memory.limit_in_bytes",
     )
     assert out.split() == ["exec-ok", "10.96.0.1:443", "api-tcp-ok", str(64 * 2**20)]
+
+
+def test_node_exec_runs_crictl_inside_the_node(env: RealNodeEnv) -> None:
+    """`fgo cluster node-exec -- crictl pods`: the debugging path the docs give."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fgo_localcluster.cli",
+            "cluster",
+            "node-exec",
+            f"--state-dir={env.cluster.state_dir}",
+            "--",
+            "crictl",
+            "pods",
+            "--name=shell",
+            "--state=ready",
+            "-q",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    assert len(out.split()) == 1, out
+
+
+def test_add_again_after_kill_9_restarts_only_what_died(env: RealNodeEnv) -> None:
+    """containerd and apiforward killed: `add-real-node` resumes them; the pod keeps running."""
+    uid_before = env.kubectl("get", "pod", "shell", "-o", "jsonpath={.metadata.uid}")
+    for component in ("containerd", "apiforward"):
+        rec = env.node.pid_record(component)
+        assert rec is not None
+        os.kill(rec.pid, signal.SIGKILL)
+    bin_dir = Path(env.node.record.bin_dir) if env.node.record else None
+    assert bin_dir is not None
+    asyncio.run(env.node.add("default", bin_dir, images=[]))
+    assert all(env.node.running(c) for c in realnode.NODE_COMPONENTS)
+    assert env.kubectl("get", "pod", "shell", "-o", "jsonpath={.metadata.uid}") == uid_before
+    out = env.kubectl("exec", "shell", "--", "/bin/bash", "-c", "echo still-running")
+    assert out.strip() == "still-running"
 
 
 def _pids_in_namespaces(inodes: set[int]) -> list[str]:
