@@ -60,3 +60,14 @@ def test_kwok_stages_cover_the_node_and_pod_lifecycle() -> None:
     assert by_name["pod-delete"]["spec"]["next"] == {"delete": True}
     assert "phase: Running" in by_name["pod-ready"]["spec"]["next"]["statusTemplate"]
     assert "phase: Succeeded" in by_name["pod-complete"]["spec"]["next"]["statusTemplate"]
+
+
+def test_fresh_ports_stay_out_of_the_ephemeral_range() -> None:
+    from fgo_localcluster.layout import ephemeral_port_range, fresh_port
+
+    low, high = ephemeral_port_range()
+    ports = choose_ports(Ports(), Ports()).values()
+    ports += [fresh_port() for _ in range(20)]
+    assert all(not low <= p <= high for p in ports), (low, high, ports)
+    taken = set(ports)
+    assert fresh_port(taken) not in taken

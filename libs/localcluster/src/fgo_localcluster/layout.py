@@ -8,9 +8,9 @@ one of them is taken by something else by then.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import random
 import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -143,32 +143,47 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def choose_ports(wanted: Ports, previous: Ports) -> Ports:
-    """Explicit ports win; otherwise reuse the previous run's port if free, else a fresh one.
+_EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
-    Fresh ports come from the kernel (bind to port 0). All probe sockets stay open until every
-    port is chosen so the kernel never hands out the same one twice.
-    """
-    chosen: dict[str, int] = {}
-    holders: list[socket.socket] = []
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections (and of bind to 0)."""
     try:
-        for name in Ports.__dataclass_fields__:
-            explicit = getattr(wanted, name)
-            old = getattr(previous, name)
-            if explicit:
-                chosen[name] = explicit
-            elif old and old not in chosen.values() and port_is_free(old):
-                chosen[name] = old
-            else:
-                port = 0
-                while port == 0 or port in chosen.values():
-                    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                    holders.append(sock)
-                    sock.bind(("127.0.0.1", 0))
-                    port = int(sock.getsockname()[1])
-                chosen[name] = port
-    finally:
-        for sock in holders:
-            with contextlib.suppress(OSError):
-                sock.close()
+        low, high = (int(v) for v in _EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
+def fresh_port(taken: set[int] | frozenset[int] = frozenset()) -> int:
+    """A free loopback port outside the ephemeral range.
+
+    A listen port from the ephemeral range (what binding to port 0 gives) can be taken, while
+    its server restarts, by the local end of any outgoing connection on the machine, and the
+    restart then fails with "address already in use". Ports below the range are only ever
+    taken by explicit binds.
+    """
+    low, high = ephemeral_port_range()
+    candidates = range(10000, low) if low > 11000 else range(high + 1, 65536)
+    rng = random.SystemRandom()
+    for _ in range(500):
+        port = rng.choice(candidates)
+        if port not in taken and port_is_free(port):
+            return port
+    raise OSError(f"no free loopback port outside the ephemeral range {low}-{high}")
+
+
+def choose_ports(wanted: Ports, previous: Ports) -> Ports:
+    """Explicit ports win; otherwise reuse the previous run's port if free, else a fresh one
+    from outside the ephemeral range (:func:`fresh_port`)."""
+    chosen: dict[str, int] = {}
+    for name in Ports.__dataclass_fields__:
+        explicit = getattr(wanted, name)
+        old = getattr(previous, name)
+        if explicit:
+            chosen[name] = explicit
+        elif old and old not in chosen.values() and port_is_free(old):
+            chosen[name] = old
+        else:
+            chosen[name] = fresh_port(set(chosen.values()))
     return Ports(**chosen)

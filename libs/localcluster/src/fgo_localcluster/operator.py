@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from typing import Any
 import yaml
 
 from fgo_localcluster import process
-from fgo_localcluster.layout import write_atomic
+from fgo_localcluster.layout import fresh_port, write_atomic
 from fgo_localcluster.oci import ContainerRuntime, Mount, remove_all
 
 # Image repository (last path element) -> Python module of the service it runs.
@@ -79,12 +78,6 @@ class RunningWorkload:
 
 class OperatorError(RuntimeError):
     """The chart could not be installed or a workload could not be started."""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def resolve_env(
@@ -177,7 +170,9 @@ def local_ports(workload: LocalWorkload) -> tuple[dict[str, str], dict[str, int]
     A variable whose value is a container port (``9400``, ``:9400``, ``0.0.0.0:9400``) names
     that port; it gets the new port in the same form. Returns (env overrides, name -> port).
     """
-    moved = {port: _free_port() for port in workload.ports.values()}
+    moved: dict[int, int] = {}
+    for port in workload.ports.values():
+        moved[port] = fresh_port(set(moved.values()))
     overrides: dict[str, str] = {}
     for var, value in workload.env.items():
         match = re.fullmatch(r"(?P<host>[^:]*:)?(?P<port>\d+)", value)
