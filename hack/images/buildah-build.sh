@@ -89,6 +89,14 @@ for image in "$FGO_PAUSE_IMAGE" "$FGO_GPU_TEST_IMAGE"; do
   fi
 done
 
+# Every code change leaves the previous images' layers behind as the layer cache. Bounded: past
+# FGO_IMAGES_MAX_GB (default 8) of store, dangling images go (the next build redoes its layers).
+store_gb=$(( $(du -sxk "$FGO_BUILDAH_ROOT" | cut -f1) / 1024 / 1024 ))
+if (( store_gb > ${FGO_IMAGES_MAX_GB:-8} )); then
+  echo "image store is ${store_gb} GB: pruning dangling images"
+  fgo_buildah rmi --prune >/dev/null || true
+fi
+
 python3 - "$FGO_IMAGES_DIR/index.json" "$out_dir" "$REGISTRY" "$TAG" "$revision" $SERVICES <<'PY'
 import json, os, sys, tempfile
 from pathlib import Path
