@@ -31,6 +31,7 @@ from fgo_localcluster.cluster import LocalCluster
 from fgo_localcluster.nodeconfig import SANDBOX_IMAGE
 from fgo_localcluster.nodes import POOL_LABEL
 from fgo_localcluster.rest import Rest
+from fgo_localcluster.testing import HostSnapshot, NodeTraces, leftovers
 
 TEST_IMAGE = "localhost/fgo/gpu-test:bookworm"
 NODE = "real-node-1"
@@ -38,45 +39,6 @@ NODE = "real-node-1"
 # Setting up the node (a control plane, image imports) plus a pod start fit easily; the
 # limit is only there so that a hang fails instead of blocking the run.
 pytestmark = pytest.mark.timeout(600)
-
-# Host paths the kubelet, CNI and containerd would write if the node were not isolated.
-HOST_PATHS = (
-    "/var/lib/kubelet",
-    "/var/log/containers",
-    "/var/log/pods",
-    "/var/lib/cni",
-    "/run/containerd",
-    "/var/run/cdi",
-    "/etc/containerd",
-    "/opt/containerd",
-)
-
-
-def _sh(*argv: str) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-
-
-@dataclass(frozen=True)
-class HostSnapshot:
-    ip_forward: str
-    iptables: str
-    links: frozenset[str]
-    existing_paths: frozenset[str]
-
-    @classmethod
-    def take(cls) -> HostSnapshot:
-        return cls(
-            Path("/proc/sys/net/ipv4/ip_forward").read_text().strip(),
-            _iptables(),
-            frozenset(p.name for p in Path("/sys/class/net").iterdir()),
-            frozenset(p for p in HOST_PATHS if os.path.lexists(p)),
-        )
-
-
-def _iptables() -> str:
-    # Counters change with traffic; the rules are what matters.
-    out = _sh("iptables-save")
-    return "\n".join(ln for ln in out.splitlines() if ln and ln[0] not in "#:")
 
 
 @dataclass
@@ -288,31 +250,11 @@ def test_add_again_after_kill_9_restarts_only_what_died(env: RealNodeEnv) -> Non
     assert out.strip() == "still-running"
 
 
-def _pids_in_namespaces(inodes: set[int]) -> list[str]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        for kind in ("mnt", "net"):
-            try:
-                if (proc / "ns" / kind).stat().st_ino in inodes:
-                    found.append(proc.name)
-                    break
-            except OSError:
-                continue
-    return found
-
-
 def test_down_after_kill_9_leaves_nothing_behind(env: RealNodeEnv) -> None:
     node = env.node
-    record = node.record
-    assert record is not None
-    state_dir = env.cluster.state_dir
-    cgroup_root = node.cgroup_root
-    net_inode = node.layout.net_ns.stat().st_ino
-    mnt_inode = node.layout.mnt_ns.stat().st_ino
-    assert _pids_in_namespaces({mnt_inode, net_inode}), "node namespaces hold no process?"
-    assert nodehost.cgroup_pids(cgroup_root), "no pod processes to clean up (earlier tests?)"
+    traces = NodeTraces.of(node)
+    assert traces.processes(), "node namespaces hold no process?"
+    assert nodehost.cgroup_pids(traces.cgroup_root), "no pod processes to clean up (earlier tests?)"
     # The worst case: containerd and the kubelet die, shims and containers keep running.
     for component in ("containerd", "kubelet"):
         rec = node.pid_record(component)
@@ -321,22 +263,6 @@ def test_down_after_kill_9_leaves_nothing_behind(env: RealNodeEnv) -> None:
 
     env.cluster.stop_sync()
 
-    assert nodehost.mounts_under(state_dir) == []
-    assert nodehost.cgroup_pids(cgroup_root) == []
-    left = [
-        str(h / cgroup_root.lstrip("/"))
-        for h in nodehost.cgroup_hierarchies()
-        if (h / cgroup_root.lstrip("/")).exists()
-    ]
-    assert left == []
-    assert not any((h / "kubepods").exists() for h in nodehost.cgroup_hierarchies())
-    # No process is left in the node's namespaces (kubelet, containerd, shims, hostNetwork
-    # containers); other real nodes on this machine, which share the binaries, do not count.
-    assert _pids_in_namespaces({mnt_inode, net_inode}) == []
-    after = HostSnapshot.take()
-    assert not nodehost.link_exists(node.veth)
-    # Links others create meanwhile are not ours; ours all start with "fgo".
-    assert {n for n in after.links if n.startswith("fgo")} <= env.host_before.links
-    assert after.ip_forward == env.host_before.ip_forward
-    assert after.iptables == env.host_before.iptables
-    assert after.existing_paths == env.host_before.existing_paths
+    # Mounts, cgroups, processes in the node's namespaces, links, ip_forward, iptables rules,
+    # and the host paths a non-isolated kubelet/containerd would write.
+    assert leftovers(traces, env.host_before) == []

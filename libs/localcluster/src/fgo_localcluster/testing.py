@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import re
 import secrets
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,10 +20,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from fgo_common.runtime.settings import env_field, load_settings
 
-from fgo_localcluster import nodes
+from fgo_localcluster import nodehost, nodes
 
 if TYPE_CHECKING:
     from kubernetes_asyncio import client
+
+    from fgo_localcluster.realnode import RealNode
 
 T = TypeVar("T")
 
@@ -213,3 +217,115 @@ def log_excerpts(paths: dict[str, Path], offsets: dict[str, int], lines: int) ->
 
 def pod_phase(pod: Any) -> str | None:
     return pod.status.phase if pod is not None and pod.status is not None else None
+
+
+# ----------------------------------------------------------------------------- real nodes
+
+# Host paths the kubelet, CNI and containerd would write if a real node were not isolated.
+HOST_PATHS = (
+    "/var/lib/kubelet",
+    "/var/log/containers",
+    "/var/log/pods",
+    "/var/lib/cni",
+    "/run/containerd",
+    "/var/run/cdi",
+    "/etc/containerd",
+    "/opt/containerd",
+)
+
+
+def _iptables_rules() -> str:
+    # Counters change with traffic; the rules are what matters.
+    out = subprocess.run(["iptables-save"], check=True, capture_output=True, text=True).stdout
+    return "\n".join(ln for ln in out.splitlines() if ln and ln[0] not in "#:")
+
+
+@dataclasses.dataclass(frozen=True)
+class HostSnapshot:
+    """What a real node must leave as it was on the host."""
+
+    ip_forward: str
+    iptables: str
+    links: frozenset[str]
+    existing_paths: frozenset[str]
+
+    @classmethod
+    def take(cls) -> HostSnapshot:
+        return cls(
+            Path("/proc/sys/net/ipv4/ip_forward").read_text().strip(),
+            _iptables_rules(),
+            frozenset(p.name for p in Path("/sys/class/net").iterdir()),
+            frozenset(p for p in HOST_PATHS if os.path.lexists(p)),
+        )
+
+
+def pids_in_namespaces(inodes: set[int]) -> list[str]:
+    """Processes whose mount or network namespace is one of ``inodes``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        for kind in ("mnt", "net"):
+            try:
+                if (proc / "ns" / kind).stat().st_ino in inodes:
+                    found.append(proc.name)
+                    break
+            except OSError:
+                continue
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeTraces:
+    """A running real node's marks on the host, taken before ``fgo cluster down``."""
+
+    state_dir: Path
+    cgroup_root: str
+    veth: str
+    namespace_inodes: frozenset[int]
+
+    @classmethod
+    def of(cls, node: RealNode) -> NodeTraces:
+        return cls(
+            node.state_dir,
+            node.cgroup_root,
+            node.veth,
+            frozenset({node.layout.net_ns.stat().st_ino, node.layout.mnt_ns.stat().st_ino}),
+        )
+
+    def processes(self) -> list[str]:
+        return pids_in_namespaces(set(self.namespace_inodes))
+
+
+def leftovers(traces: NodeTraces, before: HostSnapshot) -> list[str]:
+    """What a stopped real node left behind (empty: nothing): mounts under the state dir,
+    processes in its namespaces, its cgroups, links, and any change to ``ip_forward``, the
+    iptables rules or the host paths of :data:`HOST_PATHS`."""
+    problems = []
+    if mounts := nodehost.mounts_under(traces.state_dir):
+        problems.append(f"mounts under the state dir: {mounts[:5]}")
+    if pids := nodehost.cgroup_pids(traces.cgroup_root):
+        problems.append(f"processes in the node's cgroups: {pids[:10]}")
+    rel = traces.cgroup_root.lstrip("/")
+    if cgroups := [str(h / rel) for h in nodehost.cgroup_hierarchies() if (h / rel).exists()]:
+        problems.append(f"cgroups: {cgroups[:5]}")
+    if kubepods := [str(h) for h in nodehost.cgroup_hierarchies() if (h / "kubepods").exists()]:
+        problems.append(f"kubepods cgroups at the root of {kubepods[:3]}")
+    # Other real nodes on this machine share the binaries, not the namespaces.
+    if pids_ns := traces.processes():
+        problems.append(f"processes in the node's namespaces: {pids_ns[:10]}")
+    after = HostSnapshot.take()
+    if nodehost.link_exists(traces.veth):
+        problems.append(f"link {traces.veth}")
+    # Links others create meanwhile are not ours; ours all start with "fgo".
+    if links := {n for n in after.links if n.startswith("fgo")} - before.links:
+        problems.append(f"links {sorted(links)}")
+    if after.ip_forward != before.ip_forward:
+        problems.append(f"ip_forward {before.ip_forward} -> {after.ip_forward}")
+    if after.iptables != before.iptables:
+        problems.append("iptables rules changed")
+    if after.existing_paths != before.existing_paths:
+        problems.append(
+            f"host paths: {sorted(after.existing_paths ^ before.existing_paths)} appeared/vanished"
+        )
+    return problems
