@@ -52,19 +52,25 @@ integration: setup tools node-tools host-deps images ## Integration tests agains
 	FGO_BIN_DIR=$(TOOLS_BIN) $(PYTEST) -m integration tests/images tests/integration tests/chart tests/badinput $(UNIT_PATHS) tests/faults
 
 .PHONY: e2e
-e2e: setup tools node-tools host-deps ## End-to-end scenarios: the chart installed into the local control plane
+e2e: setup tools node-tools host-deps images ## End-to-end scenarios: the chart installed into the local control plane, and on a real node (root)
 	FGO_BIN_DIR=$(TOOLS_BIN) $(PYTEST) -m e2e tests/e2e
 
+# test_real_node.py runs every pod of the chart from its image already; once is enough.
 .PHONY: e2e-images
 e2e-images: setup tools node-tools host-deps images ## The e2e scenarios again, every Deployment of the chart running from its image (runc)
-	FGO_BIN_DIR=$(TOOLS_BIN) FGO_E2E_RUNTIME=containers $(PYTEST) -m e2e tests/e2e
+	FGO_BIN_DIR=$(TOOLS_BIN) FGO_E2E_RUNTIME=containers $(PYTEST) -m e2e tests/e2e \
+		--ignore=tests/e2e/test_real_node.py
 
 .PHONY: test
 test: lint types unit integration e2e e2e-images ## THE test command (CI runs this): lint, types, unit, integration, e2e (processes and images)
 
+# `make demo REAL_NODE=1` (root): also a real kubelet + containerd node running the chart's pods
+# and a GPU pod to `kubectl exec ... nvidia-smi` into (needs the node tools and the images).
+REAL_NODE ?=
+
 .PHONY: demo
-demo: setup tools ## Start a local simulated GPU cluster with two KWOK GPU nodes and a GPU pod
-	FGO_BIN_DIR=$(TOOLS_BIN) $(UV_RUN) fgo demo --state-dir $(STATE_DIR)
+demo: setup tools $(if $(REAL_NODE),node-tools images) ## Start a local simulated GPU cluster with two KWOK GPU nodes and a GPU pod (REAL_NODE=1: plus a real node)
+	FGO_BIN_DIR=$(TOOLS_BIN) $(UV_RUN) fgo demo --state-dir $(STATE_DIR) $(if $(REAL_NODE),--real-node)
 
 .PHONY: cluster-up
 cluster-up: setup tools ## Start the local control plane only

@@ -275,6 +275,18 @@ def pids_in_namespaces(inodes: set[int]) -> list[str]:
     return found
 
 
+def _describe_pid(pid: str) -> str:
+    """``(state) command line`` of a process, for a failure message."""
+    try:
+        cmdline = (Path("/proc") / pid / "cmdline").read_bytes().replace(b"\0", b" ").strip()
+        stat = (Path("/proc") / pid / "stat").read_text()
+        state = stat[stat.rindex(")") + 2 :].split()[0]
+        ppid = stat[stat.rindex(")") + 2 :].split()[1]
+    except (OSError, ValueError, IndexError):
+        return "(gone)"
+    return f"({state}, ppid {ppid}) {cmdline.decode(errors='replace')[:200]}"
+
+
 @dataclasses.dataclass(frozen=True)
 class NodeTraces:
     """A running real node's marks on the host, taken before ``fgo cluster down``."""
@@ -313,7 +325,10 @@ def leftovers(traces: NodeTraces, before: HostSnapshot) -> list[str]:
         problems.append(f"kubepods cgroups at the root of {kubepods[:3]}")
     # Other real nodes on this machine share the binaries, not the namespaces.
     if pids_ns := traces.processes():
-        problems.append(f"processes in the node's namespaces: {pids_ns[:10]}")
+        problems.append(
+            "processes in the node's namespaces: "
+            + ", ".join(f"{p} {_describe_pid(p)}" for p in pids_ns[:10])
+        )
     after = HostSnapshot.take()
     if nodehost.link_exists(traces.veth):
         problems.append(f"link {traces.veth}")
