@@ -207,6 +207,9 @@ def test_ctrl_c_ends_a_loop_quietly_and_pipes_may_close(bundle: Path, state: Pat
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As from a terminal: a test run started in the background (`make test &`) inherits an
+        # ignored SIGINT, and Python keeps it ignored in the child.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
     ) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         lines = [proc.stdout.readline() for _ in range(16)]  # two rounds of 8 GPUs
