@@ -69,7 +69,7 @@ async def _down(cluster: LocalCluster, args: argparse.Namespace) -> int:
 async def _demo(cluster: LocalCluster, args: argparse.Namespace) -> int:
     from fgo_localcluster.demo import run_demo
 
-    return await run_demo(cluster, node_count=args.nodes)
+    return await run_demo(cluster, node_count=args.nodes, real_node=args.real_node)
 
 
 async def _status(cluster: LocalCluster, args: argparse.Namespace) -> int:
@@ -328,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="control plane + the chart (services as local processes) + KWOK GPU nodes + a GPU pod",
     )
     demo.add_argument("--nodes", type=int, default=2, help="KWOK GPU nodes in pool default")
+    demo.add_argument(
+        "--real-node",
+        action="store_true",
+        help="also add a real node (root; make node-tools images): the chart's pods run there "
+        "from their images, with a GPU pod to `kubectl exec ... nvidia-smi` into",
+    )
     demo.set_defaults(func=_demo)
     return parser
 

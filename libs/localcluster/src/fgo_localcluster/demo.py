@@ -4,6 +4,12 @@ A local control plane, the chart installed with its defaults (the seed's two Tes
 in pool ``default``), our services running as local processes under the chart's identities, two
 KWOK nodes labelled into the pool, and the seed README's GPU pod Running on one of them. Prints
 what a user wants to see, and leaves the cluster running.
+
+``--real-node`` (root, ``make node-tools images``) also adds one real node (kubelet +
+containerd) to pool ``default`` and runs the operator as it runs anywhere: every pod of the
+chart, from its image, on that node (the KWOK nodes are tainted, so the Deployments land there
+too), nothing as a local process; plus a GPU pod of the test image on the real node, in which
+``nvidia-smi`` answers.
 """
 
 from __future__ import annotations
@@ -12,13 +18,17 @@ import asyncio
 import time
 from typing import Any
 
-from fgo_localcluster import nodes
+from fgo_localcluster import nodes, realnode
 from fgo_localcluster.cluster import LocalCluster, default_progress
+from fgo_localcluster.nodeconfig import SANDBOX_IMAGE
 from fgo_localcluster.operator import LocalOperator
 from fgo_localcluster.tools import find_repo_root
 
 GPU_RESOURCE = "nvidia.com/gpu"
 DEMO_POD = "gpu-pod"
+REAL_NODE = realnode.DEFAULT_NODE_NAME
+REAL_POD = "gpu-pod-real"
+TEST_IMAGE = "localhost/fgo/gpu-test:bookworm"
 
 
 def demo_pod(namespace: str = "default") -> dict[str, Any]:
@@ -58,6 +68,28 @@ def demo_pod(namespace: str = "default") -> dict[str, Any]:
     }
 
 
+def real_node_pod(namespace: str = "default") -> dict[str, Any]:
+    """A GPU pod on the real node: the test image (a shell), one GPU, waiting to be exec'ed."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": REAL_POD, "namespace": namespace},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": REAL_NODE},
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": TEST_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["/bin/bash", "-c", "nvidia-smi -L; exec sleep infinity"],
+                    "resources": {"limits": {GPU_RESOURCE: "1", "cpu": "100m", "memory": "64Mi"}},
+                }
+            ],
+        },
+    }
+
+
 async def _wait(what: str, check: Any, timeout_s: float = 120.0) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -69,7 +101,48 @@ async def _wait(what: str, check: Any, timeout_s: float = 120.0) -> Any:
         await asyncio.sleep(0.5)
 
 
-async def run_demo(cluster: LocalCluster | None = None, node_count: int = 2) -> int:
+async def _add_real_node(cluster: LocalCluster) -> None:
+    say = default_progress
+    index = dict(realnode.images_from_index())
+    services = [n for n in index if n.startswith("ghcr.io/fake-gpu-operator/")]
+    missing = [n for n in (SANDBOX_IMAGE, TEST_IMAGE) if n not in index]
+    if missing or not services:
+        raise realnode.RealNodeError(
+            f"the images are not in {realnode.image_index_path()}; run `make images` first"
+        )
+    bin_dir = await realnode.resolve_node_bin_dir(say)
+    node = realnode.RealNode(cluster.state_dir, REAL_NODE, say)
+    await node.add("default", bin_dir, images=[(n, index[n]) for n in index])
+
+
+async def _wait_operator_pods(api: Any, namespace: str, timeout_s: float = 300.0) -> list[Any]:
+    """Every DaemonSet of the release with its pod on the real node and every Deployment Ready,
+    and the real node's GPUs registered by the device plugin; returns the release's pods."""
+    from kubernetes_asyncio import client
+
+    apps = client.AppsV1Api(api)
+    core = client.CoreV1Api(api)
+
+    async def ready() -> list[Any]:
+        for ds in (await apps.list_namespaced_daemon_set(namespace)).items:
+            st = ds.status
+            if not st.desired_number_scheduled or st.number_ready != st.desired_number_scheduled:
+                return []
+        for deploy in (await apps.list_namespaced_deployment(namespace)).items:
+            if (deploy.status.ready_replicas or 0) < (deploy.spec.replicas or 0):
+                return []
+        node = await core.read_node(REAL_NODE)
+        if int((node.status.allocatable or {}).get(GPU_RESOURCE, "0")) < 1:
+            return []
+        pods = (await core.list_namespaced_pod(namespace)).items
+        return [p for p in pods if p.metadata.deletion_timestamp is None]
+
+    return list(await _wait("the operator's pods Ready on the real node", ready, timeout_s))
+
+
+async def run_demo(
+    cluster: LocalCluster | None = None, node_count: int = 2, *, real_node: bool = False
+) -> int:
     from kubernetes_asyncio import client
     from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -87,8 +160,15 @@ async def run_demo(cluster: LocalCluster | None = None, node_count: int = 2) -> 
         state_dir=cluster.state_dir,
         progress=say,
     )
-    workloads = await operator.install()
-    await operator.start(workloads)
+    if real_node:
+        await _add_real_node(cluster)
+        # The operator's own pods on the real node replace any local processes of an earlier
+        # `fgo demo` in this cluster.
+        await operator.stop()
+        await operator.install(set_values=["image.pullPolicy=Never"])
+    else:
+        workloads = await operator.install()
+        await operator.start(workloads)
 
     async with nodes.api_client(cluster.kubeconfig) as api:
         core = client.CoreV1Api(api)
@@ -117,28 +197,86 @@ async def run_demo(cluster: LocalCluster | None = None, node_count: int = 2) -> 
             return pod if pod.status.phase == "Running" else None
 
         pod = await _wait("the GPU pod to run", pod_running)
+        operator_pods: list[Any] = []
+        real_pod: Any = None
+        if real_node:
+            # A GPU pod of an earlier run may have been admitted by the node before its device
+            # plugin registered again (`down` keeps the kubelet's checkpoints): start afresh.
+            try:
+                await core.delete_namespaced_pod(REAL_POD, "default", grace_period_seconds=0)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
 
-    exporter_port = operator.ports("nvidia-dcgm-exporter-kwok").get("metrics")
+            async def gone() -> bool:
+                try:
+                    await core.read_namespaced_pod(REAL_POD, "default")
+                except ApiException as exc:
+                    if exc.status == 404:
+                        return True
+                    raise
+                return False
+
+            await _wait("the previous GPU pod on the real node to go", gone)
+            operator_pods = await _wait_operator_pods(api, operator.namespace)
+            await core.create_namespaced_pod("default", real_node_pod())  # type: ignore[arg-type]
+
+            async def real_pod_running() -> Any:
+                found = await core.read_namespaced_pod(REAL_POD, "default")
+                return found if found.status.phase == "Running" else None
+
+            real_pod = await _wait("the GPU pod on the real node to run", real_pod_running)
+            real = await core.read_node(REAL_NODE)
+            ready.append(real)
+
+    kubectl = cluster.bin_dir / "kubectl"
     print()
     print(f"Simulated GPU cluster ready in {time.monotonic() - t0:.0f}s.")
     print()
     print("Nodes and their GPUs:")
     for node in sorted(ready, key=lambda n: n.metadata.name):
         labels = node.metadata.labels or {}
+        kind = "KWOK" if labels.get("type") == "kwok" else "real kubelet + containerd"
         print(
             f"  {node.metadata.name:<20} {GPU_RESOURCE}="
-            f"{node.status.allocatable.get(GPU_RESOURCE)}  "
-            f"product={labels.get('nvidia.com/gpu.product', '?')}"
+            f"{(node.status.allocatable or {}).get(GPU_RESOURCE)}  "
+            f"product={labels.get('nvidia.com/gpu.product', '?')}  ({kind})"
         )
     print()
     print(f"GPU pod: default/{DEMO_POD} is {pod.status.phase} on {pod.spec.node_name}")
-    if exporter_port:
-        print(
-            f"Metrics: curl -s http://127.0.0.1:{exporter_port}/metrics | grep DCGM_FI_DEV_GPU_UTIL"
-        )
+    if real_node:
+        print(f"GPU pod: default/{REAL_POD} is {real_pod.status.phase} on {REAL_NODE}:")
+        print(f"  {kubectl} exec {REAL_POD} -- nvidia-smi")
+        print()
+        print(f"The operator's pods (namespace {operator.namespace}), real containers:")
+        for p in sorted(operator_pods, key=lambda p: p.metadata.name):
+            print(
+                f"  {p.metadata.name:<46} {p.status.phase:<8} {p.spec.node_name:<12} "
+                f"{p.status.pod_ip}"
+            )
+        exporter = [
+            p for p in operator_pods if p.metadata.name.startswith("nvidia-dcgm-exporter-kwok-")
+        ]
+        if exporter:
+            print(
+                f"Metrics: curl -s http://{exporter[0].status.pod_ip}:9400/metrics "
+                "| grep DCGM_FI_DEV_GPU_UTIL"
+            )
+        print("Debug the node: uv run fgo cluster node-exec -- crictl ps")
+    else:
+        exporter_port = operator.ports("nvidia-dcgm-exporter-kwok").get("metrics")
+        if exporter_port:
+            print(
+                f"Metrics: curl -s http://127.0.0.1:{exporter_port}/metrics "
+                "| grep DCGM_FI_DEV_GPU_UTIL"
+            )
     print()
     print(f"kubeconfig: export KUBECONFIG={cluster.kubeconfig}")
-    print(f"kubectl:    {cluster.bin_dir / 'kubectl'} get nodes,pods -A")
-    print(f"logs:       {cluster.state_dir / 'logs'} and {operator.dir / 'logs'}")
+    print(f"kubectl:    {kubectl} get nodes,pods -A")
+    if real_node:
+        node_logs = cluster.state_dir / "nodes" / REAL_NODE / "logs"
+        print(f"logs:       {kubectl} logs -n {operator.namespace} <pod>; node: {node_logs}")
+    else:
+        print(f"logs:       {cluster.state_dir / 'logs'} and {operator.dir / 'logs'}")
     print("stop:       make cluster-down")
     return 0
