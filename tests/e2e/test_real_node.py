@@ -735,17 +735,13 @@ def test_no_service_was_refused_an_api_call(env: Env) -> None:
 
 def test_cluster_down_leaves_nothing_behind(env: Env) -> None:
     traces = NodeTraces.of(env.node)
-    assert traces.processes(), "node namespaces hold no process?"
-    started = time.monotonic()
-    env.cluster.stop_sync()
-    env.timings["cluster down"] = time.monotonic() - started
-    # Processes SIGKILLed by `down` may take a moment to leave the kernel (seen once: four
-    # still listed right after `down` returned, gone a moment later); a leftover stays one.
     try:
-        wait_for(
-            lambda: not leftovers(traces, env.host_before),
-            timeout_s=10,
-            what="nothing left behind",
-        )
-    except AssertionError:
+        assert traces.processes(), "node namespaces hold no process?"
+        started = time.monotonic()
+        env.cluster.stop_sync()
+        env.timings["cluster down"] = time.monotonic() - started
+        # Mounts, processes in the node's namespaces, cgroups, links, ip_forward, iptables
+        # rules, and the host paths a kubelet/containerd that were not isolated would write.
         assert leftovers(traces, env.host_before) == []
+    finally:
+        traces.close()

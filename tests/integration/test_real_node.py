@@ -253,16 +253,19 @@ def test_add_again_after_kill_9_restarts_only_what_died(env: RealNodeEnv) -> Non
 def test_down_after_kill_9_leaves_nothing_behind(env: RealNodeEnv) -> None:
     node = env.node
     traces = NodeTraces.of(node)
-    assert traces.processes(), "node namespaces hold no process?"
-    assert nodehost.cgroup_pids(traces.cgroup_root), "no pod processes to clean up (earlier tests?)"
-    # The worst case: containerd and the kubelet die, shims and containers keep running.
-    for component in ("containerd", "kubelet"):
-        rec = node.pid_record(component)
-        assert rec is not None
-        os.kill(rec.pid, signal.SIGKILL)
+    try:
+        assert traces.processes(), "node namespaces hold no process?"
+        assert nodehost.cgroup_pids(traces.cgroup_root), "no pod processes to clean up?"
+        # The worst case: containerd and the kubelet die, shims and containers keep running.
+        for component in ("containerd", "kubelet"):
+            rec = node.pid_record(component)
+            assert rec is not None
+            os.kill(rec.pid, signal.SIGKILL)
 
-    env.cluster.stop_sync()
+        env.cluster.stop_sync()
 
-    # Mounts, cgroups, processes in the node's namespaces, links, ip_forward, iptables rules,
-    # and the host paths a non-isolated kubelet/containerd would write.
-    assert leftovers(traces, env.host_before) == []
+        # Mounts, cgroups, processes in the node's namespaces, links, ip_forward, iptables
+        # rules, and the host paths a non-isolated kubelet/containerd would write.
+        assert leftovers(traces, env.host_before) == []
+    finally:
+        traces.close()

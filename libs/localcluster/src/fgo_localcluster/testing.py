@@ -8,6 +8,7 @@ that are cleaned up, and the component-log excerpts attached to failing tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import re
@@ -289,24 +290,38 @@ def _describe_pid(pid: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class NodeTraces:
-    """A running real node's marks on the host, taken before ``fgo cluster down``."""
+    """A running real node's marks on the host, taken before ``fgo cluster down``.
+
+    Holds open file descriptors of the node's mount and network namespaces until ``close``:
+    a namespace's inode number is reused by the next namespace anyone creates once it is
+    freed, so without them a process of an unrelated new namespace could look like a leftover.
+    """
 
     state_dir: Path
     cgroup_root: str
     veth: str
     namespace_inodes: frozenset[int]
+    fds: tuple[int, ...]
 
     @classmethod
     def of(cls, node: RealNode) -> NodeTraces:
+        pins = (node.layout.net_ns, node.layout.mnt_ns)
+        fds = tuple(os.open(p, os.O_RDONLY | os.O_CLOEXEC) for p in pins)
         return cls(
             node.state_dir,
             node.cgroup_root,
             node.veth,
-            frozenset({node.layout.net_ns.stat().st_ino, node.layout.mnt_ns.stat().st_ino}),
+            frozenset(os.fstat(fd).st_ino for fd in fds),
+            fds,
         )
 
     def processes(self) -> list[str]:
         return pids_in_namespaces(set(self.namespace_inodes))
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def leftovers(traces: NodeTraces, before: HostSnapshot) -> list[str]:
