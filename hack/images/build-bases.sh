@@ -16,6 +16,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=hack/images/lib.sh
 source "$here/lib.sh"
 fgo_need_buildah
+fgo_lock_store
 mkdir -p "$FGO_IMAGES_DIR"
 
 key=$(cat "$here/build-bases.sh" "$here/lib.sh" "$here"/bases/*.Dockerfile "$here/pause/pause.c" \

@@ -14,6 +14,7 @@ root="$(cd "$here/../.." && pwd)"
 # shellcheck source=hack/images/lib.sh
 source "$here/lib.sh"
 fgo_need_buildah
+fgo_lock_store
 cd "$root"
 
 : "${REGISTRY:?}" "${TAG:?}" "${SERVICES:?}"

@@ -46,6 +46,20 @@ fgo_rm_build_containers() {
       --runroot "$FGO_BUILDAH_RUNROOT" --storage-driver overlay rm >/dev/null || true
 }
 
+# One image build at a time per store: two clones building at once would each remove the
+# other's working containers (fgo_rm_build_containers) and race on tags. Held until exit; child
+# scripts (build-bases.sh under buildah-build.sh) inherit it.
+fgo_lock_store() {
+  [[ -n "${FGO_IMAGES_LOCK_HELD:-}" ]] && return 0
+  mkdir -p "$FGO_IMAGES_DIR"
+  exec 9>>"$FGO_IMAGES_DIR/.build.lock"
+  if ! flock -n 9; then
+    echo "waiting for another image build on this machine to finish ($FGO_IMAGES_DIR) ..."
+    flock 9
+  fi
+  export FGO_IMAGES_LOCK_HELD=1
+}
+
 fgo_need_buildah() {
   if ! command -v buildah >/dev/null 2>&1; then
     echo "make images: buildah is not installed; run 'make host-deps' (Debian package buildah) or use a machine with a Docker engine" >&2
