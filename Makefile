@@ -44,7 +44,7 @@ types: setup ## mypy --strict over every package's src/
 	$(UV_RUN) mypy libs/*/src services/*/src
 
 .PHONY: unit
-unit: setup ## Unit tests (pure logic, fast)
+unit: setup tools ## Unit tests (pure logic, fast; the chart tests render with the pinned helm)
 	$(PYTEST) -m "not integration and not e2e" $(UNIT_PATHS) tests/conformance tests/repo tests/chart tests/badinput
 
 .PHONY: integration
