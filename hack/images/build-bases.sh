@@ -118,5 +118,5 @@ fgo_rm_build_containers
 touch "$stamp"
 echo "base images built in $(( $(date +%s) - started ))s (key $key):"
 for image in "${all[@]}"; do
-  printf '  %-40s %s\n' "$image" "$(fgo_buildah images --noheading --format '{{.Size}}' "$image" | head -1)"
+  printf '  %-40s %s\n' "$image" "$(fgo_image_size "$image")"
 done

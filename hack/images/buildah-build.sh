@@ -75,7 +75,7 @@ for service in $SERVICES; do
   if [[ -n "$PUSH" ]]; then
     fgo_buildah push "$image" "docker://$image"
   fi
-  report+=("$(printf '%-52s %10s %8s' "$image" "$(fgo_buildah images --noheading --format '{{.Size}}' "$image" | head -1)" "$took")")
+  report+=("$(printf '%-52s %10s %8s' "$image" "$(fgo_image_size "$image")" "$took")")
 done
 
 # The real node's own images go into the index too (exported once; they change with bases).

@@ -71,6 +71,7 @@ fgo_need_buildah() {
   fi
 }
 
-fgo_size_mb() {
+# The uncompressed size buildah reports, e.g. "209 MB" (decimal units).
+fgo_image_size() {
   fgo_buildah images --noheading --format '{{.Size}}' "$1" | head -1
 }
