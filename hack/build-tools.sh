@@ -45,6 +45,24 @@ targets=(
   "helm helm.sh/helm/v3/cmd/helm"
 )
 
+# heartbeat PID MESSAGE START: while PID runs, print MESSAGE and the time since START (epoch
+# seconds) every 30 s.
+heartbeat() {
+  local pid=$1 message=$2 started=$3 last now
+  last=$(date +%s)
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 1
+    now=$(date +%s)
+    if (( now - last >= 30 )) && kill -0 "$pid" 2>/dev/null; then
+      echo "$message: $(( (now - started) / 60 ))m$(( (now - started) % 60 ))s elapsed"
+      last=$now
+    fi
+  done
+}
+# A build still running when this script stops (Ctrl-C, an error) is stopped with it.
+build_pid=""
+trap 'if [[ -n "$build_pid" ]]; then kill "$build_pid" 2>/dev/null || true; fi' EXIT
+
 total=${#targets[@]}
 i=0
 cd "$tools"
@@ -59,7 +77,12 @@ for entry in "${targets[@]}"; do
   echo "[$i/$total] building $name from $pkg (first build on this machine; several minutes) ..."
   start=$(date +%s)
   # Build to a temp name and rename, so an interrupted build never leaves a broken binary.
-  CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out/.$name.tmp" "$pkg"
+  # In the background, so a heartbeat can say what is going on: a first build is silent for
+  # minutes otherwise, which reads as a hang.
+  CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out/.$name.tmp" "$pkg" &
+  build_pid=$!
+  heartbeat "$build_pid" "[$i/$total] still building $name" "$start"
+  wait "$build_pid"
   mv "$out/.$name.tmp" "$out/$name"
   echo "[$i/$total] $name built in $(( $(date +%s) - start ))s"
 done
