@@ -22,9 +22,23 @@ import structlog
 from fgo_common import annotations as ann
 from fgo_common.config import ClusterConfig, ConfigError, load_cluster_config
 from fgo_common.faults import FAULTS_LABEL
-from fgo_common.kube.errors import is_conflict, is_not_found, raise_for_status, status_of
+from fgo_common.kube.errors import (
+    describe_error,
+    is_conflict,
+    is_not_found,
+    raise_for_status,
+    status_of,
+)
 from fgo_common.kube.retry import Backoff, retrying
-from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent, slim_node
+from fgo_common.kube.served import DRA_GROUP, DRA_READ_VERSIONS, ServedVersionList
+from fgo_common.kube.watch import (
+    DELETED,
+    SYNCED,
+    Reflector,
+    ResourceNotServed,
+    WatchEvent,
+    slim_node,
+)
 from fgo_common.names import GPU_OPERATOR_LABELS
 from fgo_common.profiles.custom import PROFILES_DATA_KEY, CustomProfileError, custom_catalog
 from fgo_common.runtime.runner import ServiceContext, TaskFactory
@@ -100,7 +114,7 @@ class Controller:
         self.ctx = ctx
         self.namespace = settings.namespace
         self.core = client.CoreV1Api(api)
-        self.resource = client.ResourceV1Api(api)
+        self.api = api
         self.custom = client.CustomObjectsApi(api)
         self.metrics = Metrics(ctx.registry)
         self.events = EventRecorder(
@@ -156,7 +170,12 @@ class Controller:
             namespace=ns,
             field_selector=f"metadata.name={self.settings.topology_cm_name}",
         )
-        claims = Reflector(self.resource.list_resource_claim_for_all_namespaces, name="claims")
+        # Claims through the newest served of resource.k8s.io v1/v1beta2/v1beta1: the fields
+        # read (status.allocation.devices.results, reservedFor) are the same in all three.
+        claims = Reflector(
+            ServedVersionList(self.api, DRA_GROUP, "resourceclaims", DRA_READ_VERSIONS),
+            name="claims",
+        )
         gpu_faults = Reflector(
             core.list_namespaced_config_map,
             name="gpu-faults",
@@ -197,29 +216,43 @@ class Controller:
         *,
         optional: bool = False,
     ) -> TaskFactory:
+        absent = False
+
         async def consume() -> None:
+            nonlocal absent
             async for event in reflector.events(self.ctx.stop):
                 if event.type == SYNCED:
+                    if absent:
+                        absent = False
+                        log.info("watch.api_present", watch=reflector.name)
                     self._part_synced(part)
                     continue
                 for node in handle(event):
                     self._mark(node)
 
         async def run(ctx: ServiceContext) -> None:
+            nonlocal absent
             while not ctx.stop.is_set():
                 try:
                     await ctx.until_stopped(consume())
                     return
-                except Exception as exc:
-                    if not optional or status_of(exc) not in (403, 404):
+                except ResourceNotServed as exc:
+                    if not optional:
                         raise
-                    # The API (resource.k8s.io/v1) or CRD (PodGroups) is not served: nothing to
-                    # know about it; look again later, and forget what an earlier list said.
-                    log.info("watch.api_absent", watch=reflector.name, status=status_of(exc))
-                    for obj in list(reflector.cache.values()):
-                        for node in handle(WatchEvent(DELETED, obj)):
+                    # The API (resource.k8s.io) or CRD (PodGroups) is not served: nothing to
+                    # know about it; forget what an earlier list said, look again later. One
+                    # info line when it goes away, one when it comes back.
+                    if not absent:
+                        log.info(
+                            "watch.api_absent",
+                            watch=reflector.name,
+                            detail=exc.detail,
+                            recheck_seconds=self.settings.optional_api_retry_seconds,
+                        )
+                    absent = True
+                    for event in reflector.forget():
+                        for node in handle(event):
                             self._mark(node)
-                    reflector.cache.clear()
                     self._part_synced(part)
                     await ctx.sleep(self.settings.optional_api_retry_seconds)
 
@@ -371,7 +404,7 @@ class Controller:
                     log.warning(
                         "reconcile.failed",
                         node=node,
-                        error=str(exc)[:300] or type(exc).__name__,
+                        error=describe_error(exc),
                         retry_in=round(delay, 2),
                     )
                     self.metrics.reconciles.labels("error").inc()

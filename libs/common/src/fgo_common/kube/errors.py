@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -69,13 +70,49 @@ def retry_after_seconds(exc: BaseException) -> float | None:
     return None
 
 
+def _status_message(body: object) -> str:
+    """``message`` of the ``Status`` object an apiserver error body carries, else ''."""
+    if isinstance(body, bytes):
+        body = body.decode(errors="replace")
+    if not isinstance(body, str) or not body:
+        return ""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return body.strip().splitlines()[0] if body.strip() else ""
+    return str(parsed.get("message") or "") if isinstance(parsed, dict) else ""
+
+
+def describe_error(exc: BaseException, limit: int = 300) -> str:
+    """One log line for an error: for an apiserver answer its status code, reason and the
+    ``Status`` message (``403 Forbidden: resourceclaims.resource.k8s.io is forbidden: ...``),
+    never the response headers kubernetes-asyncio puts into ``str(ApiException)``."""
+    status = status_of(exc)
+    if status is not None:
+        reason = getattr(exc, "reason", None) or getattr(exc, "message", None) or ""
+        message = _status_message(getattr(exc, "body", None))
+        text = f"{status} {reason}".strip() + (f": {message}" if message else "")
+    else:
+        lines = str(exc).strip().splitlines()
+        text = lines[0] if lines else type(exc).__name__
+    text = " ".join(text.split())
+    return text[:limit] or type(exc).__name__
+
+
+class KubeApiError(ApiException):
+    """An ``ApiException`` whose ``str`` is :func:`describe_error`'s one line."""
+
+    def __str__(self) -> str:
+        return describe_error(self)
+
+
 async def raise_for_status(resp: aiohttp.ClientResponse) -> None:
     """With ``_preload_content=False`` kubernetes-asyncio hands back the raw response without
     checking its status; turn a non-2xx answer into the ``ApiException`` callers classify."""
     if 200 <= resp.status <= 299:
         return
     body = await resp.read()
-    exc = ApiException(status=resp.status, reason=resp.reason)
+    exc = KubeApiError(status=resp.status, reason=resp.reason)
     exc.body = body
     exc.headers = resp.headers
     resp.release()

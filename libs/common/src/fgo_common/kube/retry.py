@@ -12,6 +12,7 @@ from typing import TypeVar
 import structlog
 
 from fgo_common.kube.errors import (
+    describe_error,
     is_auth_failure,
     is_conflict,
     is_transient,
@@ -62,7 +63,7 @@ async def retrying(
                 what=what,
                 attempt=attempt + 1,
                 delay=round(delay, 2),
-                error=str(exc)[:200],
+                error=describe_error(exc, 200),
             )
             await asyncio.sleep(delay)
     raise AssertionError("unreachable")

@@ -5,6 +5,12 @@ server-side timeout -> on 410 Gone (HTTP status or ERROR event) relist and diff 
 so deletions that happened meanwhile are still delivered -> on connection errors back off with
 jitter and resume from the last seen resourceVersion. Objects are plain dicts (the JSON the
 apiserver sent): model deserialisation costs more than everything else a controller does.
+
+"Not served" is the one answer a reflector does not retry: a 404 to the list (or the watch) of a
+collection means the apiserver does not serve that group/version/resource (an API switched off,
+a CRD not installed or deleted), so :meth:`Reflector.events` raises :class:`ResourceNotServed`
+and the caller decides (an optional API is looked for again later). Everything else with a status
+(401/403 while a restarted apiserver fills its caches, 429, 5xx) is retried with back-off.
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ import aiohttp
 import structlog
 
 from fgo_common.kube.errors import (
+    describe_error,
     is_api_error,
     is_auth_failure,
     is_gone,
+    is_not_found,
     is_transient,
     raise_for_status,
 )
@@ -87,6 +95,18 @@ class WatchExpired(Exception):
     """The resourceVersion we watch from is no longer available (410 Gone)."""
 
 
+class ResourceNotServed(Exception):
+    """The apiserver answered 404 to the list or watch of a collection: it does not serve this
+    resource (API group/version switched off or unknown, CRD not installed). The signal is the
+    list's own answer, not API discovery: it is the exact question the reflector asks, costs no
+    extra request and cannot disagree with a stale discovery document."""
+
+    def __init__(self, watch: str, detail: str) -> None:
+        super().__init__(f"{watch}: not served ({detail})")
+        self.watch = watch
+        self.detail = detail
+
+
 class Reflector:
     """Keeps ``cache`` equal to the server's view of one resource and yields the changes."""
 
@@ -117,6 +137,15 @@ class Reflector:
         self.relists = 0
         self.restarts = 0
         self.expirations = 0  # 410 Gone answers (each followed by a relist)
+
+    def forget(self) -> list[WatchEvent]:
+        """Empty the cache (the resource is gone from the server) and return a DELETED event for
+        each object it held; the next :meth:`events` starts with a fresh list."""
+        gone = [WatchEvent(DELETED, obj) for obj in self.cache.values()]
+        self.cache = {}
+        self.resource_version = ""
+        self.synced.clear()
+        return gone
 
     async def _list(self) -> tuple[list[Obj], str]:
         """One consistent list, fetched in pages (``limit``/``continue``, as client-go does):
@@ -203,7 +232,8 @@ class Reflector:
     async def events(self, stop: asyncio.Event) -> AsyncIterator[WatchEvent]:
         """Yield changes forever (until ``stop``). The first call lists; a later call on the
         same reflector resumes watching from where the previous one stopped (relisting only if
-        that resourceVersion has expired meanwhile)."""
+        that resourceVersion has expired meanwhile). Raises :class:`ResourceNotServed` when the
+        apiserver does not serve the resource (the cache is left as it was)."""
         need_list = not self.synced.is_set()
         failures = 0
         while not stop.is_set():
@@ -226,6 +256,8 @@ class Reflector:
                     if event_type == "ERROR":
                         if obj.get("code") == 410:
                             raise WatchExpired(obj.get("message", "410 Gone"))
+                        if obj.get("code") == 404:
+                            raise ResourceNotServed(self.name, str(obj.get("message", "404")))
                         raise RuntimeError(f"watch error: {obj.get('message', obj)}")
                     self.resource_version = obj["metadata"]["resourceVersion"]
                     change = self._apply(event_type, obj)
@@ -239,6 +271,8 @@ class Reflector:
                 self.expirations += 1
                 need_list = True
             except Exception as exc:
+                if is_not_found(exc):
+                    raise ResourceNotServed(self.name, describe_error(exc, 200)) from None
                 if is_gone(exc):
                     log.info("watch.expired", watch=self.name)
                     self.expirations += 1
@@ -262,7 +296,7 @@ class Reflector:
                 report(
                     "watch.retry",
                     watch=self.name,
-                    error=str(exc)[:200] or type(exc).__name__,
+                    error=describe_error(exc, 200),
                     delay=round(delay, 2),
                 )
                 with contextlib.suppress(TimeoutError):
