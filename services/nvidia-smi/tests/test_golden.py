@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 
+import pytest
 from smi_golden import DATE, assert_lines, assert_q_text, assert_xml
 from smi_testlib import Runner, reference
 
@@ -183,3 +185,24 @@ def test_driver_failure_without_state(smi: Runner, tmp_path: object) -> None:
         "Make sure that the latest NVIDIA driver is installed and running.\n"
     )
     assert "/nonexistent/fake-gpu/topology.json" in result.err
+
+
+SECTIONS = Path(__file__).resolve().parent / "golden_sections"
+# Sample summaries move with the load; their layout and the engines listed must not.
+SAMPLE_VOLATILE = {
+    f"{engine} Utilization Samples/{key}"
+    for engine in ("GPU", "Memory", "ENC", "DEC", "JPG", "OFA")
+    for key in ("Duration", "Number of Samples", "Max", "Min", "Avg")
+}
+
+
+@pytest.mark.parametrize("name", ["utilization", "performance", "clock"])
+def test_display_sections(smi: Runner, name: str) -> None:
+    """``-q -d UTILIZATION|PERFORMANCE|CLOCK``: the capture's blocks of that section plus the
+    blocks r580 prints only on request (JPG/OFA samples, clock samples), in the driver's order.
+    Transcripts derived from smi_q.txt (golden_sections/, see the README there)."""
+    lines = (SECTIONS / f"smi_q_d_{name}.txt").read_text().splitlines(keepends=True)
+    command, expected, code = lines[0][2:].strip(), "".join(lines[1:-1]), int(lines[-1][6:-2])
+    result = smi(*_args(command))
+    assert result.code == code
+    assert_q_text(result.out, expected, Q_VOLATILE | SAMPLE_VOLATILE)

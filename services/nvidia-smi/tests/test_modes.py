@@ -361,6 +361,7 @@ def test_display_sections_add_sample_summaries(smi: Runner) -> None:
     assert "    Power Samples\n" in smi("-q", "-d", "POWER", node=node).out
     full = smi("-q", node=node).out
     assert "Utilization Samples" not in full and "Power Samples" not in full
+    assert "Clock Samples" not in full and "Clock Samples" in smi("-q", "-d", "CLOCK").out
 
 
 def test_reservation_pods_are_not_processes(smi: Runner) -> None:

@@ -240,6 +240,9 @@ def _utilization_samples(gpu: GpuView) -> list[Node]:
         ("Memory Utilization Samples", [float(h.mem_copy_util) for h in history]),
         ("ENC Utilization Samples", [float(h.encoder_util) for h in history]),
         ("DEC Utilization Samples", [float(h.decoder_util) for h in history]),
+        # r580 also summarises the JPEG and OFA engines; nothing simulated uses them.
+        ("JPG Utilization Samples", [0.0 for _ in history]),
+        ("OFA Utilization Samples", [0.0 for _ in history]),
     )
     nodes = [_samples_block(label, values, "%", ".0f") for label, values in blocks]
     for node in nodes:
@@ -254,6 +257,24 @@ def _power_samples(gpu: GpuView) -> list[Node]:
     )
     node.section = "POWER_SAMPLES"
     return [node]
+
+
+def _clock_samples() -> list[Node]:
+    """``-q -d CLOCK`` only. The r580 driver keeps no clock sample buffer on the H100: every
+    line of both blocks reads ``Not Found``."""
+    nodes = []
+    for label in ("SM Clock Samples", "Memory Clock Samples"):
+        node = group(
+            label,
+            None,
+            *(
+                leaf(key, None, "Not Found")
+                for key in ("Duration", "Number of Samples", "Max", "Min", "Avg")
+            ),
+        )
+        node.section = "CLOCK_SAMPLES"
+        nodes.append(node)
+    return nodes
 
 
 def gpu_tree(gpu: GpuView, driver: str) -> list[Node]:
@@ -493,7 +514,7 @@ def gpu_tree(gpu: GpuView, driver: str) -> list[Node]:
                 ),
             ),
         ),
-        leaf("Sparse Operation Mode", "sparse_operation_mode", "Disabled"),
+        _in("PERFORMANCE", leaf("Sparse Operation Mode", "sparse_operation_mode", "Disabled")),
         group(
             "FB Memory Usage",
             "fb_memory_usage",
@@ -760,6 +781,7 @@ def gpu_tree(gpu: GpuView, driver: str) -> list[Node]:
             leaf("Graphics", "graphics_clock", _mhz(p.clock_sm_max_mhz)),
             section="CLOCK",
         ),
+        *_clock_samples(),
         group(
             "Clock Policy",
             "clock_policy",
@@ -859,11 +881,17 @@ def render_query_text(snapshot: Snapshot, sections: list[str] | None = None) -> 
     """``nvidia-smi -q [-d SECTION,...]``."""
     wanted = set(sections or ())
     # Blocks the full report leaves out; each belongs to the -d section that asks for it.
-    only_on_request = {"SUPPORTED_CLOCKS_TEXT", "UTILIZATION_SAMPLES", "POWER_SAMPLES"}
+    only_on_request = {
+        "SUPPORTED_CLOCKS_TEXT",
+        "UTILIZATION_SAMPLES",
+        "POWER_SAMPLES",
+        "CLOCK_SAMPLES",
+    }
     for section, extra in (
         ("SUPPORTED_CLOCKS", "SUPPORTED_CLOCKS_TEXT"),
         ("UTILIZATION", "UTILIZATION_SAMPLES"),
         ("POWER", "POWER_SAMPLES"),
+        ("CLOCK", "CLOCK_SAMPLES"),
     ):
         if section in wanted:
             wanted.add(extra)
