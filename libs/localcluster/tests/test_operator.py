@@ -56,3 +56,52 @@ def test_daemonsets_as_their_pod_on_a_node() -> None:
     assert workload.service_account == "fgo-dra-plugin"
     assert workload.env == {"MODE": "node", "NODE_NAME": "node-7"}
     assert workload.ports == {"health": 8080}
+
+
+def test_ports_of_an_earlier_run_are_kept_while_free() -> None:
+    import socket
+
+    from fgo_localcluster.layout import fresh_port
+    from fgo_localcluster.operator import LocalWorkload, local_ports
+
+    workload = LocalWorkload(
+        name="exporter",
+        namespace="ns",
+        service_account="sa",
+        module="m",
+        env={"HEALTH_PORT": "8080", "METRICS_ADDRESS": ":9400"},
+        ports={"health": 8080, "metrics": 9400},
+    )
+    health, metrics = fresh_port(), fresh_port()
+    env, ports = local_ports(workload, {"health": health, "metrics": metrics})
+    assert ports == {"health": health, "metrics": metrics}
+    assert env == {"HEALTH_PORT": str(health), "METRICS_ADDRESS": f":{metrics}"}
+    # Taken by something else meanwhile: a fresh port instead.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", metrics))
+        taken.listen()
+        _, ports = local_ports(workload, {"health": health, "metrics": metrics})
+    assert ports["health"] == health
+    assert ports["metrics"] != metrics
+
+
+def test_status_lists_processes_and_stable_urls() -> None:
+    from pathlib import Path
+
+    from fgo_localcluster.cli import format_operator
+    from fgo_localcluster.operator import WorkloadStatus
+
+    text = "\n".join(
+        format_operator(
+            [
+                WorkloadStatus("ns", "exporter", 42, "ok", {"health": 1, "metrics": 2}, Path("l")),
+                WorkloadStatus("ns", "updater", None, "down", {"health": 3}, Path("u.log")),
+            ]
+        )
+    )
+    assert "ns/exporter" in text
+    assert "health=1 metrics=2" in text
+    assert "exporter: http://127.0.0.1:2/metrics" in text
+    assert "ns/updater" in text
+    assert "down" in text
+    assert format_operator([]) == []

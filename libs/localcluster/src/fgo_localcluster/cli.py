@@ -16,6 +16,7 @@ from fgo_localcluster.cluster import ClusterError, ClusterStatus, LocalCluster
 from fgo_localcluster.layout import COMPONENTS, Ports
 from fgo_localcluster.nodeconfig import SANDBOX_IMAGE
 from fgo_localcluster.nodetools import NodeToolsError
+from fgo_localcluster.operator import WorkloadStatus
 from fgo_localcluster.tools import ToolsError
 
 
@@ -23,7 +24,35 @@ def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**20:.0f} MiB"
 
 
-def format_status(st: ClusterStatus) -> str:
+def format_operator(workloads: list[WorkloadStatus]) -> list[str]:
+    """The operator's local processes (``fgo demo``): pid, health, ports, log; metrics URLs."""
+    if not workloads:
+        return []
+    lines = [
+        "",
+        "The operator's services run as local processes under the chart's ServiceAccounts "
+        "(their pods stay Pending: KWOK nodes run no containers):",
+        f"{'SERVICE':<38} {'PID':>7}  {'HEALTH':<8} {'PORTS':<28} LOG",
+    ]
+    for w in workloads:
+        ports = " ".join(f"{name}={port}" for name, port in sorted(w.ports.items())) or "-"
+        health = w.health if w.health in ("ok", "down") else "unhealthy"
+        lines.append(
+            f"{w.namespace + '/' + w.name:<38} {w.pid or '-':>7}  {health:<8} {ports:<28} {w.log}"
+        )
+        if health == "unhealthy":
+            lines.append(f"{'':<38} {'':>7}  {w.health}")
+    urls = [
+        f"  {w.name}: http://127.0.0.1:{w.ports['metrics']}/metrics"
+        for w in workloads
+        if "metrics" in w.ports
+    ]
+    if urls:
+        lines += ["metrics (ports kept in the state dir across restarts):", *urls]
+    return lines
+
+
+def format_status(st: ClusterStatus, workloads: list[WorkloadStatus] | None = None) -> str:
     lines = [
         f"state dir:  {st.state_dir}",
         f"kubeconfig: {st.kubeconfig}",
@@ -44,6 +73,7 @@ def format_status(st: ClusterStatus) -> str:
             f"nodes: {st.nodes_total} ({st.nodes_ready} Ready)"
             + (f"; KWOK nodes by pool: {pools}" if pools else "")
         )
+    lines += format_operator(workloads or [])
     return "\n".join(lines)
 
 
@@ -59,10 +89,23 @@ async def _up(cluster: LocalCluster, args: argparse.Namespace) -> int:
 
 
 async def _down(cluster: LocalCluster, args: argparse.Namespace) -> int:
+    # Looked at first: a `down` that finds nothing says so instead of exiting silently (a
+    # wrong --state-dir / STATE_DIR otherwise looks like success).
+    found = (
+        any(cluster.is_running(n) for n in COMPONENTS)
+        or bool(realnode.active_node_names(cluster.state_dir))
+        or any(w.pid for w in await operator.workload_statuses(cluster.state_dir))
+    )
     # The operator's processes (`fgo demo`) first: they would only log errors without the API.
     for outcome in await operator.stop_all(cluster.state_dir):
-        print(f"fgo: {outcome}", file=sys.stderr)
+        if not outcome.endswith(": not running"):
+            print(f"fgo: {outcome}", file=sys.stderr)
     await cluster.stop(purge=args.purge)
+    if not found:
+        where = "no cluster state there" if not cluster.state_dir.exists() else "nothing running"
+        print(f"fgo: nothing to stop in {cluster.state_dir} ({where})", file=sys.stderr)
+    else:
+        print(f"fgo: stopped everything of {cluster.state_dir}", file=sys.stderr)
     return 0
 
 
@@ -74,9 +117,75 @@ async def _demo(cluster: LocalCluster, args: argparse.Namespace) -> int:
 
 async def _status(cluster: LocalCluster, args: argparse.Namespace) -> int:
     await cluster.resolve_bin_dir()
-    st = await cluster.status()
-    print(format_status(st))
-    return 0 if st.healthy else 1
+    st, workloads = await asyncio.gather(
+        cluster.status(), operator.workload_statuses(cluster.state_dir)
+    )
+    print(format_status(st, workloads))
+    return 0 if st.healthy and all(w.healthy for w in workloads) else 1
+
+
+async def _nvidia_smi(cluster: LocalCluster, args: argparse.Namespace) -> int:
+    from fgo_localcluster import smi
+    from fgo_localcluster.rest import Rest, RestError
+
+    if bool(args.pod) == bool(args.node):
+        print("fgo: say what to show: <namespace>/<pod> or --node NODE", file=sys.stderr)
+        return 2
+    ns = args.operator_namespace
+    try:
+        async with Rest(cluster.server, cluster.layout.pki) as api:
+            workloads = []
+            for kind in ("deployments", "daemonsets"):
+                workloads += (await api.get(f"/apis/apps/v1/namespaces/{ns}/{kind}"))["items"]
+            settings = smi.operator_settings(workloads)
+            pod: dict[str, Any] | None = None
+            if args.pod:
+                pod_ns, _, pod_name = args.pod.rpartition("/")
+                pod_ns = pod_ns or "default"
+                pod = await api.get(f"/api/v1/namespaces/{pod_ns}/pods/{pod_name}")
+                node = str((pod.get("spec") or {}).get("nodeName") or "")
+                if not node:
+                    raise smi.SmiError(f"pod {pod_ns}/{pod_name} is not scheduled to a node yet")
+            else:
+                node = args.node
+            record = smi.record_name(settings, node)
+            try:
+                topology = smi.record_of(
+                    await api.get(f"/api/v1/namespaces/{ns}/configmaps/{record}"), node
+                )
+            except RestError as exc:
+                if exc.status != 404:
+                    raise
+                raise smi.SmiError(
+                    f"node {node} has no topology record ({ns}/{record}): is it in a GPU pool "
+                    "(run.ai/simulated-gpu-node-pool) and is the operator running (`fgo cluster "
+                    "status`)?"
+                ) from exc
+            if pod is not None:
+                container = smi.container_name(pod, args.container)
+                claims: dict[str, Any] = {}
+                for claim, _ in smi.container_claims(pod, container):
+                    try:
+                        claims[claim] = await api.get(
+                            f"/apis/resource.k8s.io/v1/namespaces/{pod_ns}/resourceclaims/{claim}"
+                        )
+                    except RestError as exc:
+                        if exc.status != 404:
+                            raise
+                env = smi.pod_env(pod, container, topology, claims, settings)
+                what = f"{pod_ns}/{pod_name} (container {container}) on {node}"
+            else:
+                env = {smi.SEED_ENV: settings.seed}
+                what = f"node {node} (every GPU)"
+    except RestError as exc:
+        print(f"fgo: {exc}", file=sys.stderr)
+        return 1
+    except smi.SmiError as exc:
+        print(f"fgo: {exc}", file=sys.stderr)
+        return 1
+    inputs = " ".join(f"{k}={v}" for k, v in sorted(env.items()))
+    print(f"fgo: nvidia-smi as {what} sees it: {inputs}", file=sys.stderr, flush=True)
+    return await smi.run_smi(topology, env, args.smi_args, args.smi)
 
 
 async def _env(cluster: LocalCluster, args: argparse.Namespace) -> int:
@@ -335,11 +444,48 @@ def build_parser() -> argparse.ArgumentParser:
         "from their images, with a GPU pod to `kubectl exec ... nvidia-smi` into",
     )
     demo.set_defaults(func=_demo)
+
+    nsmi = top.add_parser(
+        "nvidia-smi",
+        parents=[common],
+        help="run nvidia-smi as a GPU pod sees it (its GPUs, its node's record, the seed), on "
+        "KWOK and real nodes alike; arguments for nvidia-smi go after --",
+        usage="fgo nvidia-smi [options] (NAMESPACE/POD | --node NODE) [-- NVIDIA-SMI-ARGS...]",
+    )
+    nsmi.add_argument("pod", nargs="?", help="NAMESPACE/POD (namespace default if omitted)")
+    nsmi.add_argument("--node", default=None, help="a whole node: every GPU of its record")
+    nsmi.add_argument(
+        "-c", "--container", default=None, help="default: the one `kubectl exec` picks"
+    )
+    nsmi.add_argument(
+        "--operator-namespace",
+        default="gpu-operator",
+        help="namespace of the chart (its settings and the node records)",
+    )
+    nsmi.add_argument(
+        "--smi",
+        type=Path,
+        default=None,
+        help="nvidia-smi executable to run (default: the workspace's; e.g. the bundle "
+        "build/nvidia-smi/dist/nvidia-smi/nvidia-smi)",
+    )
+    nsmi.set_defaults(func=_nvidia_smi)
     return parser
 
 
+def split_smi_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(fgo's arguments, nvidia-smi's): in ``fgo nvidia-smi POD -- -L`` everything after the
+    first ``--`` belongs to nvidia-smi, whose options argparse must not try to read."""
+    if argv[:1] == ["nvidia-smi"] and "--" in argv:
+        cut = argv.index("--")
+        return argv[:cut], argv[cut + 1 :]
+    return argv, []
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    own, smi_args = split_smi_args(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(own)
+    args.smi_args = smi_args
     ports = Ports(
         apiserver=getattr(args, "apiserver_port", 0), etcd_client=getattr(args, "etcd_port", 0)
     )

@@ -15,14 +15,19 @@ too), nothing as a local process; plus a GPU pod of the test image on the real n
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import shlex
+import textwrap
 import time
+from pathlib import Path
 from typing import Any
 
 from fgo_localcluster import nodes, realnode
 from fgo_localcluster.cluster import LocalCluster, default_progress
 from fgo_localcluster.nodeconfig import SANDBOX_IMAGE
-from fgo_localcluster.operator import LocalOperator
-from fgo_localcluster.tools import find_repo_root
+from fgo_localcluster.operator import LocalOperator, WorkloadStatus, workload_statuses
+from fgo_localcluster.rest import Rest, RestError
+from fgo_localcluster.tools import env_settings, find_repo_root
 
 GPU_RESOURCE = "nvidia.com/gpu"
 DEMO_POD = "gpu-pod"
@@ -88,6 +93,64 @@ def real_node_pod(namespace: str = "default") -> dict[str, Any]:
             ],
         },
     }
+
+
+def state_dir_flag(state_dir: Path) -> str:
+    """`` --state-dir DIR`` for the commands the demo prints, empty for the default one: a
+    printed command must act on this cluster whatever shell it is pasted into."""
+    repo = find_repo_root()
+    default = (repo / ".fgo" / "cluster").resolve() if repo is not None else None
+    if env_settings().state_dir is None and state_dir.resolve() == default:
+        return ""
+    return f" --state-dir {shlex.quote(str(state_dir))}"
+
+
+async def explain_pending_pods(
+    cluster: LocalCluster, namespace: str, workloads: list[WorkloadStatus]
+) -> list[str]:
+    """An Event on each Pending pod of the chart whose program runs as a local process, saying
+    so (``kubectl describe pod`` is where a newcomer looks); returns the pods' names."""
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    explained = []
+    async with Rest(cluster.server, cluster.layout.pki) as api:
+        pods = (await api.get(f"/api/v1/namespaces/{namespace}/pods"))["items"]
+        for pod in pods:
+            meta = pod["metadata"]
+            owner = next((w for w in workloads if meta["name"].startswith(f"{w.name}-")), None)
+            if owner is None or (pod.get("status") or {}).get("phase") != "Pending":
+                continue
+            explained.append(meta["name"])
+            sa = (pod.get("spec") or {}).get("serviceAccountName", "default")
+            event = {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": f"{meta['name']}.fgo-{owner.pid}", "namespace": namespace},
+                "involvedObject": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": meta["name"],
+                    "namespace": namespace,
+                    "uid": meta.get("uid", ""),
+                },
+                "reason": "RunsAsLocalProcess",
+                "message": (
+                    f"fgo demo runs this pod's program as local process {owner.pid} with the "
+                    f"pod's env and ServiceAccount {sa}'s token (log {owner.log}); KWOK nodes "
+                    "run no containers, so this pod stays Pending. `uv run fgo cluster status"
+                    f"{state_dir_flag(cluster.state_dir)}` lists the processes."
+                ),
+                "type": "Normal",
+                "source": {"component": "fgo-demo"},
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "count": 1,
+            }
+            try:
+                await api.request("POST", f"/api/v1/namespaces/{namespace}/events", body=event)
+            except RestError as exc:
+                if exc.status != 409:  # already said, by an earlier run of this process
+                    raise
+    return explained
 
 
 async def _wait(what: str, check: Any, timeout_s: float = 120.0) -> Any:
@@ -197,6 +260,9 @@ async def run_demo(
             return pod if pod.status.phase == "Running" else None
 
         pod = await _wait("the GPU pod to run", pod_running)
+        if not real_node:
+            # Ready before the summary lists them (a second demo finds the pod Running at once).
+            await operator.wait_ready([w.name for w in workloads])
         operator_pods: list[Any] = []
         real_pod: Any = None
         if real_node:
@@ -229,7 +295,7 @@ async def run_demo(
             real = await core.read_node(REAL_NODE)
             ready.append(real)
 
-    kubectl = cluster.bin_dir / "kubectl"
+    flag = state_dir_flag(cluster.state_dir)
     print()
     print(f"Simulated GPU cluster ready in {time.monotonic() - t0:.0f}s.")
     print()
@@ -243,10 +309,13 @@ async def run_demo(
             f"product={labels.get('nvidia.com/gpu.product', '?')}  ({kind})"
         )
     print()
-    print(f"GPU pod: default/{DEMO_POD} is {pod.status.phase} on {pod.spec.node_name}")
+    print(f"GPU pod: default/{DEMO_POD} is {pod.status.phase} on {pod.spec.node_name}.")
+    print("  KWOK nodes run no containers (no `kubectl exec`); nvidia-smi as the pod sees it:")
+    print(f"  uv run fgo nvidia-smi{flag} default/{DEMO_POD}        # -- -L, -- -q, ...")
+    print(f"  uv run fgo nvidia-smi{flag} --node {pod.spec.node_name}")
     if real_node:
         print(f"GPU pod: default/{REAL_POD} is {real_pod.status.phase} on {REAL_NODE}:")
-        print(f"  {kubectl} exec {REAL_POD} -- nvidia-smi")
+        print(f"  kubectl exec {REAL_POD} -- nvidia-smi")
         print()
         print(f"The operator's pods (namespace {operator.namespace}), real containers:")
         for p in sorted(operator_pods, key=lambda p: p.metadata.name):
@@ -262,21 +331,43 @@ async def run_demo(
                 f"Metrics: curl -s http://{exporter[0].status.pod_ip}:9400/metrics "
                 "| grep DCGM_FI_DEV_GPU_UTIL"
             )
-        print("Debug the node: uv run fgo cluster node-exec -- crictl ps")
+        print(f"Debug the node: uv run fgo cluster node-exec{flag} -- crictl ps")
     else:
+        processes = [
+            w
+            for w in await workload_statuses(cluster.state_dir)
+            if w.namespace == operator.namespace and w.pid
+        ]
+        explained = await explain_pending_pods(cluster, operator.namespace, processes)
+        print()
+        print(
+            textwrap.fill(
+                "The operator runs as local processes, not in its pods. KWOK nodes run no "
+                f"containers, so the chart's own pods in namespace {operator.namespace} "
+                f"({', '.join(sorted(explained)) or 'none yet'}) stay Pending "
+                "(FailedScheduling): expected here. Each of their programs runs on this "
+                "machine instead, with the pod's environment and its ServiceAccount's token "
+                "(an Event on each pod says so):",
+                width=100,
+                break_on_hyphens=False,
+            )
+        )
+        for w in processes:
+            ports = " ".join(f"{k}={v}" for k, v in sorted(w.ports.items()))
+            print(f"  {w.name:<28} pid {w.pid:<8} {w.health:<6} {ports}")
         exporter_port = operator.ports("nvidia-dcgm-exporter-kwok").get("metrics")
         if exporter_port:
             print(
                 f"Metrics: curl -s http://127.0.0.1:{exporter_port}/metrics "
-                "| grep DCGM_FI_DEV_GPU_UTIL"
+                "| grep DCGM_FI_DEV_GPU_UTIL   (port kept across restarts)"
             )
     print()
-    print(f"kubeconfig: export KUBECONFIG={cluster.kubeconfig}")
-    print(f"kubectl:    {kubectl} get nodes,pods -A")
+    print(f"status:  uv run fgo cluster status{flag}   (processes, health, URLs, logs)")
+    print(f'kubectl: eval "$(uv run fgo cluster env{flag})"; kubectl get nodes,pods -A')
     if real_node:
         node_logs = cluster.state_dir / "nodes" / REAL_NODE / "logs"
-        print(f"logs:       {kubectl} logs -n {operator.namespace} <pod>; node: {node_logs}")
+        print(f"logs:    kubectl logs -n {operator.namespace} <pod>; node: {node_logs}")
     else:
-        print(f"logs:       {cluster.state_dir / 'logs'} and {operator.dir / 'logs'}")
-    print("stop:       make cluster-down")
+        print(f"logs:    {cluster.state_dir / 'logs'} and {operator.dir / 'logs'}")
+    print(f"stop:    uv run fgo cluster down{flag}")
     return 0

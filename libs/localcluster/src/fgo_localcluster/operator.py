@@ -13,7 +13,8 @@ plays a node's kubelet gets them for that node (``node_workloads``) and starts t
 Listen ports are the one thing that differs: every pod has its own network namespace, local
 processes share one, so each environment variable whose value is one of the container's ports
 is pointed at a free loopback port instead (the mapping is kept by port name, ``metrics``,
-``health``).
+``health``, in ``<name>.ports.json``). A restart reuses the recorded ports while they are free,
+like the control plane's (``cluster.json``), so printed URLs stay valid across ``down``/``up``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from typing import Any
 import yaml
 
 from fgo_localcluster import process
-from fgo_localcluster.layout import fresh_port, write_atomic
+from fgo_localcluster.layout import fresh_port, port_is_free, write_atomic
 from fgo_localcluster.oci import ContainerRuntime, Mount, remove_all
 
 # Image repository (last path element) -> Python module of the service it runs.
@@ -164,15 +165,22 @@ def node_workloads_from_manifest(
     return out
 
 
-def local_ports(workload: LocalWorkload) -> tuple[dict[str, str], dict[str, int]]:
+def local_ports(
+    workload: LocalWorkload, previous: Mapping[str, int] | None = None
+) -> tuple[dict[str, str], dict[str, int]]:
     """Env overrides moving every listen port of ``workload`` to a free loopback port.
 
     A variable whose value is a container port (``9400``, ``:9400``, ``0.0.0.0:9400``) names
-    that port; it gets the new port in the same form. Returns (env overrides, name -> port).
+    that port; it gets the new port in the same form. ``previous`` (port name -> local port of
+    an earlier run) is reused where still free. Returns (env overrides, name -> port).
     """
     moved: dict[int, int] = {}
-    for port in workload.ports.values():
-        moved[port] = fresh_port(set(moved.values()))
+    for name, port in workload.ports.items():
+        old = (previous or {}).get(name)
+        if old and old not in moved.values() and port_is_free(old):
+            moved[port] = old
+        else:
+            moved[port] = fresh_port(set(moved.values()))
     overrides: dict[str, str] = {}
     for var, value in workload.env.items():
         match = re.fullmatch(r"(?P<host>[^:]*:)?(?P<port>\d+)", value)
@@ -319,7 +327,7 @@ class LocalOperator:
         for workload in workloads:
             await self.stop_one(workload.name)
             kubeconfig = await self._token_kubeconfig(workload)
-            port_env, ports = local_ports(workload)
+            port_env, ports = local_ports(workload, self.ports(workload.name))
             env = {
                 **workload.env,
                 **port_env,
@@ -399,6 +407,66 @@ class LocalOperator:
             }
         except (OSError, ValueError):
             return {}
+
+
+@dataclass(frozen=True)
+class WorkloadStatus:
+    """One workload a LocalOperator started under a state dir, as ``fgo cluster status`` shows
+    it."""
+
+    namespace: str
+    name: str
+    pid: int | None  # None: not running
+    # "ok" (answers /readyz), "not ready (...)", "down"
+    health: str
+    ports: dict[str, int]
+    log: Path
+
+    @property
+    def healthy(self) -> bool:
+        return self.health == "ok"
+
+
+async def _readyz(port: int | None) -> str:
+    if port is None:
+        return "ok"  # nothing to ask; running is all we know
+    import aiohttp
+
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session,
+            session.get(f"http://127.0.0.1:{port}/readyz") as resp,
+        ):
+            return "ok" if resp.status == 200 else f"not ready (HTTP {resp.status})"
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return f"not ready ({type(exc).__name__})"
+
+
+async def workload_statuses(state_dir: Path) -> list[WorkloadStatus]:
+    """Every workload with a pid file under ``state_dir``'s operator dir: pid, /readyz, ports."""
+
+    async def one(pid_file: Path) -> WorkloadStatus:
+        ns_dir, name = pid_file.parent, pid_file.stem
+        record = process.PidRecord.read(pid_file)
+        running = record is not None and process.is_running(record)
+        ports: dict[str, int] = {}
+        with contextlib.suppress(OSError, ValueError):
+            ports = {
+                k: int(v)
+                for k, v in json.loads((ns_dir / f"{name}.ports.json").read_text()).items()
+            }
+        health = await _readyz(ports.get("health")) if running else "down"
+        return WorkloadStatus(
+            namespace=ns_dir.name,
+            name=name,
+            pid=record.pid if record is not None and running else None,
+            health=health,
+            ports=ports,
+            log=ns_dir / "logs" / f"{name}.log",
+        )
+
+    pid_files = sorted(operator_dir(state_dir).glob("*/*.pid"))
+    return list(await asyncio.gather(*(one(p) for p in pid_files)))
 
 
 def operator_dir(state_dir: Path) -> Path:
