@@ -164,10 +164,15 @@ async def _nvidia_smi(cluster: LocalCluster, args: argparse.Namespace) -> int:
             if pod is not None:
                 container = smi.container_name(pod, args.container)
                 claims: dict[str, Any] = {}
-                for claim, _ in smi.container_claims(pod, container):
+                used = smi.container_claims(pod, container)
+                if used:
+                    # The newest version served: an older apiserver may serve no v1 yet.
+                    group = await api.get("/apis/resource.k8s.io")
+                    version = group["preferredVersion"]["groupVersion"]
+                for claim, _ in used:
                     try:
                         claims[claim] = await api.get(
-                            f"/apis/resource.k8s.io/v1/namespaces/{pod_ns}/resourceclaims/{claim}"
+                            f"/apis/{version}/namespaces/{pod_ns}/resourceclaims/{claim}"
                         )
                     except RestError as exc:
                         if exc.status != 404:
