@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -746,3 +747,16 @@ async def test_workload_class_from_podgroups_appearing_later(env: Env) -> None:
         )
     finally:
         await ext.delete_custom_resource_definition(PODGROUP_CRD["metadata"]["name"])
+    # Issue 19: absent, then present, each said once at info level; never a warning (the
+    # Reflector used to retry the 404 in place with a `watch.retry` warning every 15-30 s).
+    assert env.proc is not None
+    lines = env.proc.log_path.read_text().splitlines()
+    entries = [json.loads(line) for line in lines if line.startswith("{")]
+    said = [
+        e["event"]
+        for e in entries
+        if e.get("watch") == "podgroups" and e["event"].startswith("watch.")
+    ]
+    assert said[:2] == ["watch.api_absent", "watch.api_present"], said
+    loud = [e for e in entries if e.get("level") in ("warning", "error")]
+    assert not loud, loud

@@ -3,7 +3,8 @@
 Both DRA publishers call :func:`publish_pool` / :func:`withdraw_pool`. Slices are written with
 server-side apply (field manager = the publisher, forced): it creates or replaces in one call
 without a resourceVersion, so a stale cache never turns into a 409 loop, and ``devices`` is an
-atomic list in resource.k8s.io/v1, so applying replaces it whole. The stored objects the API
+atomic list in resource.k8s.io/v1 (and v1beta2, which :class:`SliceApi` writes where v1 is not
+served), so applying replaces it whole. The stored objects the API
 server returns are handed back so callers can update their caches before the watch catches up
 (otherwise a second reconcile against the stale cache would bump the generation again).
 """
@@ -16,18 +17,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from kubernetes_asyncio import client
 
 from fgo_common.dra import Obj, PoolPlan, PoolTarget, plan_pool
 from fgo_common.kube.errors import is_not_found, raise_for_status
 from fgo_common.kube.retry import retrying
+from fgo_common.kube.served import SliceApi
 
 log = structlog.get_logger(__name__)
 
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 
 
-async def apply_slice(api: client.ResourceV1Api, obj: Obj, field_manager: str) -> Obj:
+async def apply_slice(api: SliceApi, obj: Obj, field_manager: str) -> Obj:
     """Server-side apply ``obj``; returns the stored object."""
     name = obj["metadata"]["name"]
     # The stubs know neither _content_type nor the raw (unparsed) response.
@@ -52,7 +53,7 @@ async def apply_slice(api: client.ResourceV1Api, obj: Obj, field_manager: str) -
     return await retrying(call, what=f"apply ResourceSlice {name}")
 
 
-async def delete_slice(api: client.ResourceV1Api, name: str) -> bool:
+async def delete_slice(api: SliceApi, name: str) -> bool:
     """Delete slice ``name``; False if it was already gone."""
     untyped: Any = api
 
@@ -82,7 +83,7 @@ class PublishResult:
 
 
 async def apply_pool_plan(
-    api: client.ResourceV1Api, plan: PoolPlan, field_manager: str, *, node: str = ""
+    api: SliceApi, plan: PoolPlan, field_manager: str, *, node: str = ""
 ) -> PublishResult:
     """Apply every slice of the new generation first, then delete the surplus: between the two
     steps the scheduler sees an incomplete newer generation and simply waits for it."""
@@ -105,7 +106,7 @@ async def apply_pool_plan(
 
 
 async def publish_pool(
-    api: client.ResourceV1Api,
+    api: SliceApi,
     target: PoolTarget,
     devices: Sequence[Obj],
     existing: Iterable[Obj],
@@ -119,9 +120,7 @@ async def publish_pool(
     return await apply_pool_plan(api, plan, field_manager, node=target.node_name)
 
 
-async def withdraw_pool(
-    api: client.ResourceV1Api, existing: Iterable[Obj], *, node: str
-) -> list[str]:
+async def withdraw_pool(api: SliceApi, existing: Iterable[Obj], *, node: str) -> list[str]:
     """Delete every slice in ``existing`` (a node that is gone or no longer has GPUs)."""
     deleted = []
     for obj in existing:

@@ -411,6 +411,11 @@ class LocalCluster:
             record.ports,
             record.feature_gates,
             tools.env_settings().kwok_log_level,
+            runtime_config=(
+                components.RUNTIME_CONFIG
+                if record.runtime_config is None
+                else record.runtime_config
+            ),
         )
 
     def _spec(self, name: str) -> components.ComponentSpec:
@@ -442,6 +447,19 @@ class LocalCluster:
         stages = resources.files("fgo_localcluster").joinpath("kwok-stages.yaml").read_text()
         write_atomic(layout.kwok_stages, stages)
         record.feature_gates, record.feature_gates_key = await self._feature_gates(record)
+        if fresh or record.runtime_config is None:
+            record.kubernetes_minor = await self._apiserver_minor()
+            wanted = tools.env_settings().runtime_config
+            record.runtime_config = (
+                components.default_runtime_config(record.kubernetes_minor)
+                if wanted is None
+                else wanted
+            )
+            if record.runtime_config != components.RUNTIME_CONFIG:
+                self._say(
+                    f"kube-apiserver v1.{record.kubernetes_minor}: "
+                    f"--runtime-config={record.runtime_config or '(none)'}"
+                )
         record.save(layout.record)
 
     def _write_kubeconfigs(self, ports: Ports) -> None:
@@ -468,6 +486,16 @@ class LocalCluster:
                     ident.common_name,
                 ),
             )
+
+    async def _apiserver_minor(self) -> int | None:
+        proc = await asyncio.create_subprocess_exec(
+            str(self.bin_dir / "kube-apiserver"),
+            "--version",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await proc.communicate()
+        return components.kubernetes_minor(out.decode(errors="replace"))
 
     async def _feature_gates(self, record: ClusterRecord) -> tuple[dict[str, bool], str]:
         binary = self.bin_dir / "kube-apiserver"
@@ -551,14 +579,31 @@ class LocalCluster:
             self._say(f"kwok: released {len(stale)} node leases of the previous KWOK process")
 
     async def _apply_bootstrap_objects(self) -> None:
-        objects = [manifests.operator_namespace(), *manifests.nvidia_device_classes()]
         async with self._rest() as api:
-            for obj in objects:
-                await api.apply(obj, FIELD_MANAGER)
+            await api.apply(manifests.operator_namespace(), FIELD_MANAGER)
+            # The DeviceClasses in the newest DRA version served (the chart does the same);
+            # none on an apiserver that serves no DRA version we speak.
+            try:
+                group = await api.get("/apis/resource.k8s.io")
+                served = [str(v["version"]) for v in group.get("versions") or []]
+            except RestError as exc:
+                if exc.status != 404:
+                    raise
+                served = []
+            version = next((v for v in ("v1", "v1beta2", "v1beta1") if v in served), None)
+            classes = manifests.nvidia_device_classes()
+            if version is not None:
+                for obj in classes:
+                    await api.apply(
+                        {**obj, "apiVersion": f"resource.k8s.io/{version}"}, FIELD_MANAGER
+                    )
+        names = ", ".join(d["metadata"]["name"] for d in classes)
         self._say(
-            f"namespace {manifests.OPERATOR_NAMESPACE} and DeviceClasses "
-            f"{', '.join(d['metadata']['name'] for d in manifests.nvidia_device_classes())}"
-            " applied"
+            f"namespace {manifests.OPERATOR_NAMESPACE} and DeviceClasses {names} "
+            f"(resource.k8s.io/{version}) applied"
+            if version
+            else f"namespace {manifests.OPERATOR_NAMESPACE} applied; no DeviceClasses "
+            "(resource.k8s.io v1/v1beta2/v1beta1 not served)"
         )
 
     async def _wait_settled(self, timeout_s: float = 120.0) -> None:

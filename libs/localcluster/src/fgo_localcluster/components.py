@@ -36,6 +36,26 @@ WANTED_FEATURE_GATES = (
 # resource.k8s.io/v1 is GA and on by default; the beta versions are served too so objects from
 # older DRA drivers (and DeviceTaintRule, beta in v1beta2) can be created.
 RUNTIME_CONFIG = "resource.k8s.io/v1beta1=true,resource.k8s.io/v1beta2=true"
+_VERSION = re.compile(r"v1\.(?P<minor>\d+)\.")
+
+
+def kubernetes_minor(version_text: str) -> int | None:
+    """The minor of ``kube-apiserver --version`` output (``Kubernetes v1.31.14`` -> 31)."""
+    match = _VERSION.search(version_text)
+    return int(match["minor"]) if match else None
+
+
+def default_runtime_config(minor: int | None) -> str:
+    """What the apiserver of ``minor`` is started with: the DRA versions it can serve (1.33+:
+    v1beta1 and v1beta2 next to v1 (GA in 1.34); 1.32: v1beta1; 1.31 and older: nothing, DRA is
+    alpha there (v1alpha3) and this project does not speak it). An unknown version gets the
+    current default."""
+    if minor is None or minor >= 33:
+        return RUNTIME_CONFIG
+    if minor == 32:
+        return "resource.k8s.io/v1beta1=true"
+    return ""
+
 
 _GATE_LINE = re.compile(
     r"^\s*(?:kube:)?(?P<name>[A-Za-z0-9]+)=true\|false \((?P<stage>[A-Z]+) - "
@@ -118,7 +138,11 @@ def etcd_spec(bin_dir: Path, layout: StateLayout, ports: Ports) -> ComponentSpec
 
 
 def apiserver_spec(
-    bin_dir: Path, layout: StateLayout, ports: Ports, gates: dict[str, bool]
+    bin_dir: Path,
+    layout: StateLayout,
+    ports: Ports,
+    gates: dict[str, bool],
+    runtime_config: str = RUNTIME_CONFIG,
 ) -> ComponentSpec:
     pki = layout.pki
     argv = [
@@ -137,7 +161,7 @@ def apiserver_spec(
         f"--service-account-key-file={pki.sa_pub}",
         f"--service-account-signing-key-file={pki.sa_key}",
         "--allow-privileged=true",
-        f"--runtime-config={RUNTIME_CONFIG}",
+        *([f"--runtime-config={runtime_config}"] if runtime_config else []),
         # Aggregated API servers (metrics-server, custom metrics) authenticate the apiserver's
         # proxied requests with this front-proxy client certificate.
         f"--requestheader-client-ca-file={pki.front_proxy_ca_cert}",
@@ -254,11 +278,13 @@ def all_specs(
     ports: Ports,
     gates: dict[str, bool],
     kwok_log_level: str = "WARN",
+    *,
+    runtime_config: str = RUNTIME_CONFIG,
 ) -> dict[str, ComponentSpec]:
     """In start order."""
     specs = [
         etcd_spec(bin_dir, layout, ports),
-        apiserver_spec(bin_dir, layout, ports, gates),
+        apiserver_spec(bin_dir, layout, ports, gates, runtime_config),
         controller_manager_spec(bin_dir, layout, ports, gates),
         scheduler_spec(bin_dir, layout, ports, gates),
         kwok_spec(bin_dir, layout, ports, kwok_log_level),

@@ -47,6 +47,10 @@ class ClusterRecord:
     # Feature gates chosen from the apiserver's --help, cached per binary (size + mtime).
     feature_gates: dict[str, bool] = field(default_factory=dict)
     feature_gates_key: str = ""
+    # kube-apiserver --runtime-config (components.default_runtime_config or FGO_RUNTIME_CONFIG)
+    # and the apiserver's minor version, both chosen at the last fresh start.
+    runtime_config: str | None = None
+    kubernetes_minor: int | None = None
 
     @classmethod
     def load(cls, path: Path) -> ClusterRecord:
@@ -64,6 +68,8 @@ class ClusterRecord:
             ),
             feature_gates={str(k): bool(v) for k, v in raw.get("feature_gates", {}).items()},
             feature_gates_key=str(raw.get("feature_gates_key", "")),
+            runtime_config=raw.get("runtime_config"),
+            kubernetes_minor=raw.get("kubernetes_minor"),
         )
 
     def save(self, path: Path) -> None:

@@ -59,6 +59,14 @@ class EnvSettings:
         "Image index that add-real-node and load-images import (default: under FGO_CACHE_DIR).",
     )
 
+    runtime_config: str | None = env_field(
+        "FGO_RUNTIME_CONFIG",
+        None,
+        "kube-apiserver --runtime-config for the next fresh `up` (default: the DRA beta versions "
+        "the binary serves, see components.default_runtime_config); e.g. "
+        "`resource.k8s.io/v1=false,resource.k8s.io/v1beta1=true,resource.k8s.io/v1beta2=true` "
+        'for a cluster without resource.k8s.io/v1, `""` for no override at all.',
+    )
     kwok_log_level: str = env_field(
         "FGO_KWOK_LOG_LEVEL",
         "WARN",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from fgo_common.kube.client import api_client
+from fgo_common.kube.served import SliceApi, dra_write_version
 from fgo_common.runtime.entry import service_main
 from fgo_common.runtime.logging import configure_logging
 from fgo_common.runtime.runner import ServiceContext, run_tasks
@@ -18,7 +19,10 @@ COMPONENT = "dra-plugin"
 async def serve(settings: Settings) -> int:
     ctx = ServiceContext(name=COMPONENT)
     async with api_client(settings.kubeconfig or None) as api:
-        plugin = DraPlugin(api, settings, ctx)
+        version = await dra_write_version(api)
+        if version is None:
+            return 1  # dra.api_not_served said why, in one line
+        plugin = DraPlugin(api, settings, ctx, SliceApi(api, version))
         return await run_tasks(
             ctx,
             {"node": plugin.node.run, "kubelet": plugin.serve_kubelet},

@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 from fgo_common import dra
 from fgo_common.drapublish import publish_pool, withdraw_pool
+from fgo_common.kube.served import SliceApi
 from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent
 from fgo_common.nodestate import write_node_state
 from fgo_common.runtime.runner import ServiceContext
@@ -63,12 +64,17 @@ class NodeMetrics:
 
 class NodeAgent:
     def __init__(
-        self, api: client.ApiClient, settings: Settings, registry: CollectorRegistry
+        self,
+        api: client.ApiClient,
+        settings: Settings,
+        registry: CollectorRegistry,
+        slice_api: SliceApi | None = None,
     ) -> None:
         self.settings = settings
         self.options = dra.DeviceOptions(names=settings.names, unhealthy=settings.unhealthy_policy)
         self.core = client.CoreV1Api(api)
-        self.resource = client.ResourceV1Api(api)
+        # resource.k8s.io v1, or v1beta2 where v1 is not served (main.serve decides).
+        self.resource = slice_api or SliceApi(api)
         node = settings.node_name
         self.configmaps = Reflector(
             self.core.list_namespaced_config_map,

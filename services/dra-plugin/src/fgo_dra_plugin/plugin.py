@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 from fgo_common.kube.errors import is_not_found, raise_for_status
 from fgo_common.kube.retry import retrying
+from fgo_common.kube.served import SliceApi
 from fgo_common.runtime.runner import ServiceContext
 from kubernetes_asyncio import client
 
@@ -43,11 +44,17 @@ def container_setup(settings: Settings) -> ContainerSetup:
 
 
 class DraPlugin:
-    def __init__(self, api: client.ApiClient, settings: Settings, ctx: ServiceContext) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        settings: Settings,
+        ctx: ServiceContext,
+        slice_api: SliceApi | None = None,
+    ) -> None:
         self.settings = settings
         self.ctx = ctx
-        self._resource: Any = client.ResourceV1Api(api)
-        self.node = NodeAgent(api, settings, ctx.registry)
+        self._resource: Any = slice_api or SliceApi(api)
+        self.node = NodeAgent(api, settings, ctx.registry, self._resource)
         self.driver = Driver(
             driver_name=settings.driver,
             node_name=settings.node_name,

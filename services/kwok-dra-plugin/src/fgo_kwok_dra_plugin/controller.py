@@ -36,6 +36,7 @@ import structlog
 from fgo_common import dra
 from fgo_common.dra import Obj
 from fgo_common.drapublish import publish_pool, slice_pool_node, withdraw_pool
+from fgo_common.kube.served import SliceApi
 from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent, slim_node
 from fgo_common.runtime.runner import ServiceContext
 from fgo_common.topology import (
@@ -187,13 +188,20 @@ class Metrics:
 class KwokSliceController:
     """Reflectors + work queue + reconcile. ``run`` is the service's eternal task."""
 
-    def __init__(self, api: client.ApiClient, settings: Settings, registry: CollectorRegistry):
+    def __init__(
+        self,
+        api: client.ApiClient,
+        settings: Settings,
+        registry: CollectorRegistry,
+        slice_api: SliceApi | None = None,
+    ):
         self.settings = settings
         self.options = dra.DeviceOptions(
             names=settings.dra_names, unhealthy=settings.unhealthy_policy
         )
         self.core = client.CoreV1Api(api)
-        self.resource = client.ResourceV1Api(api)
+        # resource.k8s.io v1, or v1beta2 where v1 is not served (main.serve decides).
+        self.resource = slice_api or SliceApi(api)
         self.nodes = Reflector(self.core.list_node, name="nodes", transform=slim_node)
         self.configmaps = Reflector(
             self.core.list_namespaced_config_map,

@@ -17,6 +17,7 @@ import structlog
 from kubernetes_asyncio import client
 
 from fgo_common.kube.errors import KubeApiError, raise_for_status
+from fgo_common.kube.retry import retrying
 
 log = structlog.get_logger(__name__)
 
@@ -83,3 +84,52 @@ class ServedVersionList:
         return await untyped.list_cluster_custom_object(
             self.group, self.version, self.plural, **kwargs
         )
+
+
+class SliceApi:
+    """ResourceSlice (and ResourceClaim read) calls in one served version of resource.k8s.io,
+    for the DRA publishers: what they write is built as ``resource.k8s.io/v1`` and sent with the
+    chosen version's apiVersion (``v1beta2`` objects have ``v1``'s shape)."""
+
+    def __init__(self, api: client.ApiClient, version: str = "v1") -> None:
+        if version not in DRA_WRITE_VERSIONS:
+            raise ValueError(f"resource.k8s.io/{version} is not written by this project")
+        self.version = version
+        self._api: Any = (
+            client.ResourceV1Api(api) if version == "v1" else client.ResourceV1beta2Api(api)
+        )
+
+    def list_resource_slice(self, **kwargs: Any) -> Any:
+        return self._api.list_resource_slice(**kwargs)
+
+    def patch_resource_slice(self, name: str, body: dict[str, Any], **kwargs: Any) -> Any:
+        body = {**body, "apiVersion": f"{DRA_GROUP}/{self.version}"}
+        return self._api.patch_resource_slice(name, body, **kwargs)
+
+    def delete_resource_slice(self, name: str, **kwargs: Any) -> Any:
+        return self._api.delete_resource_slice(name, **kwargs)
+
+    def read_namespaced_resource_claim(self, name: str, namespace: str, **kwargs: Any) -> Any:
+        return self._api.read_namespaced_resource_claim(name, namespace, **kwargs)
+
+
+async def dra_write_version(api: client.ApiClient) -> str | None:
+    """The newest served of :data:`DRA_WRITE_VERSIONS`, else None after one error line saying
+    what is served and what would be needed (the publisher then exits: there is nothing it can
+    do on this cluster until DRA is switched on)."""
+    served = await retrying(
+        lambda: served_versions(api, DRA_GROUP), what=f"API discovery of {DRA_GROUP}"
+    )
+    version = newest(served, DRA_WRITE_VERSIONS)
+    if version is None:
+        log.error(
+            "dra.api_not_served",
+            group=DRA_GROUP,
+            served=",".join(served) or "none",
+            needs=" or ".join(DRA_WRITE_VERSIONS),
+            hint="Kubernetes >= 1.34 serves v1; 1.33 serves v1beta2 with "
+            "--runtime-config=resource.k8s.io/v1beta2=true; or disable this DRA publisher",
+        )
+    elif version != "v1":
+        log.info("dra.api_version", group=DRA_GROUP, version=version)
+    return version
