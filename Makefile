@@ -77,7 +77,7 @@ cluster-up: setup tools ## Start the local control plane only
 	FGO_BIN_DIR=$(TOOLS_BIN) $(UV_RUN) fgo cluster up --state-dir $(STATE_DIR)
 
 .PHONY: cluster-down
-cluster-down: setup ## Stop the local control plane (and services started by `make demo`)
+cluster-down: setup ## Stop the local control plane and `make demo`'s services (STATE_DIR=... for another state dir)
 	$(UV_RUN) fgo cluster down --state-dir $(STATE_DIR)
 
 # `make bench` knobs (docs/benchmarks.md); e.g. `make bench BENCH_NODES=100` for a quick run.
