@@ -312,3 +312,31 @@ async def test_recreated_socket_is_a_new_registration(sock_dir: Path) -> None:
             await peer.prepare([claim("u", "n")])
         finally:
             await second.stop()
+
+
+async def test_watcher_survives_a_failing_scan(
+    sock_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One unexpected error while registering must not end the watcher: the plugin is still
+    registered on a later pass (a dead watcher would leave every call on a dead endpoint)."""
+    peer = DraKubeletPeer(sock_dir / "registry", poll_interval_seconds=0.01)
+    real_register = peer._register
+    failures = 0
+
+    async def flaky_register(path: Path) -> bool:
+        nonlocal failures
+        if failures < 2:
+            failures += 1
+            raise RuntimeError("unexpected failure while registering")
+        return await real_register(path)
+
+    monkeypatch.setattr(peer, "_register", flaky_register)
+    async with peer:
+        late = await start_plugin(sock_dir)
+        try:
+            await peer.wait_for_plugin(DRIVER, timeout_seconds=5)
+            assert peer.scan_failures == 2
+            prepared = await peer.prepare([claim("uid-1", "after-failures")])
+            assert prepared.claims["uid-1"].devices
+        finally:
+            await late.stop()

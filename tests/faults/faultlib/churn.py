@@ -36,6 +36,18 @@ GPUS_ANNOTATION = "fgo.test/gpus"
 EXPIRES_ANNOTATION = "fgo.test/expires"
 
 
+def _why_pending(pod: dict[str, Any]) -> str:
+    """The scheduler's or kubelet's last word on a pod that is not running (for the report)."""
+    status = pod.get("status") or {}
+    if status.get("phase") != "Pending":
+        return ""
+    node = pod["spec"].get("nodeName")
+    for condition in status.get("conditions") or []:
+        if condition.get("status") == "False" and condition.get("message"):
+            return f", {condition['type']}: {condition['message'][:160]}"
+    return f", on {node}" if node else ", not scheduled"
+
+
 @dataclass
 class ChurnStats:
     created: int = 0
@@ -286,7 +298,8 @@ class Churn:
                 pods = await self.list_pods()
                 waiting = [
                     f"{p['metadata']['name']}({(p.get('status') or {}).get('phase')}"
-                    f"{', deleting' if p['metadata'].get('deletionTimestamp') else ''})"
+                    f"{', deleting' if p['metadata'].get('deletionTimestamp') else ''}"
+                    f"{_why_pending(p)})"
                     for p in pods
                     if p["metadata"].get("deletionTimestamp")
                     or (p.get("status") or {}).get("phase") != "Running"

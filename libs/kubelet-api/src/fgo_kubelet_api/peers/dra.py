@@ -161,6 +161,7 @@ class DraKubeletPeer:
         self.attempts: list[RegistrationAttempt] = []
         self.plugins: dict[str, DraPluginConnection] = {}
         self.restarts = 0
+        self.scan_failures = 0
         self._sockets: dict[Path, _SocketState] = {}
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
@@ -206,9 +207,18 @@ class DraKubeletPeer:
         await self.start()
 
     async def _watch(self) -> None:
+        # The kubelet's plugin watcher outlives any one bad socket. An exception escaping here
+        # would end the task silently: a restarted plugin would never be registered again and
+        # every call would go to the dead instance's endpoint.
         while True:
             await asyncio.sleep(self.poll_interval_seconds)
-            await self._scan()
+            try:
+                await self._scan()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.scan_failures += 1
+                log.exception("dra.peer.scan_failed", registry=str(self.registry_dir))
 
     def _list_sockets(self) -> dict[Path, tuple[int, int]]:
         found: dict[Path, tuple[int, int]] = {}
