@@ -26,8 +26,16 @@ def test_same_inputs_same_numbers() -> None:
     gpu, profile = _busy_gpu(10, 90)
     assert sample_gpu(gpu, profile, T0) == sample_gpu(gpu, profile, T0)
     first, later = sample_gpu(gpu, profile, T0), sample_gpu(gpu, profile, T0 + 0.5)
-    # Within one bucket only the energy counter moves.
-    assert dataclasses.replace(later, energy_mj=first.energy_mj) == first
+    # Within one bucket only the energy and power-capping counters move.
+    assert (
+        dataclasses.replace(
+            later,
+            energy_mj=first.energy_mj,
+            sw_power_cap_ns=first.sw_power_cap_ns,
+            power_violation_ns=first.power_violation_ns,
+        )
+        == first
+    )
     assert sample_gpu(gpu, profile, T0, seed=1) != sample_gpu(gpu, profile, T0, seed=2)
 
 

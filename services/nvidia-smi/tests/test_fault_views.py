@@ -62,7 +62,7 @@ def test_thermal_and_power_reasons_match_the_exporter(smi: Runner) -> None:
         assert int(row[0], 16) == model.clocks_event_reasons
         assert (int(row[3]), int(row[4])) == (
             model.thermal_violation_ns // 1000,
-            model.power_violation_ns // 1000,
+            model.power_brake_ns // 1000,
         )
     assert rows[0][1:3] == ["Active", "Not Active"] and int(rows[0][3]) == 90_000_000
     assert rows[1][1:3] == ["Not Active", "Active"] and int(rows[1][4]) == 7_500_000

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fgo_common.profiles import BUILTIN_CATALOG, DEFAULT_PROFILE_KEY, GpuProfile, ProfileCatalog
+from fgo_common.telemetry_physics import LoadPhysics, memory_power_w, physics_for
 from fgo_common.topology import GpuRecord, MigDevice, PodUsage
 
 BUCKET_SECONDS = 10.0
@@ -30,6 +31,12 @@ DEFAULT_BOOT_TIME = 1_767_225_600.0  # 2026-01-01T00:00:00Z: a fixed "boot" keep
 # Framebuffer a MIG GPU instance shows as used with nothing running (its driver context), as
 # real MIG devices report 13 MiB idle.
 MIG_INSTANCE_OVERHEAD_MIB = 13
+# A pod recorded as using its whole device (the status-updater's value without a memory
+# annotation, as the reference writes it) uses a realistic amount instead: a CUDA context plus
+# a share of the rest that grows with the middle of its utilisation range (75 % of the board at
+# 100 %). A process can never hold the whole board: the driver keeps its reserve.
+CUDA_CONTEXT_MIB = 512
+DEFAULT_FB_SHARE_AT_FULL_LOAD = 0.75
 
 # Fault kinds read from ``GpuRecord.faults`` (each a mapping with ``kind`` and optional
 # ``since`` / ``until`` unix times bounding when it is active):
@@ -127,7 +134,12 @@ class GpuSample:
     # thermal / power-brake slowdowns have held them down (ns, as DCGM 4 reports violations).
     clocks_event_reasons: int = 0
     thermal_violation_ns: int = 0
+    # DCGM_FI_DEV_POWER_VIOLATION: SW power capping plus HW power braking (never both at once).
     power_violation_ns: int = 0
+    sw_power_cap_ns: int = 0  # nvidia-smi "SW Power Capping"
+    power_brake_ns: int = 0  # nvidia-smi "HW Power Braking"
+    memory_power_w: float | None = None  # HBM power (None: NVML does not report it)
+    bar1_used_mib: int = 1
 
     @property
     def fb_used_percent(self) -> float:
@@ -235,6 +247,13 @@ def violation_ns(faults: Iterable[Mapping[str, Any]], kind: str, t: float, boot:
     """How long (ns) faults of ``kind`` have been active between ``boot`` and ``t``: the
     violation counter of that slowdown. Non-decreasing in ``t`` while the record keeps the
     faults; overlapping faults of one kind count once."""
+    return int(sum(until - since for since, until in fault_spans(faults, kind, t, boot)) * 1e9)
+
+
+def fault_spans(
+    faults: Iterable[Mapping[str, Any]], kind: str, t: float, boot: float
+) -> list[tuple[float, float]]:
+    """The disjoint, sorted time spans within ``[boot, t]`` in which a ``kind`` fault held."""
     spans: list[tuple[float, float]] = []
     for fault in faults:
         if not isinstance(fault, Mapping) or fault.get("kind") != kind:
@@ -246,13 +265,13 @@ def violation_ns(faults: Iterable[Mapping[str, Any]], kind: str, t: float, boot:
             continue
         if until > since:
             spans.append((since, until))
-    total, end = 0.0, -math.inf
+    merged: list[tuple[float, float]] = []
     for since, until in sorted(spans):
-        start = max(since, end)
-        if until > start:
-            total += until - start
-            end = until
-    return int(total * 1e9)
+        if merged and since <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], until))
+        else:
+            merged.append((since, until))
+    return merged
 
 
 def clocks_event_reasons(util: int, power_w: float, profile: GpuProfile, faults: FaultState) -> int:
@@ -269,15 +288,65 @@ def clocks_event_reasons(util: int, power_w: float, profile: GpuProfile, faults:
     return bits
 
 
+def _demand(profile: GpuProfile, physics: LoadPhysics, util: float) -> float:
+    """What the load would draw at full boost clock: it rises steeply at low load then
+    flattens (as measured on datacenter GPUs) and reaches the limit at the cap onset."""
+    span = profile.power_default_limit_w - profile.power_idle_w
+    onset = max(1, min(100, physics.cap_onset_util))
+    return float(profile.power_idle_w + span * (max(0.0, util) / onset) ** 0.8)
+
+
+def _power(profile: GpuProfile, util: float) -> float:
+    """Mean board power at ``util``: the demand, held at the limit by the SW power cap."""
+    return min(profile.power_default_limit_w, _demand(profile, physics_for(profile), util))
+
+
+def _capped(physics: LoadPhysics, util: int, faults: FaultState) -> bool:
+    """The SW power cap holds the board: its load demands the limit (a power brake holds
+    power far below the limit, so the SW cap is not what limits it then)."""
+    return util > 0 and util >= physics.cap_onset_util and not faults.power
+
+
 def _power_at(
     gpu_id: str, profile: GpuProfile, util: int, bucket: int, *, seed: int, faults: FaultState
 ) -> float:
-    power = _power(profile, util) + (_unit_random(seed, gpu_id, "power", bucket) - 0.5) * 2.0
-    power = max(profile.power_idle_w * 0.95, min(profile.power_default_limit_w, power))
+    physics = physics_for(profile)
+    limit = profile.power_default_limit_w
+    noise = _unit_random(seed, gpu_id, "power", bucket)
+    if _capped(physics, util, faults):
+        # Held at the limit: within half a percent below it, never above.
+        return limit * (1.0 - 0.005 * noise)
+    power = _demand(profile, physics, util) + (noise - 0.5) * 2.0
+    # Uncapped: below the share at which the cap counts as engaged.
+    power = max(profile.power_idle_w * 0.95, min(limit * (SW_POWER_CAP_SHARE - 0.005), power))
     if faults.power:
         # Power brake (external signal): capped at the minimum limit.
         power = min(power, profile.power_min_limit_w)
     return power
+
+
+def _sm_clock_at(
+    gpu_id: str, profile: GpuProfile, util: int, bucket: int, *, seed: int, faults: FaultState
+) -> int:
+    """SM clock from the power headroom: idle clock when idle, full boost while the load's
+    demand stays under the limit, and under the SW power cap lower in proportion to how far the
+    demand exceeds the limit, down to the product's measured clock at 100 % load."""
+    if util <= 0:
+        return profile.clock_sm_idle_mhz
+    physics = physics_for(profile)
+    top = profile.clock_sm_max_mhz
+    clock = top
+    if _capped(physics, util, faults):
+        limit = profile.power_default_limit_w
+        excess_full = _demand(profile, physics, 100) - limit
+        excess = _demand(profile, physics, util) - limit
+        share = min(1.0, excess / excess_full) if excess_full > 0 else 1.0
+        low = min(top, physics.sm_clock_full_load_mhz)
+        clock = round(top - (top - low) * share)
+        # The controller hunts around its target in the driver's 15 MHz steps.
+        if _unit_random(seed, gpu_id, "clock", bucket) < 0.5:
+            clock -= 15
+    return max(profile.clock_sm_idle_mhz, min(top, clock))
 
 
 def clock_event_counts(
@@ -414,12 +483,6 @@ def _gpu_utilization_at(gpu: GpuRecord, profile: GpuProfile, bucket: int, seed: 
     return _utilization_at(gpu.status.usage, gpu.id, bucket, seed)
 
 
-def _power(profile: GpuProfile, util: float) -> float:
-    span = profile.power_default_limit_w - profile.power_idle_w
-    # Power rises steeply at low load then flattens, as measured on datacenter GPUs.
-    return float(profile.power_idle_w + span * (util / 100.0) ** 0.8)
-
-
 def _extra_energy_j(
     usages: Mapping[str, PodUsage], profile: GpuProfile, weight: float, t: float
 ) -> float:
@@ -444,15 +507,174 @@ def _energy_mj(gpu: GpuRecord, profile: GpuProfile, t: float, boot: float) -> in
     return int((idle_j + extra_j + gpu.status.energy_banked_j) * 1000)
 
 
-def _mig_fb_used(device: MigDevice) -> int:
-    wanted = MIG_INSTANCE_OVERHEAD_MIB + sum(u.fb_used_mib for u in device.usage.values())
-    return max(0, min(device.memory_mib, wanted))
+def pod_fb_wanted_mib(usage: PodUsage, device_mib: int) -> int:
+    """The framebuffer a pod's process asks for on a device of ``device_mib``: the record's
+    value, or for a pod recorded as using the whole device (no memory annotation) a CUDA
+    context plus a share of the device that follows the middle of its utilisation range."""
+    if 0 <= usage.fb_used_mib < device_mib:
+        return usage.fb_used_mib
+    mid = max(0.0, min(100.0, (usage.utilization.min + usage.utilization.max) / 2.0))
+    context = min(CUDA_CONTEXT_MIB, device_mib)
+    return context + int((device_mib - context) * DEFAULT_FB_SHARE_AT_FULL_LOAD * mid / 100.0)
 
 
-def _fb_used(gpu: GpuRecord, usage_map: Mapping[str, PodUsage]) -> int:
+def process_fb_mib(
+    usages: Mapping[str, PodUsage], device_mib: int, budget_mib: int
+) -> dict[str, int]:
+    """Each pod's process memory (keyed like ``usages``) on a device of ``device_mib`` with
+    ``budget_mib`` usable: what each asks for, granted oldest first (then by UID) until the
+    budget is spent, so the processes never hold more than the device has to give."""
+    out: dict[str, int] = {}
+    left = max(0, budget_mib)
+    for uid, usage in sorted(usages.items(), key=lambda item: (item[1].since, item[0])):
+        granted = min(left, max(0, pod_fb_wanted_mib(usage, device_mib)))
+        out[uid] = granted
+        left -= granted
+    return out
+
+
+def _mig_budgets(gpu: GpuRecord, profile: GpuProfile) -> dict[str, int]:
+    """Framebuffer each MIG device can show as used: its own size, within what the GPU has
+    left after the instances before it (instance sizes normally sum below the usable memory;
+    this keeps records with odd sizes coherent too)."""
+    left = max(0, gpu.memory_mib - min(profile.memory_reserved_mib, gpu.memory_mib))
+    out: dict[str, int] = {}
+    for device in sorted(gpu.mig_devices, key=lambda d: (d.gi_id, d.ci_id, d.uuid)):
+        out[device.uuid] = min(max(0, device.memory_mib), left)
+        left -= out[device.uuid]
+    return out
+
+
+def _mig_fb(device: MigDevice, budget: int) -> tuple[int, dict[str, int]]:
+    """(used, per-process) framebuffer of one MIG device with ``budget`` MiB to show."""
+    overhead = min(MIG_INSTANCE_OVERHEAD_MIB, budget)
+    procs = process_fb_mib(device.usage, device.memory_mib, budget - overhead)
+    return overhead + sum(procs.values()), procs
+
+
+def process_memory_mib(
+    gpu: GpuRecord, profile: GpuProfile, device: MigDevice | None = None
+) -> dict[str, int]:
+    """Framebuffer (MiB) of each pod's process on ``gpu`` (or its MIG ``device``), keyed by
+    pod UID: what nvidia-smi lists per process. Their sum never exceeds the device's Used."""
+    if device is not None:
+        return _mig_fb(device, _mig_budgets(gpu, profile).get(device.uuid, 0))[1]
+    total = gpu.memory_mib
+    return process_fb_mib(gpu.status.usage, total, total - min(profile.memory_reserved_mib, total))
+
+
+def _fb_used(gpu: GpuRecord, profile: GpuProfile) -> int:
     if gpu.mig_enabled and gpu.mig_devices:
-        return sum(_mig_fb_used(d) for d in gpu.mig_devices)
-    return sum(u.fb_used_mib for u in usage_map.values())
+        budgets = _mig_budgets(gpu, profile)
+        return sum(_mig_fb(d, budgets[d.uuid])[0] for d in gpu.mig_devices)
+    return sum(process_memory_mib(gpu, profile).values())
+
+
+def _pod_distribution(low: int, high: int) -> list[float]:
+    """P(util = k), k = 0..100, of one pod (as :func:`pod_utilization` draws it)."""
+    dist = [0.0] * 101
+    if high <= low:
+        dist[max(0, min(100, low))] = 1.0
+        return dist
+    share = 1.0 / (high - low + 1)
+    for value in range(low, high + 1):
+        dist[max(0, min(100, value))] += share
+    return dist
+
+
+def _sum_capped(a: list[float], b: list[float]) -> list[float]:
+    """Distribution of min(100, x + y) for independent x ~ a, y ~ b."""
+    out = [0.0] * 101
+    for i, pa in enumerate(a):
+        if pa:
+            for j, pb in enumerate(b):
+                if pb:
+                    out[min(100, i + j)] += pa * pb
+    return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _cap_probability(
+    groups: tuple[tuple[float, tuple[tuple[int, int], ...]], ...], onset: int, mig: bool
+) -> float:
+    """Share of buckets in which pods with these utilisation ranges drive the GPU to the cap
+    onset: each group is (weight, pod ranges) of one device (the GPU itself, or a MIG device
+    whose load counts for the GPU by its SM share, as :func:`_gpu_utilization_at` sums it)."""
+    if not mig:
+        dist = [1.0] + [0.0] * 100
+        for low, high in groups[0][1] if groups else ():
+            dist = _sum_capped(dist, _pod_distribution(low, high))
+        return sum(dist[onset:])
+    # MIG: weighted device loads, summed on a 1 % grid.
+    total = [1.0] + [0.0] * 100
+    peak = 0.0
+    for weight, ranges in groups:
+        dev = [1.0] + [0.0] * 100
+        for low, high in ranges:
+            dev = _sum_capped(dev, _pod_distribution(low, high))
+        scaled = [0.0] * 101
+        for value, chance in enumerate(dev):
+            scaled[min(100, round(value * weight))] += chance
+        total = _sum_capped(total, scaled)
+        peak += weight * min(100, sum(max(lo, hi) for lo, hi in ranges))
+    if round(peak) < onset:
+        return 0.0
+    # The grid's rounding must not hide a load that can reach the onset.
+    return max(sum(total[onset:]), 1e-3)
+
+
+def _overlap(spans: list[tuple[float, float]], start: float, end: float) -> float:
+    return sum(max(0.0, min(end, b) - max(start, a)) for a, b in spans)
+
+
+def sw_power_cap_ns(
+    gpu: GpuRecord,
+    profile: GpuProfile,
+    t: float,
+    *,
+    boot_time: float = DEFAULT_BOOT_TIME,
+    usages: Mapping[str, PodUsage] | None = None,
+) -> int:
+    """The SW Power Capping counter (ns): time since ``boot_time`` the SW power cap held the
+    GPU, from its current holders as energy is. Between two holders' start times the set of
+    holders is fixed and the counter grows at the share of buckets whose load reaches the cap
+    onset (each such bucket reports the SW Power Cap reason), except while a power brake holds
+    power below the cap. Pure in (record, t), so it survives restarts; non-decreasing in t
+    while the record keeps its holders. A holder without a start time counts from boot."""
+    onset = max(1, min(100, physics_for(profile).cap_onset_util))
+    mig = usages is None and gpu.mig_enabled and bool(gpu.mig_devices)
+    groups: list[tuple[float, Mapping[str, PodUsage]]]
+    if mig:
+        groups = [(_mig_weight(d, profile), d.usage) for d in gpu.mig_devices]
+    else:
+        groups = [(1.0, gpu.status.usage if usages is None else usages)]
+    starts = sorted(
+        {max(boot_time, u.since or boot_time) for _, group in groups for u in group.values()}
+    )
+    starts = [start for start in starts if start < t]
+    if not starts:
+        return 0
+    brake = fault_spans(gpu.faults, FAULT_POWER, t, boot_time) if gpu.faults else []
+    total = 0.0
+    for k, start in enumerate(starts):
+        end = starts[k + 1] if k + 1 < len(starts) else t
+        key = tuple(
+            (
+                round(weight, 6),
+                tuple(
+                    sorted(
+                        (u.utilization.min, u.utilization.max)
+                        for u in group.values()
+                        if max(boot_time, u.since or boot_time) <= start
+                    )
+                ),
+            )
+            for weight, group in groups
+        )
+        share = _cap_probability(key, onset, mig)
+        if share > 0:
+            total += share * (end - start - _overlap(brake, start, end))
+    return int(total * 1e9)
 
 
 def sample_gpu(
@@ -501,10 +723,7 @@ def sample_gpu(
     temp += (_unit_random(seed, gpu.id, "temp", bucket) - 0.5) * 1.0
 
     busy = util > 0
-    sm_clock = profile.clock_sm_max_mhz if busy else profile.clock_sm_idle_mhz
-    if busy and util > 90:
-        # Sustained full load pulls the boost clock down a little, as power capping does.
-        sm_clock = int(sm_clock - (profile.clock_sm_max_mhz - profile.clock_sm_base_mhz) * 0.15)
+    sm_clock = _sm_clock_at(gpu.id, profile, util, bucket, seed=seed, faults=faults)
     if faults.thermal:
         # Thermal slowdown: the GPU sits at its slowdown threshold and sheds clock to stay there.
         temp = max(temp, profile.temp_slowdown_c + 1.0)
@@ -520,11 +739,13 @@ def sample_gpu(
     total = memory_total_mib if memory_total_mib is not None else gpu.memory_mib
     reserved = 0 if memory_total_mib is not None else min(profile.memory_reserved_mib, total)
     wanted = (
-        sum(u.fb_used_mib for u in usage_map.values())
+        sum(process_fb_mib(usage_map, total, total - reserved).values())
         if usages is not None
-        else _fb_used(gpu, usage_map)
+        else _fb_used(gpu, profile)
     )
     used = max(0, min(total - reserved, wanted))
+    sw_cap_ns = sw_power_cap_ns(gpu, profile, t, boot_time=boot_time, usages=usages)
+    brake_ns = violation_ns(gpu.faults, FAULT_POWER, t, boot_time) if gpu.faults else 0
     ratio = util / 100.0
     pcie_peak = 2_000_000_000 * profile.pcie_generation * profile.pcie_link_width // 16
     if faults.degraded:
@@ -569,10 +790,22 @@ def sample_gpu(
         power_throttled=faults.power,
         degraded=faults.degraded,
         clocks_event_reasons=clocks_event_reasons(util, power, profile, faults),
-        # Time under each slowdown, from the record's faults (while it keeps them).
-        thermal_violation_ns=violation_ns(gpu.faults, FAULT_THERMAL, t, boot_time),
-        power_violation_ns=violation_ns(gpu.faults, FAULT_POWER, t, boot_time),
+        # Time under each slowdown: the SW cap from the holders' load, the HW slowdowns from
+        # the record's faults (while it keeps them).
+        thermal_violation_ns=violation_ns(gpu.faults, FAULT_THERMAL, t, boot_time)
+        if gpu.faults
+        else 0,
+        power_violation_ns=sw_cap_ns + brake_ns,
+        sw_power_cap_ns=sw_cap_ns,
+        power_brake_ns=brake_ns,
+        memory_power_w=_rounded(memory_power_w(physics_for(profile), power)),
+        # BAR1 maps what the processes allocated (the driver keeps 1 MiB mapped when idle).
+        bar1_used_mib=min(profile.bar1_mib, used + 1) if profile.bar1_mib > 0 else 0,
     )
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def sample_mig_device(
@@ -597,7 +830,7 @@ def sample_mig_device(
     bucket = math.floor(t / BUCKET_SECONDS)
     util = _utilization_at(device.usage, device.uuid, bucket, seed)
     total = device.memory_mib
-    used = _mig_fb_used(device)
+    used, procs = _mig_fb(device, _mig_budgets(gpu, profile).get(device.uuid, 0))
     ratio = util / 100.0
     weight = _mig_weight(device, profile)
     pcie_peak = 2_000_000_000 * profile.pcie_generation * profile.pcie_link_width // 16
@@ -609,8 +842,10 @@ def sample_mig_device(
         mem_copy_util=int(util * 0.35),
         fb_total_mib=total,
         fb_used_mib=used,
-        fb_free_mib=total - used,
+        fb_free_mib=max(0, total - used),
         fb_reserved_mib=0,
+        # What the instance's processes allocated; its BAR1 aperture is sized by nvidia-smi.
+        bar1_used_mib=sum(procs.values()),
         gr_engine_active=round(ratio, 6),
         sm_active=round(ratio * 0.92, 6),
         sm_occupancy=round(ratio * 0.55, 6),

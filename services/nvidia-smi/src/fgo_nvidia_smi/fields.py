@@ -197,8 +197,13 @@ def _fields() -> list[Field]:
             _reason(bit),
         )
     # Cumulative slowdown times (us), the telemetry model's violation counters (ns).
-    for counter in ("sw_power_cap", "sync_boost", "sw_thermal_slowdown"):
+    for counter in ("sync_boost", "sw_thermal_slowdown"):
         add(f"clocks_event_reasons_counters.{counter}", "us", _const("0"))
+    add(
+        "clocks_event_reasons_counters.sw_power_cap",
+        "us",
+        lambda g, s: str(g.sample.sw_power_cap_ns // 1000),
+    )
     add(
         "clocks_event_reasons_counters.hw_thermal_slowdown",
         "us",
@@ -207,7 +212,7 @@ def _fields() -> list[Field]:
     add(
         "clocks_event_reasons_counters.hw_power_brake_slowdown",
         "us",
-        lambda g, s: str(g.sample.power_violation_ns // 1000),
+        lambda g, s: str(g.sample.power_brake_ns // 1000),
     )
     add("memory.total", "MiB", _mib(lambda g: g.memory_total_mib))
     add("memory.reserved", "MiB", _mib(lambda g: g.memory_reserved_mib))

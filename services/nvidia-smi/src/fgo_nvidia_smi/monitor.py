@@ -11,9 +11,14 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from fgo_common.telemetry import CLOCKS_EVENT_HW_POWER_BRAKE, CLOCKS_EVENT_SW_POWER_CAP
+
 from fgo_nvidia_smi import clock
 from fgo_nvidia_smi.cli import RC_OK, Options, UsageError
 from fgo_nvidia_smi.state import GpuView, Snapshot
+
+# dmon's pviol: the SW power cap or a power brake holds the clocks.
+_POWER_BITS = CLOCKS_EVENT_SW_POWER_CAP | CLOCKS_EVENT_HW_POWER_BRAKE
 
 Column = tuple[str, str, Callable[[GpuView], str]]
 
@@ -54,7 +59,7 @@ DMON_GROUPS: dict[str, list[Column]] = {
     ],
     "v": [
         # Share of the last interval spent power-capped / thermally slowed (injected faults).
-        ("pviol", "%", lambda g: "100" if g.sample.power_throttled else "0"),
+        ("pviol", "%", lambda g: "100" if g.sample.clocks_event_reasons & _POWER_BITS else "0"),
         ("tviol", "bool", lambda g: "1" if g.sample.thermal_throttled else "0"),
     ],
     "m": [

@@ -179,8 +179,8 @@ def _mig_device_node(mig: MigView) -> Node:
             "BAR1 Memory Usage",
             "bar1_memory_usage",
             leaf("Total", "total", _mib(mig.bar1_total_mib)),
-            leaf("Used", "used", _mib(0)),
-            leaf("Free", "free", _mib(mig.bar1_total_mib)),
+            leaf("Used", "used", _mib(mig.bar1_used_mib)),
+            leaf("Free", "free", _mib(mig.bar1_total_mib - mig.bar1_used_mib)),
         ),
     )
 
@@ -285,9 +285,9 @@ def gpu_tree(gpu: GpuView, driver: str) -> list[Node]:
     ecc = p.ecc_supported
     ecc_count = "0" if ecc else NA
     temp_mem = f"{s.mem_temp_c} C" if p.memory_temp_offset_c else NA
-    mem_power = _w(s.power_w * 0.38) if p.memory_type.upper().startswith("HBM") else NA
+    mem_power = NA if s.memory_power_w is None else _w(s.memory_power_w)
     procs = gpu.all_processes
-    bar1_used = 1
+    bar1_used = min(p.bar1_mib, s.bar1_used_mib)
     graphics = _supported_graphics_clocks(gpu)
 
     def ecc_block(*names: tuple[str, str]) -> list[Node]:
@@ -497,7 +497,11 @@ def gpu_tree(gpu: GpuView, driver: str) -> list[Node]:
             group(
                 "Clocks Event Reasons Counters",
                 "clocks_event_reasons_counters",
-                leaf("SW Power Capping", "clocks_event_reasons_counters_sw_power_cap", "0 us"),
+                leaf(
+                    "SW Power Capping",
+                    "clocks_event_reasons_counters_sw_power_cap",
+                    _violation_us(s.sw_power_cap_ns),
+                ),
                 leaf("Sync Boost", "clocks_event_reasons_counters_sync_boost", "0 us"),
                 leaf(
                     "SW Thermal Slowdown", "clocks_event_reasons_counters_sw_therm_slowdown", "0 us"
@@ -510,7 +514,7 @@ def gpu_tree(gpu: GpuView, driver: str) -> list[Node]:
                 leaf(
                     "HW Power Braking",
                     "clocks_event_reasons_counters_hw_power_brake",
-                    _violation_us(s.power_violation_ns),
+                    _violation_us(s.power_brake_ns),
                 ),
             ),
         ),

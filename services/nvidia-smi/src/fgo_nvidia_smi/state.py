@@ -19,6 +19,7 @@ from fgo_common.telemetry import (
     BUCKET_SECONDS,
     GpuSample,
     pod_utilization,
+    process_memory_mib,
     profile_for,
     sample_gpu,
     sample_mig_device,
@@ -63,6 +64,10 @@ class MigView:
     sample: GpuSample
     bar1_total_mib: int
     processes: list[Process] = field(default_factory=list)
+
+    @property
+    def bar1_used_mib(self) -> int:
+        return min(self.bar1_total_mib, self.sample.bar1_used_mib)
 
 
 @dataclass(slots=True)
@@ -224,15 +229,17 @@ def _processes(
     usages: dict[str, PodUsage],
     holders: list[Holder],
     ctx: _ProcContext,
+    memory: dict[str, int],
     *,
     gi_id: int | None = None,
     ci_id: int | None = None,
 ) -> list[Process]:
-    """One process per pod using the device (reservation pods run nothing)."""
+    """One process per pod using the device (reservation pods run nothing); ``memory`` is
+    each pod's framebuffer from the telemetry model (keyed by pod UID)."""
     out: list[Process] = []
     seen: set[str] = set()
 
-    def add(key: str, pod: str, usage: PodUsage | None) -> None:
+    def add(key: str, pod: str, usage: PodUsage | None, uid: str) -> None:
         seen.add(key)
         name = ctx.own_name if ctx.hostname and pod == ctx.hostname and ctx.own_name else "python"
         util = pod_utilization(usage, gpu_id, key, ctx.bucket, ctx.seed) if usage else 0
@@ -240,7 +247,7 @@ def _processes(
             Process(
                 pid=_process_pid(key),
                 name=name,
-                used_mib=usage.fb_used_mib if usage else 0,
+                used_mib=memory.get(uid, 0) if usage else 0,
                 gi_id=gi_id,
                 ci_id=ci_id,
                 sm_util=util,
@@ -254,11 +261,11 @@ def _processes(
         if holder.kind == HOLDER_RESERVATION:
             seen.add(key)  # and its usage entry, if any, is no process either
             continue
-        add(key, holder.pod, usages.get(holder.pod_uid))
+        add(key, holder.pod, usages.get(holder.pod_uid), holder.pod_uid)
     # Usage entries without a holder record (written by the reference implementation).
     for uid, usage in sorted(usages.items()):
         if uid not in seen:
-            add(uid, usage.pod, usage)
+            add(uid, usage.pod, usage, uid)
     out.sort(key=lambda p: p.pid)
     return out
 
@@ -362,7 +369,13 @@ def build_snapshot(node: NodeTopology, settings: Settings, t: float | None = Non
                     bar1_total_mib=max(0, profile.bar1_mib * slices // 8 - 1),
                 )
                 view.processes = _processes(
-                    mig.uuid, mig.usage, mig.holders, ctx, gi_id=mig.gi_id, ci_id=mig.ci_id
+                    mig.uuid,
+                    mig.usage,
+                    mig.holders,
+                    ctx,
+                    process_memory_mib(gpu, profile, mig),
+                    gi_id=mig.gi_id,
+                    ci_id=mig.ci_id,
                 )
                 migs.append(view)
         view_gpu = GpuView(
@@ -376,7 +389,13 @@ def build_snapshot(node: NodeTopology, settings: Settings, t: float | None = Non
             fraction=settings.gpu_fraction,
         )
         if whole and not gpu.mig_enabled:
-            view_gpu.processes = _processes(gpu.id, gpu.status.usage, gpu.status.holders, ctx)
+            view_gpu.processes = _processes(
+                gpu.id,
+                gpu.status.usage,
+                gpu.status.holders,
+                ctx,
+                _within(process_memory_mib(gpu, profile), view_gpu.memory_used_mib),
+            )
         views.append(view_gpu)
     return Snapshot(
         node=node,
@@ -386,6 +405,17 @@ def build_snapshot(node: NodeTopology, settings: Settings, t: float | None = Non
         cuda_version=cuda or FALLBACK_CUDA,
         attached=len(views),
     )
+
+
+def _within(memory: dict[str, int], used_mib: int) -> dict[str, int]:
+    """Process memory that fits a fractional pod's view of Used (the model's order: memory the
+    model granted first stays first)."""
+    out: dict[str, int] = {}
+    left = max(0, used_mib)
+    for uid, mib in memory.items():
+        out[uid] = min(mib, left)
+        left -= out[uid]
+    return out
 
 
 def _find_mig_profile(profile: GpuProfile, name: str) -> MigProfile | None:

@@ -1,10 +1,10 @@
 """The scrape page, rendered once per telemetry bucket and kept compressed.
 
 Every value the simulator reports is a function of the record and the 10 s telemetry bucket
-(``fgo_common.telemetry.BUCKET_SECONDS``), with two exceptions: the energy counter grows with
-the exact instant, and a GPU with faults has error counters that switch at exact instants (the
-last XID, ``DCGM_EXP_XID_ERRORS_COUNT`` as an event enters or leaves its window). So a
-page for an unchanged set of records and one bucket is made of
+(``fgo_common.telemetry.BUCKET_SECONDS``), with two exceptions: the energy and power-violation
+counters grow with the exact instant, and a GPU with faults has error counters that switch at
+exact instants (the last XID, ``DCGM_EXP_XID_ERRORS_COUNT`` as an event enters or leaves its
+window). So a page for an unchanged set of records and one bucket is made of
 
 * *static* runs of families, rendered once and kept as raw-deflate segments (a 1000-node page is
   ~50 MB of text but ~7 MB compressed, so holding it costs little memory), and
@@ -32,8 +32,8 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from fgo_common.telemetry import BUCKET_SECONDS
-from fgo_common.telemetry import _energy_mj as energy_mj  # the one value that moves within a bucket
+from fgo_common.telemetry import BUCKET_SECONDS, sw_power_cap_ns
+from fgo_common.telemetry import _energy_mj as energy_mj  # moves within a bucket
 
 from fgo_status_exporter.dcgm import (
     DcgmCollector,
@@ -49,6 +49,10 @@ from fgo_status_exporter.dcgm import (
 INSTANT_FIELDS: dict[str, Callable[[_Shape, float, float], Value]] = {
     "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION": lambda shape, t, boot: energy_mj(
         shape.gpu, shape.profile, t, boot
+    ),
+    # The SW power cap's time grows at the holders' capped share (no brake: faults go straight).
+    "DCGM_FI_DEV_POWER_VIOLATION": lambda shape, t, boot: sw_power_cap_ns(
+        shape.gpu, shape.profile, t, boot_time=boot
     ),
 }
 
