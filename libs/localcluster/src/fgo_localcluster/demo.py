@@ -228,6 +228,9 @@ async def run_demo(
         # The operator's own pods on the real node replace any local processes of an earlier
         # `fgo demo` in this cluster.
         await operator.stop()
+        # Forgotten too, or `fgo cluster status` would list them as down (and fail).
+        for pid_file in operator.dir.glob("*.pid"):
+            pid_file.unlink()
         await operator.install(set_values=["image.pullPolicy=Never"])
     else:
         workloads = await operator.install()
