@@ -799,9 +799,19 @@ def sample_gpu(
         sw_power_cap_ns=sw_cap_ns,
         power_brake_ns=brake_ns,
         memory_power_w=_rounded(memory_power_w(physics_for(profile), power)),
-        # BAR1 maps what the processes allocated (the driver keeps 1 MiB mapped when idle).
-        bar1_used_mib=min(profile.bar1_mib, used + 1) if profile.bar1_mib > 0 else 0,
+        bar1_used_mib=_bar1_used(profile, used),
     )
+
+
+def _bar1_used(profile: GpuProfile, fb_used: int) -> int:
+    """BAR1 in use. Boards whose BAR1 covers the framebuffer map what the processes allocated
+    (real H100: ~11252 MiB BAR1 at ~11251 MiB FB under load, 1 MiB idle); small-BAR boards
+    (a 256 MiB BAR1) keep only a few MiB mapped (estimate)."""
+    if profile.bar1_mib <= 0:
+        return 0
+    if profile.bar1_mib >= profile.memory_mib:
+        return min(profile.bar1_mib, fb_used + 1)
+    return min(profile.bar1_mib, 5 if fb_used > 0 else 1)
 
 
 def _rounded(value: float | None) -> float | None:
