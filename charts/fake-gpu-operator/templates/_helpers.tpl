@@ -46,6 +46,49 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "fgo.componentLabels" -}}
 {{ include "fgo.labels" .root }}
 app.kubernetes.io/component: {{ .component }}
+{{- with include "fgo.referenceLabels" . }}{{ . }}{{ end }}
+{{- end -}}
+
+{{/*
+The labels the reference chart (run-ai/fake-gpu-operator) gives the same component, added to our
+objects and pods so its users' selectors (kubectl wait -l app=status-updater, ServiceMonitors on
+app=nvidia-dcgm-exporter) find ours. (dict "root" $ "component" "status-updater")
+*/}}
+{{- define "fgo.referenceLabels" -}}
+{{- $ref := dict
+  "status-updater" (list "status-updater" "status-updater")
+  "device-plugin" (list "device-plugin" "device-plugin")
+  "kwok-gpu-capacity" (list "kwok-gpu-device-plugin" "kwok-gpu-device-plugin")
+  "kwok-dra-plugin" (list "kwok-dra-plugin" "kwok-dra-plugin")
+  "status-exporter" (list "nvidia-dcgm-exporter" "status-exporter")
+  "status-exporter-kwok" (list "nvidia-dcgm-exporter-kwok" "") -}}
+{{- with index $ref .component }}
+app: {{ index . 0 }}
+{{- with index . 1 }}
+component: {{ . }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Labels of a component's pods: our selector labels plus the reference's. */}}
+{{- define "fgo.podLabels" -}}
+{{ include "fgo.selectorLabels" . }}
+{{- with include "fgo.referenceLabels" . }}{{ . }}{{ end }}
+{{- end -}}
+
+{{/*
+Selector of a component's DaemonSet/Deployment. The two that keep the reference's names
+(nvidia-dcgm-exporter, nvidia-dcgm-exporter-kwok) keep its selectors too: spec.selector is
+immutable, so any other value makes `helm upgrade` from a reference release fail.
+*/}}
+{{- define "fgo.workloadSelector" -}}
+{{- if eq .component "status-exporter" -}}
+app: nvidia-dcgm-exporter
+{{- else if eq .component "status-exporter-kwok" -}}
+app: nvidia-dcgm-exporter-kwok
+{{- else -}}
+{{ include "fgo.selectorLabels" . }}
+{{- end -}}
 {{- end -}}
 
 {{/* Whether a component is enabled: (list $ "key" defaultBool). Missing or null -> default. */}}
