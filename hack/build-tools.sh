@@ -4,12 +4,32 @@
 # Go modules in tools/go.mod, once per machine: the result is cached outside the
 # repo under ${FGO_CACHE_DIR:-~/.cache/fgo}/tools-<hash of go.mod, go.sum, Go version>/bin,
 # so fresh clones reuse it. Idempotent; prints progress for the long builds.
+#
+# --oldest: the control plane of the oldest Kubernetes the chart accepts (tools/oldest/go.mod,
+# for the version matrix): kube-apiserver, kube-controller-manager and kube-scheduler built from
+# there, etcd, kubectl, KWOK and helm linked from the default set (built first if missing).
+# Usage: build-tools.sh [--oldest] [--print-dir]
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 tools="$repo/tools"
 cache_root=${FGO_CACHE_DIR:-$HOME/.cache/fgo}
-key=$(cat "$tools/go.mod" "$tools/go.sum" "$tools/cmd/etcd/main.go" <(go version) | sha256sum | cut -c1-12)
+oldest=0
+print_dir=0
+for arg in "$@"; do
+  case "$arg" in
+    --oldest) oldest=1 ;;
+    --print-dir) print_dir=1 ;;
+    *) echo "build-tools: unknown argument $arg (usage: build-tools.sh [--oldest] [--print-dir])" >&2; exit 2 ;;
+  esac
+done
+if [[ $oldest == 1 ]]; then
+  shared=$("$repo/hack/build-tools.sh" --print-dir)
+  tools="$tools/oldest"
+  key=$(cat "$tools/go.mod" "$tools/go.sum" <(go version) | sha256sum | cut -c1-12)
+else
+  key=$(cat "$tools/go.mod" "$tools/go.sum" "$tools/cmd/etcd/main.go" <(go version) | sha256sum | cut -c1-12)
+fi
 # go.mod lists k8s.io/kubernetes inside a `require ( ... )` block; accept the one-line form too.
 k8s_version=$(awk '($1=="require" && $2=="k8s.io/kubernetes") {print $3; exit}
                    ($1=="k8s.io/kubernetes") {print $2; exit}' "$tools/go.mod")
@@ -21,7 +41,7 @@ if [[ -z "$k8s_version" ]]; then
 fi
 out="$cache_root/tools-$k8s_version-$key/bin"
 
-if [[ "${1:-}" == "--print-dir" ]]; then
+if [[ $print_dir == 1 ]]; then
   echo "$out"
   exit 0
 fi
@@ -44,6 +64,13 @@ targets=(
   "kwok sigs.k8s.io/kwok/cmd/kwok"
   "helm helm.sh/helm/v3/cmd/helm"
 )
+if [[ $oldest == 1 ]]; then
+  "$repo/hack/build-tools.sh"  # the shared binaries
+  for name in etcd kubectl kwok helm; do
+    ln -sfn "$shared/$name" "$out/$name"
+  done
+  targets=("${targets[@]:1:3}")
+fi
 
 # heartbeat PID MESSAGE START: while PID runs, print MESSAGE and the time since START (epoch
 # seconds) every 30 s.

@@ -14,6 +14,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fgo_localcluster.cluster import LocalCluster
 from fgo_localcluster.operator import LocalOperator
@@ -95,6 +96,17 @@ async def test_a_default_install_is_quiet_for_a_minute(
             return True if uid in (cm.data or {}).get("topology.yml", "") else None
 
         await eventually(held, timeout_s=90, what="the GPU pod in its node's record")
+        # The KWOK exporter serves the node's GPU and the pod holding it.
+        (exporter,) = [n for n in names if "exporter" in n]
+        port = operator.ports(exporter).get("metrics") or operator.ports(exporter)["health"]
+
+        async def scraped() -> str | None:
+            async with httpx.AsyncClient(timeout=5.0) as http:
+                text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+            series = [line for line in text.splitlines() if line.startswith("DCGM_FI_DEV_GPU_UTIL")]
+            return text if any(node in line and 'pod="gpu"' in line for line in series) else None
+
+        await eventually(scraped, timeout_s=60, what=f"{exporter}: the pod's GPU in /metrics")
         offsets = {n: operator.log(n).stat().st_size for n in names}
         await asyncio.sleep(QUIET_SECONDS)
         loud: dict[str, list[str]] = {}
