@@ -512,6 +512,12 @@ def build() -> Schema:
                     "Env var carrying the allocated GPU UUIDs into containers (CDI)",
                     pattern=ENV_NAME,
                 ),
+                "deviceNaming": string(
+                    "Names of full-GPU devices (also for the kwok-dra-plugin): nvidia "
+                    "(gpu-<minor>, NVIDIA's DRA driver) or reference (gpu-<uuid>, "
+                    "run-ai/fake-gpu-operator 0.2)",
+                    enum=["nvidia", "reference"],
+                ),
                 "serviceAccount": compat("Accepted for compatibility"),
                 "kubeletPlugin": compat("Accepted for compatibility"),
                 "imagePullSecrets": compat("Accepted for compatibility (use imagePullSecrets)"),

@@ -342,6 +342,20 @@ def test_values_reach_the_services(helm: Helm) -> None:
     assert svc["spec"]["ports"][0]["port"] == 9500
 
 
+def test_device_naming_reaches_both_dra_publishers(helm: Helm) -> None:
+    """draPlugin.deviceNaming: one value, so the kubelet plugin and the kwok-dra-plugin always
+    publish the same names (the status-updater reads either form and needs no setting)."""
+    on = ["draPlugin.enabled=true", "kwokDraPlugin.enabled=true"]
+    for sets, expected in (
+        (on, "nvidia"),
+        ([*on, "draPlugin.deviceNaming=reference"], "reference"),
+    ):
+        rendered = helm.render(sets=sets)
+        assert _env(rendered.get("DaemonSet", "fgo-dra-plugin"))["DEVICE_NAMING"] == expected
+        assert _env(rendered.get("Deployment", "fgo-kwok-dra-plugin"))["DEVICE_NAMING"] == expected
+    assert "deviceNaming" in helm.render_error(sets=[*on, "draPlugin.deviceNaming=uuid"])
+
+
 def test_service_monitor(helm: Helm, everything: Rendered) -> None:
     monitors = {m["metadata"]["name"]: m for m in everything.of_kind("ServiceMonitor")}
     assert set(monitors) == {"nvidia-dcgm-exporter", "nvidia-dcgm-exporter-kwok"}

@@ -112,6 +112,10 @@ draPlugin:
   # -- Environment variable carrying the allocated GPU UUIDs into containers (CDI edits), as
   # devicePlugin.visibleDevicesEnvName.
   visibleDevicesEnvName: NVIDIA_VISIBLE_DEVICES
+  # -- Names of full-GPU DRA devices, for this plugin and the kwok-dra-plugin alike: `nvidia`
+  # (gpu-<minor>, as NVIDIA's DRA driver) or `reference` (gpu-<uuid>, as run-ai/fake-gpu-operator
+  # 0.2, for selectors and tests written against it). MIG devices keep NVIDIA's names.
+  deviceNaming: nvidia
   image: {repository: dra-plugin, tag: "", pullPolicy: ""}
   kubeletRegistrarDirectoryPath: /var/lib/kubelet/plugins_registry
   kubeletPluginsDirectoryPath: /var/lib/kubelet/plugins

@@ -136,7 +136,7 @@ def test_architecture_names_are_go_nvlibs(arch: str, expected: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def test_h100_device_has_exactly_the_drivers_attributes(h100_known: None) -> None:
+def test_h100_device_has_exactly_the_drivers_attributes_plus_model(h100_known: None) -> None:
     topology = h100_node()
     devices = dra.node_devices(topology)
     assert [d.name for d in devices] == [f"gpu-{i}" for i in range(8)]
@@ -154,6 +154,8 @@ def test_h100_device_has_exactly_the_drivers_attributes(h100_known: None) -> Non
         "resource.kubernetes.io/pciBusID": {"string": "0000:18:00.0"},
         "resource.kubernetes.io/pcieRoot": {"string": "pci0000:00"},
         "resource.kubernetes.io/numaNode": {"int": 0},
+        # run-ai/fake-gpu-operator's attribute, additive: the product name again.
+        "model": {"string": profile.name},
     }
     assert gpu0["capacity"] == {"memory": {"value": f"{profile.memory_mib}Mi"}}
     assert "taints" not in gpu0
@@ -209,6 +211,55 @@ def test_gpus_without_id_are_skipped_and_duplicate_minors_keep_the_first() -> No
     assert [d.uuid for d in dra.node_devices(topology)] == [topology.gpus[0].id]
     topology.gpus[0].id = ""
     assert [d.uuid for d in dra.node_devices(topology)] == [topology.gpus[1].id]
+
+
+def test_reference_naming_names_full_gpus_by_uuid() -> None:
+    """DEVICE_NAMING=reference: gpu-<lower-case uuid without GPU->, as run-ai/fake-gpu-operator
+    names its devices; content is the same as in NVIDIA naming."""
+    topology = k80_node()
+    nvidia = dra.node_devices(topology)
+    reference = dra.node_devices(topology, dra.DeviceOptions(naming="reference"))
+    assert [d.name for d in nvidia] == ["gpu-0", "gpu-1"]
+    assert [d.name for d in reference] == [
+        "gpu-" + gpu_uuid(NODE, i).lower().removeprefix("gpu-") for i in range(2)
+    ]
+    assert [d.device["attributes"] for d in reference] == [d.device["attributes"] for d in nvidia]
+    assert [d.uuid for d in reference] == [d.uuid for d in nvidia]
+
+
+def test_model_attribute_carries_the_product_name_as_written() -> None:
+    topology = k80_node()
+    topology.gpus[0].product = "Tesla-K80"
+    attrs = dra.node_devices(topology)[0].device["attributes"]
+    assert attrs["model"] == attrs["productName"] == {"string": "Tesla-K80"}
+    no_model = dra.DeviceOptions(names=dataclasses.replace(DRA["0.4"], attr_model=""))
+    assert "model" not in dra.node_devices(topology, no_model)[0].device["attributes"]
+
+
+def test_full_gpu_names_are_understood_in_either_naming() -> None:
+    topology = k80_node()
+    gpu1 = topology.gpus[1]
+    by_uuid = dra.reference_device_name(gpu1.id)
+    assert dra.full_gpu_key("gpu-3") == 3
+    assert dra.full_gpu_key(by_uuid) == by_uuid
+    assert dra.full_gpu_key("gpu-0-mig-1g10gb-19-0") is None
+    assert dra.full_gpu_key("fpga-1") is None
+    assert dra.full_gpu_key("gpu-not-a-uuid") is None
+    assert dra.find_full_gpu("gpu-1", topology.gpus) == (True, gpu1)
+    assert dra.find_full_gpu(by_uuid, topology.gpus) == (True, gpu1)
+    assert dra.find_full_gpu("gpu-9", topology.gpus) == (True, None)
+    assert dra.find_full_gpu("gpu-0-mig-1g10gb-19-0", topology.gpus) == (False, None)
+    # An id without the GPU- prefix still gets a valid device name.
+    assert dra.reference_device_name("ABC_1") == "gpu-abc-1"
+
+
+def test_mig_devices_keep_nvidia_names_in_reference_naming(h100_known: None) -> None:
+    topology = h100_node(count=1)
+    options = dra.DeviceOptions(naming="reference")
+    topology.mig_dynamic = True
+    names = [d.name for d in dra.node_devices(topology, options)]
+    assert names[0] == dra.reference_device_name(topology.gpus[0].id)
+    assert all(n.startswith("gpu-0-mig-") for n in names[1:]) and len(names) > 1
 
 
 # --------------------------------------------------------------------------------------------

@@ -132,6 +132,14 @@ def test_dra_container_sees_its_claims_devices() -> None:
     assert smi.claim_devices(claims["shared"], frozenset(["c"]), topology) == []
 
 
+def test_dra_devices_named_the_reference_way() -> None:
+    """Publishers with DEVICE_NAMING=reference name full GPUs gpu-<uuid>."""
+    topology = record()
+    name = "gpu-" + topology.gpus[2].id.lower().removeprefix("gpu-")
+    devices = smi.claim_devices(claim(("g", name)), None, topology)
+    assert devices == [topology.gpus[2].id]
+
+
 def test_extended_resource_served_by_dra() -> None:
     topology = record()
     p = pod(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fgo_dra_plugin.cdi import CdiKind, CdiStore, ContainerSetup, claim_spec
+from fgo_dra_plugin.cdi import CdiKind, CdiStore, ContainerSetup, claim_spec, device_env
 
 KIND = CdiKind.parse("k8s.gpu.nvidia.com/claim")
 SETUP = ContainerSetup(
@@ -24,8 +24,10 @@ def test_claim_spec_sets_all_uuids_on_every_device_and_common_mounts() -> None:
     assert spec["cdiVersion"] == "0.5.0"
     assert spec["kind"] == "k8s.gpu.nvidia.com/claim"
     assert [d["name"] for d in spec["devices"]] == ["uid-1-gpu-0", "uid-1-gpu-1"]
-    for device in spec["devices"]:
-        assert device["containerEdits"]["env"] == ["NVIDIA_VISIBLE_DEVICES=GPU-a,GPU-b"]
+    assert [d["containerEdits"]["env"] for d in spec["devices"]] == [
+        ["NVIDIA_VISIBLE_DEVICES=GPU-a,GPU-b", "GPU_DEVICE_gpu_0=gpu-0"],
+        ["NVIDIA_VISIBLE_DEVICES=GPU-a,GPU-b", "GPU_DEVICE_gpu_1=gpu-1"],
+    ]
     common = spec["containerEdits"]
     assert common["env"] == [
         "NODE_NAME=node-a",
@@ -57,8 +59,30 @@ def test_configurable_env_name_and_no_mounts_when_paths_are_empty() -> None:
     setup = ContainerSetup(node_name="n", visible_devices_env="FGO_VISIBLE_DEVICES")
     spec = claim_spec(KIND, "u", [("gpu-0", "GPU-a"), ("gpu-0", "GPU-a")], setup)
     assert [d["name"] for d in spec["devices"]] == ["u-gpu-0"]  # one CDI device per device
-    assert spec["devices"][0]["containerEdits"]["env"] == ["FGO_VISIBLE_DEVICES=GPU-a"]
+    assert spec["devices"][0]["containerEdits"]["env"] == [
+        "FGO_VISIBLE_DEVICES=GPU-a",
+        "GPU_DEVICE_gpu_0=gpu-0",
+    ]
     assert spec["containerEdits"] == {"env": ["NODE_NAME=n", "FGO_SEED=0"]}
+
+
+def test_gpu_device_env_in_both_namings_and_for_mig_devices() -> None:
+    """The reference's GPU_DEVICE_<name, - as _>=<name> next to NVIDIA_VISIBLE_DEVICES."""
+    uuid_name = "gpu-2a1b4c3d-0000-5111-8222-333344445555"
+    spec = claim_spec(
+        KIND,
+        "u",
+        [
+            (uuid_name, "GPU-2A1B4C3D-0000-5111-8222-333344445555"),
+            ("gpu-0-mig-1g10gb-19-0", "MIG-x"),
+        ],
+        ContainerSetup(node_name="n"),
+    )
+    envs = [d["containerEdits"]["env"] for d in spec["devices"]]
+    assert envs[0][1] == "GPU_DEVICE_gpu_2a1b4c3d_0000_5111_8222_333344445555=" + uuid_name
+    assert envs[1][1] == "GPU_DEVICE_gpu_0_mig_1g10gb_19_0=gpu-0-mig-1g10gb-19-0"
+    assert all(e[0].startswith("NVIDIA_VISIBLE_DEVICES=") for e in envs)
+    assert device_env("gpu-7") == "GPU_DEVICE_gpu_7=gpu-7"
 
 
 def test_device_ids_are_fully_qualified() -> None:

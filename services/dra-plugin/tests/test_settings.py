@@ -38,3 +38,11 @@ def test_empty_bundle_dir_means_no_bundle_mount() -> None:
 def test_seed_must_be_an_integer() -> None:
     with pytest.raises(SettingsError, match="FGO_SEED"):
         load_settings(Settings, {"NODE_NAME": "n1", "FGO_SEED": "lots"})
+
+
+def test_device_naming_defaults_to_nvidia_and_refuses_unknown_values() -> None:
+    assert load_settings(Settings, {"NODE_NAME": "n1"}).naming == "nvidia"
+    settings = load_settings(Settings, {"NODE_NAME": "n1", "DEVICE_NAMING": "reference"})
+    assert settings.naming == "reference"
+    with pytest.raises(SettingsError, match="DEVICE_NAMING"):
+        load_settings(Settings, {"NODE_NAME": "n1", "DEVICE_NAMING": "uuid"})

@@ -6,8 +6,10 @@ import pytest
 from fgo_common import dra
 from fgo_common.config import parse_cluster_config
 from fgo_common.nodebuild import build_node_topology
+from fgo_common.runtime.settings import SettingsError, load_settings
 from fgo_common.topology import TOPOLOGY_DATA_KEY, TopologyFormatError
 from fgo_kwok_dra_plugin.controller import desired_pool, is_kwok_node
+from fgo_kwok_dra_plugin.settings import Settings
 
 OPTIONS = dra.DeviceOptions()
 
@@ -42,6 +44,26 @@ def test_kwok_node_with_a_record_gets_its_pool() -> None:
     assert [d["name"] for d in desired.devices] == ["gpu-0", "gpu-1"]
     slices = dra.build_slices(desired.target, desired.devices, generation=1)
     assert "kwok" in slices[0]["metadata"]["name"]
+
+
+def test_reference_naming_publishes_gpu_uuid_devices() -> None:
+    """DEVICE_NAMING=reference (chart: draPlugin.deviceNaming): the reference's device names,
+    with the reference's `model` attribute (present in both namings)."""
+    options = dra.DeviceOptions(naming="reference")
+    desired = desired_pool("kwok-1", node(), configmap(), options)
+    assert desired is not None
+    uuids = [d["attributes"]["uuid"]["string"] for d in desired.devices]
+    assert [d["name"] for d in desired.devices] == [
+        "gpu-" + u.lower().removeprefix("gpu-") for u in uuids
+    ]
+    assert all(d["attributes"]["model"] == {"string": "Tesla K80"} for d in desired.devices)
+
+
+def test_device_naming_setting() -> None:
+    assert load_settings(Settings, {}).naming == "nvidia"
+    assert load_settings(Settings, {"DEVICE_NAMING": "reference"}).naming == "reference"
+    with pytest.raises(SettingsError, match="DEVICE_NAMING"):
+        load_settings(Settings, {"DEVICE_NAMING": "minor"})
 
 
 def test_the_record_alone_can_mark_a_node_as_kwok() -> None:

@@ -7,7 +7,6 @@ from fgo_status_updater.podinfo import (
     claim_container,
     claim_refs,
     effective_request,
-    gpu_minor_of_device,
     is_active,
     is_gpu_relevant,
     start_time,
@@ -95,12 +94,6 @@ def test_claim_container_is_the_first_user() -> None:
     )
     assert claim_container(p, "gpu") == "b"
     assert claim_container(p, "other") == "a"
-
-
-def test_device_names() -> None:
-    assert gpu_minor_of_device("gpu-3") == 3
-    assert gpu_minor_of_device("gpu-0-mig-1g.10gb-0") is None
-    assert gpu_minor_of_device("fpga-1") is None
 
 
 def test_activity_and_relevance() -> None:

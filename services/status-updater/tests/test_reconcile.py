@@ -152,6 +152,30 @@ def test_claims_of_other_drivers_and_unknown_devices() -> None:
     assert [f.reason for f in out.findings] == ["UnknownDraDevice"]
 
 
+def test_claims_naming_gpus_the_reference_way_are_tracked() -> None:
+    """kwok-dra-plugin / dra-plugin with DEVICE_NAMING=reference publish gpu-<uuid>; a claim
+    of such a device holds the GPU, and so does one named gpu-<minor> (allocated before the
+    naming was switched), on the same node at once."""
+    base = run([]).record
+    assert base is not None
+    uuid_name = "gpu-" + base.gpus[3].id.lower().removeprefix("gpu-")
+    ref = pod("ref", claims=[("g", "by-uuid")])
+    old = pod("old", claims=[("g", "by-minor")])
+    claims = [claim("by-uuid", [uuid_name]), claim("by-minor", ["gpu-5"])]
+    out = run([ref, old], roundtrip(base), claims=claims)
+    assert out.record is not None
+    assert holdings(out.record) == {"ref": [3], "old": [5]}
+    assert out.findings == []
+
+
+def test_a_reference_name_of_no_gpu_of_the_node_is_reported() -> None:
+    stranger = "gpu-0b5c4d8e-1111-5222-8333-444455556666"
+    out = run([pod("p", claims=[("g", "c")])], claims=[claim("c", [stranger])])
+    assert out.record is not None and holdings(out.record) == {}
+    assert [f.reason for f in out.findings] == ["UnknownDraDevice"]
+    assert stranger in out.findings[0].message
+
+
 def test_dra_wins_over_a_conflicting_device_plugin_pick() -> None:
     dp = pod("dp", gpus=1, created="2026-11-28T08:00:00Z")
     stored = roundtrip(run([dp]).record)

@@ -40,6 +40,13 @@ events: ``gpu.nvidia.com/xid=<code>`` when the record names a critical XID fault
 unless they tolerate the taint. ``unhealthy="omit"`` drops them from the slice instead (for
 clusters without the DRADeviceTaints feature, where the API server would silently drop taints).
 
+Device names (``DeviceOptions.naming``): ``nvidia`` (default) names a full GPU ``gpu-<minor>``
+as the real driver does; ``reference`` names it ``gpu-<lower-case UUID without GPU->``, as
+run-ai/fake-gpu-operator 0.2 does, for users whose selectors or tests depend on that. MIG devices
+and counter sets keep NVIDIA's names in both modes (the reference has no MIG devices). Readers of
+claims (:func:`full_gpu_key`) accept both forms, so allocations made before a switch are still
+understood. Both modes also publish the reference's ``model`` attribute (the product name).
+
 Simulated facts the record does not hold are pure functions of what it does hold, documented where
 they are computed (``pcie_root``).
 """
@@ -91,6 +98,11 @@ TAINT_EFFECT_NO_SCHEDULE = "NoSchedule"
 
 UnhealthyPolicy = Literal["taint", "omit", "publish"]
 UNHEALTHY_POLICIES: tuple[str, ...] = ("taint", "omit", "publish")
+
+DeviceNaming = Literal["nvidia", "reference"]
+DEVICE_NAMINGS: tuple[str, ...] = ("nvidia", "reference")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_NOT_DEVICE_NAME_CHARS = re.compile(r"[^a-z0-9-]")
 
 # NVML brand names as nvidia-smi prints them -> go-nvlib's GetBrandAsString(), which the real
 # driver publishes. Unlisted brands fall back to the name without spaces.
@@ -278,6 +290,7 @@ def gpu_facts(gpu: GpuRecord, node: NodeTopology, profile: GpuProfile) -> GpuFac
 def _common_attributes(facts: GpuFacts, names: DraNames) -> Obj:
     attrs: Obj = {
         names.attr_product_name: _string(facts.product_name),
+        **({names.attr_model: _string(facts.product_name)} if names.attr_model else {}),
         names.attr_brand: _string(facts.brand),
         names.attr_architecture: _string(facts.architecture),
         names.attr_cuda_compute_capability: _version(facts.cuda_compute_capability),
@@ -313,10 +326,56 @@ def unhealthy_taints(
     ]
 
 
+def reference_device_name(gpu_id: str) -> str:
+    """run-ai/fake-gpu-operator's device name: the GPU id in lower case (``gpu-<uuid>``); an id
+    without the ``GPU-`` prefix gets it, characters a device name may not hold become ``-``."""
+    body = _NOT_DEVICE_NAME_CHARS.sub("-", gpu_id.lower().removeprefix("gpu-"))
+    return f"gpu-{body}"
+
+
+def full_gpu_device_name(
+    gpu: GpuRecord, naming: DeviceNaming = "nvidia", names: DraNames = DRA_NAMES
+) -> str:
+    """The name a full GPU is published under: ``gpu-<minor>`` or, in ``reference`` naming,
+    ``gpu-<uuid>``."""
+    if naming == "reference":
+        return reference_device_name(gpu.id)
+    return names.gpu_device_name(gpu.minor)
+
+
+def full_gpu_key(device: str) -> int | str | None:
+    """What a claim's device name says about a full GPU, in either naming: the minor of
+    ``gpu-<minor>``, the name itself for ``gpu-<uuid>``, None for anything else (MIG devices,
+    other drivers' names)."""
+    prefix, _, rest = device.partition("-")
+    if prefix != "gpu":
+        return None
+    if rest.isdigit():
+        return int(rest)
+    if _UUID.match(rest):
+        return device
+    return None
+
+
+def find_full_gpu(device: str, gpus: Iterable[GpuRecord]) -> tuple[bool, GpuRecord | None]:
+    """(is ``device`` a full-GPU name in either naming, the GPU of ``gpus`` it names or None)."""
+    key = full_gpu_key(device)
+    if key is None:
+        return False, None
+    for gpu in gpus:
+        if gpu.minor == key if isinstance(key, int) else reference_device_name(gpu.id) == key:
+            return True, gpu
+    return True, None
+
+
 def gpu_device(
-    gpu: GpuRecord, node: NodeTopology, profile: GpuProfile, names: DraNames = DRA_NAMES
+    gpu: GpuRecord,
+    node: NodeTopology,
+    profile: GpuProfile,
+    names: DraNames = DRA_NAMES,
+    naming: DeviceNaming = "nvidia",
 ) -> Obj:
-    """The full-GPU device ``gpu-<minor>``."""
+    """The full-GPU device ``gpu-<minor>`` (``gpu-<uuid>`` in reference naming)."""
     facts = gpu_facts(gpu, node, profile)
     attributes: Obj = {
         names.attr_type: _string(names.type_gpu),
@@ -330,7 +389,7 @@ def gpu_device(
         attributes[names.attr_minor] = _int(gpu.minor)
     memory_mib = gpu.memory_mib or profile.memory_mib
     return {
-        "name": names.gpu_device_name(gpu.minor),
+        "name": full_gpu_device_name(gpu, naming, names),
         "attributes": attributes,
         "capacity": {names.cap_memory: _capacity(binary_quantity(memory_mib << 20))},
     }
@@ -465,7 +524,11 @@ def counter_set(gpu: GpuRecord, profile: GpuProfile, names: DraNames = DRA_NAMES
 
 
 def dynamic_gpu_devices(
-    gpu: GpuRecord, node: NodeTopology, profile: GpuProfile, names: DraNames = DRA_NAMES
+    gpu: GpuRecord,
+    node: NodeTopology,
+    profile: GpuProfile,
+    names: DraNames = DRA_NAMES,
+    naming: DeviceNaming = "nvidia",
 ) -> list[PublishedDevice]:
     """The full GPU and every MIG device it could create, all consuming its counter set.
 
@@ -474,7 +537,7 @@ def dynamic_gpu_devices(
     records when a claim creates it (GI id from the placement alone, see
     ``mig_layout.dynamic_gi_id``).
     """
-    full = gpu_device(gpu, node, profile, names)
+    full = gpu_device(gpu, node, profile, names, naming)
     totals = gpu_counters(gpu, profile, names)
     for capacity in _engine_capacities(_full_mig_profile(profile), names):
         full["capacity"][capacity] = _capacity(totals.get(counter_name(capacity), 0))
@@ -501,6 +564,7 @@ class DeviceOptions:
     names: DraNames = DRA_NAMES
     unhealthy: UnhealthyPolicy = "taint"
     catalog: ProfileCatalog = BUILTIN_CATALOG
+    naming: DeviceNaming = "nvidia"
 
 
 @dataclass(frozen=True, slots=True)
@@ -537,7 +601,7 @@ def node_devices(
         if is_dynamic(gpu, topology, profile):
             # The record's current instances are not looked at: every possible device is
             # always published, and the counters keep allocations apart.
-            entries = dynamic_gpu_devices(gpu, topology, profile, names)
+            entries = dynamic_gpu_devices(gpu, topology, profile, names, options.naming)
         elif gpu.mig_enabled:
             for mig in gpu.mig_devices:
                 if mig.health != HEALTHY and options.unhealthy == "omit":
@@ -549,7 +613,7 @@ def node_devices(
                 entries.append(PublishedDevice(device["name"], mig.uuid, gpu.index, device))
             entries.sort(key=lambda e: e.name)
         else:
-            device = gpu_device(gpu, topology, profile, names)
+            device = gpu_device(gpu, topology, profile, names, options.naming)
             entries.append(PublishedDevice(device["name"], gpu.id, gpu.index, device))
         for entry in entries:
             if taints and "taints" not in entry.device:

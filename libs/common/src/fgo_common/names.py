@@ -202,6 +202,9 @@ class DraNames:
     attr_driver_version: str = "driverVersion"
     attr_cuda_driver_version: str = "cudaDriverVersion"
     attr_addressing_mode: str = "addressingMode"
+    # Not NVIDIA's: run-ai/fake-gpu-operator 0.2 publishes the product name as `model`; kept
+    # next to productName so selectors written for the reference still match ("" = off).
+    attr_model: str = "model"
     # Kubernetes standard attributes (fully qualified).
     attr_pci_bus_id: str = "resource.kubernetes.io/pciBusID"
     attr_pcie_root: str = "resource.kubernetes.io/pcieRoot"

@@ -186,7 +186,12 @@ def claim_devices(
     """The visible-devices list the DRA plugin's CDI spec gives a container using ``requests``
     of ``claim``: every GPU/MIG UUID of the claim on this node (empty if none of those requests
     has a device of ours: then no CDI edit applies)."""
-    uuid_of = {d.name: d.uuid for d in dra.node_devices(topology)}
+    # Either naming (DEVICE_NAMING of the DRA publishers): gpu-<minor> or gpu-<uuid>.
+    uuid_of = {
+        d.name: d.uuid
+        for options in (dra.DeviceOptions(), dra.DeviceOptions(naming="reference"))
+        for d in dra.node_devices(topology, options)
+    }
     allocation = (claim.get("status") or {}).get("allocation") or {}
     ours = [
         r

@@ -9,6 +9,10 @@ claim (kind ``k8s.gpu.nvidia.com/claim``, the NVIDIA DRA driver's; device names
   default) to *all* GPU UUIDs of the claim: a container that gets two devices gets two edits
   setting the same variable, and they must agree (a container referencing several claims sees
   the last claim's list; a known limit of environment-based device lists);
+* every device also sets ``GPU_DEVICE_<name>=<device name>`` (the device name with characters
+  outside ``[A-Za-z0-9_]`` as ``_``: ``GPU_DEVICE_gpu_0=gpu-0``), the variable
+  run-ai/fake-gpu-operator's (and dra-example-driver's) containers get; scripts that list
+  ``GPU_DEVICE_*`` to see their devices keep working;
 * the spec-wide edits add what the fake nvidia-smi needs (design principle 5, the contract of
   docs/nvidia-smi.md, the same as the device plugin's Allocate): ``NODE_NAME``,
   ``FGO_STATE_DIR``, ``FGO_NVIDIA_SMI_HOME`` and the telemetry seed ``FGO_SEED``; read-only bind
@@ -42,6 +46,14 @@ NODE_NAME_ENV = "NODE_NAME"
 SEED_ENV = "FGO_SEED"
 _BIND_RO = ["ro", "nosuid", "nodev", "bind"]
 _NOT_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
+_NOT_ENV_CHARS = re.compile(r"[^A-Za-z0-9_]")
+# run-ai/fake-gpu-operator 0.2 (after dra-example-driver): one variable per allocated device.
+DEVICE_ENV_PREFIX = "GPU_DEVICE_"
+
+
+def device_env(device: str) -> str:
+    """``GPU_DEVICE_<device, - as _>=<device>``, as the reference's CDI edits spell it."""
+    return f"{DEVICE_ENV_PREFIX}{_NOT_ENV_CHARS.sub('_', device)}={device}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +152,7 @@ def claim_spec(
         cdi_devices.append(
             {
                 "name": kind.device_name(claim_uid, name),
-                "containerEdits": {"env": [visible]},
+                "containerEdits": {"env": [visible, device_env(name)]},
             }
         )
     return {

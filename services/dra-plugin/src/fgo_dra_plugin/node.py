@@ -71,7 +71,9 @@ class NodeAgent:
         slice_api: SliceApi | None = None,
     ) -> None:
         self.settings = settings
-        self.options = dra.DeviceOptions(names=settings.names, unhealthy=settings.unhealthy_policy)
+        self.options = dra.DeviceOptions(
+            names=settings.names, unhealthy=settings.unhealthy_policy, naming=settings.naming
+        )
         self.core = client.CoreV1Api(api)
         # resource.k8s.io v1, or v1beta2 where v1 is not served (main.serve decides).
         self.resource = slice_api or SliceApi(api)

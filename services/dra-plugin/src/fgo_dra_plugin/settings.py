@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from fgo_common.dra import UNHEALTHY_POLICIES, UnhealthyPolicy
+from fgo_common.dra import DEVICE_NAMINGS, UNHEALTHY_POLICIES, DeviceNaming, UnhealthyPolicy
 from fgo_common.names import DRA, DraNames
 from fgo_common.nodestate import DEFAULT_STATE_DIR, SMI_CONTAINER_DIR, SMI_HOST_DIR
 from fgo_common.runtime.settings import SettingsError, env_field
@@ -115,6 +115,13 @@ class Settings:
         "DRA_DRIVER_VERSION", "0.4", "NVIDIA DRA driver release whose attribute names to publish",
         choices=tuple(DRA),
     )  # fmt: skip
+    device_naming: str = env_field(
+        "DEVICE_NAMING", "nvidia",
+        "names of full-GPU devices: `nvidia` (`gpu-<minor>`, as NVIDIA's DRA driver) or "
+        "`reference` (`gpu-<uuid>`, as run-ai/fake-gpu-operator 0.2); MIG devices keep NVIDIA's "
+        "names; the dra-plugin and the kwok-dra-plugin must agree (chart: draPlugin.deviceNaming)",
+        choices=DEVICE_NAMINGS,
+    )  # fmt: skip
     instance: str = env_field(
         "INSTANCE", "dra-plugin",
         "value of the `fake-gpu-operator/publisher` label on our slices (and field manager)",
@@ -156,6 +163,10 @@ class Settings:
     @property
     def unhealthy_policy(self) -> UnhealthyPolicy:
         return cast("UnhealthyPolicy", self.unhealthy_devices)
+
+    @property
+    def naming(self) -> DeviceNaming:
+        return cast("DeviceNaming", self.device_naming)
 
     @property
     def effective_topology_namespace(self) -> str:

@@ -197,7 +197,7 @@ class KwokSliceController:
     ):
         self.settings = settings
         self.options = dra.DeviceOptions(
-            names=settings.dra_names, unhealthy=settings.unhealthy_policy
+            names=settings.dra_names, unhealthy=settings.unhealthy_policy, naming=settings.naming
         )
         self.core = client.CoreV1Api(api)
         # resource.k8s.io v1, or v1beta2 where v1 is not served (main.serve decides).

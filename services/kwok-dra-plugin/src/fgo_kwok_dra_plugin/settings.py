@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import cast
 
-from fgo_common.dra import UNHEALTHY_POLICIES, UnhealthyPolicy
+from fgo_common.dra import DEVICE_NAMINGS, UNHEALTHY_POLICIES, DeviceNaming, UnhealthyPolicy
 from fgo_common.names import DRA, DraNames
 from fgo_common.runtime.settings import SettingsError, env_field
 
@@ -32,6 +32,13 @@ class Settings:
         "DRA_DRIVER_VERSION", "0.4",
         "NVIDIA DRA driver release whose attribute names to publish",
         choices=tuple(DRA),
+    )  # fmt: skip
+    device_naming: str = env_field(
+        "DEVICE_NAMING", "nvidia",
+        "names of full-GPU devices: `nvidia` (`gpu-<minor>`, as NVIDIA's DRA driver) or "
+        "`reference` (`gpu-<uuid>`, as run-ai/fake-gpu-operator 0.2); MIG devices keep NVIDIA's "
+        "names; the dra-plugin and the kwok-dra-plugin must agree (chart: draPlugin.deviceNaming)",
+        choices=DEVICE_NAMINGS,
     )  # fmt: skip
     instance: str = env_field(
         "INSTANCE", "kwok-dra-plugin",
@@ -65,3 +72,7 @@ class Settings:
     @property
     def unhealthy_policy(self) -> UnhealthyPolicy:
         return cast("UnhealthyPolicy", self.unhealthy_devices)
+
+    @property
+    def naming(self) -> DeviceNaming:
+        return cast("DeviceNaming", self.device_naming)

@@ -227,14 +227,6 @@ def claim_devices(claim: Obj) -> list[ClaimDevice]:
     ]
 
 
-def gpu_minor_of_device(device: str) -> int | None:
-    """``gpu-<minor>`` -> minor; None for other device names (MIG devices, other drivers)."""
-    prefix, _, number = device.partition("-")
-    if prefix != "gpu" or not number.isdigit():
-        return None
-    return int(number)
-
-
 # --- Run:ai shared GPUs ------------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from fgo_common import annotations as ann
+from fgo_common import dra
 from fgo_common.config import ClusterConfig
 from fgo_common.nodebuild import build_node_topology
 from fgo_common.profiles import BUILTIN_CATALOG, DEFAULT_PROFILE_KEY, GpuProfile
@@ -55,7 +56,6 @@ from fgo_status_updater.podinfo import (
     claim_devices,
     claim_refs,
     effective_request,
-    gpu_minor_of_device,
     is_active,
     is_reservation_pod,
     is_shared_pod,
@@ -296,7 +296,6 @@ def _assign_dra(work: _Work) -> None:
         work.per_pod,
         work.findings,
     )
-    by_minor = {g.minor: g for g in work.all_gpus}
     for pod in work.active:
         ns = str(meta(pod).get("namespace", ""))
         for pod_claim, claim_name in claim_refs(pod):
@@ -306,10 +305,11 @@ def _assign_dra(work: _Work) -> None:
             for device in claim_devices(claim):
                 if device.driver != opts.dra_driver or device.pool != inputs.node_name:
                     continue  # another driver's device, or (impossibly) another node's
-                minor = gpu_minor_of_device(device.device)
-                gpu = by_minor.get(minor) if minor is not None else None
+                # Either naming (gpu-<minor> or the reference's gpu-<uuid>): a claim allocated
+                # before the publishers' naming was switched still holds its GPU.
+                is_gpu, gpu = dra.find_full_gpu(device.device, work.all_gpus)
                 if gpu is None:
-                    if minor is not None:
+                    if is_gpu:
                         findings.append(
                             Finding(
                                 pod_ref(pod),
