@@ -109,14 +109,8 @@ def target(e2e_settings: E2eSettings, request: pytest.FixtureRequest) -> Iterato
     if e2e_settings.runtime == "containers":
         runc = Path(asyncio.run(resolve_node_bin_dir(print, build=False))) / "runc"
         containers = ContainerRuntime(runc, state_dir=cluster.state_dir / "operator")
-    operator = LocalOperator(
-        kubeconfig=cluster.kubeconfig,
-        bin_dir=cluster.bin_dir,
-        chart=CHART,
-        state_dir=cluster.state_dir,
-        namespace=e2e_settings.namespace,
-        release=RELEASE,
-        containers=containers,
+    operator = LocalOperator.for_cluster(
+        cluster, CHART, namespace=e2e_settings.namespace, release=RELEASE, containers=containers
     )
     local = LocalTarget(operator, cluster.bin_dir)
 

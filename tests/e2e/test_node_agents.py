@@ -97,14 +97,7 @@ def agents(target: Target, request: pytest.FixtureRequest) -> Iterator[Agents]:
     if not isinstance(target, LocalTarget):
         pytest.skip("on kind the DaemonSets run as pods; this plays the kubelet locally")
     cluster: LocalCluster = request.getfixturevalue("local_cluster")
-    operator = LocalOperator(
-        kubeconfig=cluster.kubeconfig,
-        bin_dir=cluster.bin_dir,
-        chart=CHART,
-        state_dir=cluster.state_dir,
-        namespace=NAMESPACE,
-        release=RELEASE,
-    )
+    operator = LocalOperator.for_cluster(cluster, CHART, namespace=NAMESPACE, release=RELEASE)
     values = operator.dir / "agent-values.yaml"
     values.parent.mkdir(parents=True, exist_ok=True)
     values.write_text(yaml.safe_dump(AGENT_VALUES))

@@ -219,14 +219,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         t1 = time.monotonic()
         asyncio.run(node.add("default", bin_dir, images=[(n, index[n]) for n in wanted]))
         timings["add-real-node (image imports)"] = time.monotonic() - t1
-        operator = LocalOperator(
-            kubeconfig=cluster.kubeconfig,
-            bin_dir=cluster.bin_dir,
-            chart=CHART,
-            state_dir=cluster.state_dir,
-            namespace=NAMESPACE,
-            release=RELEASE,
-            progress=_progress,
+        operator = LocalOperator.for_cluster(
+            cluster, CHART, namespace=NAMESPACE, release=RELEASE, progress=_progress
         )
         t2 = time.monotonic()
         # helm only: the Deployments are not started as local processes here.

@@ -238,13 +238,8 @@ async def test_helm_upgrade_from_a_reference_release_keeps_gpus_and_allocations(
         core = client.CoreV1Api(api)
         await create_namespace(api, namespace)
         nodes = KwokNodeFactory(api, unique_name("upg", 20) + "-")
-        operator = LocalOperator(
-            kubeconfig=local_cluster.kubeconfig,
-            bin_dir=local_cluster.bin_dir,
-            chart=CHART,
-            state_dir=local_cluster.state_dir,
-            namespace=namespace,
-            release=release,
+        operator = LocalOperator.for_cluster(
+            local_cluster, CHART, namespace=namespace, release=release
         )
         try:
             # 1. The reference release, its node record and a GPU pod it placed on GPU 1.

@@ -29,13 +29,16 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from fgo_localcluster import process
 from fgo_localcluster.layout import fresh_port, port_is_free, write_atomic
 from fgo_localcluster.oci import ContainerRuntime, Mount, remove_all
+
+if TYPE_CHECKING:
+    from fgo_localcluster.cluster import LocalCluster
 
 # Image repository (last path element) -> Python module of the service it runs.
 SERVICE_MODULES = {
@@ -230,6 +233,29 @@ class LocalOperator:
         self.release = release
         self.dir = operator_dir(state_dir) / namespace
         self._say = progress or (lambda message: print(f"fgo: {message}", file=sys.stderr))
+
+    @classmethod
+    def for_cluster(
+        cls,
+        cluster: LocalCluster,
+        chart: Path,
+        *,
+        namespace: str,
+        release: str,
+        progress: Progress | None = None,
+        containers: ContainerRuntime | None = None,
+    ) -> LocalOperator:
+        """An operator for ``release`` of ``chart`` on a running local cluster."""
+        return cls(
+            kubeconfig=cluster.kubeconfig,
+            bin_dir=cluster.bin_dir,
+            chart=chart,
+            state_dir=cluster.state_dir,
+            namespace=namespace,
+            release=release,
+            progress=progress,
+            containers=containers,
+        )
 
     async def _run(self, *argv: str, stdin: bytes | None = None) -> str:
         proc = await asyncio.create_subprocess_exec(
