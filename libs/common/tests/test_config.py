@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from fgo_common import dra
 from fgo_common.config import ConfigError, load_cluster_config, parse_cluster_config
+from fgo_common.nodebuild import build_node_topology
 
 SEED_EXAMPLE = """
 topology:
@@ -60,9 +62,23 @@ def test_reference_default_values() -> None:
     config = load_cluster_config(REFERENCE_DEFAULT)
     pool = config.pools["default"]
     assert config.mig_strategy == "mixed"
-    assert [p.name for p in pool.gpu_profiles()] == ["Tesla K80", "Tesla K80"]
+    # gpuProduct is kept as written (the reference's record and metrics say "Tesla-K80"); the
+    # K80 profile still supplies the physics.
+    assert [p.name for p in pool.gpu_profiles()] == ["Tesla-K80", "Tesla-K80"]
+    assert [p.key for p in pool.gpu_profiles()] == ["k80", "k80"]
     assert pool.groups[0].memory_mib == 11441
     assert config.warnings == ()
+
+
+@pytest.mark.parametrize("written", ["Tesla-K80", "tesla k80", "NVIDIA-A100-SXM4-40GB"])
+def test_legacy_gpu_product_stays_as_written_in_record_and_devices(written: str) -> None:
+    config = parse_cluster_config({"nodePools": {"p": {"gpuProduct": written, "gpuCount": 2}}})
+    assert config.warnings == ()  # a built-in product: matched, not "custom"
+    record = build_node_topology("n1", config.pools["p"], config, kwok=True)
+    assert record.gpu_product == written
+    assert {g.product for g in record.gpus} == {written}
+    attrs = dra.node_devices(record)[0].device["attributes"]
+    assert attrs["productName"] == attrs["model"] == {"string": written}
 
 
 def test_legacy_other_devices_sorted() -> None:

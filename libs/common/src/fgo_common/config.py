@@ -395,6 +395,10 @@ def _legacy_pool(
         profile = _custom_product(
             product, memory or catalog.get(DEFAULT_PROFILE_KEY).memory_mib, catalog
         )
+    elif profile.name != product:
+        # The reference writes gpuProduct into the record and metrics as written ("Tesla-K80"
+        # stays "Tesla-K80"); the matched profile only supplies the physics.
+        profile = dataclasses.replace(profile, name=product)
     return PoolConfig(
         name=name,
         groups=(GpuGroup(_with_memory(profile, memory), count),),
