@@ -90,6 +90,82 @@ def compat(description: str = COMPAT) -> Schema:
     return nullable({"type": kinds, "description": description})
 
 
+# Nested keys of the reference chart (run-ai/fake-gpu-operator 0.2), checked like ours so a typo
+# fails. What happens to each: docs/chart.md, "Values of the reference chart"; NOTES.txt names
+# the ignored ones that are set, templates/_reference.tpl maps the others.
+IGNORED = "Reference chart key, ignored (NOTES.txt names it)"
+MAPPED = "Reference chart key, mapped onto"
+
+
+def toggle(description: str, **extra: Schema) -> Schema:
+    return obj(description, {"enabled": boolean("Reference chart key"), **extra})
+
+
+def kubelet_plugin() -> Schema:
+    probe = {
+        key: integer(f"{MAPPED} the plugin's liveness probe", minimum=0)
+        for key in ("initialDelaySeconds", "periodSeconds", "timeoutSeconds", "failureThreshold")
+    }
+    plugin = obj(
+        "The plugin container (reference chart)",
+        {
+            "securityContext": free_object(f"{IGNORED}: uid 0 without capabilities"),
+            "resources": {**resources(), "description": f"{MAPPED} draPlugin.resources"},
+            "healthcheckPort": integer(
+                f"{MAPPED} draPlugin.healthcheckPort (0: ours kept)", minimum=0, maximum=65535
+            ),
+            "livenessProbe": obj(
+                "Liveness probe (reference chart): the timings are used",
+                {
+                    **probe,
+                    "service": string(f"{IGNORED} unless liveness"),
+                    "successThreshold": integer(f"{IGNORED} (always 1 for liveness)"),
+                },
+            ),
+        },
+    )
+    sched = scheduling(True)
+    return obj(
+        "The reference chart's DRA kubelet plugin keys, mapped onto draPlugin.* (a draPlugin key "
+        "changed from its default wins)",
+        {
+            **{
+                key: {**sched[key], "description": f"{MAPPED} draPlugin.{key}"}
+                for key in ("priorityClassName", "nodeSelector", "tolerations", "affinity")
+            },
+            "podAnnotations": {
+                **sched["podAnnotations"],
+                "description": f"{MAPPED} draPlugin.podAnnotations (merged)",
+            },
+            "updateStrategy": free_object(f"{MAPPED} the DaemonSet's updateStrategy"),
+            "podSecurityContext": free_object(f"{IGNORED}: fixed pod security context"),
+            "kubeletRegistrarDirectoryPath": string(
+                f"{MAPPED} draPlugin.kubeletRegistrarDirectoryPath"
+            ),
+            "kubeletPluginsDirectoryPath": string(
+                f"{MAPPED} draPlugin.kubeletPluginsDirectoryPath"
+            ),
+            "containers": obj("Containers (reference chart)", {"plugin": plugin}),
+        },
+    )
+
+
+def build_pull_secrets() -> Schema:
+    return nullable(
+        {
+            "type": "array",
+            "description": "Pull secrets of every pod ([{name: ...}])",
+            "items": {
+                "type": "object",
+                "description": "A LocalObjectReference",
+                "required": ["name"],
+                "additionalProperties": False,
+                "properties": {"name": {"type": "string", "description": "Secret name"}},
+            },
+        }
+    )
+
+
 def image(default_repository: str) -> Schema:
     return obj(
         "Image of this component",
@@ -420,10 +496,11 @@ def build() -> Schema:
             "Environment",
             {
                 "openshift": boolean(
-                    "Accepted for compatibility (no OpenShift objects are needed)"
+                    "Reference chart key; true is ignored (no SCC roles or CSV are rendered, "
+                    "NOTES.txt says what to grant)"
                 ),
                 "resourceReservationNamespace": string("Namespace of Run:ai GPU reservation pods"),
-                "fakeCSVVersion": string("Accepted for compatibility, ignored"),
+                "fakeCSVVersion": string(f"{IGNORED}: no ClusterServiceVersion"),
             },
         ),
         "restrictToSimulatedPools": boolean(
@@ -444,19 +521,7 @@ def build() -> Schema:
                 "pullPolicy": string("Default pull policy", enum=PULL_POLICIES),
             },
         ),
-        "imagePullSecrets": nullable(
-            {
-                "type": "array",
-                "description": "Pull secrets of every pod ([{name: ...}])",
-                "items": {
-                    "type": "object",
-                    "description": "A LocalObjectReference",
-                    "required": ["name"],
-                    "additionalProperties": False,
-                    "properties": {"name": {"type": "string", "description": "Secret name"}},
-                },
-            }
-        ),
+        "imagePullSecrets": build_pull_secrets(),
         "statusUpdater": component(
             "The central controller: node records, allocations, utilisation",
             "status-updater",
@@ -466,7 +531,9 @@ def build() -> Schema:
                     "Do not add/remove nvidia.com/gpu.deploy.* node labels"
                 ),
                 "defaultUtilization": string(
-                    "Utilisation of a GPU pod without annotation: N or N-M (percent)",
+                    "Utilisation of a GPU pod without annotation: N or N-M (percent); empty: "
+                    '50-90. The reference reports 100 for such pods: set `"100"` to keep its '
+                    "numbers",
                     pattern=r"^$|^[0-9]{1,3}(-[0-9]{1,3})?$",
                 ),
                 # A string too: `--set` passes 0.5 as a string (only integers are parsed).
@@ -479,8 +546,14 @@ def build() -> Schema:
                         "pattern": r"^[0-9]+(\.[0-9]+)?$",
                     }
                 ),
-                "podPatchRbac": compat("Accepted for compatibility (pods patch is always granted)"),
-                "runaiIntegration": compat("Accepted for compatibility, ignored"),
+                "podPatchRbac": toggle(
+                    f"{IGNORED} unless enabled: pods patch is always granted (admissionPolicy "
+                    "narrows it)"
+                ),
+                "runaiIntegration": toggle(
+                    f"{IGNORED}: no Run:ai integration",
+                    pollingInterval=string("Reference chart key"),
+                ),
             },
         ),
         "devicePlugin": component(
@@ -518,9 +591,19 @@ def build() -> Schema:
                     "run-ai/fake-gpu-operator 0.2)",
                     enum=["nvidia", "reference"],
                 ),
-                "serviceAccount": compat("Accepted for compatibility"),
-                "kubeletPlugin": compat("Accepted for compatibility"),
-                "imagePullSecrets": compat("Accepted for compatibility (use imagePullSecrets)"),
+                "serviceAccount": obj(
+                    f"{IGNORED}: the plugin runs as fgo-dra-plugin, created by the chart",
+                    {
+                        "create": boolean("Reference chart key"),
+                        "name": string("Reference chart key"),
+                        "annotations": free_object("Reference chart key"),
+                    },
+                ),
+                "kubeletPlugin": kubelet_plugin(),
+                "imagePullSecrets": {
+                    **build_pull_secrets(),
+                    "description": f"{MAPPED} the plugin pod's imagePullSecrets (added)",
+                },
             },
         ),
         "kwokDraPlugin": component(
@@ -570,7 +653,7 @@ def build() -> Schema:
                     {
                         "enabled": boolean("Run it"),
                         **scheduling(False),
-                        "prometheusRule": compat("Accepted for compatibility, ignored"),
+                        "prometheusRule": toggle(f"{IGNORED}: no PrometheusRule"),
                     },
                 ),
                 "serviceMonitor": obj(
@@ -587,9 +670,14 @@ def build() -> Schema:
                         ),
                     },
                 ),
-                "topologyMaxExportInterval": compat("Accepted for compatibility, ignored"),
-                "nodeResourceTopology": compat("Accepted for compatibility, ignored"),
-                "podResources": compat("Accepted for compatibility, ignored"),
+                "topologyMaxExportInterval": string(
+                    f"{IGNORED}: metrics are computed at every scrape"
+                ),
+                "nodeResourceTopology": toggle(
+                    f"{IGNORED}: no NodeResourceTopology objects",
+                    installCRD=boolean("Reference chart key"),
+                ),
+                "podResources": toggle(f"{IGNORED}: no fake pod-resources server"),
             },
         ),
         "admissionPolicy": obj(

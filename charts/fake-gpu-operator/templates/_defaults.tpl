@@ -57,7 +57,8 @@ statusUpdater:
   # then need your own labels, or set them to {} and rely on restrictToSimulatedPools).
   disableNodeLabeling: false
   # -- Utilisation range of a GPU pod without annotation or workload kind ("N" or "N-M"); empty:
-  # the status-updater's default.
+  # the status-updater's default (50-90, a busy but not saturated GPU). The reference chart
+  # reports 100 for such pods: set "100" to keep its numbers (docs/migration.md).
   defaultUtilization: ""
   # -- Seconds nvidia.com/mig.config.state stays "pending" after a node's nvidia.com/mig.config
   # changes, before the new MIG layout is applied (the time a real reconfiguration takes).

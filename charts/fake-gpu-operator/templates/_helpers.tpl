@@ -196,7 +196,9 @@ tolerations: {{- toYaml . | nindent 2 }}
 {{- with $c.priorityClassName }}
 priorityClassName: {{ . }}
 {{- end }}
-{{- with .root.Values.imagePullSecrets }}
+{{- $secrets := .root.Values.imagePullSecrets }}
+{{- if hasKey $c "pullSecrets" }}{{ $secrets = $c.pullSecrets }}{{ end }}
+{{- with $secrets }}
 imagePullSecrets: {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
