@@ -55,7 +55,8 @@ def _invalid_combination() -> UsageError:
 @dataclass(frozen=True, slots=True)
 class OptSpec:
     key: str
-    value: str  # "none", "required", "optional"
+    # "none", "required", "optional" (a number may follow), "file" (see --debug below)
+    value: str
 
 
 def _table(*rows: tuple[tuple[str, ...], str, str]) -> dict[str, OptSpec]:
@@ -95,7 +96,10 @@ MAIN_OPTIONS = _table(
     (("--help-query-accounted-apps",), "help_other", "none"),
     (("--help-query-retired-pages",), "help_other", "none"),
     (("--help-query-remapped-rows",), "help_other", "none"),
-    (("--debug",), "debug", "required"),
+    # --debug=FILE writes the driver's encrypted log to FILE and runs the command; there is no
+    # driver log here, so the command just runs. A bare --debug (no FILE; the real tool says
+    # "missing its value") runs it too: run-ai/fake-gpu-operator's tests call it that way.
+    (("--debug",), "debug", "file"),
     (("-eow", "--error-on-warning"), "eow", "none"),
     # Device / unit modification: accepted, then refused like an unprivileged container.
     (("-pm", "--persistence-mode"), "set:persistence mode", "required"),
@@ -274,8 +278,10 @@ def _collect(argv: list[str], table: dict[str, OptSpec]) -> list[tuple[str, str,
         value = inline
         if value is None and pos < len(tokens):
             candidate, candidate_inline = tokens[pos]
-            takes = spec.value == "required" or (
-                (candidate.isascii() and candidate.isdigit()) and candidate_inline is None
+            takes = (
+                spec.value == "required"
+                or (spec.value == "file" and not candidate.startswith("-"))
+                or ((candidate.isascii() and candidate.isdigit()) and candidate_inline is None)
             )
             if takes and candidate_inline is None:
                 value = candidate
@@ -338,7 +344,6 @@ def _main_options(found: list[tuple[str, str, str | None]]) -> Options:
             "query_retired_pages",
             "query_remapped_rows",
             "help_other",
-            "debug",
             "get_hostname",
         ):
             modes.append("not_simulated")
@@ -381,6 +386,7 @@ def _main_options(found: list[tuple[str, str, str | None]]) -> Options:
         elif key.startswith("set:"):
             set_ops.append(key[4:])
         # "eow", "set_mode", "set_scope": modifiers of other options; nothing of their own.
+        # "debug": no driver log to write (see MAIN_OPTIONS).
     if "not_simulated" in modes:
         opts.mode = "not_simulated"
         return opts
