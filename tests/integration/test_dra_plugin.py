@@ -347,6 +347,7 @@ async def test_prepare_and_unprepare(env: Env, service: str) -> None:
         # nvidia-smi: the launcher at the path users call, the bundle it execs, the node state.
         assert {m["containerPath"] for m in spec["containerEdits"]["mounts"]} == {
             "/usr/bin/nvidia-smi",
+            "/bin/nvidia-smi",
             "/usr/local/fake-gpu",
             "/run/fake-gpu-operator",
         }

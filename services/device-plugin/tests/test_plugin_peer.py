@@ -123,6 +123,8 @@ async def test_allocate_environment_and_mounts(sock_dir: Path, count: int) -> No
         assert mounts == {
             ("/usr/local/fake-gpu", "/var/lib/fake-gpu-operator/nvidia-smi", True),
             ("/usr/bin/nvidia-smi", "/var/lib/fake-gpu-operator/bin/nvidia-smi", True),
+            # ... also at /bin, for images without a merged /usr (the reference's path).
+            ("/bin/nvidia-smi", "/var/lib/fake-gpu-operator/bin/nvidia-smi", True),
             ("/run/fake-gpu-operator", config.state_dir, True),
         }
         assert not response.devices

@@ -47,6 +47,12 @@ def test_claim_spec_sets_all_uuids_on_every_device_and_common_mounts() -> None:
             "containerPath": "/usr/bin/nvidia-smi",
             "options": ["ro", "nosuid", "nodev", "bind"],
         },
+        # ... also at /bin, for images without a merged /usr (the reference's path).
+        {
+            "hostPath": "/var/lib/fake-gpu-operator/bin/nvidia-smi",
+            "containerPath": "/bin/nvidia-smi",
+            "options": ["ro", "nosuid", "nodev", "bind"],
+        },
         {
             "hostPath": "/var/lib/fake-gpu-operator/state",
             "containerPath": "/run/fake-gpu-operator",

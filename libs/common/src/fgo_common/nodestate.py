@@ -135,6 +135,10 @@ def read_node_state(directory: str | os.PathLike[str]) -> NodeTopology:
 SMI_HOME_ENV = "FGO_NVIDIA_SMI_HOME"
 SMI_CONTAINER_DIR = "/usr/local/fake-gpu"
 SMI_CONTAINER_PATH = "/usr/bin/nvidia-smi"
+# Every path the launcher is mounted at: where NVIDIA's container toolkit puts nvidia-smi, and
+# /bin/nvidia-smi, where run-ai/fake-gpu-operator mounts it and its users call it. In images with
+# a merged /usr (/bin -> usr/bin) both are one file; in images without, /bin needs its own mount.
+SMI_CONTAINER_PATHS = (SMI_CONTAINER_PATH, "/bin/nvidia-smi")
 SMI_HOST_DIR = "/var/lib/fake-gpu-operator/nvidia-smi"
 SMI_LAUNCHER_HOST_PATH = "/var/lib/fake-gpu-operator/bin/nvidia-smi"
 _STAMP = ".fgo-bundle-stamp"

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fgo_common.nodestate import STATE_DIR_ENV
+from fgo_common.nodestate import SMI_CONTAINER_PATHS, STATE_DIR_ENV
 
 NODE_NAME_ENV = "NODE_NAME"
 # Read by the nvidia-smi launcher / CLI (docs/nvidia-smi.md, "Mounts").
@@ -37,7 +37,7 @@ class ContainerSetup:
     node_name: str
     visible_devices_env: str = "NVIDIA_VISIBLE_DEVICES"
     nvidia_smi_host_path: str = ""
-    nvidia_smi_container_path: str = "/usr/bin/nvidia-smi"
+    nvidia_smi_container_path: str = ",".join(SMI_CONTAINER_PATHS)  # comma-separated
     bundle_host_dir: str = ""
     bundle_container_dir: str = ""
     state_host_dir: str = ""
@@ -59,8 +59,9 @@ class ContainerSetup:
         # the bundle's own executable would look for its _internal/ next to /usr/bin.
         if self.bundle_host_dir and self.bundle_container_dir:
             out.append(MountSpec(self.bundle_container_dir, self.bundle_host_dir))
-        if self.nvidia_smi_host_path and self.nvidia_smi_container_path:
-            out.append(MountSpec(self.nvidia_smi_container_path, self.nvidia_smi_host_path))
+        if self.nvidia_smi_host_path:
+            for path in filter(None, self.nvidia_smi_container_path.split(",")):
+                out.append(MountSpec(path.strip(), self.nvidia_smi_host_path))
         if self.state_host_dir and self.state_container_dir:
             out.append(MountSpec(self.state_container_dir, self.state_host_dir))
         return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fgo_common.nodestate import DEFAULT_STATE_DIR
+from fgo_common.nodestate import DEFAULT_STATE_DIR, SMI_CONTAINER_PATHS
 from fgo_common.runtime.settings import SettingsError, env_field
 
 MODE_NODE = "node"
@@ -70,8 +70,9 @@ class Settings:
     )
     nvidia_smi_container_path: str = env_field(
         "NVIDIA_SMI_CONTAINER_PATH",
-        "/usr/bin/nvidia-smi",
-        "where GPU containers find nvidia-smi",
+        ",".join(SMI_CONTAINER_PATHS),
+        "where GPU containers find nvidia-smi (comma-separated: one mount each; /bin too for "
+        "images without a merged /usr)",
     )
     nvidia_smi_bundle_host_dir: str = env_field(
         "NVIDIA_SMI_BUNDLE_HOST_DIR",

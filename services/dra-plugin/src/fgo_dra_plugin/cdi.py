@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fgo_common.nodestate import SMI_HOME_ENV, STATE_DIR_ENV
+from fgo_common.nodestate import SMI_CONTAINER_PATHS, SMI_HOME_ENV, STATE_DIR_ENV
 
 from fgo_dra_plugin.checkpoint import write_atomically
 
@@ -63,7 +63,7 @@ class ContainerSetup:
     node_name: str
     visible_devices_env: str = "NVIDIA_VISIBLE_DEVICES"
     nvidia_smi_host_path: str = ""
-    nvidia_smi_container_path: str = "/usr/bin/nvidia-smi"
+    nvidia_smi_container_path: str = ",".join(SMI_CONTAINER_PATHS)  # comma-separated
     state_host_dir: str = ""
     state_container_dir: str = ""
     bundle_host_dir: str = ""
@@ -82,14 +82,15 @@ class ContainerSetup:
                     "options": list(_BIND_RO),
                 }
             )
-        if self.nvidia_smi_host_path and self.nvidia_smi_container_path:
-            mounts.append(
-                {
-                    "hostPath": self.nvidia_smi_host_path,
-                    "containerPath": self.nvidia_smi_container_path,
-                    "options": list(_BIND_RO),
-                }
-            )
+        if self.nvidia_smi_host_path:
+            for path in filter(None, self.nvidia_smi_container_path.split(",")):
+                mounts.append(
+                    {
+                        "hostPath": self.nvidia_smi_host_path,
+                        "containerPath": path.strip(),
+                        "options": list(_BIND_RO),
+                    }
+                )
         if self.state_host_dir and self.state_container_dir:
             env.append(f"{STATE_DIR_ENV}={self.state_container_dir}")
             mounts.append(

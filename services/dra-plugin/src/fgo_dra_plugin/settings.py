@@ -14,7 +14,12 @@ from typing import cast
 
 from fgo_common.dra import DEVICE_NAMINGS, UNHEALTHY_POLICIES, DeviceNaming, UnhealthyPolicy
 from fgo_common.names import DRA, DraNames
-from fgo_common.nodestate import DEFAULT_STATE_DIR, SMI_CONTAINER_DIR, SMI_HOST_DIR
+from fgo_common.nodestate import (
+    DEFAULT_STATE_DIR,
+    SMI_CONTAINER_DIR,
+    SMI_CONTAINER_PATHS,
+    SMI_HOST_DIR,
+)
 from fgo_common.runtime.settings import SettingsError, env_field
 from fgo_common.topology import node_topology_configmap_name
 from fgo_kubelet_api import pluginregistration_v1 as reg
@@ -73,8 +78,10 @@ class Settings:
         "host path of the fake nvidia-smi mounted into GPU containers (empty: no mount)",
     )  # fmt: skip
     nvidia_smi_container_path: str = env_field(
-        "NVIDIA_SMI_CONTAINER_PATH", "/usr/bin/nvidia-smi", "where GPU containers find nvidia-smi"
-    )
+        "NVIDIA_SMI_CONTAINER_PATH", ",".join(SMI_CONTAINER_PATHS),
+        "where GPU containers find nvidia-smi (comma-separated: one mount each; /bin too for "
+        "images without a merged /usr)",
+    )  # fmt: skip
     nvidia_smi_bundle_host_dir: str = env_field(
         "NVIDIA_SMI_BUNDLE_HOST_DIR", SMI_HOST_DIR,
         "host directory of the nvidia-smi bundle the launcher at NVIDIA_SMI_HOST_PATH executes "
