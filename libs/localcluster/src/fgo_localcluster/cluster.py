@@ -516,7 +516,11 @@ class LocalCluster:
         self._say(
             "feature gates: "
             + ", ".join(sorted(gates))
-            + (f" (GA/locked, not passed: {', '.join(skipped)})" if skipped else "")
+            + (
+                f" (not passed, GA/locked or unknown to this binary: {', '.join(skipped)})"
+                if skipped
+                else ""
+            )
         )
         return gates, key
 
