@@ -247,3 +247,20 @@ def test_bad_input_names_field_and_allowed_values(document: str, path: str, frag
 def test_malformed_documents(document: str) -> None:
     with pytest.raises(ConfigError):
         load_cluster_config(document)
+
+
+def test_reference_gb300_profile_pool_is_accepted() -> None:
+    """The reference ships a gb300 profile; a pool naming it used to refuse the whole config."""
+    config = parse_cluster_config(
+        {"nodePools": {"ultra": {"gpu": {"backend": "fake", "profile": "gb300"}}}}
+    )
+    (group,) = config.pools["ultra"].groups
+    assert group.profile.key == "gb300"
+    assert group.product == "NVIDIA GB300"  # what nvidia-smi prints on a real GB300
+    assert group.memory_mib == 284208
+    assert group.count == 8
+    assert group.profile.compute_capability == (10, 3)
+    assert group.profile.mig_capable
+    # The reference's own name for it selects the same profile.
+    seed = parse_cluster_config({"nodePools": {"p": {"gpus": [{"type": "NVIDIA GB300 NVL"}]}}})
+    assert seed.pools["p"].groups[0].profile.key == "gb300"

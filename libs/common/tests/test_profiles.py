@@ -192,7 +192,7 @@ ARCHITECTURES: dict[str, tuple[set[tuple[int, int]], dict[tuple[int, int], int]]
     "ampere": ({(8, 0), (8, 6), (8, 7)}, {(8, 0): 64, (8, 6): 128}),
     "ada lovelace": ({(8, 9)}, {(8, 9): 128}),
     "hopper": ({(9, 0)}, {(9, 0): 128}),
-    "blackwell": ({(10, 0), (10, 3), (12, 0)}, {(10, 0): 128}),
+    "blackwell": ({(10, 0), (10, 3), (12, 0)}, {(10, 0): 128, (10, 3): 128}),
 }
 
 
@@ -229,6 +229,7 @@ def test_expected_builtin_set() -> None:
         "NVIDIA H200",
         "NVIDIA B200",
         "NVIDIA GB200",
+        "NVIDIA GB300",
     }
     assert len({p.key for p in BUILTIN_PROFILES}) == len(BUILTIN_PROFILES)
 
@@ -298,7 +299,7 @@ def test_sourced_rejects_a_field_with_two_sources() -> None:
 
 
 def test_mig_capability_matches_generation(gpu: GpuProfile) -> None:
-    expected = gpu.compute_capability in {(8, 0), (9, 0), (10, 0)}
+    expected = gpu.compute_capability in {(8, 0), (9, 0), (10, 0), (10, 3)}
     assert gpu.mig_capable == expected
     assert gpu.mig_max_gpu_instances == (7 if expected else 0)
 
@@ -445,11 +446,15 @@ def test_no_two_profiles_share_a_spelling() -> None:
         ("GB200", "gb200"),
         ("Tesla-K80", "k80"),
         ("NVIDIA GB200 NVL", "gb200"),
+        ("NVIDIA GB300", "gb300"),
+        ("NVIDIA GB300 NVL", "gb300"),  # the reference profile's device_defaults.name
+        ("NVIDIA-GB300", "gb300"),  # the GFD product label
         ("NVIDIA T4", "t4"),
         # The reference chart's profile keys (upstream-reference.md 1.4).
         ("a100", "a100-40gb"),
         ("b200", "b200"),
         ("gb200", "gb200"),
+        ("gb300", "gb300"),
         ("l40s", "l40s"),
         ("t4", "t4"),
         ("l4", "l4"),
@@ -549,6 +554,8 @@ def test_valid_h100_layouts(
         ("h200", "all-2g.35gb", 3, 3 * 33280, 3 * 32),
         ("b200", "all-7g.180gb", 1, 182016, 148),
         ("gb200", "all-1g.23gb", 7, 7 * 23296, 7 * 18),
+        ("gb300", "all-1g.35gb", 7, 7 * 34816, 7 * 18),
+        ("gb300", "all-balanced", 4, 2 * 34816 + 70144 + 140800, 2 * 18 + 36 + 66),
         ("a100-40gb", "all-1g.10gb", 4, 4 * 9856, 4 * 14),
     ],
 )

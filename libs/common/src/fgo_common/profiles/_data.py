@@ -12,7 +12,7 @@ from fgo_common.profiles.data.ampere import (
     NVIDIA_A100_SXM4_40GB,
     NVIDIA_A100_SXM4_80GB,
 )
-from fgo_common.profiles.data.blackwell import NVIDIA_B200, NVIDIA_GB200
+from fgo_common.profiles.data.blackwell import NVIDIA_B200, NVIDIA_GB200, NVIDIA_GB300
 from fgo_common.profiles.data.hopper import H100_80GB_HBM3, NVIDIA_H200
 from fgo_common.profiles.data.kepler import TESLA_K80
 from fgo_common.profiles.data.turing import TESLA_T4
@@ -30,4 +30,5 @@ BUILTIN_PROFILES: tuple[GpuProfile, ...] = (
     NVIDIA_H200,
     NVIDIA_B200,
     NVIDIA_GB200,
+    NVIDIA_GB300,
 )

@@ -115,6 +115,8 @@ BALANCED_BY_DEVICE_ID: dict[int, dict[str, int]] = {
     0x233510DE: {"1g.18gb": 2, "2g.35gb": 1, "3g.71gb": 1},  # H200 141GB
     0x290110DE: {"1g.23gb": 2, "2g.45gb": 1, "3g.90gb": 1},  # B200
     0x294110DE: {"1g.23gb": 2, "2g.47gb": 1, "3g.93gb": 1},  # GB200
+    # GB300: mig-parted's pattern for its profiles (the profile's device id is an estimate).
+    0x31C210DE: {"1g.35gb": 2, "2g.70gb": 1, "3g.139gb": 1},
 }
 
 
