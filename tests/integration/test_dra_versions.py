@@ -17,10 +17,13 @@ import httpx
 import pytest
 from fgo_common.kube.served import DRA_GROUP, DRA_WRITE_VERSIONS, newest, served_versions
 from fgo_localcluster.cluster import LocalCluster
+from fgo_localcluster.operator import LocalOperator, OperatorError
 from fgo_status_updater.testing import free_port
 from kubernetes_asyncio import client
 
 pytestmark = pytest.mark.integration
+
+CHART = Path(__file__).parents[2] / "charts" / "fake-gpu-operator"
 
 
 async def test_kwok_dra_plugin_uses_the_served_version_or_refuses_in_one_line(
@@ -66,3 +69,28 @@ async def test_kwok_dra_plugin_uses_the_served_version_or_refuses_in_one_line(
             proc.terminate()
             async with asyncio.timeout(20):
                 await proc.wait()
+
+
+async def test_the_chart_refuses_dra_components_where_the_publishers_cannot_write(
+    kube: client.ApiClient, local_cluster: LocalCluster, namespace: str, tmp_path: Path
+) -> None:
+    """helm asks the cluster (--dry-run=server): DRA components render where v1 or v1beta2 is
+    served and are refused with the chart's message elsewhere."""
+    version = newest(await served_versions(kube, DRA_GROUP), DRA_WRITE_VERSIONS)
+    operator = LocalOperator(
+        kubeconfig=local_cluster.kubeconfig,
+        bin_dir=local_cluster.bin_dir,
+        chart=CHART,
+        state_dir=tmp_path,
+        namespace=namespace,
+        release=f"dra-{namespace[-6:]}",
+        progress=lambda message: None,
+    )
+    args = ("install", operator.release, str(CHART), "--namespace", namespace,
+            "--dry-run=server", "--set", "kwokDraPlugin.enabled=true")  # fmt: skip
+    if version is None:
+        with pytest.raises(OperatorError, match="need Dynamic Resource Allocation as"):
+            await operator.helm(*args)
+    else:
+        out = await operator.helm(*args)
+        assert "kind: Deployment" in out and "kwok-dra-plugin" in out, out[-2000:]
