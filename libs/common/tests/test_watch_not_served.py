@@ -158,3 +158,25 @@ def test_error_text_is_one_line_without_headers() -> None:
     assert str(ours) == "404 Not Found: the server could not find the requested resource"
     assert describe_error(ConnectionResetError("reset\nby peer")) == "reset"
     assert describe_error(TimeoutError()) == "TimeoutError"
+
+
+async def test_slice_api_sends_the_chosen_versions_api_version() -> None:
+    from fgo_common.kube.served import SliceApi, newest
+    from kubernetes_asyncio import client
+
+    assert newest(["v1beta1", "v1beta2"], ("v1", "v1beta2")) == "v1beta2"
+    assert newest(["v1beta1"], ("v1", "v1beta2")) is None
+    async with client.ApiClient() as api:
+        beta = SliceApi(api, "v1beta2")
+        sent: list[dict[str, Any]] = []
+
+        async def patch(name: str, body: dict[str, Any], **kwargs: Any) -> None:
+            sent.append(body)
+
+        beta._api.patch_resource_slice = patch
+        obj = {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice", "metadata": {}}
+        await beta.patch_resource_slice("s", obj)
+        assert sent[0]["apiVersion"] == "resource.k8s.io/v1beta2"
+        assert obj["apiVersion"] == "resource.k8s.io/v1"  # the caller's object is not changed
+        with pytest.raises(ValueError, match="v1beta1"):
+            SliceApi(api, "v1beta1")
