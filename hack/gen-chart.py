@@ -372,9 +372,9 @@ def topology() -> Schema:
                 "properties": {
                     "backend": {
                         "type": "string",
-                        "enum": ["fake"],
-                        "description": "Only fake (the reference's mock backend needs real "
-                        "NVIDIA components)",
+                        "enum": ["fake", "mock"],
+                        "description": "fake; mock (the reference's nvml-mock) runs as fake, "
+                        "with a TopologyConfigWarning Event",
                     },
                     "profile": {"type": "string", "description": "Profile key or product name"},
                     "overrides": {

@@ -127,6 +127,22 @@ def test_reference_legacy_pool_is_not_merged_with_the_default_pool(helm: Helm) -
     }
 
 
+def test_a_mock_pool_installs_and_runs_as_fake(helm: Helm) -> None:
+    """gpu.backend: mock (the reference's nvml-mock) is accepted per pool: the chart renders,
+    the other pool is intact, and the config warns about the mock pool only."""
+    rendered = helm.render(
+        sets=[
+            "topology.nodePools.train.gpu.profile=h100",
+            "topology.nodePools.mocked.gpu.backend=mock",
+            "topology.nodePools.mocked.gpu.profile=gb300",
+        ]
+    )
+    config = load_cluster_config(rendered.get("ConfigMap", "topology")["data"]["topology.yml"])
+    assert {"train", "mocked"} <= set(config.pools)
+    assert config.pools["mocked"].groups[0].product == "NVIDIA GB300"
+    assert [w.split(":")[0] for w in config.warnings] == ["nodePools.mocked.gpu.backend"]
+
+
 def test_cluster_key_replaces_topology(helm: Helm) -> None:
     rendered = helm.render([CHART / "ci" / "profiles-values.yaml"])
     data = rendered.get("ConfigMap", "topology")["data"]

@@ -190,9 +190,9 @@ nodePools:
         ),
         ("nodePools: {a: {gpu: {profile: nope}}}", "nodePools.a.gpu.profile", "known:"),
         (
-            "nodePools: {a: {gpu: {profile: k80, backend: mock}}}",
+            "nodePools: {a: {gpu: {profile: k80, backend: nvml}}}",
             "nodePools.a.gpu.backend",
-            "allowed: fake",
+            "allowed: fake, mock",
         ),
         ("nodePools: {a: {}}", "nodePools.a", "a pool needs GPUs"),
         ("nodePools: {a: {gpus: []}}", "nodePools.a.gpus", "non-empty list"),
@@ -264,3 +264,32 @@ def test_reference_gb300_profile_pool_is_accepted() -> None:
     # The reference's own name for it selects the same profile.
     seed = parse_cluster_config({"nodePools": {"p": {"gpus": [{"type": "NVIDIA GB300 NVL"}]}}})
     assert seed.pools["p"].groups[0].profile.key == "gb300"
+
+
+def test_a_mock_pool_runs_as_fake_with_a_warning_and_the_others_keep_working() -> None:
+    """The reference's `backend: mock` (NVIDIA's nvml-mock per pool) is refused per pool only:
+    that pool runs with the fake backend and the config carries a warning naming it (the
+    status-updater turns it into a TopologyConfigWarning Event); the other pools are intact."""
+    config = parse_cluster_config(
+        {
+            "nodePools": {
+                "training": {"gpu": {"backend": "fake", "profile": "h100"}},
+                "legacy": {"gpuProduct": "Tesla-K80", "gpuCount": 2},
+                "mocked": {"gpu": {"backend": "mock", "profile": "gb300"}},
+            }
+        }
+    )
+    assert set(config.pools) == {"training", "legacy", "mocked"}
+    assert config.pools["training"].groups[0].profile.key == "h100-80gb-hbm3"
+    assert config.pools["legacy"].gpu_count == 2
+    assert config.pools["mocked"].groups[0].profile.key == "gb300"
+    (warning,) = config.warnings
+    assert warning.startswith("nodePools.mocked.gpu.backend: mock")
+    assert "runs with the fake backend" in warning
+    record = build_node_topology("n1", config.pools["mocked"], config, kwok=True)
+    assert len(record.gpus) == 8 and record.gpu_product == "NVIDIA GB300"
+
+
+def test_an_unknown_backend_is_still_an_error() -> None:
+    with pytest.raises(ConfigError, match="unsupported backend 'nvml'; allowed: fake, mock"):
+        parse_cluster_config({"nodePools": {"a": {"gpu": {"backend": "nvml", "profile": "h100"}}}})

@@ -28,6 +28,8 @@ from fgo_common.units import MemoryParseError, parse_memory_mib
 DEFAULT_NODE_POOL_LABEL_KEY = "run.ai/simulated-gpu-node-pool"
 MIG_STRATEGIES = ("none", "single", "mixed")
 BACKENDS = ("fake",)
+# The reference's nvml-mock backend: accepted, run as fake, with a warning (see _profile_pool).
+MOCK_BACKEND = "mock"
 MAX_GPUS_PER_NODE = 64
 MAX_OTHER_DEVICE_COUNT = 1024
 
@@ -416,15 +418,25 @@ def _legacy_pool(
     )
 
 
-def _profile_pool(name: str, raw: dict[str, Any], path: str, catalog: ProfileCatalog) -> PoolConfig:
+def _profile_pool(
+    name: str, raw: dict[str, Any], path: str, catalog: ProfileCatalog, warnings: list[str]
+) -> PoolConfig:
     _check_keys(raw, _PROFILE_POOL_KEYS, path)
     gpu = _expect_mapping(raw.get("gpu"), f"{path}.gpu")
     _check_keys(gpu, _PROFILE_GPU_KEYS, f"{path}.gpu")
     backend = gpu.get("backend", "fake")
-    if backend not in BACKENDS:
+    if backend == MOCK_BACKEND:
+        # Per pool, never the whole config: the other pools keep working, and this one gets the
+        # simulated GPUs of its profile instead of NVIDIA's nvml-mock, which we do not deploy.
+        warnings.append(
+            f"{path}.gpu.backend: mock (NVIDIA's nvml-mock per pool) is not deployed by this "
+            f"operator; pool {name!r} runs with the fake backend instead (simulated GPUs of its "
+            "profile, seen through our device plugin, DRA plugin, exporter and nvidia-smi)"
+        )
+    elif backend not in BACKENDS:
         raise ConfigError(
             f"{path}.gpu.backend",
-            f"unsupported backend {backend!r}; allowed: {', '.join(BACKENDS)}",
+            f"unsupported backend {backend!r}; allowed: {', '.join((*BACKENDS, MOCK_BACKEND))}",
         )
     overrides = _expect_mapping(gpu.get("overrides") or {}, f"{path}.gpu.overrides")
     _check_keys(overrides, _OVERRIDE_KEYS, f"{path}.gpu.overrides")
@@ -532,7 +544,7 @@ def parse_cluster_config(raw: object, catalog: ProfileCatalog = BUILTIN_CATALOG)
             raise ConfigError(path, "pool names must be non-empty strings")
         pool = _expect_mapping(pool_raw, path)
         if "gpu" in pool:
-            pools[name] = _profile_pool(name, pool, path, catalog)
+            pools[name] = _profile_pool(name, pool, path, catalog, warnings)
         elif "gpuProduct" in pool or "gpuCount" in pool or "gpuMemory" in pool:
             pools[name] = _legacy_pool(name, pool, path, catalog, warnings)
         elif "gpus" in pool:
