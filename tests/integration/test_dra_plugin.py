@@ -342,7 +342,11 @@ async def test_prepare_and_unprepare(env: Env, service: str) -> None:
         spec = env.cdi_spec(ref.uid)
         assert spec is not None
         uuids = ",".join(g.id for g in topology.gpus)
-        assert spec["devices"][0]["containerEdits"]["env"] == [f"NVIDIA_VISIBLE_DEVICES={uuids}"]
+        # The claim's UUIDs, plus the reference's GPU_DEVICE_<name>=<name> per device.
+        assert [d["containerEdits"]["env"] for d in spec["devices"]] == [
+            [f"NVIDIA_VISIBLE_DEVICES={uuids}", "GPU_DEVICE_gpu_0=gpu-0"],
+            [f"NVIDIA_VISIBLE_DEVICES={uuids}", "GPU_DEVICE_gpu_1=gpu-1"],
+        ]
         assert f"NODE_NAME={env.node}" in spec["containerEdits"]["env"]
         # nvidia-smi: the launcher at the path users call, the bundle it execs, the node state.
         assert {m["containerPath"] for m in spec["containerEdits"]["mounts"]} == {
