@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -197,7 +198,7 @@ def helm(cluster: LocalCluster, *args: str) -> str:
         [str(cluster.bin_dir / "helm"), *args],
         capture_output=True,
         text=True,
-        env={"KUBECONFIG": str(cluster.kubeconfig), "PATH": "/usr/bin:/bin"},
+        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
         check=False,
     )
     assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stderr}"
@@ -319,7 +320,7 @@ async def test_helm_upgrade_from_a_reference_release_keeps_gpus_and_allocations(
             else:
                 subprocess.run(
                     [str(local_cluster.bin_dir / "helm"), "uninstall", release, "-n", namespace],
-                    env={"KUBECONFIG": str(local_cluster.kubeconfig)},
+                    env={**os.environ, "KUBECONFIG": str(local_cluster.kubeconfig)},
                     check=False,
                 )
             await nodes.cleanup()

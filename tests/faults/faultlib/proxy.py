@@ -49,6 +49,10 @@ class TcpProxy:
         self._blocked_until = time.monotonic() + seconds
         return self.drop()
 
+    def heal(self) -> None:
+        """End a partition early (new connections are accepted again)."""
+        self._blocked_until = 0.0
+
     @staticmethod
     async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, OSError, asyncio.IncompleteReadError):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from fgo_common.dragate import DraVersionGate
 from fgo_common.kube.client import api_client
-from fgo_common.kube.served import SliceApi, dra_write_version
+from fgo_common.kube.served import SliceApi
 from fgo_common.runtime.entry import service_main
 from fgo_common.runtime.logging import configure_logging
 from fgo_common.runtime.runner import ServiceContext, run_tasks
@@ -19,15 +20,15 @@ COMPONENT = "dra-plugin"
 async def serve(settings: Settings) -> int:
     ctx = ServiceContext(name=COMPONENT)
     async with api_client(settings.kubeconfig or None) as api:
-        version = await dra_write_version(api)
-        if version is None:
-            return 1  # dra.api_not_served said why, in one line
-        plugin = DraPlugin(api, settings, ctx, SliceApi(api, version))
-        return await run_tasks(
+        slices = SliceApi(api)
+        gate = DraVersionGate(api, slices, ctx)
+        plugin = DraPlugin(api, settings, ctx, slices)
+        code = await run_tasks(
             ctx,
-            {"node": plugin.node.run, "kubelet": plugin.serve_kubelet},
+            gate.wrap({"node": plugin.node.run, "kubelet": plugin.serve_kubelet}),
             health_port=settings.health_port,
         )
+        return 1 if gate.not_served else code  # dra.api_not_served said why, in one line
 
 
 def _start(settings: Settings) -> int:

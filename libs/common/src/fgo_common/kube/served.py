@@ -17,7 +17,6 @@ import structlog
 from kubernetes_asyncio import client
 
 from fgo_common.kube.errors import KubeApiError, raise_for_status
-from fgo_common.kube.retry import retrying
 
 log = structlog.get_logger(__name__)
 
@@ -92,11 +91,18 @@ class SliceApi:
     chosen version's apiVersion (``v1beta2`` objects have ``v1``'s shape)."""
 
     def __init__(self, api: client.ApiClient, version: str = "v1") -> None:
+        self._client = api
+        self.use(version)
+
+    def use(self, version: str) -> None:
+        """Talk ``resource.k8s.io/<version>`` from now on (once discovery has answered)."""
         if version not in DRA_WRITE_VERSIONS:
             raise ValueError(f"resource.k8s.io/{version} is not written by this project")
         self.version = version
         self._api: Any = (
-            client.ResourceV1Api(api) if version == "v1" else client.ResourceV1beta2Api(api)
+            client.ResourceV1Api(self._client)
+            if version == "v1"
+            else client.ResourceV1beta2Api(self._client)
         )
 
     def list_resource_slice(self, **kwargs: Any) -> Any:
@@ -113,13 +119,11 @@ class SliceApi:
         return self._api.read_namespaced_resource_claim(name, namespace, **kwargs)
 
 
-async def dra_write_version(api: client.ApiClient) -> str | None:
+async def dra_version_of(api: client.ApiClient) -> str | None:
     """The newest served of :data:`DRA_WRITE_VERSIONS`, else None after one error line saying
     what is served and what would be needed (the publisher then exits: there is nothing it can
-    do on this cluster until DRA is switched on)."""
-    served = await retrying(
-        lambda: served_versions(api, DRA_GROUP), what=f"API discovery of {DRA_GROUP}"
-    )
+    do on this cluster until DRA is switched on). API errors are raised."""
+    served = await served_versions(api, DRA_GROUP)
     version = newest(served, DRA_WRITE_VERSIONS)
     if version is None:
         log.error(
