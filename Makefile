@@ -80,7 +80,7 @@ e2e-images: setup tools node-tools host-deps images ## The e2e scenarios again, 
 		--ignore=tests/e2e/test_real_node.py
 
 .PHONY: test
-test: lint types unit integration e2e e2e-images ## THE test command (CI runs this): lint, types, unit, integration, e2e (processes and images)
+test: lint types unit integration integration-oldest e2e e2e-images ## THE test command (CI runs this): lint, types, unit, integration (also on the oldest Kubernetes), e2e (processes and images)
 
 # `make demo REAL_NODE=1` (root): also a real kubelet + containerd node running the chart's pods
 # and a GPU pod to `kubectl exec ... nvidia-smi` into (needs the node tools and the images).
