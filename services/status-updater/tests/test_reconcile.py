@@ -116,6 +116,23 @@ def test_completed_and_deleted_pods_release_and_bank_energy() -> None:
     assert run([], stored, now=NOW + 60).record.gpus[0].status.is_free  # type: ignore[union-attr]
 
 
+def test_sw_power_capping_time_is_banked_when_a_capped_pod_leaves() -> None:
+    """The SW Power Capping counter, like energy, never goes down: a pod at 100 % (capped on
+    this GPU) leaves, its capped time stays in the counter and survives a restart (roundtrip)."""
+    a = pod("a", gpus=1, annotations={"run.ai/simulated-gpu-utilization": "100"})
+    stored = roundtrip(run([a]).record)
+    gpu0 = stored.gpus[0]
+    before = sample_gpu(gpu0, profile_of(gpu0), NOW + 600).sw_power_cap_ns
+    assert before > 0, "a pod at 100 % must have spent time capped"
+    done = dict(a, status={"phase": "Succeeded"})
+    rec = run([done], stored, now=NOW + 600).record
+    assert rec is not None and rec.gpus[0].status.is_free
+    assert rec.gpus[0].status.sw_cap_banked_ns == before
+    restored = roundtrip(rec).gpus[0]
+    for t in (NOW + 600, NOW + 3600):
+        assert sample_gpu(restored, profile_of(restored), t).sw_power_cap_ns == before
+
+
 def test_init_container_gpus_counted() -> None:
     p = pod("p", containers=[container("app", 1)], init=[container("warm", 3)])
     rec = run([p]).record

@@ -745,6 +745,8 @@ def sample_gpu(
     )
     used = max(0, min(total - reserved, wanted))
     sw_cap_ns = sw_power_cap_ns(gpu, profile, t, boot_time=boot_time, usages=usages)
+    if usages is None:
+        sw_cap_ns += gpu.status.sw_cap_banked_ns  # holders that have gone (status-updater)
     brake_ns = violation_ns(gpu.faults, FAULT_POWER, t, boot_time) if gpu.faults else 0
     ratio = util / 100.0
     pcie_peak = 2_000_000_000 * profile.pcie_generation * profile.pcie_link_width // 16

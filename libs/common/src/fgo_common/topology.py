@@ -187,6 +187,8 @@ class GpuStatus:
     usage: dict[str, PodUsage] = field(default_factory=dict)  # keyed by pod UID
     # Energy (J) accumulated by holders that have gone, so total energy never decreases.
     energy_banked_j: float = 0.0
+    # SW power capping time (ns) of holders that have gone, so that counter never decreases.
+    sw_cap_banked_ns: int = 0
 
     @property
     def allocated_by(self) -> Holder | None:
@@ -210,6 +212,8 @@ class GpuStatus:
             out["holders"] = [h.to_dict() for h in self.holders]
         if self.energy_banked_j:
             out["energyBankedJ"] = round(self.energy_banked_j, 3)
+        if self.sw_cap_banked_ns:
+            out["swPowerCapBankedNs"] = self.sw_cap_banked_ns
         return out
 
     @classmethod
@@ -227,6 +231,7 @@ class GpuStatus:
                 for k, v in (raw.get("podGpuUsageStatus") or {}).items()
             },
             energy_banked_j=float(raw.get("energyBankedJ", 0.0)),
+            sw_cap_banked_ns=int(raw.get("swPowerCapBankedNs", 0)),
         )
 
 

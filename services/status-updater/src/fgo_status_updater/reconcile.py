@@ -615,8 +615,9 @@ def _profile(gpu: GpuRecord) -> GpuProfile:
 
 
 def _bank_energy(record: NodeTopology, prev: NodeTopology | None, now: float) -> None:
-    """Keep every GPU's energy counter monotonic across record changes: whatever the departed
-    (or slowed-down) holders had drawn by ``now`` is banked into ``energy_banked_j``."""
+    """Keep every GPU's energy and SW power capping counters monotonic across record changes:
+    whatever the departed (or slowed-down) holders had drawn, or spent capped, by ``now`` is
+    banked into ``energy_banked_j`` / ``sw_cap_banked_ns``."""
     if prev is None or not now:
         return
     prev_by_id = {g.id: g for g in prev.gpus}
@@ -625,6 +626,7 @@ def _bank_energy(record: NodeTopology, prev: NodeTopology | None, now: float) ->
         if old is None:
             continue
         gpu.status.energy_banked_j = old.status.energy_banked_j
+        gpu.status.sw_cap_banked_ns = old.status.sw_cap_banked_ns
         new_usage = gpu.status.usage
         if all(
             uid in new_usage and new_usage[uid].utilization == usage.utilization
@@ -632,10 +634,16 @@ def _bank_energy(record: NodeTopology, prev: NodeTopology | None, now: float) ->
         ):
             continue  # nobody left or slowed down: the counter can only have grown
         profile = _profile(gpu)
-        before = sample_gpu(old, profile, now).energy_mj
-        after = sample_gpu(gpu, profile, now).energy_mj
+        before_sample = sample_gpu(old, profile, now)
+        before = before_sample.energy_mj
+        after_sample = sample_gpu(gpu, profile, now)
+        after = after_sample.energy_mj
         if after < before:
             gpu.status.energy_banked_j += (before - after) / 1000.0
+        if after_sample.sw_power_cap_ns < before_sample.sw_power_cap_ns:
+            gpu.status.sw_cap_banked_ns += (
+                before_sample.sw_power_cap_ns - after_sample.sw_power_cap_ns
+            )
 
 
 # --- the rest of the record ----------------------------------------------------------------------
