@@ -276,9 +276,14 @@ async def test_dra_plugin_prepares_a_scheduled_claim_under_its_service_account(
                 mounts = {m["containerPath"]: m["hostPath"] for m in common["mounts"]}
                 assert workload.env["NVIDIA_SMI_BUNDLE_HOST_DIR"] in mounts.values()
                 assert workload.env["NVIDIA_SMI_HOST_PATH"] in mounts.values()
-                visible = spec["devices"][0]["containerEdits"]["env"]
-                (uuid,) = [e.split("=", 1)[1] for e in visible]
+                device_env = dict(
+                    e.split("=", 1) for e in spec["devices"][0]["containerEdits"]["env"]
+                )
+                uuid = device_env.pop("NVIDIA_VISIBLE_DEVICES")
                 assert uuid in gpu_ids
+                # The reference's variable for the same device, nothing else (issue 18).
+                dra_name = device.device_name
+                assert device_env == {f"GPU_DEVICE_{dra_name.replace('-', '_')}": dra_name}
 
                 # The status-updater of the agents' release records the claim as the holder.
                 async def held() -> dict[str, list[str]] | None:

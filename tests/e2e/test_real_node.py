@@ -708,7 +708,17 @@ def test_dra_pod_starts_with_the_cdi_injected_gpu_after_a_plugin_restart(env: En
         "exec", "-n", WORK, "gpu-pod", "-c", "main", "--", "cat", "/proc/self/mountinfo"
     )
     targets = {line.split()[4] for line in mountinfo.splitlines()}
-    assert set(mounts) <= targets, (mounts, targets)
+    # Resolved as runc resolves them: /bin/nvidia-smi is /usr/bin/nvidia-smi in an image with a
+    # merged /usr (this one), a mount of its own in one without.
+    resolved = env.kubectl(
+        "exec", "-n", WORK, "gpu-pod", "-c", "main", "--", "readlink", "-f", *mounts
+    ).split()
+    assert set(resolved) <= targets, (mounts, resolved, targets)
+    # The reference's path works too (issue 18).
+    bin_smi = env.kubectl(
+        "exec", "-n", WORK, "gpu-pod", "-c", "main", "--", "/bin/nvidia-smi", "-L"
+    )
+    assert uuid in bin_smi, bin_smi
     env_out = env.kubectl("exec", "-n", WORK, "gpu-pod", "-c", "main", "--", "env")
     assert f"NVIDIA_VISIBLE_DEVICES={uuid}" in env_out.splitlines()
     assert f"NODE_NAME={NODE}" in env_out.splitlines()
