@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import yaml
 from fgo_localcluster.operator import node_workloads_from_manifest, workloads_from_manifest
 
@@ -83,6 +85,33 @@ def test_ports_of_an_earlier_run_are_kept_while_free() -> None:
         _, ports = local_ports(workload, {"health": health, "metrics": metrics})
     assert ports["health"] == health
     assert ports["metrics"] != metrics
+
+
+def test_ports_given_to_other_workloads_are_never_chosen(monkeypatch: Any) -> None:
+    """A port chosen for another workload is free until that service binds it, seconds later:
+    neither a reused nor a fresh port may be one of them (two services on one port: the second
+    exits with "address already in use")."""
+    from fgo_localcluster import layout, operator
+    from fgo_localcluster.operator import LocalWorkload, local_ports
+
+    workload = LocalWorkload(
+        name="exporter",
+        namespace="ns",
+        service_account="sa",
+        module="m",
+        env={"HEALTH_PORT": "8080"},
+        ports={"health": 8080},
+    )
+    other = layout.fresh_port()
+    _, ports = local_ports(workload, {"health": other}, taken={other})
+    assert ports["health"] != other
+    # The random pick lands on the other workload's port first: it is skipped.
+    picks = iter([other, other, other + 1])
+    monkeypatch.setattr(layout.random.SystemRandom, "choice", lambda self, seq: next(picks))
+    monkeypatch.setattr(layout, "port_is_free", lambda port: True)
+    monkeypatch.setattr(operator, "port_is_free", lambda port: True)
+    _, ports = local_ports(workload, None, taken={other})
+    assert ports["health"] == other + 1
 
 
 def test_status_lists_processes_and_stable_urls() -> None:

@@ -169,21 +169,25 @@ def node_workloads_from_manifest(
 
 
 def local_ports(
-    workload: LocalWorkload, previous: Mapping[str, int] | None = None
+    workload: LocalWorkload,
+    previous: Mapping[str, int] | None = None,
+    taken: set[int] | frozenset[int] = frozenset(),
 ) -> tuple[dict[str, str], dict[str, int]]:
     """Env overrides moving every listen port of ``workload`` to a free loopback port.
 
     A variable whose value is a container port (``9400``, ``:9400``, ``0.0.0.0:9400``) names
     that port; it gets the new port in the same form. ``previous`` (port name -> local port of
-    an earlier run) is reused where still free. Returns (env overrides, name -> port).
+    an earlier run) is reused where still free. ``taken``: ports given to other workloads, which
+    may not be bound yet (a service binds seconds after its start), so "free" does not prove
+    them unclaimed. Returns (env overrides, name -> port).
     """
     moved: dict[int, int] = {}
     for name, port in workload.ports.items():
         old = (previous or {}).get(name)
-        if old and old not in moved.values() and port_is_free(old):
+        if old and old not in moved.values() and old not in taken and port_is_free(old):
             moved[port] = old
         else:
-            moved[port] = fresh_port(set(moved.values()))
+            moved[port] = fresh_port(set(moved.values()) | set(taken))
     overrides: dict[str, str] = {}
     for var, value in workload.env.items():
         match = re.fullmatch(r"(?P<host>[^:]*:)?(?P<port>\d+)", value)
@@ -353,7 +357,13 @@ class LocalOperator:
         for workload in workloads:
             await self.stop_one(workload.name)
             kubeconfig = await self._token_kubeconfig(workload)
-            port_env, ports = local_ports(workload, self.ports(workload.name))
+            taken = {
+                port
+                for other in self.dir.glob("*.ports.json")
+                if other.name != f"{workload.name}.ports.json"
+                for port in self.ports(other.name.removesuffix(".ports.json")).values()
+            }
+            port_env, ports = local_ports(workload, self.ports(workload.name), taken)
             env = {
                 **workload.env,
                 **port_env,
