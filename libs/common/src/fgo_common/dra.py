@@ -68,6 +68,7 @@ from fgo_common.names import DRA_NAMES, RESOURCE_NAMES, DraNames
 from fgo_common.profiles import BUILTIN_CATALOG, DEFAULT_PROFILE_KEY, ProfileCatalog
 from fgo_common.profiles.mig_layout import MigInstance, memory_slice_count, possible_instances
 from fgo_common.profiles.model import GpuProfile, MigProfile
+from fgo_common.runtime.settings import env_field
 from fgo_common.topology import HEALTHY, GpuRecord, MigDevice, NodeTopology
 
 Obj = dict[str, Any]
@@ -101,6 +102,19 @@ UNHEALTHY_POLICIES: tuple[str, ...] = ("taint", "omit", "publish")
 
 DeviceNaming = Literal["nvidia", "reference"]
 DEVICE_NAMINGS: tuple[str, ...] = ("nvidia", "reference")
+
+
+def device_naming_setting() -> Any:
+    """The ``DEVICE_NAMING`` setting, declared once for both publishers (they must agree)."""
+    return env_field(
+        "DEVICE_NAMING", "nvidia",
+        "names of full-GPU devices: `nvidia` (`gpu-<minor>`, as NVIDIA's DRA driver) or "
+        "`reference` (`gpu-<uuid>`, as run-ai/fake-gpu-operator 0.2); MIG devices keep NVIDIA's "
+        "names; the dra-plugin and the kwok-dra-plugin must agree (chart: draPlugin.deviceNaming)",
+        choices=DEVICE_NAMINGS,
+    )  # fmt: skip
+
+
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _NOT_DEVICE_NAME_CHARS = re.compile(r"[^a-z0-9-]")
 

@@ -6,7 +6,12 @@ import re
 from dataclasses import dataclass
 from typing import cast
 
-from fgo_common.dra import DEVICE_NAMINGS, UNHEALTHY_POLICIES, DeviceNaming, UnhealthyPolicy
+from fgo_common.dra import (
+    UNHEALTHY_POLICIES,
+    DeviceNaming,
+    UnhealthyPolicy,
+    device_naming_setting,
+)
 from fgo_common.names import DRA, DraNames
 from fgo_common.runtime.settings import SettingsError, env_field
 
@@ -33,13 +38,7 @@ class Settings:
         "NVIDIA DRA driver release whose attribute names to publish",
         choices=tuple(DRA),
     )  # fmt: skip
-    device_naming: str = env_field(
-        "DEVICE_NAMING", "nvidia",
-        "names of full-GPU devices: `nvidia` (`gpu-<minor>`, as NVIDIA's DRA driver) or "
-        "`reference` (`gpu-<uuid>`, as run-ai/fake-gpu-operator 0.2); MIG devices keep NVIDIA's "
-        "names; the dra-plugin and the kwok-dra-plugin must agree (chart: draPlugin.deviceNaming)",
-        choices=DEVICE_NAMINGS,
-    )  # fmt: skip
+    device_naming: str = device_naming_setting()
     instance: str = env_field(
         "INSTANCE", "kwok-dra-plugin",
         "value of the `fake-gpu-operator/publisher` label on our slices (and the field "
