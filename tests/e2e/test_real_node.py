@@ -311,6 +311,22 @@ def exec_smi(env: Env, pod: str) -> list[str]:
     return uuids
 
 
+def exec_smi_once_served(env: Env, pod: str) -> list[str]:
+    """exec_smi after a kubelet restart: the new kubelet answers exec with "pod does not exist"
+    until its config source has handed it the node's pods (the Node's status, unchanged by the
+    restart, says nothing about that), so retry that answer only."""
+
+    def served() -> list[str] | None:
+        try:
+            return exec_smi(env, pod)
+        except AssertionError as exc:
+            if "pod does not exist" in str(exc):
+                return None
+            raise
+
+    return list(wait_for(served, timeout_s=30, what=f"the restarted kubelet serving {pod}"))
+
+
 def wait_pod_ready(
     env: Env, name: str, namespace: str = WORK, timeout_s: float = 90
 ) -> dict[str, Any]:
@@ -544,7 +560,7 @@ def test_kubelet_restart_device_plugin_registers_again_pods_keep_their_gpus(env:
     assert wait_for(
         lambda: node_gpus(env) == ("2", "2"), timeout_s=60, what=f"{GPU} 2/2 after the restart"
     )
-    assert {n: exec_smi(env, n) for n in before} == before
+    assert {n: exec_smi_once_served(env, n) for n in before} == before
     assert _container_ids(env, "gpu-1", "gpu-2") == containers  # not restarted
     assert kubelet_allocations(env) == {f"{WORK}/{n}": u for n, u in before.items()}
     assert env.get("pod", "gpu-3", WORK)["status"]["phase"] == "Pending"
