@@ -62,7 +62,10 @@ async def episode(world: World, inject: Inject, outage_s: float) -> Outcome:
     await asyncio.sleep(SETTLE_S)
     final = [str(v) for v in await world.violations()]
     if not settled.ok:
-        final.append(f"[churn] pods never settled: {settled.detail}")
+        why = ""
+        with contextlib.suppress(Exception):
+            why = await world.explain_unsettled()
+        final.append(f"[churn] pods never settled: {settled.detail}\n{why}")
     if recovery is None and not final:
         final = [f"never green within {RECOVERY_TIMEOUT_S:.0f}s: {violations[0]}"]
     churn.resume()

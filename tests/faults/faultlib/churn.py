@@ -5,7 +5,8 @@ Pods come and go on the test's nodes the whole time faults are injected: device-
 device-plugin nodes, DRA pods (a ResourceClaimTemplate for one GPU, or two) on the DRA nodes.
 Each node has a GPU budget and a pod is only created where its GPUs fit, so every pod can run
 and no two paths (extended resource and DRA) ever compete for one node's GPUs — an
-over-committed node would be a test artefact, not a bug.
+over-committed node would be a test artefact, not a bug. Creations are serialised (the steady
+loop and an injected burst never size them from two lists at once) for the same reason.
 
 The budget is recomputed from a list of the pods every step (not from what this generator
 thinks it created): a create call that timed out during an apiserver outage may still have
@@ -109,6 +110,10 @@ class Churn:
         self._seq = 0
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # One creator at a time: the loop and a burst each size their creations from their own
+        # list of pods, so running both at once could over-commit a node (a pod the scheduler
+        # rightly leaves Pending for good once the churn pauses, which is not a bug of ours).
+        self._creating = asyncio.Lock()
         self.excluded: set[str] = set()  # nodes not to place new pods on (e.g. being deleted)
 
     async def setup(self) -> None:
@@ -248,6 +253,10 @@ class Churn:
     async def burst(self, count: int) -> int:
         """Delete the oldest pods and create up to ``count`` new ones back to back (as far as
         the budget allows once the deleted ones are gone); returns creations + deletions."""
+        async with self._creating:
+            return await self._burst(count)
+
+    async def _burst(self, count: int) -> int:
         pods = await self.list_pods()
         oldest = sorted(
             (p for p in pods if not p["metadata"].get("deletionTimestamp")),
@@ -266,6 +275,10 @@ class Churn:
         return made
 
     async def _step(self) -> None:
+        async with self._creating:
+            await self._step_locked()
+
+    async def _step_locked(self) -> None:
         try:
             pods = await self.list_pods()
         except Exception:

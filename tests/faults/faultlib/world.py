@@ -61,6 +61,7 @@ STATUS_UPDATER = "fgo-status-updater"
 KWOK_CAPACITY = "fgo-kwok-gpu-capacity"
 KWOK_DRA = "fgo-kwok-dra-plugin"
 KWOK_EXPORTER = "nvidia-dcgm-exporter-kwok"
+SCHEDULER = "kube-scheduler"
 DEVICE_PLUGIN = "fgo-device-plugin"
 DRA_PLUGIN = "fgo-dra-plugin"
 KNATIVE_FULL_RPS = 100.0  # the status-updater's default: 100 req/s = 100 %
@@ -72,6 +73,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def scheduler_dump(text: str, nodes: set[str]) -> list[str]:
+    """From kube-scheduler's SIGUSR2 output: its cache comparer's findings and the cached
+    NodeInfo blocks of ``nodes`` (requested/allocatable resources, pods it counts there)."""
+    out: list[str] = []
+    keep = False
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("Node name:"):
+            keep = stripped.removeprefix("Node name:").strip() in nodes
+        elif not line.startswith(("\t", " ")):
+            keep = False
+            if any(w in line for w in ("mismatch", "Redundant", "Missing", "Dump of")):
+                out.append(line[:300])
+        if keep:
+            out.append(stripped[:300])
+    return out[:60]
 
 
 class RequestCounter:
@@ -684,6 +703,48 @@ class World:
                 )
             )
         return out
+
+    async def explain_unsettled(self) -> str:
+        """Why churn pods are still Pending: for each node one waits on, what the API says is
+        there (allocatable GPUs, every pod bound to it) and what kube-scheduler's cache holds
+        (its SIGUSR2 dump). Tells a stale scheduler from capacity we published wrong."""
+        assert self.churn is not None and self.api is not None
+        core: Any = client.CoreV1Api(self.api)
+        lines: list[str] = []
+        pods = await self.churn.list_pods()
+        waiting = {
+            p["spec"]["nodeSelector"]["kubernetes.io/hostname"]
+            for p in pods
+            if (p.get("status") or {}).get("phase") == "Pending"
+        }
+        log_file = self.cluster.layout.log(SCHEDULER)
+        mark = log_file.stat().st_size if log_file.exists() else 0
+        dumped = self.cluster.kill_component(SCHEDULER, signal.SIGUSR2)
+        for node_name in sorted(waiting):
+            node = await core.read_node(node_name)
+            gpu = (node.status.allocatable or {}).get("nvidia.com/gpu")
+            lines.append(f"node {node_name}: allocatable nvidia.com/gpu={gpu}")
+            bound = await core.list_pod_for_all_namespaces(
+                field_selector=f"spec.nodeName={node_name}"
+            )
+            for pod in bound.items:
+                wants = [
+                    (c.resources.limits or {}).get("nvidia.com/gpu", "0")
+                    for c in [*(pod.spec.init_containers or []), *pod.spec.containers]
+                    if c.resources is not None
+                ]
+                lines.append(
+                    f"  {pod.metadata.namespace}/{pod.metadata.name} {pod.status.phase}"
+                    f"{' deleting' if pod.metadata.deletion_timestamp else ''} gpu={wants}"
+                )
+        if dumped:
+            await asyncio.sleep(1.0)
+            with contextlib.suppress(OSError):
+                with log_file.open(errors="replace") as f:
+                    f.seek(mark)
+                    dump = f.read()
+                lines += ["  scheduler: " + line for line in scheduler_dump(dump, waiting)]
+        return "\n".join(lines)
 
     async def wait_green(self, timeout_s: float) -> tuple[float | None, list[invariants.Violation]]:
         """Poll the checker until it is green; (seconds it took or None, last violations)."""
