@@ -550,9 +550,19 @@ def build() -> Schema:
                     f"{IGNORED} unless enabled: pods patch is always granted (admissionPolicy "
                     "narrows it)"
                 ),
-                "runaiIntegration": toggle(
-                    f"{IGNORED}: no Run:ai integration",
-                    pollingInterval=string("Reference chart key"),
+                "runaiIntegration": obj(
+                    "Run:ai integration (reference chart key): the PrometheusRule "
+                    "fake-gpu-operator-kwok-dcgm in namespace runai (docs/runai.md)",
+                    {
+                        "enabled": boolean(
+                            "Create the rule once namespace runai exists (and the "
+                            "monitoring.coreos.com CRD is installed); off: delete it"
+                        ),
+                        "pollingInterval": string(
+                            "How often the rule is checked, a Go duration (30s, 2m, 1h30m)",
+                            pattern=r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$",
+                        ),
+                    },
                 ),
             },
         ),

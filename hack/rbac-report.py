@@ -30,7 +30,11 @@ DOC = ROOT / "docs" / "rbac.md"
 RELEASE = "gpu-operator"
 NAMESPACE = "gpu-operator"
 # Every component on, so every Role is rendered.
-EVERYTHING = ["draPlugin.enabled=true", "kwokDraPlugin.enabled=true"]
+EVERYTHING = [
+    "draPlugin.enabled=true",
+    "kwokDraPlugin.enabled=true",
+    "statusUpdater.runaiIntegration.enabled=true",
+]
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,6 @@ def test_reference_images_of_ignored_components_are_accepted(helm: Helm) -> None
 # named by NOTES.txt when set. (Keys we honour or map are not named as ignored.)
 IGNORED_IN_REFERENCE_DEFAULTS = [
     "environment.fakeCSVVersion",
-    "statusUpdater.runaiIntegration",
     "statusExporter.nodeResourceTopology",
     "statusExporter.podResources",
     "statusExporter.topologyMaxExportInterval",
@@ -120,6 +119,7 @@ HONOURED = [
     "devicePlugin",
     "statusUpdater.enabled",
     "statusUpdater.disableNodeLabeling",
+    "statusUpdater.runaiIntegration",
     "kwokGpuDevicePlugin",
     "kwokDraPlugin",
     "runtimeClass",

@@ -63,6 +63,13 @@ statusUpdater:
   # -- Seconds nvidia.com/mig.config.state stays "pending" after a node's nvidia.com/mig.config
   # changes, before the new MIG layout is applied (the time a real reconfiguration takes).
   migReconfigureSeconds: 5
+  # -- Run:ai integration: create the PrometheusRule fake-gpu-operator-kwok-dcgm (the
+  # runai_dcgm_* recording rules over the KWOK exporter's DCGM series) in namespace runai once
+  # it exists and the Prometheus operator's CRD is installed; checked every pollingInterval (a
+  # Go duration). Turned off, the status-updater deletes the rule at start. docs/runai.md.
+  runaiIntegration:
+    enabled: false
+    pollingInterval: 2m
   image: {repository: status-updater, tag: "", pullPolicy: ""}
   resources:
     requests: {cpu: 100m, memory: 128Mi}

@@ -63,6 +63,7 @@ from fgo_status_updater.metrics import Metrics
 from fgo_status_updater.podinfo import Obj, annotations_of, labels_of, meta
 from fgo_status_updater.reconcile import NodeInputs, ReconcileOptions, reconcile_node
 from fgo_status_updater.records import dump_record, load_record
+from fgo_status_updater.runai import RunaiRuleController
 from fgo_status_updater.settings import Settings
 from fgo_status_updater.usage import UsagePolicy
 from fgo_status_updater.workqueue import NodeQueue
@@ -137,6 +138,12 @@ class Controller:
             on_change=self._knative_changed,
             on_outage=self._prometheus_down,
         )
+        self.runai = RunaiRuleController(
+            api,
+            enabled=settings.runai_integration_enabled,
+            namespace=settings.runai_namespace,
+            interval_seconds=settings.runai_poll_seconds,
+        )
         self.faults = FaultBook(self._report)  # injected GPU faults (docs/faults.md)
         self.synced = asyncio.Event()
         self._required = {"nodes", "pods", "records", "config", "resourceclaims", "gpu-faults"}
@@ -203,6 +210,7 @@ class Controller:
             ),
             "resync": self._resync,
             "knative": self._knative_loop,
+            "runai-prometheusrule": self.runai.run,
         }
         for i in range(self.settings.workers):
             tasks[f"worker-{i}"] = self._worker

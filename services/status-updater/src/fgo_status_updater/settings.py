@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from fgo_common.runtime.settings import SettingsError, env_field
 from fgo_common.topology import UtilizationRange
 
+from fgo_status_updater.runai import parse_go_duration
 from fgo_status_updater.usage import UtilizationFormatError, parse_utilization
 
 DEFAULT_NAMESPACE = "gpu-operator"
@@ -85,6 +86,20 @@ class Settings:
         60.0,
         "how often an absent optional API (ResourceClaims, Run:ai PodGroups) is looked for again",
     )
+    runai_integration_enabled: bool = env_field(
+        "RUNAI_INTEGRATION_ENABLED",
+        False,
+        "create the PrometheusRule fake-gpu-operator-kwok-dcgm (runai_dcgm_* recording rules) "
+        "in RUNAI_NAMESPACE once it exists; when false, delete it at start (docs/runai.md)",
+    )
+    runai_integration_polling_interval: str = env_field(
+        "RUNAI_INTEGRATION_POLLING_INTERVAL",
+        "2m",
+        "how often the Run:ai PrometheusRule is checked (a Go duration: 30s, 2m, 1h30m)",
+    )
+    runai_namespace: str = env_field(
+        "RUNAI_NAMESPACE", "runai", "namespace of the Run:ai control plane (the rule's home)"
+    )
     kubeconfig: str = env_field(
         "KUBECONFIG", "", "kubeconfig path (empty: in-cluster config, else ~/.kube/config)"
     )
@@ -101,11 +116,26 @@ class Settings:
     def default_utilization(self) -> UtilizationRange:
         return parse_utilization(self.default_gpu_utilization)
 
+    @property
+    def runai_poll_seconds(self) -> float:
+        return parse_go_duration(self.runai_integration_polling_interval)
+
     def validate(self) -> None:
         try:
             parse_utilization(self.default_gpu_utilization)
         except UtilizationFormatError as exc:
             raise SettingsError(f"DEFAULT_GPU_UTILIZATION: {exc}") from None
+        try:
+            poll = parse_go_duration(self.runai_integration_polling_interval)
+        except ValueError as exc:
+            raise SettingsError(f"RUNAI_INTEGRATION_POLLING_INTERVAL: {exc}") from None
+        if poll <= 0:
+            raise SettingsError(
+                f"RUNAI_INTEGRATION_POLLING_INTERVAL={self.runai_integration_polling_interval}: "
+                "must be greater than 0"
+            )
+        if not self.runai_namespace:
+            raise SettingsError("RUNAI_NAMESPACE: must not be empty")
         positive = (
             ("KNATIVE_FULL_UTILIZATION_REQUESTS_PER_SECOND", self.knative_full_load_rps),
             ("KNATIVE_POLL_INTERVAL_SECONDS", self.knative_poll_seconds),
