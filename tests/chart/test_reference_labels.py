@@ -84,3 +84,21 @@ def test_metrics_services_carry_the_reference_app_label(
     service = everything.get("Service", name)
     assert service["metadata"]["labels"]["app"] == app
     assert [p["name"] for p in service["spec"]["ports"]] == ["gpu-metrics"]
+
+
+def test_node_exporter_pods_say_they_are_the_container_toolkit(everything: Rendered) -> None:
+    """Run:ai's node checks look for app.kubernetes.io/name=nvidia-container-toolkit pods (issue
+    27); the reference gives it to its exporter pods. Ours: the node-mode exporter's pods only,
+    and the Service and ServiceMonitor still find what they select."""
+    daemonset = everything.get("DaemonSet", "nvidia-dcgm-exporter")
+    pod_labels = daemonset["spec"]["template"]["metadata"]["labels"]
+    assert pod_labels["app.kubernetes.io/name"] == "nvidia-container-toolkit"
+    kwok_pods = everything.get("Deployment", "nvidia-dcgm-exporter-kwok")["spec"]["template"]
+    assert kwok_pods["metadata"]["labels"]["app.kubernetes.io/name"] == "fake-gpu-operator"
+    for name, pods in (("nvidia-dcgm-exporter", pod_labels),
+                       ("nvidia-dcgm-exporter-kwok", kwok_pods["metadata"]["labels"])):  # fmt: skip
+        service = everything.get("Service", name)
+        assert service["spec"]["selector"].items() <= pods.items(), name
+        monitor = everything.get("ServiceMonitor", name)
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= service["metadata"]["labels"].items(), name

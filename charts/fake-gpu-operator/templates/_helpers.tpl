@@ -38,7 +38,14 @@ app.kubernetes.io/part-of: fake-gpu-operator
 
 {{/* Selector labels of one component: (dict "root" $ "component" "status-updater") */}}
 {{- define "fgo.selectorLabels" -}}
+{{- if eq .component "status-exporter" }}
+{{- /* The reference's exporter pods say they are NVIDIA's container toolkit: Run:ai's node
+checks look for pods with this name. Only pods, their Service and ServiceMonitor select by it;
+the DaemonSet keeps the reference's selector (app: nvidia-dcgm-exporter). */}}
+app.kubernetes.io/name: nvidia-container-toolkit
+{{- else }}
 app.kubernetes.io/name: {{ include "fgo.name" .root }}
+{{- end }}
 app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
