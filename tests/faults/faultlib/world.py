@@ -45,13 +45,13 @@ from aiohttp import web
 from fgo_localcluster import invariants, nodes, process
 from fgo_localcluster.cluster import LocalCluster
 from fgo_localcluster.operator import LocalOperator, LocalWorkload, resolve_env
+from fgo_localcluster.tcpproxy import TcpProxy, proxied_kubeconfig
 from fgo_localcluster.testing import create_namespace, delete_namespace
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from faultlib.churn import Churn
 from faultlib.kubelet import MiniKubelet
-from faultlib.proxy import TcpProxy
 
 log = structlog.get_logger("faults.world")
 T = TypeVar("T")
@@ -370,14 +370,7 @@ class World:
         }
 
     def _proxied_kubeconfig(self, source: Path, target: Path) -> Path:
-        config = yaml.safe_load(source.read_text())
-        for cluster in config["clusters"]:
-            cluster["cluster"]["server"] = (
-                f"https://127.0.0.1:{self.proxy.port if self.proxy else 0}"
-            )
-        target.write_text(yaml.safe_dump(config))
-        target.chmod(0o600)
-        return target
+        return proxied_kubeconfig(source, target, self.proxy.port if self.proxy else 0)
 
     async def _token_kubeconfig(self, service_account: str, path: Path) -> Path:
         """A kubeconfig for ``service_account`` (TokenRequest), through the proxy."""

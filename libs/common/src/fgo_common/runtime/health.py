@@ -14,6 +14,7 @@ class Readiness:
 
     def __init__(self) -> None:
         self._conditions: dict[str, bool] = {}
+        self.notes: dict[str, str] = {}  # facts shown by /readyz?verbose, not conditions
         self.changed = asyncio.Event()
 
     def require(self, name: str) -> None:
@@ -45,7 +46,17 @@ def build_health_app(
             else web.Response(status=503, text="unhealthy\n")
         )
 
-    async def readyz(_: web.Request) -> web.Response:
+    async def readyz(request: web.Request) -> web.Response:
+        status = 200 if readiness.ready else 503
+        if "verbose" in request.query:
+            # The kube-apiserver's /readyz?verbose layout: one [+]/[-] line per check.
+            lines = [
+                f"[{'+' if ok else '-'}]{name} {'ok' if ok else 'failed'}"
+                for name, ok in readiness.describe().items()
+            ]
+            lines += [f"{key}={value}" for key, value in sorted(readiness.notes.items())]
+            lines.append("readyz check passed" if status == 200 else "readyz check failed")
+            return web.Response(status=status, text="\n".join(lines) + "\n")
         if readiness.ready:
             return web.Response(text="ok\n")
         pending = ", ".join(k for k, v in readiness.describe().items() if not v)

@@ -1,4 +1,4 @@
-"""A TCP proxy in front of the kube-apiserver, so the fault suite can cut connections.
+"""A TCP proxy in front of the kube-apiserver, so tests can cut a client off from it.
 
 Our services reach the apiserver through it (their kubeconfigs name the proxy's port; TLS goes
 through untouched, the certificate is for 127.0.0.1). ``drop()`` resets every open connection —
@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from pathlib import Path
+
+import yaml
 
 
 class TcpProxy:
@@ -85,3 +88,13 @@ class TcpProxy:
             self._open -= {writer, up_writer}
             for w in (writer, up_writer):
                 w.transport.abort()
+
+
+def proxied_kubeconfig(source: Path, target: Path, port: int) -> Path:
+    """A copy of the kubeconfig ``source`` whose clusters are reached through ``port``."""
+    config = yaml.safe_load(source.read_text())
+    for cluster in config["clusters"]:
+        cluster["cluster"]["server"] = f"https://127.0.0.1:{port}"
+    target.write_text(yaml.safe_dump(config))
+    target.chmod(0o600)
+    return target
