@@ -700,6 +700,16 @@ def build() -> Schema:
                 )
             },
         ),
+        "runai": obj(
+            "Run:ai / KAI surface on nodes with a kubelet (docs/runai.md)",
+            {
+                "preloaderStubs": boolean(
+                    "The node agents (device plugin, DRA plugin) install no-op "
+                    "/var/lib/runai/shared/{memory,pid}/preloader.so, which Run:ai's fractional "
+                    "GPU pods LD_PRELOAD (the reference always installs them)"
+                ),
+            },
+        ),
         "runtimeClass": obj(
             "RuntimeClass nvidia (handler runc)",
             {"enabled": boolean("Render it (off where NVIDIA's GPU operator owns it)")},

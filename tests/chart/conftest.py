@@ -68,6 +68,8 @@ def everything(helm: Helm) -> Rendered:
             "draPlugin.enabled=true",
             "kwokDraPlugin.enabled=true",
             "statusExporter.serviceMonitor.enabled=true",
+            "statusUpdater.runaiIntegration.enabled=true",
+            "runai.preloaderStubs=true",
         ],
         extra=["--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"],
     )

@@ -212,6 +212,14 @@ statusExporter:
 admissionPolicy:
   enabled: true
 
+# -- Run:ai / KAI surface on nodes with a kubelet (docs/runai.md).
+runai:
+  # -- Install no-op /var/lib/runai/shared/{memory,pid}/preloader.so on the nodes of the node
+  # agents (device plugin, DRA plugin; an init container): Run:ai's fractional-GPU pods
+  # LD_PRELOAD them and do not start without them. The reference always installs them; here
+  # they are opt-in, as they write outside /var/lib/fake-gpu-operator.
+  preloaderStubs: false
+
 # -- RuntimeClass `nvidia` (handler runc): pods written for real GPU nodes that ask for
 # runtimeClassName: nvidia run here too. Turn off where NVIDIA's GPU operator owns it.
 runtimeClass:

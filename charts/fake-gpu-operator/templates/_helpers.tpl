@@ -320,6 +320,32 @@ init container) and state/ (the node's topology snapshot, mounted read-only into
     - {name: fgo-host, mountPath: /host{{ include "fgo.hostDir" $root }}}
 {{- end -}}
 
+{{/* "true" when the node agents install the Run:ai preloader stubs (runai.preloaderStubs). */}}
+{{- define "fgo.runaiPreloader" -}}
+{{- if eq (toString (include "fgo.get" (list . "runai") | fromYaml).preloaderStubs) "true" -}}true{{- end -}}
+{{- end -}}
+
+{{/* Init container installing the no-op Run:ai preloader stubs: (list $ c repo) */}}
+{{- define "fgo.installRunaiPreloader" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+- name: install-runai-preloader
+  image: {{ include "fgo.image" (list $root $c (index . 2)) }}
+  imagePullPolicy: {{ include "fgo.pullPolicy" (list $root $c) }}
+  command: [fgo-install-runai-preloader, /host/var/lib/runai/shared]
+  resources: {requests: {cpu: 10m, memory: 32Mi}, limits: {cpu: 200m, memory: 64Mi}}
+  # Root (uid 0) so it may write to the root-owned host directory; no capabilities needed.
+  securityContext:
+    runAsUser: 0
+    runAsNonRoot: false
+    allowPrivilegeEscalation: false
+    readOnlyRootFilesystem: true
+    capabilities: {drop: [ALL]}
+    seccompProfile: {type: RuntimeDefault}
+  volumeMounts:
+    - {name: runai-shared, mountPath: /host/var/lib/runai/shared}
+{{- end -}}
+
 {{/* emptyDir /tmp: root filesystems are read-only; Python libraries may want a temp dir. */}}
 {{- define "fgo.tmpVolumeMount" -}}
 - {name: tmp, mountPath: /tmp}
