@@ -1,5 +1,6 @@
-"""Component benchmarks: the per-service scripts (services/*/bench.py) their authors wrote, run
-as they are meant to be run and kept with the results.
+"""Component benchmarks: the per-service scripts (services/*/bench.py, and libs/common/bench.py
+for the node record's codec) their authors wrote, run as they are meant to be run and kept with
+the results.
 
 They measure one component in isolation (the device plugin against the kubelet-side test peer,
 the exporter in-process on synthetic records, the packaged nvidia-smi ...), which complements the
@@ -66,6 +67,21 @@ def components(ctx: RunContext) -> list[Component]:
                     "--binary",
                     str(packaged),
                 ],
+            )
+        )
+    if (repo / "libs/common/bench.py").exists():
+        found.append(
+            Component(
+                "record-codec",
+                [
+                    py,
+                    "libs/common/bench.py",
+                    "--runs",
+                    "200",
+                    "--json",
+                    str(out / "record-codec.json"),
+                ],
+                json_file=out / "record-codec.json",
             )
         )
     if (repo / "services/status-exporter/bench.py").exists():

@@ -36,15 +36,11 @@ import yaml
 from fgo_common.kube.client import api_client
 from fgo_common.kube.errors import is_transient, status_of
 from fgo_common.kube.watch import DELETED, SYNCED, Reflector
+from fgo_common.topology import NodeTopology
 from fgo_localcluster import nodes as kwok
 from fgo_localcluster.cluster import LocalCluster
 from fgo_status_updater.testing import StatusUpdaterProcess
 from kubernetes_asyncio import client
-
-try:
-    _Loader: Any = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover - libyaml missing
-    _Loader = yaml.SafeLoader
 
 
 def _rss_mib(pid: int) -> float:
@@ -114,13 +110,13 @@ class Observer:
         if deleted:
             self.held.pop(node, None)
             return
-        raw = yaml.load(obj["data"]["topology.yml"], Loader=_Loader)  # noqa: S506 - CSafeLoader
+        record = NodeTopology.from_yaml(obj["data"]["topology.yml"], node)
         now = time.monotonic()
         uids: set[str] = set()
-        for gpu in raw.get("gpus") or []:
-            for uid, usage in ((gpu.get("status") or {}).get("podGpuUsageStatus") or {}).items():
+        for gpu in record.gpus:
+            for uid, usage in gpu.status.usage.items():
                 uids.add(uid)
-                if usage.get("since"):
+                if usage.since:
                     self.recorded_at.setdefault(uid, now)
         self.held[node] = uids
 

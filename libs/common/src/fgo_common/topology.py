@@ -9,7 +9,9 @@ of a shared GPU, MIG layout, faults) lives in extra keys it ignores.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 TOPOLOGY_DATA_KEY = "topology.yml"
@@ -406,11 +408,13 @@ class NodeTopology:
         return out
 
     def to_yaml(self) -> str:
-        # PyYAML is imported where it is used: the fake nvidia-smi imports this module on every
-        # invocation and never needs YAML (its start-up time is a user-visible number).
-        import yaml
-
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+        """The record's document: the ConfigMap's ``topology.yml`` (libyaml, see ``_codec``)."""
+        codec = _codec()
+        return str(
+            codec.yaml.dump(
+                self.to_dict(), Dumper=codec.dumper, sort_keys=False, default_flow_style=False
+            )
+        )
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], node_name: str = "") -> NodeTopology:
@@ -455,10 +459,45 @@ class NodeTopology:
 
     @classmethod
     def from_yaml(cls, text: str, node_name: str = "") -> NodeTopology:
-        import yaml
-
+        """Parse a ``topology.yml`` document; ``TopologyFormatError`` for anything malformed."""
+        codec = _codec()
         try:
-            raw = yaml.safe_load(text)
-        except (yaml.YAMLError, RecursionError) as exc:
+            raw = codec.yaml.load(text, Loader=codec.loader)
+        except (codec.yaml.YAMLError, RecursionError) as exc:
             raise TopologyFormatError(f"node topology is not valid YAML: {exc!r}"[:500]) from exc
         return cls.from_dict(raw, node_name)
+
+
+@dataclass(frozen=True, slots=True)
+class _Codec:
+    yaml: ModuleType
+    loader: Any
+    dumper: Any
+    libyaml: bool
+
+
+@functools.cache
+def _codec() -> _Codec:
+    """The one YAML codec of the record: PyYAML's safe loader and dumper on libyaml.
+
+    Every reader parses every node's record on each change, so the pure-Python parser (about
+    8x the CPU of libyaml per record; docs/benchmarks.md) would be most of a service's CPU at
+    scale. The C emitter writes the same document as the Python one (a unit test compares them
+    on real records). Without libyaml the pure-Python pair is used, and one warning says so.
+    PyYAML is imported on first use: the fake nvidia-smi imports this module on every
+    invocation and never needs YAML (its start-up time is a user-visible number).
+    """
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", None)
+    dumper = getattr(yaml, "CSafeDumper", None)
+    if loader is not None and dumper is not None:
+        return _Codec(yaml, loader, dumper, libyaml=True)
+    import structlog
+
+    structlog.get_logger(__name__).warning(
+        "topology.yaml_without_libyaml",
+        detail="PyYAML was built without libyaml: node records are parsed and written by the "
+        "pure-Python codec, several times slower per record",
+    )
+    return _Codec(yaml, yaml.SafeLoader, yaml.SafeDumper, libyaml=False)

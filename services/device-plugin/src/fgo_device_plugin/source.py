@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 import structlog
-import yaml
 from fgo_common.kube.watch import DELETED, SYNCED, Reflector
 from fgo_common.topology import (
     TOPOLOGY_DATA_KEY,
@@ -123,12 +122,7 @@ def parse_topology_configmap(obj: dict[str, object], node_name: str = "") -> Nod
     text = data.get(TOPOLOGY_DATA_KEY) if isinstance(data, dict) else None
     if not isinstance(text, str):
         raise TopologyFormatError(f"no {TOPOLOGY_DATA_KEY} key")
-    try:
-        # libyaml's loader: records are parsed on every allocation change, at 1000-node scale.
-        raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
-    except yaml.YAMLError as exc:
-        raise TopologyFormatError(f"not valid YAML: {exc}") from exc
-    return NodeTopology.from_dict(raw, node_name)
+    return NodeTopology.from_yaml(text, node_name)
 
 
 class ConfigMapTopologySource:

@@ -62,7 +62,6 @@ from fgo_status_updater.knative import KnativePod, KnativePoller
 from fgo_status_updater.metrics import Metrics
 from fgo_status_updater.podinfo import Obj, annotations_of, labels_of, meta
 from fgo_status_updater.reconcile import NodeInputs, ReconcileOptions, reconcile_node
-from fgo_status_updater.records import dump_record, load_record
 from fgo_status_updater.runai import RunaiRuleController
 from fgo_status_updater.settings import Settings
 from fgo_status_updater.usage import UsagePolicy
@@ -468,7 +467,7 @@ class Controller:
         result = "unchanged"
         if cm is None or previous is None or not _same_record(cm, body, previous, outcome.record):
             body["data"] = {**(cm.get("data") or {} if cm else {})}
-            body["data"][TOPOLOGY_DATA_KEY] = dump_record(outcome.record)
+            body["data"][TOPOLOGY_DATA_KEY] = outcome.record.to_yaml()
             result = await self._write_record(name, body, outcome.record, create=cm is None)
             if result == "conflict":
                 return result
@@ -495,7 +494,7 @@ class Controller:
         try:
             if not isinstance(text, str):
                 raise TopologyFormatError(f"no {TOPOLOGY_DATA_KEY} key")
-            record = load_record(text, name)
+            record = NodeTopology.from_yaml(text, name)
             self._parsed[name] = (version, record)
             return record
         except TopologyFormatError as exc:
