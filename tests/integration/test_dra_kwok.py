@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,8 +33,10 @@ from fgo_common.topology import (
     NodeTopology,
 )
 from fgo_kwok_dra_plugin.controller import KwokSliceController
+from fgo_kwok_dra_plugin.main import serve
 from fgo_kwok_dra_plugin.settings import Settings
 from fgo_localcluster.cluster import LocalCluster
+from fgo_localcluster.tcpproxy import TcpProxy, proxied_kubeconfig
 from fgo_localcluster.testing import KwokNodeFactory, eventually, unique_name
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -639,3 +644,144 @@ async def test_mig_devices_are_allocated_through_the_mig_device_class(
     await cluster.create_pod(gpu_pod("full-gpu", cluster.run, template="full"))
     await asyncio.sleep(3)
     assert (await cluster.pod("full-gpu"))["status"]["phase"] == "Pending"
+
+
+# --------------------------------------------------------------------------------------------
+# two replicas, leader election: each replica is the real service (``serve``) with its own
+# client through its own TCP proxy. The standby follows the watches (Ready, caches warm) and
+# writes nothing; when the leader is cut off the standby takes the Lease and publishes what
+# changed meanwhile; the old leader, reconnected, stays a standby and writes nothing more.
+# --------------------------------------------------------------------------------------------
+
+LEASE_S, RENEW_S, RETRY_S = 3.0, 2.0, 0.3
+LEASE = "fgo-kwok-dra-plugin"
+
+
+@dataclass
+class Replica:
+    name: str
+    proxy: TcpProxy
+    ctx: ServiceContext
+    task: asyncio.Task[int]
+
+    def sample(self, metric: str, **labels: str) -> float:
+        return self.ctx.registry.get_sample_value(metric, labels) or 0.0
+
+    @property
+    def leading(self) -> bool:
+        return self.sample("fgo_leader", lease=LEASE) == 1.0
+
+    @property
+    def writes(self) -> float:
+        return sum(
+            self.sample("fgo_kwok_dra_slice_writes_total", operation=op)
+            for op in ("apply", "delete")
+        )
+
+
+@contextlib.asynccontextmanager
+async def replica(
+    local_cluster: LocalCluster, tmp_path: Path, namespace: str, run: str, name: str
+) -> AsyncIterator[Replica]:
+    proxy = TcpProxy("127.0.0.1", local_cluster.ports.apiserver)
+    await proxy.start()
+    kubeconfig = proxied_kubeconfig(local_cluster.kubeconfig, tmp_path / f"{name}.yaml", proxy.port)
+    settings = load_settings(
+        Settings,
+        {
+            "TOPOLOGY_CM_NAMESPACE": namespace,
+            "INSTANCE": run,
+            "KUBECONFIG": str(kubeconfig),
+            "HEALTH_PORT": "0",
+            "LEADER_ELECTION": "true",
+            "LEASE_NAMESPACE": namespace,
+            "LEASE_IDENTITY": f"replica-{name}",
+            "LEASE_DURATION_SECONDS": str(LEASE_S),
+            "RENEW_DEADLINE_SECONDS": str(RENEW_S),
+            "RETRY_PERIOD_SECONDS": str(RETRY_S),
+        },
+    )
+    ctx = ServiceContext(name=f"kwok-dra-plugin-{name}")
+    task = asyncio.create_task(serve(settings, ctx), name=name)
+    try:
+        await eventually(
+            # "synced" is required once the controller runs: before that, Ready is vacuous.
+            lambda: asyncio.sleep(
+                0, ("synced" in ctx.readiness.describe() and ctx.readiness.ready) or task.done()
+            ),
+            timeout_s=60,
+            what=f"replica {name} Ready",
+        )
+        if task.done():
+            task.result()
+        yield Replica(name, proxy, ctx, task)
+    finally:
+        ctx.stop.set()
+        async with asyncio.timeout(30):
+            await task
+        await proxy.stop()
+
+
+async def _has_devices(kube: client.ApiClient, node: str, count: int) -> bool:
+    return sum(len(s["spec"]["devices"]) for s in await node_slices(kube, node)) == count
+
+
+async def test_standby_takes_over_from_a_partitioned_leader_which_then_writes_nothing(
+    local_cluster: LocalCluster,
+    kube: client.ApiClient,
+    namespace: str,
+    kwok_nodes: KwokNodeFactory,
+    tmp_path: Path,
+) -> None:
+    run = unique_name("ha", 20)
+    nodes = await kwok_nodes(2)
+    for node in nodes:
+        await write_topology(kube, namespace, topology_for(node, [{"type": "h100", "count": 2}]))
+
+    async with replica(local_cluster, tmp_path, namespace, run, "a") as a:
+        for node in nodes:
+            await eventually(
+                lambda n=node: _has_devices(kube, n, 2), timeout_s=30, what=f"slices of {node}"
+            )
+        assert a.leading
+        async with replica(local_cluster, tmp_path, namespace, run, "b") as b:
+            # Ready and warm, but a standby: it publishes nothing.
+            assert not b.leading
+            assert b.ctx.readiness.ready
+            await asyncio.sleep(3 * RETRY_S)
+            assert b.writes == 0
+
+            cut = time.monotonic()
+            writes_at_cut = a.writes
+            a.proxy.partition(LEASE_S * 3)
+            await write_topology(
+                kube, namespace, topology_for(nodes[0], [{"type": "h100", "count": 3}])
+            )
+            await eventually(
+                lambda: _has_devices(kube, nodes[0], 3),
+                timeout_s=LEASE_S + 20,
+                what="the new leader publishes the change made during the partition",
+            )
+            print(f"takeover + publish after the partition: {time.monotonic() - cut:.2f} s")
+            assert b.leading
+            assert b.writes >= 1
+
+            # The partition heals; the old leader reads the Lease again and stays a standby.
+            await eventually(
+                lambda: asyncio.sleep(0, a.proxy.refused > 0 and not a.leading),
+                timeout_s=RENEW_S + 5,
+                what="the old leader stepping down",
+            )
+            a.proxy.heal()
+            await write_topology(
+                kube, namespace, topology_for(nodes[1], [{"type": "h100", "count": 1}])
+            )
+            await eventually(
+                lambda: _has_devices(kube, nodes[1], 1),
+                timeout_s=20,
+                what="the new leader publishes a change made after the heal",
+            )
+            await asyncio.sleep(LEASE_S)
+            assert not a.leading
+            assert a.writes == writes_at_cut, "the old leader wrote after it was cut off"
+            assert a.ctx.readiness.ready  # a standby stays Ready

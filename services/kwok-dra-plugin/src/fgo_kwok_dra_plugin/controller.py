@@ -36,6 +36,7 @@ import structlog
 from fgo_common import dra
 from fgo_common.dra import Obj
 from fgo_common.drapublish import publish_pool, slice_pool_node, withdraw_pool
+from fgo_common.kube.leader import LeaderElector
 from fgo_common.kube.served import SliceApi
 from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent, slim_node
 from fgo_common.runtime.runner import ServiceContext
@@ -194,8 +195,11 @@ class KwokSliceController:
         settings: Settings,
         registry: CollectorRegistry,
         slice_api: SliceApi | None = None,
+        *,
+        elector: LeaderElector | None = None,
     ):
         self.settings = settings
+        self.elector = elector  # None: the only replica, always writing
         self.options = dra.DeviceOptions(
             names=settings.dra_names, unhealthy=settings.unhealthy_policy, naming=settings.naming
         )
@@ -387,19 +391,36 @@ class KwokSliceController:
             ]
             reflectors = (self.nodes, self.configmaps, self.slices)
             if await _wait_until(stop, *(r.synced.wait() for r in reflectors)):
-                for node_name in self.known_nodes():
-                    self.queue.add(node_name)
-                tasks += [
-                    group.create_task(self._worker(stop), name=f"worker-{i}")
-                    for i in range(self.settings.workers)
-                ]
-                if await _wait_until(stop, self.queue.wait_idle()):
-                    ctx.readiness.set("synced")
-                    log.info("controller.synced", nodes=len(self._published))
-                    tasks.append(group.create_task(self._resync(ctx)))
+                if self.elector is None:
+                    tasks.append(group.create_task(self._write(ctx, stop)))
                     await stop.wait()
+                else:
+                    # Every replica follows the watches (a takeover starts from warm caches
+                    # and is Ready); only the leader runs the workers that write slices.
+                    ctx.readiness.set("synced")
+                    log.info("controller.standby_synced", nodes=len(self.known_nodes()))
+                    await self.elector.lead(stop, lambda lost: self._write(ctx, lost))
             # Watches block on the network for minutes; stopping must not wait for them.
             for task in tasks:
+                task.cancel()
+
+    async def _write(self, ctx: ServiceContext, stop: asyncio.Event) -> None:
+        """Reconcile every node, then follow changes until ``stop`` (the service stopping, or
+        this replica losing its Lease)."""
+        self._in_sync.clear()  # another leader may have written since we last did
+        for node_name in self.known_nodes():
+            self.queue.add(node_name)
+        async with asyncio.TaskGroup() as group:
+            workers = [
+                group.create_task(self._worker(stop), name=f"worker-{i}")
+                for i in range(self.settings.workers)
+            ]
+            if await _wait_until(stop, self.queue.wait_idle()):
+                ctx.readiness.set("synced")
+                log.info("controller.synced", nodes=len(self._published))
+                workers.append(group.create_task(self._resync(ctx)))
+                await stop.wait()
+            for task in workers:
                 task.cancel()
 
 

@@ -6,6 +6,7 @@ import asyncio
 
 from fgo_common.dragate import DraVersionGate
 from fgo_common.kube.client import api_client
+from fgo_common.kube.leader import LeaderElector, fence_writes
 from fgo_common.kube.served import SliceApi
 from fgo_common.runtime.entry import service_main
 from fgo_common.runtime.logging import configure_logging
@@ -17,12 +18,25 @@ from fgo_kwok_dra_plugin.settings import Settings
 COMPONENT = "kwok-dra-plugin"
 
 
-async def serve(settings: Settings) -> int:
-    ctx = ServiceContext(name=COMPONENT)
-    async with api_client(settings.kubeconfig or None) as api:
+async def serve(settings: Settings, ctx: ServiceContext | None = None) -> int:
+    ctx = ctx or ServiceContext(name=COMPONENT)
+    async with (
+        api_client(settings.kubeconfig or None) as api,
+        api_client(settings.kubeconfig or None) as lease_api,
+    ):
+        elector = None
+        if settings.leader_election:
+            # The Lease has its own client: the fence below must not stop its renewals.
+            elector = LeaderElector(
+                lease_api,
+                settings.lease_config(f"fgo-{COMPONENT}"),
+                registry=ctx.registry,
+                readiness=ctx.readiness,
+            )
+            fence_writes(api, elector.may_write)
         slices = SliceApi(api)
         gate = DraVersionGate(api, slices, ctx)
-        controller = KwokSliceController(api, settings, ctx.registry, slices)
+        controller = KwokSliceController(api, settings, ctx.registry, slices, elector=elector)
         code = await run_tasks(
             ctx, gate.wrap({"controller": controller.run}), health_port=settings.health_port
         )

@@ -12,6 +12,7 @@ from fgo_common.dra import (
     UnhealthyPolicy,
     device_naming_setting,
 )
+from fgo_common.kube.leader import LeaderElectionSettings
 from fgo_common.names import DRA, DraNames
 from fgo_common.runtime.settings import SettingsError, env_field
 
@@ -20,7 +21,7 @@ _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(LeaderElectionSettings):
     topology_namespace: str = env_field(
         "TOPOLOGY_CM_NAMESPACE", "gpu-operator",
         "namespace of the per-node topology ConfigMaps (label `node-name`) written by the "
@@ -63,6 +64,7 @@ class Settings:
             raise SettingsError(f"INSTANCE={self.instance!r}: must be a label value (1-63 chars)")
         if not self.topology_namespace:
             raise SettingsError("TOPOLOGY_CM_NAMESPACE: must not be empty")
+        self.validate_leader_election()
 
     @property
     def dra_names(self) -> DraNames:

@@ -25,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fgo_common.kube.errors import describe_error, is_conflict, is_not_found, raise_for_status
 from fgo_common.runtime.health import Readiness
+from fgo_common.runtime.settings import SettingsError, env_field
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +80,81 @@ class LeaseConfig:
                 f"deadline ({self.renew_deadline_s:g} s): that gap is what keeps an old leader "
                 "from writing once a standby may take over"
             )
+
+
+@dataclass(frozen=True)
+class LeaderElectionSettings:
+    """The leader-election settings every central service shares (its Settings extend this)."""
+
+    leader_election: bool = env_field(
+        "LEADER_ELECTION", False,
+        "elect one writer among the replicas through a coordination.k8s.io Lease (the chart "
+        "turns it on when replicas > 1); standbys keep their caches warm and write nothing",
+    )  # fmt: skip
+    lease_name: str = env_field("LEASE_NAME", "", "name of the Lease (empty: the service's own)")
+    lease_namespace: str = env_field(
+        "LEASE_NAMESPACE", "default", "namespace of the Lease (the chart: the release namespace)"
+    )
+    lease_identity: str = env_field(
+        "LEASE_IDENTITY",
+        "",
+        "this replica's identity in the Lease (the chart: the pod name; empty: host name + pid)",
+    )
+    lease_duration_seconds: float = env_field(
+        "LEASE_DURATION_SECONDS", 15.0,
+        "how long a standby waits after the Lease last changed before taking it over",
+    )  # fmt: skip
+    renew_deadline_seconds: float = env_field(
+        "RENEW_DEADLINE_SECONDS", 10.0,
+        "a leader that has not renewed for this long stops writing (must be < the duration)",
+    )  # fmt: skip
+    retry_period_seconds: float = env_field(
+        "RETRY_PERIOD_SECONDS", 2.0, "period of the leader's renewals and the standbys' checks"
+    )
+
+    def lease_config(self, default_name: str) -> LeaseConfig:
+        namespace = self.lease_namespace or "default"
+        identity = self.lease_identity or f"{socket.gethostname()}-{os.getpid()}"
+        return LeaseConfig(
+            namespace,
+            self.lease_name or default_name,
+            identity,
+            self.lease_duration_seconds,
+            self.renew_deadline_seconds,
+            self.retry_period_seconds,
+        )
+
+    def validate_leader_election(self) -> None:
+        if not self.leader_election:
+            return
+        try:
+            self.lease_config("check").validate()
+        except LeaseSettingsError as exc:
+            raise SettingsError(
+                f"LEASE_DURATION_SECONDS / RENEW_DEADLINE_SECONDS / RETRY_PERIOD_SECONDS: {exc}"
+            ) from None
+
+
+class NotLeading(RuntimeError):
+    """A write refused because this replica is not (or no longer surely) the leader."""
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def fence_writes(api: client.ApiClient, may_write: Callable[[], bool]) -> None:
+    """Make every write through ``api`` raise :class:`NotLeading` unless ``may_write()``.
+
+    Checked at the last moment before the request leaves, so no code path of the service can
+    write after its fence closed (reads, lists and watches go on: that keeps caches warm)."""
+    send = api.request
+
+    def request(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        if method.upper() not in SAFE_METHODS and not may_write():
+            raise NotLeading(f"{method} {url.split('?', maxsplit=1)[0]}: not the leader")
+        return send(method, url, *args, **kwargs)
+
+    api.request = request  # type: ignore[method-assign]
 
 
 def micro_time(moment: datetime) -> str:
