@@ -3,6 +3,8 @@ tests/integration/test_dra_plugin.py runs the same paths against a real API serv
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ from fgo_common import dra
 from fgo_common.config import parse_cluster_config
 from fgo_common.identity import mig_uuid
 from fgo_common.nodebuild import build_node_topology
+from fgo_dra_plugin import checkpoint as ckpt
 from fgo_dra_plugin.cdi import CdiKind, CdiStore, ContainerSetup
 from fgo_dra_plugin.driver import ClaimRef, Driver, DriverMetrics
 from prometheus_client import CollectorRegistry
@@ -191,3 +194,95 @@ async def test_prepare_of_a_dynamic_mig_device_gives_the_instances_uuid(
     assert result.error == ""
     (device,) = result.devices
     assert device.uuid == mig_uuid(topology.gpus[0].id, 1, 0)
+
+
+class FailingSaves:
+    """Stands in for the checkpoint write: blocks each save until released, then fails it."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+
+    def __call__(self, path: Path, data: bytes) -> None:
+        self.calls += 1
+        self.entered.set()
+        assert self.release.wait(10)
+        raise OSError(28, "No space left on device")
+
+
+async def _until(event: threading.Event) -> None:
+    for _ in range(1000):
+        if event.is_set():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("never happened")
+
+
+async def test_concurrent_prepare_never_answers_a_claim_whose_save_failed(
+    tmp_path: Path, api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver = make_driver(tmp_path, api)
+    await driver.start()
+    ref = api.add(claim("u1", "gpu-0"))
+    saves = FailingSaves()
+    monkeypatch.setattr(ckpt, "write_atomically", saves)
+    first = asyncio.create_task(driver.prepare([ref]))
+    await _until(saves.entered)  # the first prepare is saving the claim
+    second = asyncio.create_task(driver.prepare([ref]))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not second.done()  # it waits for the save instead of answering from memory
+    assert driver.checkpoint.claims == {}  # nothing published before it is saved
+    saves.release.set()
+    for result in (await first, await second):
+        assert result["u1"].error == "cannot write checkpoint: [Errno 28] No space left on device"
+    assert saves.calls == 2  # the second prepare tried to save the claim itself
+    assert driver.checkpoint.claims == {}
+    assert driver._claim_locks == {}
+
+    monkeypatch.undo()  # the disk has room again
+    result = (await driver.prepare([ref]))["u1"]
+    assert result.error == ""
+    assert set(driver.checkpoint.claims) == {"u1"}
+    assert "u1" in (tmp_path / "plugin" / "checkpoint.json").read_text()
+
+
+async def test_failed_unprepare_save_keeps_the_claim_prepared(
+    tmp_path: Path, api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver = make_driver(tmp_path, api)
+    await driver.start()
+    ref = api.add(claim("u1", "gpu-0"))
+    prepared = await driver.prepare([ref])
+    saves = FailingSaves()
+    saves.release.set()
+    monkeypatch.setattr(ckpt, "write_atomically", saves)
+    assert "cannot write checkpoint" in (await driver.unprepare([ref]))["u1"]
+    assert set(driver.checkpoint.claims) == {"u1"}
+    assert driver.cdi.claim_uids() == {"u1"}
+    assert await driver.prepare([ref]) == prepared  # still prepared, as the disk says
+    monkeypatch.undo()
+    assert await driver.unprepare([ref]) == {"u1": ""}
+    assert driver.checkpoint.claims == {}
+
+
+async def test_claim_locks_do_not_outlive_their_users(tmp_path: Path, api: Api) -> None:
+    """Claims that are never unprepared (failed, cached, or unprepared after a restart) leave
+    no lock behind; a lock exists only while someone holds or waits for it."""
+    driver = make_driver(tmp_path, api)
+    await driver.start()
+    refs = [api.add(claim(f"u{i}", f"gpu-{i % 2}")) for i in range(50)]
+    refs.append(api.add(claim("bad", "gpu-9")))
+    await driver.prepare(refs)
+    await driver.prepare(refs[:10])  # cached answers
+    await driver.prepare([refs[0], refs[0]])  # the same claim twice in a batch
+    assert driver._claim_locks == {}
+    async with driver._locked(["u1", "u2"]):
+        assert set(driver._claim_locks) == {"u1", "u2"}
+        waiting = asyncio.create_task(driver.prepare([refs[1]]))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        assert driver._claim_locks["u1"].users == 2
+    assert (await waiting)["u1"].error == ""
+    assert driver._claim_locks == {}

@@ -8,19 +8,24 @@ Prepare of one claim:
    (a claim deleted and re-created under the same name is a different claim);
 3. take the allocation results of our driver; each must come from our pool (the node name) and
    name a device this node publishes right now;
-4. write the claim's CDI spec, record the claim in the checkpoint (fsync'd) and answer.
+4. write the claim's CDI spec, save the checkpoint with the claim (fsync'd), and only then
+   publish it in the in-memory checkpoint and answer.
 
-Failures are per claim (``error`` in the claim's response) and never fail the batch: the kubelet
-retries just those claims' pods. Unprepare removes the checkpoint entry and the CDI spec; a claim
-we do not know is fine (already unprepared).
+A claim's lock is held from the first look at the checkpoint until the save is done, so a
+concurrent prepare of the same claim waits and then answers from what was saved, never from a
+claim whose save failed. Failures are per claim (``error`` in the claim's response) and never
+fail the batch: the kubelet retries just those claims' pods. Unprepare saves the checkpoint
+without the claim, then removes it from memory and its CDI spec; a claim we do not know is fine
+(already unprepared). A claim's lock exists only while someone holds or waits for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +64,12 @@ class PrepareResult:
 
 class ClaimError(Exception):
     """Why one claim cannot be prepared; becomes that claim's ``error``."""
+
+
+@dataclass(slots=True)
+class _ClaimLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # holding or waiting
 
 
 class DriverMetrics:
@@ -101,7 +112,7 @@ class Driver:
         self.checkpoint_path = checkpoint_path
         self.metrics = metrics
         self.checkpoint = Checkpoint(driver=driver_name, node=node_name)
-        self._claim_locks: dict[str, asyncio.Lock] = {}
+        self._claim_locks: dict[str, _ClaimLock] = {}
         self._save_lock = asyncio.Lock()
 
     # -- start-up ---------------------------------------------------------------------------
@@ -129,59 +140,89 @@ class Driver:
     # -- prepare ----------------------------------------------------------------------------
 
     async def prepare(self, claims: Sequence[ClaimRef]) -> dict[str, PrepareResult]:
-        results = await asyncio.gather(*(self._prepare_one(c) for c in claims))
-        fresh = [uid for uid, (_, new) in zip((c.uid for c in claims), results, strict=True) if new]
-        out = {c.uid: r for c, (r, _) in zip(claims, results, strict=True)}
-        if fresh:
-            try:
-                await self._save()
-            except OSError as exc:
-                # Not recorded means not prepared: answer errors so the kubelet retries.
-                for uid in fresh:
-                    self.checkpoint.claims.pop(uid, None)
-                    out[uid] = PrepareResult(error=f"cannot write checkpoint: {exc}")
-                log.error("checkpoint.write_failed", error=str(exc))
+        unique: dict[str, ClaimRef] = {}
+        for ref in claims:
+            unique.setdefault(ref.uid, ref)  # a UID asked twice is prepared once
+        async with self._locked(unique):
+            results = await asyncio.gather(*(self._prepare_one(c) for c in unique.values()))
+            answers = {uid: r for uid, (r, _) in zip(unique, results, strict=True)}
+            fresh = {uid: new for uid, (_, new) in zip(unique, results, strict=True) if new}
+            if fresh:
+                try:
+                    await self._commit(add=fresh)
+                except OSError as exc:
+                    # Not saved means not prepared: answer errors so the kubelet retries.
+                    log.error("checkpoint.write_failed", error=str(exc))
+                    for uid in fresh:
+                        answers[uid] = PrepareResult(error=f"cannot write checkpoint: {exc}")
+                        self.metrics.calls.labels("prepare", "error").inc()
+                    fresh = {}
+            for uid, new in fresh.items():
+                self.metrics.calls.labels("prepare", "ok").inc()
+                log.info(
+                    "claim.prepared",
+                    namespace=new.namespace,
+                    name=new.name,
+                    claim_uid=uid,
+                    devices=[d.device for d in new.devices],
+                )
         self.metrics.prepared.set(len(self.checkpoint.claims))
-        return out
+        return {c.uid: answers[c.uid] for c in claims}
 
-    def _lock(self, uid: str) -> asyncio.Lock:
-        return self._claim_locks.setdefault(uid, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def _locked(self, uids: Iterable[str]) -> AsyncIterator[None]:
+        """Hold the locks of these claims (in UID order, so two batches never deadlock)."""
+        entries = []
+        for uid in sorted(set(uids)):
+            entry = self._claim_locks.setdefault(uid, _ClaimLock())
+            entry.users += 1
+            entries.append((uid, entry))
+        held: list[asyncio.Lock] = []
+        try:
+            for _, entry in entries:
+                await entry.lock.acquire()
+                held.append(entry.lock)
+            yield
+        finally:
+            for lock in held:
+                lock.release()
+            for uid, entry in entries:
+                entry.users -= 1
+                if entry.users == 0 and self._claim_locks.get(uid) is entry:
+                    del self._claim_locks[uid]
 
-    async def _prepare_one(self, ref: ClaimRef) -> tuple[PrepareResult, bool]:
-        """(result, True if newly prepared and not yet in the saved checkpoint)."""
+    async def _prepare_one(self, ref: ClaimRef) -> tuple[PrepareResult, PreparedClaim | None]:
+        """(result, the claim to save if newly prepared). The caller holds the claim's lock."""
         started = time.perf_counter()
         bound = log.bind(namespace=ref.namespace, name=ref.name, claim_uid=ref.uid)
-        async with self._lock(ref.uid):
-            try:
-                known = self.checkpoint.claims.get(ref.uid)
-                if known is not None:
-                    if not self.cdi.path(ref.uid).exists():
-                        await self._write_spec(ref.uid, known.devices)
-                    self.metrics.calls.labels("prepare", "cached").inc()
-                    return PrepareResult(known.devices), False
-                devices = await self._resolve(ref)
-                await self._write_spec(ref.uid, devices)
-                self.checkpoint.claims[ref.uid] = PreparedClaim(
-                    uid=ref.uid,
-                    namespace=ref.namespace,
-                    name=ref.name,
-                    devices=devices,
-                    cdi_spec_file=self.cdi.path(ref.uid).name,
-                    prepared_at=time.time(),
-                )
-            except ClaimError as exc:
-                self.metrics.calls.labels("prepare", "error").inc()
-                bound.warning("claim.prepare_failed", error=str(exc))
-                return PrepareResult(error=str(exc)), False
-            except Exception as exc:
-                self.metrics.calls.labels("prepare", "error").inc()
-                bound.exception("claim.prepare_crashed")
-                return PrepareResult(error=f"internal error preparing {ref}: {exc}"), False
-            finally:
-                self.metrics.prepare_seconds.observe(time.perf_counter() - started)
-        self.metrics.calls.labels("prepare", "ok").inc()
-        bound.info("claim.prepared", devices=[d.device for d in devices])
-        return PrepareResult(devices), True
+        try:
+            known = self.checkpoint.claims.get(ref.uid)
+            if known is not None:
+                if not self.cdi.path(ref.uid).exists():
+                    await self._write_spec(ref.uid, known.devices)
+                self.metrics.calls.labels("prepare", "cached").inc()
+                return PrepareResult(known.devices), None
+            devices = await self._resolve(ref)
+            await self._write_spec(ref.uid, devices)
+        except ClaimError as exc:
+            self.metrics.calls.labels("prepare", "error").inc()
+            bound.warning("claim.prepare_failed", error=str(exc))
+            return PrepareResult(error=str(exc)), None
+        except Exception as exc:
+            self.metrics.calls.labels("prepare", "error").inc()
+            bound.exception("claim.prepare_crashed")
+            return PrepareResult(error=f"internal error preparing {ref}: {exc}"), None
+        finally:
+            self.metrics.prepare_seconds.observe(time.perf_counter() - started)
+        new = PreparedClaim(
+            uid=ref.uid,
+            namespace=ref.namespace,
+            name=ref.name,
+            devices=devices,
+            cdi_spec_file=self.cdi.path(ref.uid).name,
+            prepared_at=time.time(),
+        )
+        return PrepareResult(devices), new
 
     async def _resolve(self, ref: ClaimRef) -> tuple[PreparedDevice, ...]:
         claim = await self._fetch_claim(ref.namespace, ref.name)
@@ -237,52 +278,51 @@ class Driver:
         spec = claim_spec(self.cdi.kind, uid, [(d.device, d.uuid) for d in devices], self.setup)
         await asyncio.to_thread(self.cdi.write, uid, spec)
 
-    async def _save(self) -> None:
+    async def _commit(
+        self, *, add: Mapping[str, PreparedClaim] | None = None, remove: Iterable[str] = ()
+    ) -> None:
+        """Save the checkpoint with these changes, then publish them in memory (OSError if the
+        save failed; memory is then unchanged). The callers hold the claims' locks."""
         async with self._save_lock:
-            data = self.checkpoint.encode()  # snapshot in the loop thread
+            gone = set(remove)
+            claims = {uid: c for uid, c in self.checkpoint.claims.items() if uid not in gone}
+            claims.update(add or {})
+            data = Checkpoint(self.driver_name, self.node_name, claims).encode()
             await asyncio.to_thread(ckpt.write_atomically, self.checkpoint_path, data)
+            self.checkpoint.claims = claims
 
     # -- unprepare --------------------------------------------------------------------------
 
     async def unprepare(self, claims: Sequence[ClaimRef]) -> dict[str, str]:
         """claim UID -> error ("" = done)."""
-        out: dict[str, str] = {}
-        removed: dict[str, PreparedClaim] = {}
-        for ref in claims:
-            async with self._lock(ref.uid):
-                known = self.checkpoint.claims.pop(ref.uid, None)
-                if known is not None:
-                    removed[ref.uid] = known
-                out[ref.uid] = ""
-        if removed:
-            try:
-                await self._save()
-            except OSError as exc:
-                log.error("checkpoint.write_failed", error=str(exc))
-                # Still prepared as far as the disk knows: keep it so a retry does the work.
-                for uid, known in removed.items():
-                    self.checkpoint.claims.setdefault(uid, known)
-                    out[uid] = f"cannot write checkpoint: {exc}"
-        for ref in claims:
-            if out[ref.uid]:
-                self.metrics.calls.labels("unprepare", "error").inc()
-                continue
-            try:
-                await asyncio.to_thread(self.cdi.remove, ref.uid)
-            except OSError as exc:
-                out[ref.uid] = f"cannot remove CDI spec of {ref}: {exc}"
-                self.metrics.calls.labels("unprepare", "error").inc()
-                continue
-            lock = self._claim_locks.get(ref.uid)
-            if lock is not None and not lock.locked():
-                del self._claim_locks[ref.uid]
-            self.metrics.calls.labels("unprepare", "ok").inc()
-            log.info(
-                "claim.unprepared",
-                namespace=ref.namespace,
-                name=ref.name,
-                claim_uid=ref.uid,
-                known=ref.uid in removed,
-            )
+        out: dict[str, str] = {ref.uid: "" for ref in claims}
+        async with self._locked(out):
+            known = {uid for uid in out if uid in self.checkpoint.claims}
+            if known:
+                try:
+                    await self._commit(remove=known)
+                except OSError as exc:
+                    # Still prepared as far as the disk knows: keep it so a retry does the work.
+                    log.error("checkpoint.write_failed", error=str(exc))
+                    for uid in known:
+                        out[uid] = f"cannot write checkpoint: {exc}"
+            for ref in claims:
+                if out[ref.uid]:
+                    self.metrics.calls.labels("unprepare", "error").inc()
+                    continue
+                try:
+                    await asyncio.to_thread(self.cdi.remove, ref.uid)
+                except OSError as exc:
+                    out[ref.uid] = f"cannot remove CDI spec of {ref}: {exc}"
+                    self.metrics.calls.labels("unprepare", "error").inc()
+                    continue
+                self.metrics.calls.labels("unprepare", "ok").inc()
+                log.info(
+                    "claim.unprepared",
+                    namespace=ref.namespace,
+                    name=ref.name,
+                    claim_uid=ref.uid,
+                    known=ref.uid in known,
+                )
         self.metrics.prepared.set(len(self.checkpoint.claims))
         return out
