@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +37,7 @@ from fgo_device_plugin.main import kwok_mode
 from fgo_device_plugin.metrics import Metrics
 from fgo_device_plugin.settings import Settings
 from fgo_localcluster.cluster import LocalCluster
+from fgo_localcluster.tcpproxy import TcpProxy, proxied_kubeconfig
 from fgo_localcluster.testing import KwokNodeFactory, eventually, unique_name
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -338,3 +341,94 @@ async def test_kwok_mode_entry_point(local_cluster: LocalCluster, env: Env) -> N
         ctx.stop.set()
         async with asyncio.timeout(15):
             assert await task == 0
+
+
+# --------------------------------------------------------------------------------------------
+# two replicas with leader election (kwok mode through the real entry point, each with its own
+# client through its own TCP proxy): the standby is Ready and writes nothing; the leader cut
+# off, the standby takes over and publishes a change made meanwhile; the old leader, healed,
+# writes nothing more.
+# --------------------------------------------------------------------------------------------
+
+LEASE_S, RENEW_S, RETRY_S = 3.0, 2.0, 0.3
+
+
+@contextlib.asynccontextmanager
+async def capacity_replica(
+    local_cluster: LocalCluster, env: Env, tmp_path: Path, name: str
+) -> AsyncIterator[tuple[ServiceContext, TcpProxy]]:
+    proxy = TcpProxy("127.0.0.1", local_cluster.ports.apiserver)
+    await proxy.start()
+    kubeconfig = proxied_kubeconfig(local_cluster.kubeconfig, tmp_path / f"{name}.yaml", proxy.port)
+    settings = load_settings(
+        Settings,
+        {
+            "DEVICE_PLUGIN_MODE": "kwok",
+            "TOPOLOGY_CM_NAMESPACE": env.namespace,
+            "KUBECONFIG": str(kubeconfig),
+            "LEADER_ELECTION": "true",
+            "LEASE_NAMESPACE": env.namespace,
+            "LEASE_IDENTITY": f"replica-{name}",
+            "LEASE_DURATION_SECONDS": str(LEASE_S),
+            "RENEW_DEADLINE_SECONDS": str(RENEW_S),
+            "RETRY_PERIOD_SECONDS": str(RETRY_S),
+        },
+    )
+    ctx = ServiceContext(name=f"device-plugin-{name}")
+    task = asyncio.create_task(run_tasks(ctx, {"kwok": kwok_mode(settings)}, health_port=None))
+    try:
+        await eventually(
+            lambda: asyncio.sleep(
+                0, ("synced" in ctx.readiness.describe() and ctx.readiness.ready) or task.done()
+            ),
+            timeout_s=60,
+            what=f"replica {name} Ready",
+        )
+        assert not task.done(), task.result()
+        yield ctx, proxy
+    finally:
+        ctx.stop.set()
+        async with asyncio.timeout(30):
+            await task
+        await proxy.stop()
+
+
+def _leading(ctx: ServiceContext) -> bool:
+    return ctx.registry.get_sample_value("fgo_leader", {"lease": "fgo-kwok-gpu-capacity"}) == 1.0
+
+
+def _patches(ctx: ServiceContext) -> float:
+    return ctx.registry.get_sample_value("fgo_kwok_patches_total", {"outcome": "ok"}) or 0.0
+
+
+async def test_two_replicas_one_writer_and_a_fenced_failover(
+    local_cluster: LocalCluster, env: Env, tmp_path: Path
+) -> None:
+    first, second = await env.gpu_nodes(2, gpus=2)
+    async with capacity_replica(local_cluster, env, tmp_path, "a") as (a, a_proxy):
+        await env.wait_status(first, {GPU: ("2", "2")})
+        assert _leading(a)
+        async with capacity_replica(local_cluster, env, tmp_path, "b") as (b, _):
+            await asyncio.sleep(3 * RETRY_S)
+            assert not _leading(b)
+            assert _patches(b) == 0
+            a_patches = _patches(a)
+
+            cut = time.monotonic()
+            a_proxy.partition(LEASE_S * 3)
+            await env.write(record(first, 3))
+            await env.wait_status(first, {GPU: ("3", "3")}, timeout_s=LEASE_S + 20)
+            print(f"kwok capacity: takeover + patch {time.monotonic() - cut:.2f} s after the cut")
+            assert _leading(b)
+            await eventually(
+                lambda: asyncio.sleep(0, not _leading(a)),
+                timeout_s=RENEW_S + 5,
+                what="a steps down",
+            )
+            a_proxy.heal()
+            await env.write(record(second, 1))
+            await env.wait_status(second, {GPU: ("1", "1")})
+            await asyncio.sleep(LEASE_S)
+            assert not _leading(a)
+            assert _patches(a) == a_patches, "the old leader patched a node after it was cut off"
+            assert a.readiness.ready

@@ -51,6 +51,7 @@ from typing import Any
 import structlog
 from fgo_common.annotations import KWOK_NODE, KWOK_NODE_VALUE
 from fgo_common.kube.errors import is_not_found, raise_for_status
+from fgo_common.kube.leader import LeaderElector
 from fgo_common.kube.retry import retrying
 from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent, slim_node
 from fgo_common.names import RESOURCE_NAMES
@@ -355,15 +356,17 @@ class KwokCapacityController:
                     self._again.discard(node_name)
                     self._enqueue(node_name)
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, elector: LeaderElector | None = None) -> None:
+        """Follow the watches until ``stop``; reconcile always (``elector`` None) or only while
+        this replica holds the Lease (a standby's caches and queue stay warm for a takeover)."""
         tasks = [
             asyncio.create_task(self._follow(self._cms, self.on_configmap, stop), name="kwok-cms"),
             asyncio.create_task(self._follow(self._nodes, self.on_node, stop), name="kwok-nodes"),
-            *(
-                asyncio.create_task(self._worker(), name=f"kwok-worker-{i}")
-                for i in range(self.workers)
-            ),
         ]
+        if elector is None:
+            tasks += self._start_workers()
+        else:
+            tasks.append(asyncio.create_task(elector.lead(stop, self._lead), name="kwok-lead"))
         stopped = asyncio.ensure_future(stop.wait())
         try:
             done, _ = await asyncio.wait({stopped, *tasks}, return_when=asyncio.FIRST_COMPLETED)
@@ -372,11 +375,33 @@ class KwokCapacityController:
                     task.result()  # a dead watch stops the service (Kubernetes restarts it)
         finally:
             stopped.cancel()
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await _cancel(tasks)
+
+    def _start_workers(self) -> list[asyncio.Task[None]]:
+        return [
+            asyncio.create_task(self._worker(), name=f"kwok-worker-{i}")
+            for i in range(self.workers)
+        ]
+
+    async def _lead(self, lost: asyncio.Event) -> None:
+        """While leading: every node once (another leader may have written meanwhile, and a
+        node being reconciled when we last lost the Lease left the queue), then the events."""
+        await self.synced.wait()
+        for name in list(self._nodes.cache):
+            self.on_node(WatchEvent("ADDED", self._nodes.cache[name]))
+        workers = self._start_workers()
+        try:
+            await lost.wait()
+        finally:
+            await _cancel(workers)
 
     def wanted_snapshot(self) -> Mapping[str, Wanted]:
         return {name: r.wanted for name, r in self.records.items()}
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

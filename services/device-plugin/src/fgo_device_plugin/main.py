@@ -6,6 +6,7 @@ import asyncio
 
 import structlog
 from fgo_common.kube.client import api_client
+from fgo_common.kube.leader import LeaderElector, fence_writes
 from fgo_common.runtime.entry import service_main
 from fgo_common.runtime.logging import configure_logging
 from fgo_common.runtime.runner import ServiceContext, TaskFactory, run_service
@@ -59,7 +60,20 @@ def kwok_mode(settings: Settings) -> TaskFactory:
     async def run(ctx: ServiceContext) -> None:
         ctx.readiness.require("synced")
         metrics = Metrics(ctx.registry)
-        async with api_client(settings.kubeconfig or None) as api:
+        async with (
+            api_client(settings.kubeconfig or None) as api,
+            api_client(settings.kubeconfig or None) as lease_api,
+        ):
+            elector = None
+            if settings.leader_election:
+                # The Lease has its own client: the fence must not stop its renewals.
+                elector = LeaderElector(
+                    lease_api,
+                    settings.lease_config("fgo-kwok-gpu-capacity"),
+                    registry=ctx.registry,
+                    readiness=ctx.readiness,
+                )
+                fence_writes(api, elector.may_write)
             controller = KwokCapacityController(
                 api,
                 settings.effective_topology_namespace,
@@ -70,7 +84,7 @@ def kwok_mode(settings: Settings) -> TaskFactory:
                 dra_shares_gpus=settings.dra_shares_gpus,
             )
             async with asyncio.TaskGroup() as group:
-                group.create_task(controller.run(ctx.stop), name="kwok-capacity")
+                group.create_task(controller.run(ctx.stop, elector), name="kwok-capacity")
                 group.create_task(
                     _follow_readiness(ctx, "synced", controller.synced), name="readiness"
                 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fgo_common.kube.leader import LeaderElectionSettings
 from fgo_common.nodestate import DEFAULT_STATE_DIR, SMI_CONTAINER_PATHS
 from fgo_common.runtime.settings import SettingsError, env_field
 
@@ -15,7 +16,7 @@ DEFAULT_TOPOLOGY_NAMESPACE = "gpu-operator"
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(LeaderElectionSettings):
     mode: str = env_field(
         "DEVICE_PLUGIN_MODE",
         MODE_NODE,
@@ -127,6 +128,12 @@ class Settings:
     )
 
     def validate(self) -> None:
+        if self.leader_election and self.mode == MODE_NODE:
+            raise SettingsError(
+                "LEADER_ELECTION: only for DEVICE_PLUGIN_MODE=kwok (one central controller); "
+                "a node agent is alone on its node"
+            )
+        self.validate_leader_election()
         if self.mode == MODE_NODE and not self.node_name:
             raise SettingsError("NODE_NAME is required when DEVICE_PLUGIN_MODE=node")
         if self.kubelet_poll_interval_seconds <= 0:

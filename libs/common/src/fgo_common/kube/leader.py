@@ -384,15 +384,18 @@ class LeaderElector:
                     break
                 lost = asyncio.Event()
                 job = asyncio.create_task(work(lost), name=f"leader-{self.config.name}")
-                while self.leading.is_set() and not stop.is_set():
-                    self.changed.clear()
-                    await _first_of(self.changed.wait(), stop.wait(), _done(job))
-                    if job.done():
-                        job.result()  # a crash of the leader's work ends the service
-                lost.set()
-                job.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await job
+                try:
+                    while self.leading.is_set() and not stop.is_set():
+                        self.changed.clear()
+                        await _first_of(self.changed.wait(), stop.wait(), _done(job))
+                        if job.done():
+                            job.result()  # a crash of the leader's work ends the service
+                finally:
+                    # Also when we are cancelled: the work must never outlive its leadership.
+                    lost.set()
+                    job.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await job
         finally:
             if not stop.is_set():
                 election.cancel()
