@@ -708,6 +708,12 @@ def build() -> Schema:
                     "/var/lib/runai/shared/{memory,pid}/preloader.so, which Run:ai's fractional "
                     "GPU pods LD_PRELOAD (the reference always installs them)"
                 ),
+                "procFiles": boolean(
+                    "The node-mode exporter writes Run:ai's per-pod GPU files of fractional pods "
+                    "under the node's /var/lib/runai/proc (pod/<uid>/metrics/gpu/<idx>/"
+                    "utilization.sm, memory.allocated; events); it then runs as uid 0 without "
+                    "capabilities (the reference always writes them)"
+                ),
             },
         ),
         "runtimeClass": obj(

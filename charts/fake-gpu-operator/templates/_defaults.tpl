@@ -219,6 +219,11 @@ runai:
   # LD_PRELOAD them and do not start without them. The reference always installs them; here
   # they are opt-in, as they write outside /var/lib/fake-gpu-operator.
   preloaderStubs: false
+  # -- The node-mode exporter (DaemonSet nvidia-dcgm-exporter) writes Run:ai's per-pod GPU files
+  # for fractional pods under the node's /var/lib/runai/proc (Run:ai's container toolkit's
+  # pod/<uid>/metrics/gpu/<idx>/{utilization.sm,memory.allocated} and events), with the
+  # telemetry model's values. It then runs as uid 0 (no capabilities) to write there.
+  procFiles: false
 
 # -- RuntimeClass `nvidia` (handler runc): pods written for real GPU nodes that ask for
 # runtimeClassName: nvidia run here too. Turn off where NVIDIA's GPU operator owns it.

@@ -9,6 +9,9 @@ dcgm-exporter's format, computed at scrape time; ``labeler`` patches node labels
 from __future__ import annotations
 
 import asyncio
+import math
+import time
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -20,6 +23,7 @@ from fgo_common.runtime.entry import service_main
 from fgo_common.runtime.health import serve_app
 from fgo_common.runtime.logging import configure_logging
 from fgo_common.runtime.runner import ServiceContext, TaskFactory, run_tasks
+from fgo_common.telemetry import BUCKET_SECONDS
 from fgo_common.topology import NODE_TOPOLOGY_LABEL, node_topology_configmap_name
 from prometheus_client import CollectorRegistry, Gauge
 
@@ -31,6 +35,7 @@ from fgo_status_exporter.labeler import (
     kube_node_access,
     orphaned_nodes,
 )
+from fgo_status_exporter.runai_proc import proc_files, sync_tree
 from fgo_status_exporter.server import ScrapeStats, build_metrics_app
 from fgo_status_exporter.settings import MODE_KWOK, MODE_NODE, Settings
 from fgo_status_exporter.store import Parsed, TopologyStore
@@ -99,6 +104,9 @@ class Exporter:
             self.store.listeners.append(self.labeler.mark)
         self.stats = ScrapeStats(registry)
         self._background: set[asyncio.Task[None]] = set()
+        self.synced = asyncio.Event()
+        self._records_changed = asyncio.Event()
+        self.store.listeners.append(lambda _node: self._records_changed.set())
         served = Gauge(
             "fgo_status_exporter_served_nodes", "Nodes whose GPUs are exported.", registry=registry
         )
@@ -151,6 +159,7 @@ class Exporter:
             async for event in reflector.events(ctx.stop):
                 if event.type == SYNCED:
                     ctx.readiness.set("topology-synced")
+                    self.synced.set()
                     log.info("topology.synced", nodes=len(self.store.nodes))
                     task = asyncio.get_running_loop().create_task(self.check_orphans())
                     self._background.add(task)
@@ -168,6 +177,40 @@ class Exporter:
         app = build_metrics_app(self.collector, self.served_nodes, stats=self.stats)
         # All interfaces: Prometheus scrapes the pod IP.
         await serve_app(app, "0.0.0.0", self.settings.metrics_port, ctx.stop)  # noqa: S104
+
+    async def write_runai_proc(self, ctx: ServiceContext) -> None:
+        """Run:ai's per-pod files (RUNAI_PROC_DIR, node mode): after the first sync, at every
+        telemetry bucket and on every record change."""
+        root = self.settings.runai_proc_dir
+        if not root or self.settings.mode != MODE_NODE:
+            await ctx.stop.wait()
+            return
+        await ctx.until_stopped(self.synced.wait())
+        log.info("runai_proc.writing", directory=root)
+        seed = self.settings.telemetry_seed
+        while not ctx.stop.is_set():
+            self._records_changed.clear()
+            now = time.time()
+            files: dict[str, str] = {}
+            for topology in list(self.store.nodes.values()):
+                files.update(proc_files(topology, now, seed=seed))
+            try:
+                written, removed = await asyncio.to_thread(sync_tree, Path(root), files)
+            except OSError as exc:
+                log.warning("runai_proc.write_failed", directory=root, error=str(exc)[:300])
+            else:
+                if written or removed:
+                    log.debug("runai_proc.synced", files=len(files), written=written,
+                              removed=removed)  # fmt: skip
+            next_bucket = (math.floor(now / BUCKET_SECONDS) + 1) * BUCKET_SECONDS
+            wait = max(0.05, next_bucket - time.time())
+            changed = asyncio.ensure_future(self._records_changed.wait())
+            try:
+                await ctx.until_stopped(asyncio.wait_for(changed, wait))
+            except TimeoutError:
+                pass
+            finally:
+                changed.cancel()
 
     async def run_labeler(self, ctx: ServiceContext) -> None:
         await self.labeler.run(ctx.stop)
@@ -193,6 +236,7 @@ async def amain(settings: Settings) -> int:
             "metrics-server": exporter.serve_metrics,
             "labeler": exporter.run_labeler,
             "label-resync": exporter.resync_labels,
+            "runai-proc": exporter.write_runai_proc,
         }
         return await run_tasks(ctx, tasks, health_port=settings.health_port)
 

@@ -109,6 +109,13 @@ class Settings:
         600.0,
         "re-read served nodes and repair their labels this often (0 = never)",
     )
+    runai_proc_dir: str = env_field(
+        "RUNAI_PROC_DIR",
+        "",
+        "node mode: write Run:ai's per-pod GPU files (pod/<uid>/metrics/gpu/<idx>/"
+        "utilization.sm, memory.allocated; events) for fractional pods under this directory, "
+        "e.g. /runai/proc (empty: off; docs/runai.md)",
+    )
     log_level: str = env_field(
         "LOG_LEVEL", "INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR")
     )
@@ -116,6 +123,12 @@ class Settings:
     def validate(self) -> None:
         if self.mode == MODE_NODE and not self.node_name:
             raise SettingsError("NODE_NAME is required when EXPORTER_MODE=node")
+        if self.runai_proc_dir and self.mode != MODE_NODE:
+            raise SettingsError(
+                "RUNAI_PROC_DIR: only in EXPORTER_MODE=node (KWOK nodes have no filesystem)"
+            )
+        if self.runai_proc_dir and not self.runai_proc_dir.startswith("/"):
+            raise SettingsError(f"RUNAI_PROC_DIR={self.runai_proc_dir}: must be an absolute path")
         if not 0 < self.metrics_port < 65536:
             raise SettingsError(f"METRICS_PORT={self.metrics_port}: port out of range")
         if self.label_workers < 1:
