@@ -38,7 +38,12 @@ from fgo_device_plugin.metrics import Metrics
 from fgo_device_plugin.settings import Settings
 from fgo_localcluster.cluster import LocalCluster
 from fgo_localcluster.tcpproxy import TcpProxy, proxied_kubeconfig
-from fgo_localcluster.testing import KwokNodeFactory, eventually, unique_name
+from fgo_localcluster.testing import (
+    KwokNodeFactory,
+    eventually,
+    unique_name,
+    wait_service_ready,
+)
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -377,14 +382,9 @@ async def capacity_replica(
     ctx = ServiceContext(name=f"device-plugin-{name}")
     task = asyncio.create_task(run_tasks(ctx, {"kwok": kwok_mode(settings)}, health_port=None))
     try:
-        await eventually(
-            lambda: asyncio.sleep(
-                0, ("synced" in ctx.readiness.describe() and ctx.readiness.ready) or task.done()
-            ),
-            timeout_s=60,
-            what=f"replica {name} Ready",
+        await wait_service_ready(
+            ctx.readiness, task, condition="synced", what=f"replica {name} Ready"
         )
-        assert not task.done(), task.result()
         yield ctx, proxy
     finally:
         ctx.stop.set()

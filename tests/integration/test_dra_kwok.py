@@ -37,7 +37,12 @@ from fgo_kwok_dra_plugin.main import serve
 from fgo_kwok_dra_plugin.settings import Settings
 from fgo_localcluster.cluster import LocalCluster
 from fgo_localcluster.tcpproxy import TcpProxy, proxied_kubeconfig
-from fgo_localcluster.testing import KwokNodeFactory, eventually, unique_name
+from fgo_localcluster.testing import (
+    KwokNodeFactory,
+    eventually,
+    unique_name,
+    wait_service_ready,
+)
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -704,16 +709,9 @@ async def replica(
     ctx = ServiceContext(name=f"kwok-dra-plugin-{name}")
     task = asyncio.create_task(serve(settings, ctx), name=name)
     try:
-        await eventually(
-            # "synced" is required once the controller runs: before that, Ready is vacuous.
-            lambda: asyncio.sleep(
-                0, ("synced" in ctx.readiness.describe() and ctx.readiness.ready) or task.done()
-            ),
-            timeout_s=60,
-            what=f"replica {name} Ready",
+        await wait_service_ready(
+            ctx.readiness, task, condition="synced", what=f"replica {name} Ready"
         )
-        if task.done():
-            task.result()
         yield Replica(name, proxy, ctx, task)
     finally:
         ctx.stop.set()

@@ -77,6 +77,24 @@ async def eventually(
         await asyncio.sleep(interval_s)
 
 
+async def wait_service_ready(
+    readiness: Any, task: asyncio.Task[Any], *, condition: str, what: str, timeout_s: float = 60
+) -> None:
+    """Wait until a service run in-process is Ready (or fail with what its task raised).
+
+    ``condition`` must be among the required ones: before the service requires any, its
+    Readiness is vacuously true."""
+    await eventually(
+        lambda: asyncio.sleep(
+            0, (condition in readiness.describe() and readiness.ready) or task.done()
+        ),
+        timeout_s=timeout_s,
+        what=what,
+    )
+    if task.done():
+        raise AssertionError(f"{what}: the service ended ({task.result()!r})")
+
+
 def dns_label(text: str, max_len: int = 40) -> str:
     """A lower-case DNS-1123 label made from ``text`` (e.g. a test name)."""
     label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")

@@ -6,7 +6,6 @@ import asyncio
 
 import structlog
 from fgo_common.kube.client import api_client
-from fgo_common.kube.leader import LeaderElector, fence_writes
 from fgo_common.runtime.entry import service_main
 from fgo_common.runtime.logging import configure_logging
 from fgo_common.runtime.runner import ServiceContext, TaskFactory, run_service
@@ -64,16 +63,9 @@ def kwok_mode(settings: Settings) -> TaskFactory:
             api_client(settings.kubeconfig or None) as api,
             api_client(settings.kubeconfig or None) as lease_api,
         ):
-            elector = None
-            if settings.leader_election:
-                # The Lease has its own client: the fence must not stop its renewals.
-                elector = LeaderElector(
-                    lease_api,
-                    settings.lease_config("fgo-kwok-gpu-capacity"),
-                    registry=ctx.registry,
-                    readiness=ctx.readiness,
-                )
-                fence_writes(api, elector.may_write)
+            elector = settings.elector(
+                lease_api, api, "fgo-kwok-gpu-capacity", ctx.registry, ctx.readiness
+            )
             controller = KwokCapacityController(
                 api,
                 settings.effective_topology_namespace,

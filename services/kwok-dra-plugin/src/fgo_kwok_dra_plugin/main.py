@@ -6,7 +6,6 @@ import asyncio
 
 from fgo_common.dragate import DraVersionGate
 from fgo_common.kube.client import api_client
-from fgo_common.kube.leader import LeaderElector, fence_writes
 from fgo_common.kube.served import SliceApi
 from fgo_common.runtime.entry import service_main
 from fgo_common.runtime.logging import configure_logging
@@ -24,16 +23,7 @@ async def serve(settings: Settings, ctx: ServiceContext | None = None) -> int:
         api_client(settings.kubeconfig or None) as api,
         api_client(settings.kubeconfig or None) as lease_api,
     ):
-        elector = None
-        if settings.leader_election:
-            # The Lease has its own client: the fence below must not stop its renewals.
-            elector = LeaderElector(
-                lease_api,
-                settings.lease_config(f"fgo-{COMPONENT}"),
-                registry=ctx.registry,
-                readiness=ctx.readiness,
-            )
-            fence_writes(api, elector.may_write)
+        elector = settings.elector(lease_api, api, f"fgo-{COMPONENT}", ctx.registry, ctx.readiness)
         slices = SliceApi(api)
         gate = DraVersionGate(api, slices, ctx)
         controller = KwokSliceController(api, settings, ctx.registry, slices, elector=elector)

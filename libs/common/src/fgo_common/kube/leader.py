@@ -124,6 +124,24 @@ class LeaderElectionSettings:
             self.retry_period_seconds,
         )
 
+    def elector(
+        self,
+        lease_api: client.ApiClient,
+        api: client.ApiClient,
+        default_name: str,
+        registry: CollectorRegistry | None = None,
+        readiness: Readiness | None = None,
+    ) -> LeaderElector | None:
+        """The elector when ``LEADER_ELECTION`` is on (else None), with ``api``'s writes fenced
+        by it. The Lease needs a client of its own: the fence must not stop its renewals."""
+        if not self.leader_election:
+            return None
+        elector = LeaderElector(
+            lease_api, self.lease_config(default_name), registry=registry, readiness=readiness
+        )
+        fence_writes(api, elector.may_write)
+        return elector
+
     def validate_leader_election(self) -> None:
         if not self.leader_election:
             return
