@@ -237,6 +237,57 @@ async def test_fraction_files_follow_the_pods(env: World) -> None:
 
         await eventually(gone, timeout_s=60, what="frac-a's directory removed")
         assert (files_of(uids["frac-b"]) / "utilization.sm").is_file()
+
+        # Bad input on another reserved GPU: one Warning Event per pod, the pod gets the
+        # documented default (the whole GPU / its fraction), everything else goes on.
+        bad_group = {"runai-gpu-group": "grp-bad"}
+        await env.core.create_namespaced_pod(
+            env.reservation_ns, gpu_pod("runai-reservation-gpu-q", node, 1, bad_group)
+        )
+        bad = {
+            "bad-zero": ({"gpu-fraction": "0"}, "InvalidGpuFractionAnnotation"),
+            "bad-big": ({"gpu-fraction": "1.5"}, "InvalidGpuFractionAnnotation"),
+            "bad-abc": ({"gpu-fraction": "abc"}, "InvalidGpuFractionAnnotation"),
+            "bad-mem": ({"gpu-fraction": "0.5", "gpu-memory": "lots"},
+                        "InvalidGpuMemoryAnnotation"),
+        }  # fmt: skip
+        for name, (notes, _) in bad.items():
+            body = gpu_pod(name, node, 0, bad_group)
+            body["metadata"]["annotations"] = notes
+            await env.core.create_namespaced_pod(env.ns, body)
+            uids[name] = (await env.core.read_namespaced_pod(name, env.ns)).metadata.uid
+
+        async def bad_files() -> bool:
+            return all((proc_dir / "pod" / uids[n]).is_dir() for n in bad) and await written_for(
+                ["frac-b", *bad]
+            )
+
+        async def written_for(names: list[str]) -> bool:
+            current = await env.record(node)
+            assert current is not None
+            for name in names:
+                uid = uids[name]
+                (g,) = [g for g in current.gpus if uid in g.status.usage]
+                memory = process_memory_mib(g, profile_for(g))
+                path = proc_dir / "pod" / uid / "metrics" / "gpu" / str(g.index)
+                if _read(path / "memory.allocated") != str(memory[uid] * MIB):
+                    return False
+            return True
+
+        await eventually(bad_files, timeout_s=60, what=f"files of the bad pods\n{exporter.tail()}")
+        for name, (_, reason) in bad.items():
+
+            async def warned(name: str = name, reason: str = reason) -> bool:
+                events = await env.core.list_namespaced_event(
+                    env.ns, field_selector=f"involvedObject.name={name},reason={reason}"
+                )
+                return len(events.items) == 1 and events.items[0].type == "Warning"
+
+            await eventually(warned, timeout_s=30, what=f"one {reason} Warning on {name}")
+        # frac-b, on the first GPU, is untouched by them.
+        assert _read(files_of(uids["frac-b"]) / "memory.allocated") == str(
+            gpu.memory_mib // 4 * MIB
+        )
         assert exporter.proc is not None and exporter.proc.returncode is None
     finally:
         code = await exporter.stop()
