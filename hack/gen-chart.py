@@ -38,6 +38,8 @@ LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 # A Kubernetes object name usable as a ConfigMap key prefix / DNS label.
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# A positive Kubernetes quantity (resource.Quantity syntax, no sign).
+QUANTITY = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?[0-9]+))?$"
 
 
 def nullable(schema: Schema) -> Schema:
@@ -407,11 +409,48 @@ def topology() -> Schema:
                         "description": "GPUs on each NUMA node; must sum to the pool's GPUs",
                         "items": {"type": "integer", "minimum": 0, "maximum": 64},
                     },
-                    "topologyManagerPolicy": {"type": "string", "description": "Accepted"},
-                    "topologyManagerScope": {"type": "string", "description": "Accepted"},
-                    "cpuPerZone": {"type": ["string", "number"], "description": "Accepted"},
-                    "memPerZone": {"type": ["string", "number"], "description": "Accepted"},
-                    "distances": {"type": "object", "description": "Accepted (self/remote)"},
+                    "topologyManagerPolicy": {
+                        "type": "string",
+                        "enum": ["none", "best-effort", "restricted", "single-numa-node"],
+                        "description": "Kubelet Topology Manager policy the NodeResourceTopology "
+                        "objects report (default single-numa-node)",
+                    },
+                    "topologyManagerScope": {
+                        "type": "string",
+                        "enum": ["container", "pod"],
+                        "description": "Topology Manager scope reported (default container)",
+                    },
+                    "cpuPerZone": {
+                        "type": ["string", "number"],
+                        "pattern": QUANTITY,
+                        "description": "CPUs per zone, a quantity (16, 15500m); default: the "
+                        "node's allocatable CPUs / zones",
+                    },
+                    "memPerZone": {
+                        "type": ["string", "number"],
+                        "pattern": QUANTITY,
+                        "description": "Memory per zone, a quantity (64Gi); default: the node's "
+                        "allocatable memory / zones",
+                    },
+                    "distances": {
+                        "type": "object",
+                        "description": "NUMA distances reported as zone costs",
+                        "additionalProperties": False,
+                        "properties": {
+                            "self": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": 255,
+                                "description": "Distance of a zone to itself (default 10)",
+                            },
+                            "remote": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": 255,
+                                "description": "Distance between two zones (default 21)",
+                            },
+                        },
+                    },
                 },
             },
             "mig": {
@@ -683,9 +722,16 @@ def build() -> Schema:
                 "topologyMaxExportInterval": string(
                     f"{IGNORED}: metrics are computed at every scrape"
                 ),
-                "nodeResourceTopology": toggle(
-                    f"{IGNORED}: no NodeResourceTopology objects",
-                    installCRD=boolean("Reference chart key"),
+                "nodeResourceTopology": obj(
+                    "NodeResourceTopology objects (topology.node.k8s.io/v1alpha2) for the nodes "
+                    "of pools with a numa block, published by the status-updater (docs/numa.md)",
+                    {
+                        "enabled": boolean("Publish them; available follows the pods holding GPUs"),
+                        "installCRD": boolean(
+                            "Install the CRD with the chart (default true; kept on uninstall; "
+                            "left alone when another installer owns it)"
+                        ),
+                    },
                 ),
                 "podResources": toggle(f"{IGNORED}: no fake pod-resources server"),
             },

@@ -34,6 +34,7 @@ EVERYTHING = [
     "draPlugin.enabled=true",
     "kwokDraPlugin.enabled=true",
     "statusUpdater.runaiIntegration.enabled=true",
+    "statusExporter.nodeResourceTopology.enabled=true",
 ]
 
 

@@ -203,6 +203,13 @@ statusExporter:
     enabled: false
     interval: 15s
     labels: {}
+  # -- NodeResourceTopology objects (topology.node.k8s.io/v1alpha2) for every node of a pool with
+  # a numa block, for topology-aware schedulers: zones, costs, per-zone GPUs/CPUs/memory, with
+  # available following the pods. The reference's key; the status-updater publishes them
+  # (docs/numa.md). installCRD: install the CRD too (kept on uninstall).
+  nodeResourceTopology:
+    enabled: false
+    installCRD: true
 
 # -- ValidatingAdmissionPolicies that narrow the two cluster-wide `patch pods` grants: the
 # device-plugin node agent may change only annotation fake-gpu-operator/allocated-devices, and

@@ -368,3 +368,10 @@ template` has no cluster to look in, so it always renders the object.
 {{- if or (ne (index $ann "meta.helm.sh/release-name" | default "") $root.Release.Name) (ne (index $ann "meta.helm.sh/release-namespace" | default "") $root.Release.Namespace) -}}true{{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/* "true" when NodeResourceTopology objects are published (statusExporter.nodeResourceTopology
+.enabled, the reference's key; the status-updater publishes them, docs/numa.md). */}}
+{{- define "fgo.nrtEnabled" -}}
+{{- $nrt := default dict (include "fgo.get" (list . "statusExporter") | fromYaml).nodeResourceTopology -}}
+{{- if eq (toString $nrt.enabled) "true" -}}true{{- end -}}
+{{- end -}}

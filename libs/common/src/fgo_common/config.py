@@ -23,7 +23,15 @@ from fgo_common import migstate
 from fgo_common.profiles import BUILTIN_CATALOG, DEFAULT_PROFILE_KEY, GpuProfile, ProfileCatalog
 from fgo_common.profiles.mig_layout import MigLayoutError
 from fgo_common.topology import OtherDevice
-from fgo_common.units import MemoryParseError, parse_memory_mib
+from fgo_common.units import (
+    MAX_CPU_MILLIS,
+    MAX_MEMORY_BYTES,
+    MemoryParseError,
+    QuantityError,
+    parse_memory_mib,
+    quantity_bytes,
+    quantity_millis,
+)
 
 DEFAULT_NODE_POOL_LABEL_KEY = "run.ai/simulated-gpu-node-pool"
 MIG_STRATEGIES = ("none", "single", "mixed")
@@ -107,10 +115,26 @@ class GpuGroup:
         return self.profile.memory_mib
 
 
+# Kubelet Topology Manager policies and scopes (``--topology-manager-policy`` / ``-scope``).
+TOPOLOGY_MANAGER_POLICIES = ("none", "best-effort", "restricted", "single-numa-node")
+TOPOLOGY_MANAGER_SCOPES = ("container", "pod")
+MAX_NUMA_ZONES = 16
+
+
 @dataclass(frozen=True, slots=True)
 class NumaConfig:
+    """A pool's ``numa`` block: the NUMA layout every node of the pool reports (GPU NUMA ids,
+    NodeResourceTopology zones). ``cpu_per_zone_millis`` / ``mem_per_zone_bytes`` None: an even
+    share of the node's allocatable."""
+
     zones: int
     gpus_per_zone: tuple[int, ...] = ()
+    topology_manager_policy: str = "single-numa-node"
+    topology_manager_scope: str = "container"
+    cpu_per_zone_millis: int | None = None
+    mem_per_zone_bytes: int | None = None
+    distance_self: int = 10
+    distance_remote: int = 21
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,24 +292,89 @@ def _numa(raw: object, path: str, gpu_count: int) -> NumaConfig | None:
     zones = entry.get("zones", 0)
     if zones in (0, None):
         return None
-    zones = _positive_int(zones, f"{path}.zones", maximum=16)
+    zones = _positive_int(zones, f"{path}.zones", maximum=MAX_NUMA_ZONES)
+    if zones > gpu_count:
+        raise ConfigError(
+            f"{path}.zones",
+            f"{zones} NUMA zones for {gpu_count} GPU(s); at most one zone per GPU",
+        )
     per_zone = entry.get("gpusPerZone")
-    if per_zone is None:
-        return NumaConfig(zones)
-    if (
-        not isinstance(per_zone, list)
-        or len(per_zone) != zones
-        or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in per_zone)
-    ):
-        raise ConfigError(
-            f"{path}.gpusPerZone", f"must list {zones} non-negative integers, got {per_zone!r}"
-        )
-    if sum(per_zone) != gpu_count:
-        raise ConfigError(
-            f"{path}.gpusPerZone",
-            f"must sum to the pool's GPU count {gpu_count}, got {sum(per_zone)}",
-        )
-    return NumaConfig(zones, tuple(per_zone))
+    if per_zone is not None:
+        if (
+            not isinstance(per_zone, list)
+            or len(per_zone) != zones
+            or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in per_zone)
+        ):
+            raise ConfigError(
+                f"{path}.gpusPerZone", f"must list {zones} non-negative integers, got {per_zone!r}"
+            )
+        if sum(per_zone) != gpu_count:
+            raise ConfigError(
+                f"{path}.gpusPerZone",
+                f"must sum to the pool's GPU count {gpu_count}, got {sum(per_zone)}",
+            )
+    policy = _choice(
+        entry.get("topologyManagerPolicy"),
+        f"{path}.topologyManagerPolicy",
+        TOPOLOGY_MANAGER_POLICIES,
+        "single-numa-node",
+    )
+    scope = _choice(
+        entry.get("topologyManagerScope"),
+        f"{path}.topologyManagerScope",
+        TOPOLOGY_MANAGER_SCOPES,
+        "container",
+    )
+    cpu = entry.get("cpuPerZone")
+    mem = entry.get("memPerZone")
+    distances = entry.get("distances")
+    d_self, d_remote = 10, 21
+    if distances is not None:
+        d = _expect_mapping(distances, f"{path}.distances")
+        _check_keys(d, ("self", "remote"), f"{path}.distances")
+        d_self = _positive_int(d.get("self", 10), f"{path}.distances.self", maximum=255)
+        d_remote = _positive_int(d.get("remote", 21), f"{path}.distances.remote", maximum=255)
+    return NumaConfig(
+        zones,
+        tuple(per_zone) if per_zone is not None else (),
+        topology_manager_policy=policy,
+        topology_manager_scope=scope,
+        cpu_per_zone_millis=None if cpu is None else _cpu_quantity(cpu, f"{path}.cpuPerZone"),
+        mem_per_zone_bytes=None if mem is None else _byte_quantity(mem, f"{path}.memPerZone"),
+        distance_self=d_self,
+        distance_remote=d_remote,
+    )
+
+
+def _choice(value: object, path: str, allowed: tuple[str, ...], default: str) -> str:
+    if value is None:
+        return default
+    if not isinstance(value, str) or value not in allowed:
+        raise ConfigError(path, f"must be one of {', '.join(allowed)}; got {value!r}")
+    return value
+
+
+def _cpu_quantity(value: object, path: str) -> int:
+    try:
+        millis = quantity_millis(value)
+    except QuantityError as exc:
+        raise ConfigError(path, f"{exc} (a CPU quantity such as 16 or 15500m)") from None
+    if millis <= 0 or millis > MAX_CPU_MILLIS:
+        raise ConfigError(path, f"must be more than 0 and at most {MAX_CPU_MILLIS // 1000} CPUs")
+    return millis
+
+
+def _byte_quantity(value: object, path: str) -> int:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # A bare number is bytes, as in a Kubernetes quantity (the reference reads it so).
+        value = str(value)
+    try:
+        n = quantity_bytes(value)
+    except QuantityError as exc:
+        raise ConfigError(path, f"{exc} (a memory quantity such as 64Gi)") from None
+    if n <= 0 or n > MAX_MEMORY_BYTES:
+        raise ConfigError(path, "must be more than 0 and at most 1Pi")
+    return n
 
 
 def _mig(raw: object, path: str) -> str:

@@ -17,7 +17,13 @@ def numa_layout(pool: PoolConfig) -> list[int]:
     count = pool.gpu_count
     if pool.numa and pool.numa.gpus_per_zone:
         return [zone for zone, n in enumerate(pool.numa.gpus_per_zone) for _ in range(n)]
-    zones = pool.numa.zones if pool.numa else (2 if count >= 4 else 1)
+    if pool.numa:
+        # An explicit zone count: an even split, the remainder to the lowest zones (the
+        # reference's NodeResourceTopology layout; no zone is left empty).
+        base, extra = divmod(count, pool.numa.zones)
+        sizes = [base + (1 if z < extra else 0) for z in range(pool.numa.zones)]
+        return [zone for zone, n in enumerate(sizes) for _ in range(n)]
+    zones = 2 if count >= 4 else 1
     return [numa_node(i, count, zones) for i in range(count)]
 
 

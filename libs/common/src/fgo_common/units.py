@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from fractions import Fraction
 
@@ -105,3 +106,86 @@ def parse_memory_mib(value: object) -> int:
     if mib > MAX_MEMORY_MIB:
         raise MemoryParseError(f"memory {_shown(value)} is larger than 1 PiB; check the unit")
     return mib
+
+
+# --- Kubernetes quantities (CPU and memory of pods, nodes and NodeResourceTopology zones) -------
+
+_QUANTITY_RE = re.compile(
+    r"^([+-]?)(\d+(?:\.\d*)?|\.\d+)(?:([eE][+-]?\d{1,3})|([numkMGTPE]|[KMGTPE]i))?$"
+)
+_QUANTITY_SUFFIX: dict[str, Fraction] = {
+    "": Fraction(1),
+    "n": Fraction(1, 10**9),
+    "u": Fraction(1, 10**6),
+    "m": Fraction(1, 1000),
+    "k": Fraction(1000),
+    "M": Fraction(1000**2),
+    "G": Fraction(1000**3),
+    "T": Fraction(1000**4),
+    "P": Fraction(1000**5),
+    "E": Fraction(1000**6),
+    "Ki": Fraction(1024),
+    "Mi": Fraction(1024**2),
+    "Gi": Fraction(1024**3),
+    "Ti": Fraction(1024**4),
+    "Pi": Fraction(1024**5),
+    "Ei": Fraction(1024**6),
+}
+MAX_CPU_MILLIS = 100_000 * 1000  # 100 000 CPUs: anything larger is a typo
+MAX_MEMORY_BYTES = 1024**5  # 1 PiB
+
+
+class QuantityError(ValueError):
+    """Not a Kubernetes quantity (``resource.Quantity`` syntax)."""
+
+
+def parse_quantity(value: object) -> Fraction:
+    """A Kubernetes quantity (``"1500m"``, ``"64Gi"``, ``"1e3"``, ``16``) as an exact fraction."""
+    if isinstance(value, bool):
+        raise QuantityError(f"not a quantity: {_shown(value)}")
+    if isinstance(value, int):
+        return Fraction(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise QuantityError(f"not a quantity: {_shown(value)}")
+        return Fraction(str(value))
+    if not isinstance(value, str) or len(value) > 64:
+        raise QuantityError(f"not a quantity: {_shown(value)}")
+    match = _QUANTITY_RE.match(value.strip())
+    if not match:
+        raise QuantityError(f"not a quantity: {_shown(value)}")
+    sign, number, exponent, suffix = match.groups()
+    amount = Fraction(number if not number.endswith(".") else number[:-1])
+    if exponent:
+        amount *= Fraction(10) ** int(exponent[1:])
+    else:
+        amount *= _QUANTITY_SUFFIX[suffix or ""]
+    return -amount if sign == "-" else amount
+
+
+def quantity_millis(value: object) -> int:
+    """A CPU quantity in millicores, rounded up as Kubernetes does (``0.1m`` is ``1m``)."""
+    amount = parse_quantity(value) * 1000
+    return -((-amount.numerator) // amount.denominator)
+
+
+def quantity_bytes(value: object) -> int:
+    """A memory quantity in bytes, rounded up as Kubernetes does."""
+    amount = parse_quantity(value)
+    return -((-amount.numerator) // amount.denominator)
+
+
+def format_millis(millis: int) -> str:
+    """Millicores in the canonical form of a Kubernetes quantity: ``16``, ``1500m``."""
+    return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
+
+
+def format_bytes(n_bytes: int) -> str:
+    """Bytes in the canonical form of a Kubernetes quantity: ``64Gi``, ``1536Mi``, ``1000``."""
+    if n_bytes == 0:
+        return "0"
+    for suffix in ("Ei", "Pi", "Ti", "Gi", "Mi", "Ki"):
+        factor = int(_QUANTITY_SUFFIX[suffix])
+        if n_bytes % factor == 0:
+            return f"{n_bytes // factor}{suffix}"
+    return str(n_bytes)

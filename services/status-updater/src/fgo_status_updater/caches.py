@@ -61,11 +61,14 @@ def _pod_signature(pod: Obj) -> tuple[object, ...]:
 
 
 def _node_signature(node: Obj) -> tuple[object, ...]:
+    allocatable = (node.get("status") or {}).get("allocatable") or {}
     return (
         meta(node).get("uid"),
         _freeze(labels_of(node)),
         annotations_of(node).get(KWOK_NODE_ANNOTATION),
         annotations_of(node).get("run.ai/mig.config"),  # the reference's MIG request
+        # CPUs and memory: a NodeResourceTopology's zones default to shares of them.
+        tuple(str(allocatable.get(k)) for k in ("cpu", "memory")),
     )
 
 

@@ -60,6 +60,7 @@ from fgo_status_updater.faults import FaultBook
 from fgo_status_updater.findings import NORMAL, WARNING, Finding, ObjectRef
 from fgo_status_updater.knative import KnativePod, KnativePoller
 from fgo_status_updater.metrics import Metrics
+from fgo_status_updater.nrt import NrtPublisher, desired_nrt
 from fgo_status_updater.podinfo import Obj, annotations_of, labels_of, meta
 from fgo_status_updater.reconcile import NodeInputs, ReconcileOptions, reconcile_node
 from fgo_status_updater.runai import RunaiRuleController
@@ -151,6 +152,12 @@ class Controller:
         self._patched_reservations: set[tuple[str, str, str]] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._parsed: dict[str, tuple[str, NodeTopology]] = {}  # node -> (resourceVersion, record)
+        # NodeResourceTopology objects of nodes in pools with ``numa`` (docs/numa.md).
+        self.nrt = (
+            NrtPublisher(self.custom, self.metrics) if settings.node_resource_topology else None
+        )
+        if self.nrt is not None:
+            self._required.add("noderesourcetopologies")
         for part in sorted(self._required | {"topology-config"}):
             ctx.readiness.require(part)
 
@@ -213,7 +220,22 @@ class Controller:
         }
         for i in range(self.settings.workers):
             tasks[f"worker-{i}"] = self._worker
+        if self.nrt is not None:
+            tasks["watch-noderesourcetopologies"] = self._watcher(
+                self.nrt.reflector(),
+                self.nrt.on_nrt,
+                "noderesourcetopologies",
+                optional=True,
+                on_present=self._nrt_present,
+            )
         return tasks
+
+    def _nrt_present(self) -> None:
+        """The NodeResourceTopology CRD is served again: publish every node's object."""
+        if self.nrt is not None:
+            self.nrt.on_present()
+        for node in self.caches.all_nodes():
+            self._mark(node)
 
     def _watcher(
         self,
@@ -222,6 +244,7 @@ class Controller:
         part: str,
         *,
         optional: bool = False,
+        on_present: Callable[[], None] | None = None,
     ) -> TaskFactory:
         absent = False
 
@@ -232,6 +255,8 @@ class Controller:
                     if absent:
                         absent = False
                         log.info("watch.api_present", watch=reflector.name)
+                        if on_present is not None:
+                            on_present()
                     self._part_synced(part)
                     continue
                 for node in handle(event):
@@ -386,13 +411,16 @@ class Controller:
             await ctx.stop.wait()
             return
         await ctx.until_stopped(self.synced.wait())
-        while not ctx.stop.is_set():
-            try:
-                await ctx.until_stopped(self.knative.poll(self.caches.knative_pods()))
-            except Exception:
-                log.exception("knative.poll_failed")
-            if await ctx.sleep(self.settings.knative_poll_seconds):
-                return
+        try:
+            while not ctx.stop.is_set():
+                try:
+                    await ctx.until_stopped(self.knative.poll(self.caches.knative_pods()))
+                except Exception:
+                    log.exception("knative.poll_failed")
+                if await ctx.sleep(self.settings.knative_poll_seconds):
+                    return
+        finally:
+            await self.knative.aclose()
 
     async def _worker(self, ctx: ServiceContext) -> None:
         async def loop() -> None:
@@ -460,6 +488,8 @@ class Controller:
                 result = await self._delete_record(name, cm)
                 if node is not None and result == "deleted":
                     await self._set_deploy_labels(node, None)
+            if self.nrt is not None:
+                await self.nrt.sync(name, None)
             self.metrics.managed_nodes.set(len(self.caches.records))
             return result
         assert outcome.record is not None and node is not None
@@ -472,6 +502,9 @@ class Controller:
             if result == "conflict":
                 return result
         self.metrics.managed_nodes.set(len(self.caches.records))
+        if self.nrt is not None:
+            pods = self.caches.pods_on(name)
+            await self.nrt.sync(name, desired_nrt(name, node, self.config, outcome.record, pods))
         await self._set_deploy_labels(node, outcome.record.kwok)
         await self._patch_node(node, mig.node_patch(node, outcome.record))
         if outcome.requeue_after is not None:

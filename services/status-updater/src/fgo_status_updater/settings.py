@@ -65,6 +65,12 @@ class Settings:
         False,
         "do not add/remove the nvidia.com/gpu.deploy.* labels on pool nodes",
     )
+    node_resource_topology: bool = env_field(
+        "NODE_RESOURCE_TOPOLOGY_ENABLED",
+        False,
+        "publish a NodeResourceTopology object (topology.node.k8s.io/v1alpha2) for every node "
+        "of a pool with a numa block, its available resources following the pods (docs/numa.md)",
+    )
     debounce_seconds: float = env_field(
         "DEBOUNCE_SECONDS",
         0.2,
