@@ -411,16 +411,13 @@ class Controller:
             await ctx.stop.wait()
             return
         await ctx.until_stopped(self.synced.wait())
-        try:
-            while not ctx.stop.is_set():
-                try:
-                    await ctx.until_stopped(self.knative.poll(self.caches.knative_pods()))
-                except Exception:
-                    log.exception("knative.poll_failed")
-                if await ctx.sleep(self.settings.knative_poll_seconds):
-                    return
-        finally:
-            await self.knative.aclose()
+        while not ctx.stop.is_set():
+            try:
+                await ctx.until_stopped(self.knative.poll(self.caches.knative_pods()))
+            except Exception:
+                log.exception("knative.poll_failed")
+            if await ctx.sleep(self.settings.knative_poll_seconds):
+                return
 
     async def _worker(self, ctx: ServiceContext) -> None:
         async def loop() -> None:
