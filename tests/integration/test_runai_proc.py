@@ -118,13 +118,14 @@ class NodeExporter:
 
     def __init__(self, world: World, node: str, proc_dir: Path) -> None:
         self.health = free_port()
+        self.metrics = free_port()
         self.env = {
             **os.environ,
             "KUBECONFIG": str(world.cluster.kubeconfig),
             "EXPORTER_MODE": "node",
             "NODE_NAME": node,
             "TOPOLOGY_CM_NAMESPACE": world.ns,
-            "METRICS_PORT": str(free_port()),
+            "METRICS_PORT": str(self.metrics),
             "HEALTH_PORT": str(self.health),
             "GFD_LABELS_ENABLED": "false",
             "RUNAI_PROC_DIR": str(proc_dir),
@@ -227,6 +228,26 @@ async def test_fraction_files_follow_the_pods(env: World) -> None:
             now = math.floor(time.time() / BUCKET_SECONDS)
             allowed = {str(pod_utilization(usage, gpu.id, uid, b, 0)) for b in (now - 1, now)}
             assert _read(files_of(uid) / "utilization.sm") in allowed
+
+        # The files and the exporter's series of the shared GPU tell one story: the pods'
+        # utilisation shares add up to DCGM_FI_DEV_GPU_UTIL, their memory to DCGM_FI_DEV_FB_USED
+        # (both series labelled with the reservation pod, the GPU's holder, as the reference).
+        async def agrees() -> bool:
+            async with httpx.AsyncClient(timeout=5) as http:
+                text = (await http.get(f"http://127.0.0.1:{exporter.metrics}/metrics")).text
+            series = {}
+            for line in text.splitlines():
+                if f'UUID="{gpu.id}"' in line and line.startswith(
+                    ("DCGM_FI_DEV_GPU_UTIL{", "DCGM_FI_DEV_FB_USED{")
+                ):
+                    assert 'pod="runai-reservation-gpu-p"' in line, line
+                    series[line.split("{")[0]] = int(float(line.rsplit(" ", 1)[1]))
+            util = sum(int(_read(files_of(u) / "utilization.sm") or 0) for u in uids.values())
+            mem = sum(int(_read(files_of(u) / "memory.allocated") or 0) for u in uids.values())
+            return series == {"DCGM_FI_DEV_GPU_UTIL": min(100, util),
+                              "DCGM_FI_DEV_FB_USED": mem // MIB}  # fmt: skip
+
+        await eventually(agrees, timeout_s=30, what="files agree with the exporter's series")
         # Only the fractional pods have files (the reservation pod holds, it does not work).
         assert sorted(p.name for p in (proc_dir / "pod").iterdir()) == sorted(uids.values())
 
