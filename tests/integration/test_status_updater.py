@@ -13,6 +13,7 @@ import contextlib
 import json
 import secrets
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import pytest_asyncio
 import yaml
 from fgo_common.topology import HOLDER_DRA, NodeTopology
 from fgo_localcluster.cluster import LocalCluster
+from fgo_localcluster.tcpproxy import TcpProxy, proxied_kubeconfig
 from fgo_localcluster.testing import (
     KwokNodeFactory,
     create_namespace,
@@ -760,3 +762,115 @@ async def test_workload_class_from_podgroups_appearing_later(env: Env) -> None:
     assert said[:2] == ["watch.api_absent", "watch.api_present"], said
     loud = [e for e in entries if e.get("level") in ("warning", "error")]
     assert not loud, loud
+
+
+# ------------------------------------------------------------------------------------------------
+# two replicas with leader election: each a real process reaching the apiserver through its own
+# TCP proxy. The standby writes nothing; kill -9 of the leader -> the standby takes over and
+# records the pods created meanwhile; a partitioned leader is replaced and, healed, writes
+# nothing; no pod's GPUs change across either failover.
+# ------------------------------------------------------------------------------------------------
+
+HA_LEASE_S, HA_RENEW_S, HA_RETRY_S = 3.0, 2.0, 0.3
+
+
+def _sample_sum(text: str, metric: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith((metric + "{", metric + " "))
+    )
+
+
+async def _writes(proc: StatusUpdaterProcess) -> float:
+    return _sample_sum(await proc.metrics(), "fgo_status_updater_api_writes_total")
+
+
+async def _leads(proc: StatusUpdaterProcess) -> bool:
+    return _sample_sum(await proc.metrics(), "fgo_leader") == 1.0
+
+
+async def test_two_replicas_fail_over_without_moving_a_gpu(env: Env) -> None:
+    await env.write_config()
+    (node,) = await env.add_nodes(1)
+    proxies: dict[str, TcpProxy] = {}
+    procs: dict[str, StatusUpdaterProcess] = {}
+    for name in ("a", "b"):
+        proxy = TcpProxy("127.0.0.1", env.cluster.ports.apiserver)
+        await proxy.start()
+        proxies[name] = proxy
+        procs[name] = StatusUpdaterProcess(
+            proxied_kubeconfig(env.cluster.kubeconfig, env.tmp / f"{name}.yaml", proxy.port),
+            env.tmp / f"status-updater-{name}.log",
+            TOPOLOGY_CM_NAMESPACE=env.ns,
+            RESOURCE_RESERVATION_NAMESPACE=env.reservation_ns,
+            PROMETHEUS_URL="",
+            DEBOUNCE_SECONDS="0.1",
+            LEADER_ELECTION="true",
+            LEASE_NAMESPACE=env.ns,
+            LEASE_IDENTITY=f"replica-{name}",
+            LEASE_DURATION_SECONDS=str(HA_LEASE_S),
+            RENEW_DEADLINE_SECONDS=str(HA_RENEW_S),
+            RETRY_PERIOD_SECONDS=str(HA_RETRY_S),
+        )
+    a, b = procs["a"], procs["b"]
+    try:
+        await a.start()
+        await env.wait_record(node, lambda r: len(r.gpus) == 8, "record from the leader")
+        await b.start()  # Ready as a standby
+        assert await _leads(a) and not await _leads(b)
+
+        async def recorded(*pods: str) -> dict[str, list[int]]:
+            def check(r: NodeTopology) -> bool:
+                return all(f"{env.ns}/{p}" in holders_by_pod(r) for p in pods)
+
+            return holders_by_pod(await env.wait_record(node, check, f"{pods} recorded"))
+
+        await env.create_pod(gpu_pod("first", node, containers=[("main", 2)]))
+        before = await recorded("first")
+        await asyncio.sleep(3 * HA_RETRY_S)
+        assert await _writes(b) == 0, "the standby wrote"
+
+        # kill -9 of the leader: the standby takes over once the Lease has expired.
+        killed = time.monotonic()
+        a.kill()
+        await a.wait()
+        await env.create_pod(gpu_pod("second", node))
+        after_kill = await recorded("first", "second")
+        print(
+            f"status-updater: kill -9 -> pod recorded by the new leader {time.monotonic() - killed:.2f} s"
+        )
+        assert await _leads(b)
+        key = f"{env.ns}/first"
+        assert after_kill[key] == before[key], "the failover moved a pod's GPUs"
+
+        # The old leader comes back as a standby; then the new leader is cut off.
+        await a.start()
+        assert not await _leads(a)
+        b_writes = await _writes(b)
+        cut = time.monotonic()
+        proxies["b"].partition(HA_LEASE_S * 4)
+        await env.create_pod(gpu_pod("third", node))
+        after_cut = await recorded("first", "second", "third")
+        print(
+            f"status-updater: partition -> pod recorded by the new leader {time.monotonic() - cut:.2f} s"
+        )
+        assert await _leads(a)
+        assert not await _leads(b)
+        proxies["b"].heal()
+        await env.create_pod(gpu_pod("fourth", node))
+        final = await recorded("first", "second", "third", "fourth")
+        await asyncio.sleep(HA_LEASE_S)
+        assert await _writes(b) == b_writes, "the partitioned leader wrote after the cut"
+        assert not await _leads(b)
+        for pod in ("first", "second"):
+            assert (
+                final[f"{env.ns}/{pod}"]
+                == after_cut[f"{env.ns}/{pod}"]
+                == after_kill[f"{env.ns}/{pod}"]
+            )
+    finally:
+        for proc in procs.values():
+            await proc.stop()
+        for proxy in proxies.values():
+            await proxy.stop()

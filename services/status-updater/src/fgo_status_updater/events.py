@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import structlog
 from fgo_common.kube.errors import is_conflict
+from fgo_common.kube.leader import NotLeading
 from fgo_common.kube.retry import retrying
 from kubernetes_asyncio import client
 
@@ -106,6 +107,10 @@ class EventRecorder:
             await retrying(create, what=f"event {finding.reason}", attempts=3)
             self._metrics.events.labels(finding.reason).inc()
             self._metrics.writes.labels("Event", "create").inc()
+        except NotLeading:
+            # A standby sees the same inputs; the leader reports them (and logs said it).
+            self._sent.pop(name, None)
+            return
         except Exception as exc:
             if is_conflict(exc):
                 return  # reported before this process started

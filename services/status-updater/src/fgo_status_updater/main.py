@@ -8,7 +8,7 @@ import structlog
 from fgo_common.kube.client import api_client
 from fgo_common.runtime.entry import service_main
 from fgo_common.runtime.logging import configure_logging
-from fgo_common.runtime.runner import ServiceContext, run_tasks
+from fgo_common.runtime.runner import ServiceContext, run_tasks, split_leader_tasks
 
 from fgo_status_updater.controller import Controller
 from fgo_status_updater.settings import Settings
@@ -20,7 +20,11 @@ log = structlog.get_logger(__name__)
 async def serve(settings: Settings, ctx: ServiceContext | None = None) -> int:
     """Run the controller until SIGTERM/SIGINT (or ``ctx.stop``); returns the exit code."""
     ctx = ctx or ServiceContext(name=COMPONENT)
-    async with api_client(settings.kubeconfig or None) as api:
+    async with (
+        api_client(settings.kubeconfig or None) as api,
+        api_client(settings.kubeconfig or None) as lease_api,
+    ):
+        elector = settings.elector(lease_api, api, f"fgo-{COMPONENT}", ctx.registry, ctx.readiness)
         controller = Controller(api, settings, ctx)
         log.info(
             "status_updater.starting",
@@ -28,8 +32,12 @@ async def serve(settings: Settings, ctx: ServiceContext | None = None) -> int:
             config=settings.topology_cm_name,
             reservation_namespace=settings.reservation_namespace,
             prometheus=settings.prometheus_url,
+            leader_election=elector is not None,
         )
-        return await run_tasks(ctx, controller.tasks(), health_port=settings.health_port)
+        # Watches run on every replica (warm caches, Ready); workers, resync, the Knative
+        # poller and the PrometheusRule controller (everything that writes) only on the leader.
+        tasks = split_leader_tasks(controller.tasks(), elector, followers=("watch-",))
+        return await run_tasks(ctx, tasks, health_port=settings.health_port)
 
 
 def _start(settings: Settings) -> int:

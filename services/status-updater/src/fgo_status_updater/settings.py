@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fgo_common.kube.leader import LeaderElectionSettings
 from fgo_common.runtime.settings import SettingsError, env_field
 from fgo_common.topology import UtilizationRange
 
@@ -14,7 +15,7 @@ DEFAULT_NAMESPACE = "gpu-operator"
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(LeaderElectionSettings):
     topology_cm_name: str = env_field(
         "TOPOLOGY_CM_NAME",
         "topology",
@@ -127,6 +128,7 @@ class Settings:
         return parse_go_duration(self.runai_integration_polling_interval)
 
     def validate(self) -> None:
+        self.validate_leader_election()
         try:
             parse_utilization(self.default_gpu_utilization)
         except UtilizationFormatError as exc:

@@ -15,6 +15,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -27,6 +28,9 @@ from fgo_common.runtime.memory import (
     trim_periodically,
     trim_when_ready,
 )
+
+if TYPE_CHECKING:
+    from fgo_common.kube.leader import LeaderElector
 
 log = structlog.get_logger(__name__)
 
@@ -143,6 +147,36 @@ async def run_tasks(
             loop.remove_signal_handler(sig)
     log.info("service.stopped", exit_code=code)
     return code
+
+
+def split_leader_tasks(
+    tasks: dict[str, TaskFactory], elector: LeaderElector | None, followers: tuple[str, ...]
+) -> dict[str, TaskFactory]:
+    """With an elector: the tasks whose names start with one of ``followers`` (watches that keep
+    the caches warm) run always, the rest (everything that writes) only while this replica holds
+    the Lease, as one task ``leader``; they are cancelled when the Lease is lost and started
+    again on the next takeover, and one of them failing fails the service. Without an elector,
+    ``tasks`` unchanged."""
+    if elector is None:
+        return tasks
+    always = {n: f for n, f in tasks.items() if n.startswith(followers)}
+    leading = {n: f for n, f in tasks.items() if not n.startswith(followers)}
+
+    async def leader(ctx: ServiceContext) -> None:
+        async def work(lost: asyncio.Event) -> None:
+            log.info("leader.tasks_starting", tasks=sorted(leading))
+            async with asyncio.TaskGroup() as group:
+                for name, factory in leading.items():
+                    group.create_task(_as_coroutine(factory(ctx)), name=name)
+                await lost.wait()  # lead() cancels us right after: the group cancels its tasks
+
+        await elector.lead(ctx.stop, work)
+
+    return {**always, "leader": leader}
+
+
+async def _as_coroutine(work: Awaitable[None]) -> None:
+    await work
 
 
 def run_service(name: str, tasks: dict[str, TaskFactory], **kwargs: object) -> int:
