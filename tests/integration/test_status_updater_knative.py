@@ -4,7 +4,8 @@ A tiny HTTP target exposes ``revision_app_request_count{namespace, pod}`` growin
 test sets; Prometheus scrapes it every second; the status-updater turns
 ``sum(rate(...[1m]))`` into the pod's utilisation. Prometheus starts down, comes up, goes down
 and comes up again: the value starts at 0, follows the rate, is kept while Prometheus is away,
-and each outage is reported by exactly one Event.
+and each outage is reported by exactly one Event. With many inference pods, each poll is one
+query on one kept-alive connection (counted by Prometheus itself).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from fgo_localcluster.cluster import LocalCluster
 from fgo_localcluster.testing import KwokNodeFactory, eventually
 from fgo_status_updater.testing import StatusUpdaterProcess, free_port, read_record
 from kubernetes_asyncio import client
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.integration
 
@@ -114,6 +116,26 @@ class Prometheus:
                 return (await http.get(self.url + "/-/ready")).status_code == 200 or None
 
         await eventually(ready, timeout_s=60, what="Prometheus ready")
+
+    async def own_counters(self) -> tuple[float, float]:
+        """(instant queries answered, HTTP connections accepted) from Prometheus's own
+        /metrics; reading them costs one connection, no query."""
+        async with httpx.AsyncClient(timeout=5) as http:
+            text = (await http.get(self.url + "/metrics")).text
+        queries = connections = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if (
+                    sample.name == "prometheus_http_requests_total"
+                    and sample.labels.get("handler") == "/api/v1/query"
+                ):
+                    queries += sample.value
+                elif (
+                    sample.name == "net_conntrack_listener_conn_accepted_total"
+                    and sample.labels.get("listener_name") == "http"
+                ):
+                    connections += sample.value
+        return queries, connections
 
     async def stop(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -243,3 +265,132 @@ async def test_knative_utilisation_survives_prometheus_outages(
 
 async def _at_least(count: Any, wanted: int) -> bool | None:
     return True if await count >= wanted else None
+
+
+class ManyCounters:
+    """A scrape target with one request counter per pod, each growing at its own rate."""
+
+    def __init__(self, namespace: str, rates: dict[str, float]) -> None:
+        self.namespace = namespace
+        self.rates = rates
+        self._since = time.monotonic()
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        elapsed = time.monotonic() - self._since
+        lines = ["# TYPE revision_app_request_count counter"]
+        for pod, rate in self.rates.items():
+            lines.append(
+                f'revision_app_request_count{{namespace="{self.namespace}",pod="{pod}"}} '
+                f"{rate * elapsed:.3f}"
+            )
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.add_routes([web.get("/metrics", self._metrics)])
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def test_one_query_per_poll_for_many_pods(
+    kube: client.ApiClient,
+    local_cluster: LocalCluster,
+    namespace: str,
+    kwok_nodes: KwokNodeFactory,
+    tmp_path: Path,
+) -> None:
+    pods = 8
+    # 1..8 req/s of 10 at full load: 10 %, 20 %, ... 80 %.
+    target = ManyCounters(namespace, {f"inference-{i}": float(i + 1) for i in range(pods)})
+    await target.start()
+    prometheus = Prometheus(tmp_path, target.port)
+    core: Any = client.CoreV1Api(kube)
+    pool_key = f"fgo.test/pool-{namespace[-6:]}"
+    config = {
+        "nodePoolLabelKey": pool_key,
+        "nodePools": {"p": {"gpus": [{"type": "L4", "count": pods}]}},
+    }
+    await core.create_namespaced_config_map(
+        namespace,
+        {"metadata": {"name": "topology"}, "data": {"topology.yml": yaml.safe_dump(config)}},
+    )
+    updater = StatusUpdaterProcess(
+        local_cluster.kubeconfig,
+        tmp_path / "status-updater.log",
+        TOPOLOGY_CM_NAMESPACE=namespace,
+        PROMETHEUS_URL=prometheus.url,
+        KNATIVE_POLL_INTERVAL_SECONDS="1",
+        PROMETHEUS_TIMEOUT_SECONDS="2",
+        KNATIVE_FULL_UTILIZATION_REQUESTS_PER_SECOND=str(FULL_LOAD_RPS),
+        DEBOUNCE_SECONDS="0.1",
+    )
+    try:
+        await prometheus.start()
+        await updater.start()
+        (node,) = await kwok_nodes(
+            1, labels={pool_key: "p"}, extra_capacity={"nvidia.com/gpu": str(pods)}
+        )
+        for pod in target.rates:
+            await core.create_namespaced_pod(
+                namespace,
+                {
+                    "metadata": {"name": pod, "labels": {"workloadKind": "InferenceWorkload"}},
+                    "spec": {
+                        "nodeSelector": {"kubernetes.io/hostname": node},
+                        "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists"}],
+                        "terminationGracePeriodSeconds": 0,
+                        "containers": [
+                            {
+                                "name": "server",
+                                "image": "registry.k8s.io/pause:3.10",
+                                "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                            }
+                        ],
+                    },
+                },
+            )
+
+        async def values() -> dict[str, int]:
+            rec: NodeTopology | None = await read_record(kube, namespace, node)
+            return {
+                u.pod: u.utilization.max
+                for gpu in (rec.gpus if rec else [])
+                for u in gpu.status.usage.values()
+                if u.use_knative
+            }
+
+        async def every_pod_follows_its_rate() -> dict[str, int] | None:
+            got = await values()
+            close = len(got) == pods and all(
+                abs(got[pod] - rate / FULL_LOAD_RPS * 100) <= 5
+                for pod, rate in target.rates.items()
+            )
+            return got if close else None
+
+        try:
+            await eventually(every_pod_follows_its_rate, timeout_s=90, what="every pod's rate")
+        except AssertionError:
+            raise AssertionError(f"last {await values()}\n{updater.log_tail()}") from None
+
+        window_s = 6.0
+        queries0, connections0 = await prometheus.own_counters()
+        await asyncio.sleep(window_s)
+        queries1, connections1 = await prometheus.own_counters()
+        queries = queries1 - queries0
+        # One query per poll (a poll every 1 s plus its own time), not one per pod (8 per poll).
+        assert 3 <= queries <= window_s + 2, f"{queries} queries in {window_s} s"
+        # One connection kept between polls: the only new ones are our second read's and at
+        # most one of the poller's.
+        assert connections1 - connections0 <= 2, f"{connections1 - connections0} connections"
+        assert updater.proc is not None and updater.proc.returncode is None
+    finally:
+        await updater.stop()
+        await prometheus.stop()
+        await target.stop()

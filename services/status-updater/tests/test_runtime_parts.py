@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import httpx
@@ -13,12 +14,12 @@ from fgo_status_updater.caches import Caches
 from fgo_status_updater.events import event_name
 from fgo_status_updater.findings import Finding, ObjectRef
 from fgo_status_updater.knative import (
+    QUERY,
     KnativePod,
     KnativePoller,
     PrometheusError,
-    parse_instant_value,
+    parse_rates,
     rate_to_percent,
-    request_rate_query,
 )
 from fgo_status_updater.metrics import Metrics
 from fgo_status_updater.settings import Settings
@@ -85,36 +86,55 @@ def test_caches_skip_our_own_record_writes() -> None:
 def test_prometheus_answers() -> None:
     ok = {
         "status": "success",
-        "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, "2.5"]}]},
+        "data": {
+            "resultType": "vector",
+            "result": [
+                {"metric": {"namespace": "ns", "pod": "a"}, "value": [1, "2.5"]},
+                {"metric": {"namespace": "other", "pod": "a"}, "value": [1, "NaN"]},
+                {"metric": {}, "value": [1, "1"]},
+            ],
+        },
     }
-    assert parse_instant_value(ok) == 2.5
+    rates = parse_rates(ok)
+    assert rates[("ns", "a")] == 2.5 and rates[("", "")] == 1.0
+    assert math.isnan(rates[("other", "a")])
     empty = {"status": "success", "data": {"resultType": "vector", "result": []}}
-    assert parse_instant_value(empty) == 0.0
+    assert parse_rates(empty) == {}
     for bad in (
         {"status": "error"},
-        {"status": "success", "data": {"result": [{"value": []}]}},
+        {"status": "success", "data": {"result": []}},
+        {"status": "success", "data": {"resultType": "scalar", "result": [1, "2"]}},
+        {"status": "success", "data": {"resultType": "vector", "result": [{"value": [1, "2"]}]}},
+        {"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}}]}},
+        {"status": "success", "data": {"resultType": "vector", "result": ["x"]}},
         "x",
     ):
         with pytest.raises(PrometheusError):
-            parse_instant_value(bad)
+            parse_rates(bad)
     assert rate_to_percent(5, 10) == 50
     assert rate_to_percent(50, 10) == 100
     assert rate_to_percent(float("nan"), 10) == 0
-    assert request_rate_query("ns", 'p"x') == (
-        'sum(rate(revision_app_request_count{namespace="ns",pod="p\\"x"}[1m]))'
-    )
+    assert QUERY == "sum by (namespace, pod) (rate(revision_app_request_count[1m]))"
 
 
 async def test_poller_keeps_last_value_and_reports_each_outage_once() -> None:
     up = True
+    queries: list[str] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
         if not up:
             raise httpx.ConnectError("refused")
-        assert "kube_pod_info" not in request.url.params["query"]
+        queries.append(request.url.params["query"])
         body = {
             "status": "success",
-            "data": {"resultType": "vector", "result": [{"value": [0, "3"]}]},
+            "data": {
+                "resultType": "vector",
+                "result": [
+                    {"metric": {"namespace": "ns", "pod": "p"}, "value": [0, "3"]},
+                    {"metric": {"namespace": "ns", "pod": "q"}, "value": [0, "7.4"]},
+                    {"metric": {"namespace": "elsewhere", "pod": "r"}, "value": [0, "9"]},
+                ],
+            },
         }
         return httpx.Response(200, json=body)
 
@@ -129,20 +149,57 @@ async def test_poller_keeps_last_value_and_reports_each_outage_once() -> None:
         on_outage=outages.append,
         transport=httpx.MockTransport(answer),
     )
-    pods = [KnativePod("uid-1", "ns", "p", "n1")]
+    pods = [
+        KnativePod("uid-1", "ns", "p", "n1"),
+        KnativePod("uid-2", "ns", "q", "n1"),
+        KnativePod("uid-3", "ns", "r", "n2"),  # no series: 0
+    ]
     await poller.poll(pods)
-    assert poller.values == {"uid-1": 30} and changed == ["uid-1"]
+    assert queries == [QUERY]  # one query for every pod
+    assert poller.values == {"uid-1": 30, "uid-2": 74, "uid-3": 0}
+    assert changed == ["uid-1", "uid-2", "uid-3"]
+    client = poller._http
+    await poller.poll(pods)
+    assert poller._http is client and len(queries) == 2  # the same client, poll after poll
+    assert changed == ["uid-1", "uid-2", "uid-3"]  # nothing changed
     up = False
     await poller.poll(pods)
     await poller.poll(pods)
-    assert poller.values == {"uid-1": 30} and len(outages) == 1
+    assert poller.values == {"uid-1": 30, "uid-2": 74, "uid-3": 0} and len(outages) == 1
     up = True
     await poller.poll(pods)
     up = False
     await poller.poll(pods)
     assert len(outages) == 2
-    await poller.poll([])  # the pod is gone: its value is dropped
+    await poller.poll([])  # the pods are gone: their values are dropped, nothing is asked
     assert poller.values == {}
+    await poller.aclose()
+    assert poller._http is None
+
+
+async def test_poller_query_has_a_deadline() -> None:
+    class SlowTransport(httpx.AsyncBaseTransport):
+        """Answers after 5 s; httpx applies no timeouts here, only the poll's deadline does."""
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            await asyncio.sleep(5)
+            return httpx.Response(200)
+
+    outages: list[str] = []
+    poller = KnativePoller(
+        "http://prom",
+        full_load_rps=10,
+        timeout_seconds=0.2,
+        metrics=Metrics(CollectorRegistry()),
+        on_change=lambda p: None,
+        on_outage=outages.append,
+        transport=SlowTransport(),
+    )
+    started = time.monotonic()
+    await poller.poll([KnativePod("uid-1", "ns", "p", "n1")])
+    assert time.monotonic() - started < 2
+    assert outages == ["no answer within 0.2 s"] and poller.down
+    await poller.aclose()
 
 
 def test_event_names_are_stable_and_distinct() -> None:

@@ -411,13 +411,16 @@ class Controller:
             await ctx.stop.wait()
             return
         await ctx.until_stopped(self.synced.wait())
-        while not ctx.stop.is_set():
-            try:
-                await ctx.until_stopped(self.knative.poll(self.caches.knative_pods()))
-            except Exception:
-                log.exception("knative.poll_failed")
-            if await ctx.sleep(self.settings.knative_poll_seconds):
-                return
+        try:
+            while not ctx.stop.is_set():
+                try:
+                    await ctx.until_stopped(self.knative.poll(self.caches.knative_pods()))
+                except Exception:
+                    log.exception("knative.poll_failed")
+                if await ctx.sleep(self.settings.knative_poll_seconds):
+                    return
+        finally:
+            await self.knative.aclose()
 
     async def _worker(self, ctx: ServiceContext) -> None:
         async def loop() -> None:

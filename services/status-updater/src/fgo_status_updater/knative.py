@@ -1,14 +1,16 @@
 """Knative inference utilisation from Prometheus.
 
-For each running inference pod that holds a GPU, the poller asks Prometheus for the pod's request
-rate, ``sum(rate(revision_app_request_count{namespace="<ns>",pod="<pod>"}[1m]))`` (the reference
-added ``kube_pod_info``'s value 1 to it), maps it to percent with a configurable scale, and hands
-the value to the controller, which writes it into the pod's usage (min = max = value). Consumers
-(exporter, nvidia-smi) read the record and need no Prometheus.
+Every poll asks Prometheus one grouped question, the request rate of every pod,
+``sum by (namespace, pod) (rate(revision_app_request_count[1m]))`` (per pod the same as the
+reference's ``sum(rate(...{namespace,pod}[1m]))``, without the ``kube_pod_info`` it added), on one
+long-lived HTTP client, maps each running inference pod's rate to percent with a configurable
+scale (no series: 0), and hands changed values to the controller, which writes them into the
+pod's usage (min = max = value). Consumers (exporter, nvidia-smi) read the record and need no
+Prometheus.
 
-Prometheus unreachable, slow or answering garbage: the last value stays (0 for a pod never read),
-the outage is logged and reported with one Event, and nothing else waits for it: polling runs in
-its own task with a per-query timeout.
+Prometheus unreachable, slow or answering garbage: the last values stay (0 for a pod never
+read), the outage is logged and reported with one Event, and nothing else waits for it: polling
+runs in its own task, and a query has a deadline.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ from fgo_status_updater.metrics import Metrics
 log = structlog.get_logger(__name__)
 
 METRIC = "revision_app_request_count"
-_CONCURRENCY = 8
+QUERY = f"sum by (namespace, pod) (rate({METRIC}[1m]))"
+# One query per poll: one connection, kept between polls (the default poll is every 15 s;
+# Prometheus keeps an idle connection for its read timeout, 5 min by default).
+_LIMITS = httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=120.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,13 +40,6 @@ class KnativePod:
     namespace: str
     name: str
     node: str
-
-
-def request_rate_query(namespace: str, pod: str) -> str:
-    def quote(value: str) -> str:
-        return value.replace("\\", "\\\\").replace('"', '\\"')
-
-    return f'sum(rate({METRIC}{{namespace="{quote(namespace)}",pod="{quote(pod)}"}}[1m]))'
 
 
 def rate_to_percent(rate: float, full_load_rps: float) -> int:
@@ -54,22 +52,23 @@ class PrometheusError(RuntimeError):
     pass
 
 
-def parse_instant_value(body: object) -> float:
-    """The scalar of an instant-query answer (an empty vector means no requests: 0)."""
+def parse_rates(body: object) -> dict[tuple[str, str], float]:
+    """(namespace, pod) -> value, from the answer to ``QUERY`` (an instant vector)."""
     if not isinstance(body, dict) or body.get("status") != "success":
         raise PrometheusError(f"query failed: {str(body)[:200]}")
     data = body.get("data") or {}
     result = data.get("result")
-    if data.get("resultType") == "scalar" and isinstance(result, list):
-        return float(result[1])
-    if not isinstance(result, list):
+    if data.get("resultType") != "vector" or not isinstance(result, list):
         raise PrometheusError(f"unexpected answer: {str(body)[:200]}")
-    if not result:
-        return 0.0
-    try:
-        return float(result[0]["value"][1])
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise PrometheusError(f"unexpected sample: {str(result[0])[:200]}") from exc
+    rates: dict[tuple[str, str], float] = {}
+    for sample in result:
+        try:
+            labels = sample["metric"]
+            key = (str(labels.get("namespace", "")), str(labels.get("pod", "")))
+            rates[key] = float(sample["value"][1])
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise PrometheusError(f"unexpected sample: {str(sample)[:200]}") from exc
+    return rates
 
 
 class KnativePoller:
@@ -91,11 +90,35 @@ class KnativePoller:
         self._on_change = on_change
         self._on_outage = on_outage
         self._transport = transport
+        self._http: httpx.AsyncClient | None = None
         self.values: dict[str, int] = {}
         self.down = False
 
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                base_url=self._url,
+                timeout=httpx.Timeout(self._timeout),
+                limits=_LIMITS,
+                transport=self._transport,
+            )
+        return self._http
+
+    async def aclose(self) -> None:
+        """Close the connection (the next poll opens a new one)."""
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.aclose()
+
+    async def _rates(self) -> dict[tuple[str, str], float]:
+        # The deadline covers the whole query (httpx's timeouts are per connect/read/write).
+        async with asyncio.timeout(self._timeout):
+            resp = await self._client().get("/api/v1/query", params={"query": QUERY})
+            resp.raise_for_status()
+            return parse_rates(resp.json())
+
     async def poll(self, pods: Iterable[KnativePod]) -> None:
-        """Query every pod once; update ``values`` and report changes."""
+        """One query for every pod; update ``values`` and report changes."""
         wanted = list(pods)
         alive = {p.uid for p in wanted}
         for uid in list(self.values):
@@ -103,36 +126,27 @@ class KnativePoller:
                 del self.values[uid]
         if not wanted:
             return
-        limiter = asyncio.Semaphore(_CONCURRENCY)
-        errors: list[str] = []
-        async with httpx.AsyncClient(
-            base_url=self._url, timeout=self._timeout, transport=self._transport
-        ) as http:
-
-            async def one(pod: KnativePod) -> None:
-                async with limiter:
-                    try:
-                        resp = await http.get(
-                            "/api/v1/query",
-                            params={"query": request_rate_query(pod.namespace, pod.name)},
-                        )
-                        resp.raise_for_status()
-                        rate = parse_instant_value(resp.json())
-                    except (httpx.HTTPError, PrometheusError, ValueError) as exc:
-                        self._metrics.knative_queries.labels("error").inc()
-                        errors.append(f"{type(exc).__name__}: {exc}"[:300])
-                        return
-                self._metrics.knative_queries.labels("ok").inc()
-                value = rate_to_percent(rate, self._full)
-                if self.values.get(pod.uid) != value:
-                    self.values[pod.uid] = value
-                    self._on_change(pod)
-
-            await asyncio.gather(*(one(p) for p in wanted))
-        if errors and not self.down:
-            self.down = True
-            log.warning("knative.prometheus_down", url=self._url, error=errors[0])
-            self._on_outage(errors[0])
-        elif not errors and self.down:
+        try:
+            rates = await self._rates()
+        except TimeoutError:
+            self._failed(f"no answer within {self._timeout:g} s")
+            return
+        except (httpx.HTTPError, PrometheusError, ValueError) as exc:
+            self._failed(f"{type(exc).__name__}: {exc}"[:300])
+            return
+        self._metrics.knative_queries.labels("ok").inc()
+        for pod in wanted:
+            value = rate_to_percent(rates.get((pod.namespace, pod.name), 0.0), self._full)
+            if self.values.get(pod.uid) != value:
+                self.values[pod.uid] = value
+                self._on_change(pod)
+        if self.down:
             self.down = False
             log.info("knative.prometheus_recovered", url=self._url)
+
+    def _failed(self, error: str) -> None:
+        self._metrics.knative_queries.labels("error").inc()
+        if not self.down:
+            self.down = True
+            log.warning("knative.prometheus_down", url=self._url, error=error)
+            self._on_outage(error)
