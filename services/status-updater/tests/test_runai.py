@@ -80,6 +80,14 @@ def test_drift_restores_labels_and_rules_and_keeps_the_rest() -> None:
     current["metadata"]["labels"]["extra"] = "kept"  # a merge patch leaves other labels alone
     current["metadata"]["resourceVersion"] = "7"
     assert drift(current) is None
+    # Fields a CRD may default (interval, partial_response_strategy) are not drift.
+    defaulted = copy.deepcopy(current)
+    defaulted["spec"]["groups"][0]["interval"] = "30s"
+    defaulted["spec"]["groups"][0]["rules"][0]["labels"] = {}
+    assert drift(defaulted) is None
+    changed_expr = copy.deepcopy(current)
+    changed_expr["spec"]["groups"][0]["rules"][0]["expr"] = "vector(1)"
+    assert drift(changed_expr) is not None
     edited = copy.deepcopy(current)
     edited["spec"]["groups"][0]["rules"].pop()
     patch = drift(edited)

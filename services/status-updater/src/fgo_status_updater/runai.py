@@ -100,9 +100,27 @@ def is_ours(obj: dict[str, Any]) -> bool:
     return all(labels.get(k) == v for k, v in RULE_LABELS.items())
 
 
+def _rules_of(spec: object) -> list[tuple[str, list[tuple[str, str]]]]:
+    """What of a rule spec we own: group names and their (record, expr) pairs. Fields the
+    apiserver or the Prometheus operator's CRD may default are not ours to fight over."""
+    groups = (spec or {}).get("groups") if isinstance(spec, dict) else None
+    out = []
+    for group in groups if isinstance(groups, list) else []:
+        if not isinstance(group, dict):
+            return [("", [])]
+        raw = group.get("rules")
+        rules: list[Any] = raw if isinstance(raw, list) else []
+        pairs = [
+            (str(r.get("record")), str(r.get("expr"))) if isinstance(r, dict) else ("", "")
+            for r in rules
+        ]
+        out.append((str(group.get("name")), pairs))
+    return out
+
+
 def drift(obj: dict[str, Any]) -> dict[str, Any] | None:
     """The merge patch that brings ``obj`` back to the reference's labels and rules, or None."""
-    if is_ours(obj) and obj.get("spec") == rule_spec():
+    if is_ours(obj) and _rules_of(obj.get("spec")) == _rules_of(rule_spec()):
         return None
     return {"metadata": {"labels": dict(RULE_LABELS)}, "spec": rule_spec()}
 
