@@ -22,7 +22,12 @@ from fgo_common.names import DCGM_EXPORTER
 from fgo_common.runtime.entry import service_main
 from fgo_common.runtime.health import serve_app
 from fgo_common.runtime.logging import configure_logging
-from fgo_common.runtime.runner import ServiceContext, TaskFactory, run_tasks
+from fgo_common.runtime.runner import (
+    ServiceContext,
+    TaskFactory,
+    run_tasks,
+    split_leader_tasks,
+)
 from fgo_common.telemetry import BUCKET_SECONDS
 from fgo_common.topology import NODE_TOPOLOGY_LABEL, node_topology_configmap_name
 from prometheus_client import CollectorRegistry, Gauge
@@ -227,9 +232,15 @@ class Exporter:
             await self.check_orphans()
 
 
-async def amain(settings: Settings) -> int:
-    ctx = ServiceContext(name=COMPONENT)
-    async with api_client(settings.kubeconfig or None) as api:
+async def amain(settings: Settings, ctx: ServiceContext | None = None) -> int:
+    ctx = ctx or ServiceContext(name=COMPONENT)
+    async with (
+        api_client(settings.kubeconfig or None) as api,
+        api_client(settings.kubeconfig or None) as lease_api,
+    ):
+        elector = settings.elector(
+            lease_api, api, "fgo-nvidia-dcgm-exporter-kwok", ctx.registry, ctx.readiness
+        )
         exporter = Exporter(settings, api, ctx.registry)
         tasks: dict[str, TaskFactory] = {
             "topology-watch": exporter.watch_topology,
@@ -238,6 +249,10 @@ async def amain(settings: Settings) -> int:
             "label-resync": exporter.resync_labels,
             "runai-proc": exporter.write_runai_proc,
         }
+        # Every replica serves metrics from its own watch; only the leader patches labels.
+        tasks = split_leader_tasks(
+            tasks, elector, followers=("topology-watch", "metrics-server", "runai-proc")
+        )
         return await run_tasks(ctx, tasks, health_port=settings.health_port)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fgo_common.kube.leader import LeaderElectionSettings
 from fgo_common.names import DCGM_EXPORTER, DCGM_EXPORTER_DEFAULT_VERSION
 from fgo_common.runtime.settings import SettingsError, env_field
 
@@ -12,7 +13,7 @@ MODE_KWOK = "kwok"
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(LeaderElectionSettings):
     mode: str = env_field(
         "EXPORTER_MODE",
         MODE_NODE,
@@ -123,6 +124,12 @@ class Settings:
     def validate(self) -> None:
         if self.mode == MODE_NODE and not self.node_name:
             raise SettingsError("NODE_NAME is required when EXPORTER_MODE=node")
+        if self.leader_election and self.mode == MODE_NODE:
+            raise SettingsError(
+                "LEADER_ELECTION: only for EXPORTER_MODE=kwok (the node-mode exporter is alone "
+                "on its node)"
+            )
+        self.validate_leader_election()
         if self.runai_proc_dir and self.mode != MODE_NODE:
             raise SettingsError(
                 "RUNAI_PROC_DIR: only in EXPORTER_MODE=node (KWOK nodes have no filesystem)"

@@ -7,10 +7,13 @@ node labels out. Pods are real: created on KWOK nodes, placed by the real schedu
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
-from exporter_harness import Prometheus, StartExporter
+from exporter_harness import ExporterProcess, Prometheus, StartExporter
 from fgo_common.config import load_cluster_config
 from fgo_common.identity import mig_uuid
 from fgo_common.nodebuild import build_node_topology
@@ -22,6 +25,8 @@ from fgo_common.topology import (
     PodUsage,
     UtilizationRange,
 )
+from fgo_localcluster.cluster import LocalCluster
+from fgo_localcluster.tcpproxy import TcpProxy, proxied_kubeconfig
 from fgo_localcluster.testing import KwokNodeFactory, eventually, pod_phase
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -297,3 +302,82 @@ async def test_restarted_exporter_removes_labels_of_nodes_that_left_meanwhile(
         return "nvidia.com/gpu.count" not in await node_labels(core, name)
 
     await eventually(unlabelled, timeout_s=30, what=f"labels removed from {name}")
+
+
+async def _health_metric(exporter: ExporterProcess, metric: str) -> float:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"http://127.0.0.1:{exporter.health_port}/metrics") as r,
+    ):
+        text = await r.text()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith((metric + "{", metric + " "))
+    )
+
+
+async def test_kwok_replicas_both_serve_metrics_only_the_leader_labels(
+    exporter_cluster: LocalCluster,
+    kube: client.ApiClient,
+    namespace: str,
+    kwok_nodes: KwokNodeFactory,
+    tmp_path: Path,
+) -> None:
+    """Two KWOK exporters with leader election, each through its own TCP proxy: both serve the
+    metrics, only the Lease holder patches labels; the leader cut off, the other labels a node
+    recorded meanwhile; the old leader, healed, patches nothing."""
+    core: Any = client.CoreV1Api(kube)
+    first, second = await kwok_nodes(2)
+    await write_record(core, record(first, "H100", 2), namespace)
+    replicas: list[tuple[ExporterProcess, TcpProxy]] = []
+    try:
+        for name in ("a", "b"):
+            proxy = TcpProxy("127.0.0.1", exporter_cluster.ports.apiserver)
+            await proxy.start()
+            workdir = tmp_path / name
+            workdir.mkdir()
+            kubeconfig = proxied_kubeconfig(
+                exporter_cluster.kubeconfig, workdir / "kubeconfig", proxy.port
+            )
+            env = {
+                "EXPORTER_MODE": "kwok",
+                "TOPOLOGY_CM_NAMESPACE": namespace,
+                "LEADER_ELECTION": "true",
+                "LEASE_NAMESPACE": namespace,
+                "LEASE_IDENTITY": f"replica-{name}",
+                "LEASE_DURATION_SECONDS": "3",
+                "RENEW_DEADLINE_SECONDS": "2",
+                "RETRY_PERIOD_SECONDS": "0.3",
+            }
+            exporter = ExporterProcess(kubeconfig, env, workdir)
+            replicas.append((exporter, proxy))
+            await exporter.start()
+        (a, a_proxy), (b, _) = replicas
+
+        async def labelled(node: str, count: str) -> bool:
+            return (await node_labels(core, node)).get("nvidia.com/gpu.count") == count
+
+        await eventually(lambda: labelled(first, "2"), timeout_s=30, what="labels by the leader")
+        assert await _health_metric(a, "fgo_leader") == 1
+        assert await _health_metric(b, "fgo_leader") == 0
+        assert await _health_metric(b, "fgo_status_exporter_label_patches") == 0
+        for exporter, _ in replicas:  # a standby serves the metrics too
+            page = await exporter.scrape()
+            assert page.count('DCGM_FI_DEV_GPU_UTIL{gpu="') == 2, page[:500]
+
+        a_patches = await _health_metric(a, "fgo_status_exporter_label_patches")
+        a_proxy.partition(12)
+        await write_record(core, record(second, "H100", 1), namespace)
+        await eventually(
+            lambda: labelled(second, "1"), timeout_s=25, what="labels by the new leader"
+        )
+        assert await _health_metric(b, "fgo_leader") == 1
+        a_proxy.heal()
+        await asyncio.sleep(4)
+        assert await _health_metric(a, "fgo_leader") == 0
+        assert await _health_metric(a, "fgo_status_exporter_label_patches") == a_patches
+    finally:
+        for exporter, proxy in replicas:
+            assert await exporter.stop() == 0, exporter.log_tail()
+            await proxy.stop()
