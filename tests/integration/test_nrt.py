@@ -254,6 +254,23 @@ async def test_nrt_follows_pods_and_goes_with_the_node(
     print(f"nrt first update {first_update_s:.2f}s, restore {restore_s:.2f}s, applies {applies}")
     assert first_update_s < 5 and restore_s < 5
 
+    # single-numa-node (the pool's default policy) on a KWOK node: 5 GPUs are free (4 + 1) but no
+    # zone has 5, so the status-updater, standing in for the kubelet, refuses the pod with an
+    # Event, as a real kubelet's Topology Manager would; the zones stay as they are.
+    await world.core.create_namespaced_pod(ns, pod("c", node, 5, "1", "1Gi"))
+
+    async def refused() -> list[Any] | None:
+        found = await world.core.list_namespaced_event(
+            ns, field_selector="involvedObject.name=c,reason=TopologyAffinityError"
+        )
+        return list(found.items) or None
+
+    (event,) = await eventually(refused, timeout_s=30, what="TopologyAffinityError Event on c")
+    assert "free per zone: node-0: 4, node-1: 1" in event.message, event.message
+    nrt = await world.nrt(node)
+    assert nrt is not None
+    assert available(nrt) == {"node-0": ("4", "16", "64Gi"), "node-1": ("1", "14500m", "63Gi")}
+
     # The node goes: so does its object.
     await world.core.delete_node(node)
     await eventually(

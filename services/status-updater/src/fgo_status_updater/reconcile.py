@@ -27,7 +27,7 @@ from typing import Literal
 
 from fgo_common import annotations as ann
 from fgo_common import dra
-from fgo_common.config import ClusterConfig
+from fgo_common.config import ClusterConfig, NumaConfig
 from fgo_common.nodebuild import build_node_topology
 from fgo_common.profiles import BUILTIN_CATALOG, DEFAULT_PROFILE_KEY, GpuProfile
 from fgo_common.telemetry import sample_gpu
@@ -181,7 +181,10 @@ def reconcile_node(inputs: NodeInputs, options: ReconcileOptions | None = None) 
         )
     )
     if not mig.gpu_requests_use_mig(record):  # single strategy: nvidia.com/gpu are MIG devices
-        _assign_device_plugin(work, gpus)
+        # On KWOK nodes we are the kubelet: a numa pool's single-numa-node policy is enforced
+        # here, as a real kubelet's Topology Manager would (docs/numa.md).
+        numa = pool.numa if pool is not None and kwok else None
+        _assign_device_plugin(work, gpus, numa)
     mig_held = mig.assign_mig(record, prev, active, inputs.claims, opts.dra_driver)
     findings.extend(mig_held.findings)
 
@@ -416,9 +419,36 @@ def pick_gpus(free: Sequence[GpuRecord], count: int) -> list[GpuRecord]:
     return ordered[:count]
 
 
-def _assign_device_plugin(work: _Work, gpus: list[GpuRecord]) -> None:
+def _single_numa_refusal(
+    numa: NumaConfig | None, free: Sequence[GpuRecord], need: int, slots: int
+) -> str | None:
+    """Why a kubelet with Topology Manager policy ``single-numa-node`` would refuse a fresh
+    pick of ``need`` GPUs out of ``free`` (None: it would admit it). Scope ``container`` aligns
+    each container alone, so only pods with one GPU container are judged then."""
+    if numa is None or numa.topology_manager_policy != "single-numa-node" or need <= 0:
+        return None
+    if numa.topology_manager_scope != "pod" and slots > 1:
+        return None
+    per_zone: dict[int, int] = {}
+    for gpu in free:
+        per_zone[gpu.numa_node] = per_zone.get(gpu.numa_node, 0) + 1
+    if len(free) < need or any(n >= need for n in per_zone.values()):
+        return None  # fits on one NUMA node, or does not fit at all (InsufficientGpus)
+    listing = ", ".join(f"node-{z}: {per_zone.get(z, 0)}" for z in range(numa.zones))
+    return (
+        f"{need} {GPU_RESOURCE} do not fit on one NUMA node (topologyManagerPolicy "
+        f"single-numa-node, scope {numa.topology_manager_scope}; free per zone: {listing}); "
+        "a kubelet would refuse the pod, so it holds no GPU until one zone has room"
+    )
+
+
+def _assign_device_plugin(
+    work: _Work, gpus: list[GpuRecord], numa: NumaConfig | None = None
+) -> None:
     """Device-plugin and reservation pods: the kubelet's reported choice, else what the stored
-    record says, else a new pick (``gpus``: the pool's current GPUs, the only ones pickable)."""
+    record says, else a new pick (``gpus``: the pool's current GPUs, the only ones pickable;
+    ``numa``: the pool's NUMA block on a KWOK node, whose single-numa-node policy refuses a
+    fresh pick that spans zones)."""
     inputs, opts, active, all_gpus = work.inputs, work.opts, work.active, work.all_gpus
     holders, per_pod, findings = work.holders, work.per_pod, work.findings
     prev = inputs.previous
@@ -454,13 +484,17 @@ def _assign_device_plugin(work: _Work, gpus: list[GpuRecord]) -> None:
         chosen[uid] = kept
         taken.update(kept)
     # 3. new picks for what is still missing
-    for pod, total, _, _ in wanted:
+    for pod, total, slots, _ in wanted:
         uid = pod_uid(pod)
         have = chosen[uid]
         need = total - len(have)
         if need <= 0:
             continue
         free = [g for g in gpus if g.id not in taken and g.healthy and not g.mig_enabled]
+        refusal = None if have else _single_numa_refusal(numa, free, need, len(slots))
+        if refusal is not None:
+            findings.append(Finding(pod_ref(pod), "TopologyAffinityError", refusal))
+            continue
         preferred = _preferred(pod, free)[:need]
         rest = [g for g in free if g not in preferred]
         picked = preferred + pick_gpus(rest, need - len(preferred))
