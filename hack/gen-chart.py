@@ -262,16 +262,47 @@ def component(
     *,
     enabled: str,
     node_agent: bool = False,
+    central: bool = False,
     extra: dict[str, Schema] | None = None,
 ) -> Schema:
     return obj(
         description,
         {
             "enabled": boolean(enabled),
+            **({"replicas": replicas()} if central else {}),
             "image": image(repository),
             **scheduling(node_agent),
             "extraEnv": extra_env(),
             **(extra or {}),
+        },
+    )
+
+
+def replicas() -> Schema:
+    return integer(
+        "Pods; above 1 they elect a leader (leaderElection), get a PodDisruptionBudget and "
+        "prefer different nodes",
+        minimum=1,
+        maximum=5,
+    )
+
+
+def leader_election() -> Schema:
+    def seconds(description: str) -> Schema:
+        return nullable({"type": "number", "description": description, "exclusiveMinimum": 0})
+
+    return obj(
+        "Leader election of the central services through coordination.k8s.io Leases "
+        "(docs/reliability.md)",
+        {
+            "enabled": boolean("Elect even with one replica (always on for replicas > 1)"),
+            "leaseDurationSeconds": seconds(
+                "How long a standby waits after the Lease last changed before taking over"
+            ),
+            "renewDeadlineSeconds": seconds(
+                "A leader that has not renewed for this long stops writing (< the duration)"
+            ),
+            "retryPeriodSeconds": seconds("Renewal and standby check period (< the deadline)"),
         },
     )
 
@@ -552,6 +583,7 @@ def build() -> Schema:
             "node plugins agree on it)",
             minimum=0,
         ),
+        "leaderElection": leader_election(),
         "image": obj(
             "Image defaults of every component",
             {
@@ -565,6 +597,7 @@ def build() -> Schema:
             "The central controller: node records, allocations, utilisation",
             "status-updater",
             enabled="Run the status-updater (every other component reads what it writes)",
+            central=True,
             extra={
                 "disableNodeLabeling": boolean(
                     "Do not add/remove nvidia.com/gpu.deploy.* node labels"
@@ -622,6 +655,7 @@ def build() -> Schema:
             "GPU capacity of KWOK nodes (device-plugin image, DEVICE_PLUGIN_MODE=kwok)",
             "device-plugin",
             enabled="Run the KWOK capacity controller",
+            central=True,
         ),
         "draPlugin": component(
             "Kubelet DRA plugin DaemonSet for driver gpu.nvidia.com (nodes with a kubelet)",
@@ -659,6 +693,7 @@ def build() -> Schema:
             "ResourceSlices of KWOK nodes (driver gpu.nvidia.com)",
             "kwok-dra-plugin",
             enabled="Run the kwok-dra-plugin",
+            central=True,
         ),
         "deviceClasses": obj(
             "DeviceClasses gpu.nvidia.com and mig.nvidia.com",
@@ -701,6 +736,7 @@ def build() -> Schema:
                     "The Deployment serving every KWOK GPU node",
                     {
                         "enabled": boolean("Run it"),
+                        "replicas": replicas(),
                         **scheduling(False),
                         "prometheusRule": toggle(f"{IGNORED}: no PrometheusRule"),
                     },

@@ -43,6 +43,17 @@ logLevel: INFO
 # pods (the device plugin and the DRA plugin pass it on as FGO_SEED) compute the same numbers.
 telemetrySeed: 0
 
+# -- Leader election of the central services (status-updater, KWOK capacity, kwok-dra-plugin, KWOK
+# exporter): on for a component with replicas > 1 (or for all with enabled: true). Each elects one
+# writer through a coordination.k8s.io Lease; standbys keep their caches warm and are Ready. A
+# leader that cannot renew for renewDeadlineSeconds stops writing, before a standby may take over
+# (leaseDurationSeconds). docs/reliability.md has measured failover times.
+leaderElection:
+  enabled: false
+  leaseDurationSeconds: 15
+  renewDeadlineSeconds: 10
+  retryPeriodSeconds: 2
+
 # -- Defaults for every component's image; each component may override repository/tag.
 image:
   registry: ghcr.io/fake-gpu-operator
@@ -53,6 +64,9 @@ imagePullSecrets: []
 
 statusUpdater:
   enabled: true
+  # -- Pods; above 1 they elect a leader (leaderElection) and a PodDisruptionBudget keeps one.
+  # 2 is recommended where a node drain must not pause the GPU bookkeeping.
+  replicas: 1
   # -- Do not add/remove nvidia.com/gpu.deploy.* labels (the DaemonSets' default nodeSelectors
   # then need your own labels, or set them to {} and rely on restrictToSimulatedPools).
   disableNodeLabeling: false
@@ -104,6 +118,8 @@ devicePlugin:
 # there). Runs the device-plugin image with DEVICE_PLUGIN_MODE=kwok.
 kwokGpuDevicePlugin:
   enabled: true
+  # -- Pods (above 1: leader election, PodDisruptionBudget).
+  replicas: 1
   image: {repository: device-plugin, tag: "", pullPolicy: ""}
   resources:
     requests: {cpu: 50m, memory: 64Mi}
@@ -143,6 +159,8 @@ draPlugin:
 
 kwokDraPlugin:
   enabled: false
+  # -- Pods (above 1: leader election, PodDisruptionBudget).
+  replicas: 1
   image: {repository: kwok-dra-plugin, tag: "", pullPolicy: ""}
   resources:
     requests: {cpu: 50m, memory: 64Mi}
@@ -190,6 +208,8 @@ statusExporter:
   # -- One Deployment serving the metrics and GFD labels of every KWOK GPU node.
   kwok:
     enabled: true
+    # -- Pods (above 1: all serve the metrics, the leader writes the labels).
+    replicas: 1
     resources:
       requests: {cpu: 100m, memory: 128Mi}
       limits: {cpu: "1", memory: 512Mi}

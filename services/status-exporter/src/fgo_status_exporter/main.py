@@ -239,7 +239,7 @@ async def amain(settings: Settings, ctx: ServiceContext | None = None) -> int:
         api_client(settings.kubeconfig or None) as lease_api,
     ):
         elector = settings.elector(
-            lease_api, api, "fgo-nvidia-dcgm-exporter-kwok", ctx.registry, ctx.readiness
+            lease_api, api, "nvidia-dcgm-exporter-kwok", ctx.registry, ctx.readiness
         )
         exporter = Exporter(settings, api, ctx.registry)
         tasks: dict[str, TaskFactory] = {

@@ -331,36 +331,41 @@ async def test_kwok_replicas_both_serve_metrics_only_the_leader_labels(
     first, second = await kwok_nodes(2)
     await write_record(core, record(first, "H100", 2), namespace)
     replicas: list[tuple[ExporterProcess, TcpProxy]] = []
+
+    async def labelled(node: str, count: str) -> bool:
+        return (await node_labels(core, node)).get("nvidia.com/gpu.count") == count
+
+    async def start(name: str) -> tuple[ExporterProcess, TcpProxy]:
+        proxy = TcpProxy("127.0.0.1", exporter_cluster.ports.apiserver)
+        await proxy.start()
+        workdir = tmp_path / name
+        workdir.mkdir()
+        kubeconfig = proxied_kubeconfig(
+            exporter_cluster.kubeconfig, workdir / "kubeconfig", proxy.port
+        )
+        env = {
+            "EXPORTER_MODE": "kwok",
+            "TOPOLOGY_CM_NAMESPACE": namespace,
+            "LEADER_ELECTION": "true",
+            "LEASE_NAMESPACE": namespace,
+            "LEASE_IDENTITY": f"replica-{name}",
+            "LEASE_DURATION_SECONDS": "3",
+            "RENEW_DEADLINE_SECONDS": "2",
+            "RETRY_PERIOD_SECONDS": "0.3",
+        }
+        exporter = ExporterProcess(kubeconfig, env, workdir)
+        replicas.append((exporter, proxy))
+        await exporter.start()
+        return exporter, proxy
+
     try:
-        for name in ("a", "b"):
-            proxy = TcpProxy("127.0.0.1", exporter_cluster.ports.apiserver)
-            await proxy.start()
-            workdir = tmp_path / name
-            workdir.mkdir()
-            kubeconfig = proxied_kubeconfig(
-                exporter_cluster.kubeconfig, workdir / "kubeconfig", proxy.port
-            )
-            env = {
-                "EXPORTER_MODE": "kwok",
-                "TOPOLOGY_CM_NAMESPACE": namespace,
-                "LEADER_ELECTION": "true",
-                "LEASE_NAMESPACE": namespace,
-                "LEASE_IDENTITY": f"replica-{name}",
-                "LEASE_DURATION_SECONDS": "3",
-                "RENEW_DEADLINE_SECONDS": "2",
-                "RETRY_PERIOD_SECONDS": "0.3",
-            }
-            exporter = ExporterProcess(kubeconfig, env, workdir)
-            replicas.append((exporter, proxy))
-            await exporter.start()
-        (a, a_proxy), (b, _) = replicas
-
-        async def labelled(node: str, count: str) -> bool:
-            return (await node_labels(core, node)).get("nvidia.com/gpu.count") == count
-
+        # The first replica labels the node (so it holds the Lease) before the second starts.
+        a, a_proxy = await start("a")
         await eventually(lambda: labelled(first, "2"), timeout_s=30, what="labels by the leader")
+        b, _ = await start("b")
         assert await _health_metric(a, "fgo_leader") == 1
         assert await _health_metric(b, "fgo_leader") == 0
+        await asyncio.sleep(1)
         assert await _health_metric(b, "fgo_status_exporter_label_patches") == 0
         for exporter, _ in replicas:  # a standby serves the metrics too
             page = await exporter.scrape()
