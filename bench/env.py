@@ -65,6 +65,9 @@ class BenchConfig:
     # Bench-only RBAC additions for permissions the chart is known to lack (see
     # BENCH_RBAC_PATCHES); off by default so a run measures the chart as shipped.
     grant_missing_rbac: bool = False
+    # Replicas of each central service (> 1: leader election; the standbys show up as
+    # <deployment>-1 in every table, which is what their cost is read from).
+    replicas: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -83,7 +86,10 @@ def chart_values(config: BenchConfig) -> dict[str, Any]:
                 POOL: {"gpus": [{"type": config.gpu_type, "count": config.gpus_per_node}]}
             },
         },
-        "kwokDraPlugin": {"enabled": config.dra},
+        "kwokDraPlugin": {"enabled": config.dra, "replicas": config.replicas},
+        "statusUpdater": {"replicas": config.replicas},
+        "kwokGpuDevicePlugin": {"replicas": config.replicas},
+        "statusExporter": {"kwok": {"replicas": config.replicas}},
         # The local cluster applies NVIDIA's DeviceClasses itself at start (so DRA works before
         # any chart); Helm refuses to adopt objects it did not create.
         "deviceClasses": {"enabled": False},

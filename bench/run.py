@@ -109,6 +109,13 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         help="add the bench-only RBAC the chart is known to lack (bench/env.py "
         "BENCH_RBAC_PATCHES) so the paths behind it can be measured; off by default",
     )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=d.replicas,
+        help="replicas of each central service (> 1: leader election; standbys are measured "
+        "as <deployment>-1)",
+    )
     p.add_argument("--state-dir", type=Path, default=d.state_dir)
     p.add_argument("--out", type=Path, default=d.out_dir)
     p.add_argument(
@@ -123,6 +130,8 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         p.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(ORDER)}")
     if not a.nodes or min(a.nodes) < 1:
         p.error("--nodes needs at least one positive size")
+    if not 1 <= a.replicas <= 5:
+        p.error("--replicas must be between 1 and 5 (the chart's range)")
     return BenchConfig(
         nodes=sorted(set(a.nodes)),
         gpus_per_node=a.gpus_per_node,
@@ -138,6 +147,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         scenarios=[s for s in ORDER if s in wanted],
         components=a.components,
         grant_missing_rbac=a.grant_missing_rbac,
+        replicas=a.replicas,
         state_dir=a.state_dir,
         out_dir=a.out,
         keep_cluster=a.keep_cluster,

@@ -51,6 +51,19 @@ def test_deployments_only_without_a_node() -> None:
     assert workload.env["NODE_NAME"] == ""
 
 
+def test_each_replica_is_a_workload_with_its_own_pod_name() -> None:
+    deployment: dict[str, Any] = _workload("Deployment", "fgo-status-updater", "status-updater")
+    deployment["spec"]["replicas"] = 2
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["env"].append(
+        {"name": "LEASE_IDENTITY", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    )
+    first, second = workloads_from_manifest(yaml.safe_dump(deployment), "ns")
+    assert (first.name, second.name) == ("fgo-status-updater", "fgo-status-updater-1")
+    assert first.env["LEASE_IDENTITY"] != second.env["LEASE_IDENTITY"]
+    assert first.service_account == second.service_account == "fgo-status-updater"
+
+
 def test_daemonsets_as_their_pod_on_a_node() -> None:
     (workload,) = node_workloads_from_manifest(MANIFEST, "ns", "node-7")
     assert workload.name == "fgo-dra-plugin-node-7"

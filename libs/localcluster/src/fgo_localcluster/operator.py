@@ -135,15 +135,23 @@ def _workload(
     )
 
 
+def replica_name(deployment: str, index: int) -> str:
+    """Local name of replica ``index`` of a Deployment: the first keeps the Deployment's name."""
+    return deployment if index == 0 else f"{deployment}-{index}"
+
+
 def workloads_from_manifest(manifest: str, namespace: str) -> list[LocalWorkload]:
-    """The Deployments of ``manifest`` (``helm get manifest``) that run one of our services."""
+    """The Deployments of ``manifest`` (``helm get manifest``) that run one of our services,
+    one workload per replica (each its own pod name, hence its own Lease identity)."""
     out = []
     for doc in yaml.safe_load_all(manifest):
         if not doc or doc.get("kind") != "Deployment":
             continue
-        workload = _workload(doc, namespace, doc["metadata"]["name"])
-        if workload is not None:
-            out.append(workload)
+        for index in range(int(doc["spec"].get("replicas", 1) or 1)):
+            name = replica_name(doc["metadata"]["name"], index)
+            workload = _workload(doc, namespace, name)
+            if workload is not None:
+                out.append(workload)
     return out
 
 
