@@ -184,3 +184,34 @@ def test_patch_shape() -> None:
         "metadata": {"labels": {"a": "1", "b": None}, "annotations": {OWNED_LABELS_ANNOTATION: "a"}}
     }
     assert label_patch({}, {"b"})["metadata"]["annotations"] == {OWNED_LABELS_ANNOTATION: None}
+
+
+async def test_a_sync_cancelled_midway_is_redone_by_the_next_run() -> None:
+    """Leader election cancels the labeler when the Lease is lost: a node whose patch was in
+    flight must be patched when the labeler runs again, not forgotten."""
+    api = FakeNodes("n1")
+    entered, release = asyncio.Event(), asyncio.Event()
+    patch = api.patch
+
+    async def slow_patch(name: str, body: dict[str, Any]) -> bool:
+        entered.set()
+        await release.wait()
+        return await patch(name, body)
+
+    labeler = make({"n1": node("n1")}, api)
+    labeler._patch = slow_patch
+    stop = asyncio.Event()
+    labeler.mark("n1")
+    first = asyncio.create_task(labeler.run(stop))
+    await asyncio.wait_for(entered.wait(), 5)
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    assert api.patches == []
+
+    release.set()
+    second = asyncio.create_task(labeler.run(stop))
+    await asyncio.wait_for(labeler.idle.wait(), 5)
+    stop.set()
+    await second
+    assert [name for name, _ in api.patches] == ["n1"]
+    assert api.labels("n1").get("nvidia.com/gpu.count")

@@ -244,3 +244,39 @@ def test_reconciled_record_round_trips_through_the_shared_codec() -> None:
     assert NodeTopology.from_yaml(text, "n1") == record
     with pytest.raises(ValueError, match="not valid YAML"):
         NodeTopology.from_yaml("gpus: [", "n1")
+
+
+async def test_a_worker_cancelled_mid_reconcile_leaves_the_node_queued() -> None:
+    """Leader election cancels the workers when the Lease is lost: the node being reconciled
+    must not stay busy (it would never be reconciled again) and must be redone."""
+    from fgo_common.runtime.runner import ServiceContext
+    from fgo_status_updater.controller import Controller
+    from kubernetes_asyncio import client
+
+    settings = load_settings(Settings, {"DEBOUNCE_SECONDS": "0"})
+    ctx = ServiceContext(name="status-updater")
+    async with client.ApiClient() as api:  # never called: reconcile is replaced below
+        controller = Controller(api, settings, ctx)
+        entered = asyncio.Event()
+        calls: list[str] = []
+
+        async def blocking(name: str) -> str:
+            calls.append(name)
+            entered.set()
+            await asyncio.Event().wait()
+            return "written"
+
+        controller.reconcile = blocking  # type: ignore[method-assign]
+        controller.synced.set()
+        controller.queue.mark("n1")
+        worker = asyncio.create_task(controller._worker(ctx))
+        await asyncio.wait_for(entered.wait(), 5)
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+
+        entered.clear()
+        again = asyncio.create_task(controller._worker(ctx))
+        await asyncio.wait_for(entered.wait(), 5)
+        ctx.stop.set()
+        await asyncio.wait_for(again, 5)
+        assert calls == ["n1", "n1"]

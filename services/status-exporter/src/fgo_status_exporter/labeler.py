@@ -152,6 +152,9 @@ class NodeLabeler:
             self._in_flight.add(node_name)
             try:
                 await self.sync(node_name)
+            except asyncio.CancelledError:
+                self.mark(node_name)  # stopped mid-sync (e.g. the Lease lost): redo it next time
+                raise
             except Exception as exc:
                 # Give up on this round; the next change or resync of the node retries it.
                 self.errors += 1

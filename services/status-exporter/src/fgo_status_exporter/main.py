@@ -218,6 +218,11 @@ class Exporter:
                 changed.cancel()
 
     async def run_labeler(self, ctx: ServiceContext) -> None:
+        if self.synced.is_set():
+            # Leading again (leader election): another replica may have written meanwhile.
+            self.labeler.forget_all()
+            for name in list(self.store.nodes):
+                self.labeler.mark(name)
         await self.labeler.run(ctx.stop)
 
     async def resync_labels(self, ctx: ServiceContext) -> None:

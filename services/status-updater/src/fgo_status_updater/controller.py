@@ -433,6 +433,12 @@ class Controller:
                     result = await self.reconcile(node)
                     self._failures.pop(node, None)
                     self.metrics.reconciles.labels(result).inc()
+                except asyncio.CancelledError:
+                    # Stopping, or the Lease lost: the node must not stay busy, and whoever
+                    # runs the workers next (this replica leading again) must redo it.
+                    self.queue.done(node)
+                    self._mark(node)
+                    raise
                 except Exception as exc:
                     failures = self._failures[node] = self._failures.get(node, 0) + 1
                     delay = _RETRY.delay(min(failures, 8))
