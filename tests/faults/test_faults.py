@@ -30,6 +30,7 @@ from faultlib.world import (
     KWOK_CAPACITY,
     KWOK_DRA,
     KWOK_EXPORTER,
+    LEASE_S,
     STATUS_UPDATER,
     World,
     until,
@@ -41,7 +42,7 @@ WARMUP_S = 4.0  # churn running before the fault
 SETTLE_TIMEOUT_S = 120.0  # pods of the paused churn all Running
 RECOVERY_TIMEOUT_S = 180.0  # checker green after the fault
 SETTLE_S = 3.0  # then still green after this
-N_FAULTS = 18  # kinds of faults below, for the soak time share
+N_FAULTS = 19  # kinds of faults below, for the soak time share
 STARTUP_PARTITION_S = 60.0  # longest a service may take to open its health port, cut off
 
 Inject = Callable[[World, float], Awaitable[str]]
@@ -207,6 +208,45 @@ def kill_service(name: str) -> Inject:
         return f"kill -9 during a burst of {made} pod deletions and creations"
 
     return inject
+
+
+def kill_leader(deployment: str) -> Inject:
+    """kill -9 of whichever replica of ``deployment`` holds its Lease, mid-burst: another replica
+    must take the Lease (timed) and carry on; the killed one comes back as a standby."""
+
+    async def inject(world: World, _: float) -> str:
+        churn = world.churn
+        assert churn is not None
+        leader = await world.lease_holder(deployment)
+        assert leader in world.replicas_of(deployment), f"Lease held by {leader!r}"
+        burst = asyncio.create_task(churn.burst(8))
+        await asyncio.sleep(0.3)
+        world.held.add(leader)
+        try:
+            assert world.kill_service(leader), f"{leader} not running"
+            took = await until(
+                lambda: _held_by_another(world, deployment, leader),
+                timeout_s=LEASE_S * 4,
+                what=f"another replica taking the Lease from {leader}",
+                interval_s=0.1,
+            )
+            successor = await world.lease_holder(deployment)
+            made = await burst
+            await world.restart_service(leader)
+        finally:
+            world.held.discard(leader)
+        world.failovers.append(took)
+        return (
+            f"leader {leader} kill -9 during a burst of {made}; {successor} held the Lease "
+            f"{took:.1f} s later (lease {LEASE_S} s)"
+        )
+
+    return inject
+
+
+async def _held_by_another(world: World, lease: str, old: str) -> bool:
+    holder = await world.lease_holder(lease)
+    return holder is not None and holder != old
 
 
 def kill_agent(name: str) -> Inject:
@@ -413,6 +453,10 @@ def test_competing_writer(world: World, report: FaultReport) -> None:
 @pytest.mark.parametrize("service", [STATUS_UPDATER, KWOK_CAPACITY, KWOK_DRA, KWOK_EXPORTER])
 def test_service_killed_mid_burst(world: World, report: FaultReport, service: str) -> None:
     run_fault(world, report, f"{service} kill -9 mid-burst", kill_service(service))
+
+
+def test_status_updater_leader_killed_mid_burst(world: World, report: FaultReport) -> None:
+    run_fault(world, report, "status-updater leader kill -9 mid-burst", kill_leader(STATUS_UPDATER))
 
 
 @pytest.mark.parametrize("agent", [DEVICE_PLUGIN, DRA_PLUGIN])

@@ -58,6 +58,8 @@ T = TypeVar("T")
 
 GPUS_PER_NODE = 4
 STATUS_UPDATER = "fgo-status-updater"
+STATUS_UPDATER_STANDBY = "fgo-status-updater-1"  # its second replica (replica_name)
+LEASE_S, RENEW_S = 6, 4  # leader election of the status-updater replicas
 KWOK_CAPACITY = "fgo-kwok-gpu-capacity"
 KWOK_DRA = "fgo-kwok-dra-plugin"
 KWOK_EXPORTER = "nvidia-dcgm-exporter-kwok"
@@ -181,6 +183,7 @@ class World:
         self.proxy: TcpProxy | None = None
         self.operator: LocalOperator | None = None
         self.workloads: dict[str, LocalWorkload] = {}
+        self.failovers: list[float] = []  # seconds from a leader's kill to another's Lease
         self.agents: dict[str, NodeAgent] = {}
         self.kubelets: dict[str, MiniKubelet] = {}
         self.churn: Churn | None = None
@@ -362,10 +365,19 @@ class World:
             "deviceClasses": {"enabled": False},
             "runtimeClass": {"enabled": False},
             "statusUpdater": {
+                # Two replicas electing a leader (docs/reliability.md): every fault below hits
+                # an HA status-updater; one fault kills the leader itself.
+                "replicas": 2,
                 "extraEnv": [
                     {"name": "KNATIVE_POLL_INTERVAL_SECONDS", "value": "2"},
                     {"name": "PROMETHEUS_TIMEOUT_SECONDS", "value": "2"},
-                ]
+                ],
+            },
+            # Short timings keep a failover well inside an episode (defaults: 15/10/2 s).
+            "leaderElection": {
+                "leaseDurationSeconds": LEASE_S,
+                "renewDeadlineSeconds": RENEW_S,
+                "retryPeriodSeconds": 1,
             },
         }
 
@@ -516,13 +528,33 @@ class World:
     def exporter_url(self) -> str:
         return f"http://127.0.0.1:{self.service_port(KWOK_EXPORTER, 'metrics')}/metrics"
 
+    def replicas_of(self, name: str) -> list[str]:
+        """The workloads running replicas of Deployment ``name`` (itself, ``name-1``, ...)."""
+        return [w for w in self.workloads if w == name or w.removeprefix(f"{name}-").isdigit()]
+
     async def service_metric(self, name: str, metric: str) -> float:
-        """Sum of a service's own metric (its /metrics on the health port)."""
-        url = f"http://127.0.0.1:{self.service_port(name, 'health')}/metrics"
-        samples = await invariants.scrape(url)
-        if isinstance(samples, str):
-            raise AssertionError(f"scrape of {name} failed: {samples}")
-        return sum(s.value for s in samples if s.name == metric)
+        """Sum of a service's own metric over its replicas (/metrics on the health port)."""
+        total = 0.0
+        for replica in self.replicas_of(name):
+            url = f"http://127.0.0.1:{self.service_port(replica, 'health')}/metrics"
+            samples = await invariants.scrape(url)
+            if isinstance(samples, str):
+                raise AssertionError(f"scrape of {replica} failed: {samples}")
+            total += sum(s.value for s in samples if s.name == metric)
+        return total
+
+    async def lease_holder(self, lease: str) -> str | None:
+        """The workload named by a Lease's holderIdentity (the pod name, ``<workload>-local``
+        for a local process), or None while nobody holds it."""
+        coordination: Any = client.CoordinationV1Api(self.api)
+        try:
+            obj = await coordination.read_namespaced_lease(lease, self.op_ns)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        holder = obj.spec.holder_identity or ""
+        return holder.removesuffix("-local") or None
 
     # ------------------------------------------------------------------ Prometheus / Knative
 
