@@ -6,6 +6,7 @@ import asyncio
 
 import structlog
 from fgo_common.kube.client import api_client
+from fgo_common.kube.leader import elected_client
 from fgo_common.runtime.entry import service_main
 from fgo_common.runtime.logging import configure_logging
 from fgo_common.runtime.runner import ServiceContext, TaskFactory, run_service
@@ -59,13 +60,11 @@ def kwok_mode(settings: Settings) -> TaskFactory:
     async def run(ctx: ServiceContext) -> None:
         ctx.readiness.require("synced")
         metrics = Metrics(ctx.registry)
-        async with (
-            api_client(settings.kubeconfig or None) as api,
-            api_client(settings.kubeconfig or None) as lease_api,
+        lease = "fgo-kwok-gpu-capacity"
+        async with elected_client(settings.kubeconfig or None, settings, lease, ctx) as (
+            api,
+            elector,
         ):
-            elector = settings.elector(
-                lease_api, api, "fgo-kwok-gpu-capacity", ctx.registry, ctx.readiness
-            )
             controller = KwokCapacityController(
                 api,
                 settings.effective_topology_namespace,

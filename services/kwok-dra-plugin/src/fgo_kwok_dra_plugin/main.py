@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from fgo_common.dragate import DraVersionGate
-from fgo_common.kube.client import api_client
+from fgo_common.kube.leader import elected_client
 from fgo_common.kube.served import SliceApi
 from fgo_common.runtime.entry import service_main
 from fgo_common.runtime.logging import configure_logging
@@ -19,11 +19,8 @@ COMPONENT = "kwok-dra-plugin"
 
 async def serve(settings: Settings, ctx: ServiceContext | None = None) -> int:
     ctx = ctx or ServiceContext(name=COMPONENT)
-    async with (
-        api_client(settings.kubeconfig or None) as api,
-        api_client(settings.kubeconfig or None) as lease_api,
-    ):
-        elector = settings.elector(lease_api, api, f"fgo-{COMPONENT}", ctx.registry, ctx.readiness)
+    lease = f"fgo-{COMPONENT}"
+    async with elected_client(settings.kubeconfig or None, settings, lease, ctx) as (api, elector):
         slices = SliceApi(api)
         gate = DraVersionGate(api, slices, ctx)
         controller = KwokSliceController(api, settings, ctx.registry, slices, elector=elector)

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 from fgo_common.annotations import KWOK_NODE, KWOK_NODE_VALUE
-from fgo_common.kube.client import api_client
+from fgo_common.kube.leader import elected_client
 from fgo_common.kube.watch import DELETED, SYNCED, Reflector, object_key
 from fgo_common.names import DCGM_EXPORTER
 from fgo_common.runtime.entry import service_main
@@ -239,13 +239,8 @@ class Exporter:
 
 async def amain(settings: Settings, ctx: ServiceContext | None = None) -> int:
     ctx = ctx or ServiceContext(name=COMPONENT)
-    async with (
-        api_client(settings.kubeconfig or None) as api,
-        api_client(settings.kubeconfig or None) as lease_api,
-    ):
-        elector = settings.elector(
-            lease_api, api, "nvidia-dcgm-exporter-kwok", ctx.registry, ctx.readiness
-        )
+    lease = "nvidia-dcgm-exporter-kwok"
+    async with elected_client(settings.kubeconfig or None, settings, lease, ctx) as (api, elector):
         exporter = Exporter(settings, api, ctx.registry)
         tasks: dict[str, TaskFactory] = {
             "topology-watch": exporter.watch_topology,

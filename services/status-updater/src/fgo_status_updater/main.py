@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-from fgo_common.kube.client import api_client
+from fgo_common.kube.leader import elected_client
 from fgo_common.runtime.entry import service_main
 from fgo_common.runtime.logging import configure_logging
 from fgo_common.runtime.runner import ServiceContext, run_tasks, split_leader_tasks
@@ -20,11 +20,8 @@ log = structlog.get_logger(__name__)
 async def serve(settings: Settings, ctx: ServiceContext | None = None) -> int:
     """Run the controller until SIGTERM/SIGINT (or ``ctx.stop``); returns the exit code."""
     ctx = ctx or ServiceContext(name=COMPONENT)
-    async with (
-        api_client(settings.kubeconfig or None) as api,
-        api_client(settings.kubeconfig or None) as lease_api,
-    ):
-        elector = settings.elector(lease_api, api, f"fgo-{COMPONENT}", ctx.registry, ctx.readiness)
+    lease = f"fgo-{COMPONENT}"
+    async with elected_client(settings.kubeconfig or None, settings, lease, ctx) as (api, elector):
         controller = Controller(api, settings, ctx)
         log.info(
             "status_updater.starting",

@@ -28,7 +28,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -37,8 +37,10 @@ import structlog
 from kubernetes_asyncio import client
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from fgo_common.kube.client import api_client
 from fgo_common.kube.errors import describe_error, is_conflict, is_not_found, raise_for_status
 from fgo_common.runtime.health import Readiness
+from fgo_common.runtime.runner import ServiceContext
 from fgo_common.runtime.settings import SettingsError, env_field
 
 log = structlog.get_logger(__name__)
@@ -173,6 +175,23 @@ def fence_writes(api: client.ApiClient, may_write: Callable[[], bool]) -> None:
         return send(method, url, *args, **kwargs)
 
     api.request = request  # type: ignore[method-assign]
+
+
+@contextlib.asynccontextmanager
+async def elected_client(
+    kubeconfig: str | None,
+    settings: LeaderElectionSettings,
+    default_lease: str,
+    ctx: ServiceContext,
+) -> AsyncIterator[tuple[client.ApiClient, LeaderElector | None]]:
+    """A service's API client and, with ``LEADER_ELECTION``, its elector: the client's writes
+    fenced, the Lease renewed through a small client of its own (never fenced)."""
+    async with api_client(kubeconfig) as api:
+        if not settings.leader_election:
+            yield api, None
+            return
+        async with api_client(kubeconfig, qps_connections=2) as lease_api:
+            yield api, settings.elector(lease_api, api, default_lease, ctx.registry, ctx.readiness)
 
 
 def micro_time(moment: datetime) -> str:
