@@ -94,3 +94,37 @@ async def test_readyz_verbose_names_a_standby_and_stays_ready() -> None:
         e._set_leading(True, "test")
         assert "leader=true" in await (await http.get("/readyz?verbose")).text()
         assert await (await http.get("/readyz")).text() == "ok\n"
+
+
+async def test_a_slow_read_never_brings_a_takeover_forward() -> None:
+    """The holder's record is dated when our read *returned*: a read that took 5 s must not
+    let us take over 5 s early (the old leader's fence may still be open)."""
+    clock = FakeClock()
+    e = elector(clock)
+    lease = {"metadata": {"resourceVersion": "7"}, "spec": {"holderIdentity": "other",
+             "renewTime": "t1", "leaseDurationSeconds": 15, "leaseTransitions": 1}}  # fmt: skip
+    written: list[dict[str, object]] = []
+
+    reads = 0
+
+    async def read() -> dict[str, object]:
+        nonlocal reads
+        reads += 1
+        if reads == 1:
+            clock.now += 5.0  # only the first read is slow
+        return lease
+
+    async def write(_: object, spec: dict[str, object]) -> bool:
+        written.append(spec)
+        return True
+
+    e._read = read  # type: ignore[method-assign]
+    e._write = write  # type: ignore[method-assign]
+    assert not await e.try_acquire_or_renew()  # started at 100, saw the record at 105
+    clock.now = 119.9  # 15 s after the round started, 14.9 s after we saw the record
+    assert not await e.try_acquire_or_renew()
+    assert written == []
+    clock.now = 120.1
+    assert await e.try_acquire_or_renew()
+    assert written[0]["holderIdentity"] == "me"
+    assert written[0]["leaseTransitions"] == 2

@@ -329,11 +329,15 @@ class LeaderElector:
                 spec.get("leaseDurationSeconds"),
                 spec.get("leaseTransitions"),
             )
+            # A change is dated when our read returned (never earlier): a slow read must not
+            # let us take over sooner. Our own renewals are dated when the round started
+            # (never later): the fence closes early rather than late.
+            read_at = self._clock()
             if record != self._observed:
-                self._observed, self._observed_at = record, started
+                self._observed, self._observed_at = record, read_at
             duration = float(spec.get("leaseDurationSeconds") or self.config.lease_duration_s)
             held_by_other = holder not in ("", self.config.identity)
-            if held_by_other and started < self._observed_at + duration:
+            if held_by_other and read_at < self._observed_at + duration:
                 return False
         if not await self._write(lease, self._spec(spec, datetime.now(UTC))):
             return False
