@@ -21,21 +21,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import secrets
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
+from benchlib import consume, pct, wait_until
 from fgo_common.kube.client import api_client
 from fgo_common.kube.errors import is_transient, status_of
-from fgo_common.kube.watch import DELETED, SYNCED, Reflector
+from fgo_common.kube.watch import Reflector
 from fgo_common.topology import NodeTopology
 from fgo_localcluster import nodes as kwok
 from fgo_localcluster.cluster import LocalCluster
@@ -79,13 +78,6 @@ def _reconcile_stats(metrics: str) -> dict[str, float]:
     }
 
 
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 class Observer:
     """Watches pods and records; notes when each pod is first seen Running and first seen
     recorded as running (usage with its start time)."""
@@ -121,12 +113,6 @@ class Observer:
         self.held[node] = uids
 
 
-async def _consume(reflector: Reflector, handle: Any, stop: asyncio.Event) -> None:
-    async for event in reflector.events(stop):
-        if event.type != SYNCED:
-            handle(event.obj, event.type == DELETED)
-
-
 async def _delete_all_pods(core: Any, ns: str) -> None:
     """delete-collection, retried: a loaded apiserver answers 504 while still deleting."""
     for attempt in range(10):
@@ -142,17 +128,6 @@ async def _delete_all_pods(core: Any, ns: str) -> None:
 
 def say(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
-
-
-async def wait_until(observer: Observer, done: Callable[[], bool], deadline: float) -> None:
-    """Wait (on the observer's change signal, not by polling) until ``done()`` or ``deadline``."""
-    while not done():
-        observer.changed.clear()
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(observer.changed.wait(), remaining)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -210,8 +185,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 label_selector="node-topology=true",
             )
             tasks = [
-                asyncio.create_task(_consume(pods, observer.on_pod, stop)),
-                asyncio.create_task(_consume(records, observer.on_record, stop)),
+                asyncio.create_task(consume(pods, observer.on_pod, stop)),
+                asyncio.create_task(consume(records, observer.on_record, stop)),
             ]
 
             async def sample_rss() -> None:
@@ -268,8 +243,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if uid in observer.recorded_at
             ]
             results["latency_running_to_recorded_s"] = {
-                "p50": round(_pct(latencies, 0.5), 3),
-                "p99": round(_pct(latencies, 0.99), 3),
+                "p50": round(pct(latencies, 0.5), 3),
+                "p99": round(pct(latencies, 0.99), 3),
                 "max": round(max(latencies, default=float("nan")), 3),
                 "mean": round(statistics.fmean(latencies), 3) if latencies else None,
             }

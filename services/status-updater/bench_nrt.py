@@ -21,19 +21,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
+from benchlib import consume, pct, wait_until
 from fgo_common.kube.client import api_client
-from fgo_common.kube.watch import DELETED, SYNCED, Reflector
+from fgo_common.kube.watch import Reflector
 from fgo_common.nrt import NRT_GROUP, NRT_PLURAL, NRT_VERSION
 from fgo_localcluster import nodes as kwok
 from fgo_localcluster.cluster import LocalCluster
@@ -55,11 +54,6 @@ def _nrt_writes(metrics: str) -> float:
         for line in metrics.splitlines()
         if line.startswith('fgo_status_updater_api_writes_total{kind="NodeResourceTopology"')
     )
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else -1.0
 
 
 class Observer:
@@ -92,23 +86,6 @@ class Observer:
             if free < 8:
                 self.taken_at.setdefault(node, time.monotonic())
         self.changed.set()
-
-
-async def _consume(reflector: Reflector, handle: Any, stop: asyncio.Event) -> None:
-    async for event in reflector.events(stop):
-        if event.type != SYNCED:
-            handle(event.obj, event.type == DELETED)
-
-
-async def wait_until(observer: Observer, done: Callable[[], bool], deadline: float) -> bool:
-    while not done():
-        observer.changed.clear()
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(observer.changed.wait(), remaining)
-    return True
 
 
 async def ensure_crd(api: client.ApiClient) -> None:
@@ -190,8 +167,8 @@ async def _run(cluster: LocalCluster, args: argparse.Namespace) -> dict[str, Any
                 plural=NRT_PLURAL,
             )
             tasks = [
-                asyncio.create_task(_consume(pods, observer.on_pod, stop)),
-                asyncio.create_task(_consume(nrts, observer.on_nrt, stop)),
+                asyncio.create_task(consume(pods, observer.on_pod, stop)),
+                asyncio.create_task(consume(nrts, observer.on_nrt, stop)),
             ]
             ok = await wait_until(
                 observer,
@@ -244,8 +221,8 @@ async def _run(cluster: LocalCluster, args: argparse.Namespace) -> dict[str, Any
                 if n in observer.taken_at
             ]
             results["latency_bound_to_nrt_s"] = {
-                "p50": round(_pct(latencies, 0.5), 3),
-                "p99": round(_pct(latencies, 0.99), 3),
+                "p50": round(pct(latencies, 0.5, empty=-1.0), 3),
+                "p99": round(pct(latencies, 0.99, empty=-1.0), 3),
                 "max": round(max(latencies, default=-1.0), 3),
             }
             await asyncio.sleep(2)
