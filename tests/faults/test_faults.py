@@ -43,6 +43,7 @@ SETTLE_TIMEOUT_S = 120.0  # pods of the paused churn all Running
 RECOVERY_TIMEOUT_S = 180.0  # checker green after the fault
 SETTLE_S = 3.0  # then still green after this
 N_FAULTS = 19  # kinds of faults below, for the soak time share
+COMPETE_EXTRA_S = 50.0  # competing writer: longest it goes on past the outage for a 409
 STARTUP_PARTITION_S = 60.0  # longest a service may take to open its health port, cut off
 
 Inject = Callable[[World, float], Awaitable[str]]
@@ -167,14 +168,20 @@ async def partition(world: World, outage: float) -> str:
 
 async def competing_writer(world: World, outage: float) -> str:
     """Another writer keeps changing the records' metadata, so the status-updater's replace
-    (with the resourceVersion it read) meets 409 Conflict and must re-read and recompute."""
+    (with the resourceVersion it read) meets 409 Conflict and must re-read and recompute.
+
+    A 409 needs a record write of the status-updater to land between a competing patch and its
+    watch event: usually several happen within the outage, but not always (CI saw 0 once, 3 in
+    another run), so the competitor goes on, up to ``COMPETE_EXTRA_S`` more, until one did."""
     metric = "fgo_status_updater_write_conflicts_total"
     before = await world.service_metric(STATUS_UPDATER, metric)
     writes = 0
-    deadline = time.monotonic() + outage
+    start = time.monotonic()
+    checked = start
+    conflicts = 0.0
     core = world.core
     names = [f"topology-{n}" for n in sorted(world.live_nodes)]
-    while time.monotonic() < deadline:
+    while time.monotonic() < start + outage + COMPETE_EXTRA_S:
         for name in names:
             try:
                 await core.patch_namespaced_config_map(
@@ -186,6 +193,11 @@ async def competing_writer(world: World, outage: float) -> str:
             except ApiException:
                 pass
         await asyncio.sleep(0.05)
+        if time.monotonic() - checked >= 1.0:
+            checked = time.monotonic()
+            conflicts = await world.service_metric(STATUS_UPDATER, metric) - before
+            if conflicts > 0 and checked - start >= outage:
+                break
     conflicts = await world.service_metric(STATUS_UPDATER, metric) - before
     assert conflicts > 0, f"{writes} competing writes caused no 409 for the status-updater"
     return f"{writes} competing writes; {conflicts:.0f} record writes got 409 and were recomputed"

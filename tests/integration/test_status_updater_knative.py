@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,9 @@ import httpx
 import pytest
 import pytest_asyncio
 import yaml
-from aiohttp import web
 from fgo_common.topology import NodeTopology
 from fgo_localcluster.cluster import LocalCluster
+from fgo_localcluster.knative import KnativeRequestCounters
 from fgo_localcluster.testing import KwokNodeFactory, eventually
 from fgo_status_updater.testing import StatusUpdaterProcess, free_port, read_record
 from kubernetes_asyncio import client
@@ -33,44 +32,6 @@ from prometheus_client.parser import text_string_to_metric_families
 pytestmark = pytest.mark.integration
 
 FULL_LOAD_RPS = 10.0
-
-
-class RequestCounter:
-    """A scrape target whose counter grows at ``rate`` requests per second."""
-
-    def __init__(self, namespace: str, pod: str) -> None:
-        self.labels = f'namespace="{namespace}",pod="{pod}"'
-        self.rate = 0.0
-        self._value = 0.0
-        self._since = time.monotonic()
-        self.port = free_port()
-        self._runner: web.AppRunner | None = None
-
-    def set_rate(self, rate: float) -> None:
-        self._value = self.value()
-        self._since = time.monotonic()
-        self.rate = rate
-
-    def value(self) -> float:
-        return self._value + self.rate * (time.monotonic() - self._since)
-
-    async def _metrics(self, _: web.Request) -> web.Response:
-        text = (
-            "# TYPE revision_app_request_count counter\n"
-            f"revision_app_request_count{{{self.labels}}} {self.value():.3f}\n"
-        )
-        return web.Response(text=text, content_type="text/plain")
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.add_routes([web.get("/metrics", self._metrics)])
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 class Prometheus:
@@ -148,15 +109,15 @@ class Prometheus:
 
 
 @pytest_asyncio.fixture
-async def counter(namespace: str) -> AsyncIterator[RequestCounter]:
-    target = RequestCounter(namespace, "inference")
+async def counter(namespace: str) -> AsyncIterator[KnativeRequestCounters]:
+    target = KnativeRequestCounters(namespace, {"inference": 0.0})
     await target.start()
     yield target
     await target.stop()
 
 
 @pytest_asyncio.fixture
-async def prometheus(tmp_path: Path, counter: RequestCounter) -> AsyncIterator[Prometheus]:
+async def prometheus(tmp_path: Path, counter: KnativeRequestCounters) -> AsyncIterator[Prometheus]:
     server = Prometheus(tmp_path, counter.port)
     yield server
     await server.stop()
@@ -168,7 +129,7 @@ async def test_knative_utilisation_survives_prometheus_outages(
     namespace: str,
     kwok_nodes: KwokNodeFactory,
     tmp_path: Path,
-    counter: RequestCounter,
+    counter: KnativeRequestCounters,
     prometheus: Prometheus,
 ) -> None:
     core: Any = client.CoreV1Api(kube)
@@ -267,38 +228,6 @@ async def _at_least(count: Any, wanted: int) -> bool | None:
     return True if await count >= wanted else None
 
 
-class ManyCounters:
-    """A scrape target with one request counter per pod, each growing at its own rate."""
-
-    def __init__(self, namespace: str, rates: dict[str, float]) -> None:
-        self.namespace = namespace
-        self.rates = rates
-        self._since = time.monotonic()
-        self.port = free_port()
-        self._runner: web.AppRunner | None = None
-
-    async def _metrics(self, _: web.Request) -> web.Response:
-        elapsed = time.monotonic() - self._since
-        lines = ["# TYPE revision_app_request_count counter"]
-        for pod, rate in self.rates.items():
-            lines.append(
-                f'revision_app_request_count{{namespace="{self.namespace}",pod="{pod}"}} '
-                f"{rate * elapsed:.3f}"
-            )
-        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.add_routes([web.get("/metrics", self._metrics)])
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-
 async def test_one_query_per_poll_for_many_pods(
     kube: client.ApiClient,
     local_cluster: LocalCluster,
@@ -308,7 +237,9 @@ async def test_one_query_per_poll_for_many_pods(
 ) -> None:
     pods = 8
     # 1..8 req/s of 10 at full load: 10 %, 20 %, ... 80 %.
-    target = ManyCounters(namespace, {f"inference-{i}": float(i + 1) for i in range(pods)})
+    target = KnativeRequestCounters(
+        namespace, {f"inference-{i}": float(i + 1) for i in range(pods)}
+    )
     await target.start()
     prometheus = Prometheus(tmp_path, target.port)
     core: Any = client.CoreV1Api(kube)

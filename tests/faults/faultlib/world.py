@@ -41,9 +41,9 @@ from typing import Any, TypeVar
 import aiohttp
 import structlog
 import yaml
-from aiohttp import web
 from fgo_localcluster import invariants, nodes, process
 from fgo_localcluster.cluster import LocalCluster
+from fgo_localcluster.knative import KnativeRequestCounters
 from fgo_localcluster.operator import LocalOperator, LocalWorkload, resolve_env
 from fgo_localcluster.tcpproxy import TcpProxy, proxied_kubeconfig
 from fgo_localcluster.testing import create_namespace, delete_namespace
@@ -93,44 +93,6 @@ def scheduler_dump(text: str, nodes: set[str]) -> list[str]:
         if keep:
             out.append(stripped[:300])
     return out[:60]
-
-
-class RequestCounter:
-    """A Knative request counter (``revision_app_request_count``) growing at ``rate`` req/s."""
-
-    def __init__(self) -> None:
-        self.labels = ""
-        self.rate = 0.0
-        self._value = 0.0
-        self._since = time.monotonic()
-        self.port = free_port()
-        self._runner: web.AppRunner | None = None
-
-    def set_rate(self, rate: float) -> None:
-        self._value = self.value()
-        self._since = time.monotonic()
-        self.rate = rate
-
-    def value(self) -> float:
-        return self._value + self.rate * (time.monotonic() - self._since)
-
-    async def _metrics(self, _: web.Request) -> web.Response:
-        text = (
-            "# TYPE revision_app_request_count counter\n"
-            f"revision_app_request_count{{{self.labels}}} {self.value():.3f}\n"
-        )
-        return web.Response(text=text, content_type="text/plain")
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.add_routes([web.get("/metrics", self._metrics)])
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 @dataclass
@@ -187,10 +149,10 @@ class World:
         self.agents: dict[str, NodeAgent] = {}
         self.kubelets: dict[str, MiniKubelet] = {}
         self.churn: Churn | None = None
-        self.counter = RequestCounter()
         self.prometheus_pid: Path = self.workdir / "prometheus.pid"
         self.prometheus_port = free_port()
         self.knative_pod = "knative-0"
+        self.counter = KnativeRequestCounters(self.work_ns, {self.knative_pod: 50.0})
         # Crashes: processes that exited without a fault asking for it. A kubelet would restart
         # them (restartPolicy Always); the supervisor does, with the kubelet's back-off.
         self.crashes: Counter[str] = Counter()
@@ -559,8 +521,6 @@ class World:
     # ------------------------------------------------------------------ Prometheus / Knative
 
     async def _start_prometheus(self) -> None:
-        self.counter.labels = f'namespace="{self.work_ns}",pod="{self.knative_pod}"'
-        self.counter.set_rate(50.0)
         await self.counter.start()
         config = self.workdir / "prometheus.yml"
         config.write_text(
