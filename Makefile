@@ -49,7 +49,7 @@ types: setup ## mypy --strict over every package's src/
 
 .PHONY: unit
 unit: setup tools ## Unit tests (pure logic, fast; the chart tests render with the pinned helm)
-	$(PYTEST) -m "not integration and not e2e" $(UNIT_PATHS) tests/conformance tests/repo tests/chart tests/badinput
+	$(PYTEST) -m "not integration and not e2e" $(UNIT_PATHS) tests/coherence tests/conformance tests/repo tests/chart tests/badinput
 
 .PHONY: integration
 integration: setup tools node-tools host-deps images ## Integration tests against the real local control plane (and a real node), the images as runc containers, the quick fault suite

@@ -140,6 +140,10 @@ class GpuSample:
     power_brake_ns: int = 0  # nvidia-smi "HW Power Braking"
     memory_power_w: float | None = None  # HBM power (None: NVML does not report it)
     bar1_used_mib: int = 1
+    fan_speed_percent: int | None = None  # None: a passively cooled board (NVML: N/A)
+    video_clock_mhz: int = 0
+    # Degrees left before the slowdown limit (what Hopper and later report as "T.Limit").
+    tlimit_margin_c: int = 0
 
     @property
     def fb_used_percent(self) -> float:
@@ -633,7 +637,6 @@ def sw_power_cap_ns(
     t: float,
     *,
     boot_time: float = DEFAULT_BOOT_TIME,
-    usages: Mapping[str, PodUsage] | None = None,
 ) -> int:
     """The SW Power Capping counter (ns): time since ``boot_time`` the SW power cap held the
     GPU, from its current holders as energy is. Between two holders' start times the set of
@@ -642,12 +645,12 @@ def sw_power_cap_ns(
     power below the cap. Pure in (record, t), so it survives restarts; non-decreasing in t
     while the record keeps its holders. A holder without a start time counts from boot."""
     onset = max(1, min(100, physics_for(profile).cap_onset_util))
-    mig = usages is None and gpu.mig_enabled and bool(gpu.mig_devices)
+    mig = gpu.mig_enabled and bool(gpu.mig_devices)
     groups: list[tuple[float, Mapping[str, PodUsage]]]
     if mig:
         groups = [(_mig_weight(d, profile), d.usage) for d in gpu.mig_devices]
     else:
-        groups = [(1.0, gpu.status.usage if usages is None else usages)]
+        groups = [(1.0, gpu.status.usage)]
     starts = sorted(
         {max(boot_time, u.since or boot_time) for _, group in groups for u in group.values()}
     )
@@ -684,30 +687,14 @@ def sample_gpu(
     *,
     seed: int = 0,
     boot_time: float = DEFAULT_BOOT_TIME,
-    usages: dict[str, PodUsage] | None = None,
-    memory_total_mib: int | None = None,
 ) -> GpuSample:
-    """Sample ``gpu`` at unix time ``t``.
-
-    ``usages``/``memory_total_mib`` are the older way to sample a MIG device as if it were a GPU;
-    prefer :func:`sample_mig_device`, which keeps device-wide readings (power, temperature,
-    clocks, energy, errors) equal to the parent's as DCGM reports them.
-    """
+    """Sample ``gpu`` at unix time ``t`` (a MIG device: :func:`sample_mig_device`)."""
     bucket = math.floor(t / BUCKET_SECONDS)
-    if usages is None:
-        usage_map: Mapping[str, PodUsage] = gpu.status.usage
 
-        def util_at(b: int) -> int:
-            return _gpu_utilization_at(gpu, profile, b, seed)
-    else:
-        usage_map = usages
+    def util_at(b: int) -> int:
+        return _gpu_utilization_at(gpu, profile, b, seed)
 
-        def util_at(b: int) -> int:
-            return _utilization_at(usage_map, gpu.id, b, seed)
-
-    loaded = bool(usage_map) or (
-        usages is None and gpu.mig_enabled and any(d.usage for d in gpu.mig_devices)
-    )
+    loaded = bool(gpu.status.usage) or (gpu.mig_enabled and any(d.usage for d in gpu.mig_devices))
     if loaded:
         util = util_at(bucket)
         lagged = (
@@ -736,17 +723,12 @@ def sample_gpu(
         # A degraded GPU cannot reach its clocks (idle clocks are below the cap anyway).
         sm_clock = min(sm_clock, int(profile.clock_sm_base_mhz * DEGRADED_CLOCK_SHARE))
 
-    total = memory_total_mib if memory_total_mib is not None else gpu.memory_mib
-    reserved = 0 if memory_total_mib is not None else min(profile.memory_reserved_mib, total)
-    wanted = (
-        sum(process_fb_mib(usage_map, total, total - reserved).values())
-        if usages is not None
-        else _fb_used(gpu, profile)
-    )
-    used = max(0, min(total - reserved, wanted))
-    sw_cap_ns = sw_power_cap_ns(gpu, profile, t, boot_time=boot_time, usages=usages)
-    if usages is None:
-        sw_cap_ns += gpu.status.sw_cap_banked_ns  # holders that have gone (status-updater)
+    total = gpu.memory_mib
+    reserved = min(profile.memory_reserved_mib, total)
+    used = max(0, min(total - reserved, _fb_used(gpu, profile)))
+    # Holders that have gone keep their capped time: the status-updater banks it in the record.
+    sw_cap_ns = sw_power_cap_ns(gpu, profile, t, boot_time=boot_time)
+    sw_cap_ns += gpu.status.sw_cap_banked_ns
     brake_ns = violation_ns(gpu.faults, FAULT_POWER, t, boot_time) if gpu.faults else 0
     ratio = util / 100.0
     pcie_peak = 2_000_000_000 * profile.pcie_generation * profile.pcie_link_width // 16
@@ -802,6 +784,30 @@ def sample_gpu(
         power_brake_ns=brake_ns,
         memory_power_w=_rounded(memory_power_w(physics_for(profile), power)),
         bar1_used_mib=_bar1_used(profile, used),
+        fan_speed_percent=fan_speed_percent(profile, round(temp)),
+        video_clock_mhz=video_clock_mhz(profile, sm_clock),
+        tlimit_margin_c=profile.temp_max_operating_c - round(temp),
+    )
+
+
+def fan_speed_percent(profile: GpuProfile, gpu_temp_c: int) -> int | None:
+    """Fan duty of an actively cooled board at ``gpu_temp_c``: a 30 % floor, rising linearly
+    to 100 % at the profile's full-load temperature, as the boards' firmware curves do. None
+    for passively cooled boards (no fan: NVML reports N/A)."""
+    if profile.fan_count == 0:
+        return None
+    span = max(1, profile.temp_max_load_c - profile.temp_idle_c)
+    rise = max(0, gpu_temp_c - profile.temp_idle_c)
+    return min(100, 30 + 70 * rise // span)
+
+
+def video_clock_mhz(profile: GpuProfile, sm_clock_mhz: int) -> int:
+    """The video clock scales with the SM clock (one clock domain tree), up to its maximum."""
+    if profile.clock_sm_max_mhz <= 0:
+        return profile.clock_video_max_mhz
+    return min(
+        profile.clock_video_max_mhz,
+        round(profile.clock_video_max_mhz * sm_clock_mhz / profile.clock_sm_max_mhz),
     )
 
 

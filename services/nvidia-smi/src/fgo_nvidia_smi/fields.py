@@ -17,8 +17,6 @@ from fgo_nvidia_smi.report import (
     clocks_event_bits,
     gsp_mode,
     mig_mode,
-    tlimit_margin,
-    video_clock,
 )
 from fgo_nvidia_smi.state import GpuView, Process, Snapshot
 
@@ -93,11 +91,8 @@ def _ecc_count(kind: str, scope: str) -> Getter:
 
 
 def _fan(gpu: GpuView, snap: Snapshot) -> str:
-    if gpu.profile.fan_count == 0:
-        return NA
-    from fgo_nvidia_smi.table import _fan_percent
-
-    return str(_fan_percent(gpu))
+    fan = gpu.sample.fan_speed_percent
+    return NA if fan is None else str(fan)
 
 
 def _mem_temp(gpu: GpuView, snap: Snapshot) -> str:
@@ -277,7 +272,7 @@ def _fields() -> list[Field]:
     for level in ("high", "partial", "low", "none"):
         add(f"remapped_rows.histogram.{level}", "", _ecc())
     add("temperature.gpu", "", lambda g, s: str(g.sample.gpu_temp_c))
-    add("temperature.gpu.tlimit", "", lambda g, s: str(tlimit_margin(g)))
+    add("temperature.gpu.tlimit", "", lambda g, s: str(g.sample.tlimit_margin_c))
     add("temperature.memory", "", _mem_temp)
     add("power.management", "", _const("Enabled"))
     add("power.draw", "W", _power)
@@ -328,7 +323,7 @@ def _fields() -> list[Field]:
     add(("clocks.current.graphics", "clocks.gr"), "MHz", sm)
     add(("clocks.current.sm", "clocks.sm"), "MHz", sm)
     add(("clocks.current.memory", "clocks.mem"), "MHz", mem)
-    add(("clocks.current.video", "clocks.video"), "MHz", lambda g, s: str(video_clock(g)))
+    add(("clocks.current.video", "clocks.video"), "MHz", lambda g, s: str(g.sample.video_clock_mhz))
     add(("clocks.applications.graphics", "clocks.applications.gr"), "MHz", max_sm)
     add(("clocks.applications.memory", "clocks.applications.mem"), "MHz", max_mem)
     add(("clocks.default_applications.graphics", "clocks.default_applications.gr"), "MHz", max_sm)

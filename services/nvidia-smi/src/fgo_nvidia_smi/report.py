@@ -68,21 +68,6 @@ def gsp_mode(gpu: GpuView) -> str:
     )
 
 
-def tlimit_margin(gpu: GpuView) -> int:
-    """Degrees left before the GPU's slowdown limit (what Hopper+ report as "T.Limit")."""
-    return gpu.profile.temp_max_operating_c - gpu.sample.gpu_temp_c
-
-
-def video_clock(gpu: GpuView) -> int:
-    p = gpu.profile
-    if p.clock_sm_max_mhz <= 0:
-        return p.clock_video_max_mhz
-    return min(
-        p.clock_video_max_mhz,
-        round(p.clock_video_max_mhz * gpu.sample.sm_clock_mhz / p.clock_sm_max_mhz),
-    )
-
-
 def _mib(value: int) -> str:
     return f"{value} MiB"
 
@@ -453,7 +438,11 @@ def gpu_tree(gpu: GpuView, driver: str) -> list[Node]:
             leaf("Atomic Caps Outbound", "atomic_caps_outbound", NA),
             leaf("Atomic Caps Inbound", "atomic_caps_inbound", NA),
         ),
-        leaf("Fan Speed", "fan_speed", NA if p.fan_count == 0 else f"{_fan(gpu)} %"),
+        leaf(
+            "Fan Speed",
+            "fan_speed",
+            NA if s.fan_speed_percent is None else _pct(s.fan_speed_percent),
+        ),
         _in("PERFORMANCE", leaf("Performance State", "performance_state", f"P{s.pstate}")),
         _in(
             "PERFORMANCE",
@@ -668,7 +657,7 @@ def gpu_tree(gpu: GpuView, driver: str) -> list[Node]:
             "Temperature",
             "temperature",
             leaf("GPU Current Temp", "gpu_temp", f"{s.gpu_temp_c} C"),
-            leaf("GPU T.Limit Temp", "gpu_temp_tlimit", f"{tlimit_margin(gpu)} C"),
+            leaf("GPU T.Limit Temp", "gpu_temp_tlimit", f"{s.tlimit_margin_c} C"),
             leaf(
                 "GPU Shutdown T.Limit Temp",
                 "gpu_temp_max_tlimit_threshold",
@@ -750,7 +739,7 @@ def gpu_tree(gpu: GpuView, driver: str) -> list[Node]:
             leaf("Graphics", "graphics_clock", _mhz(s.sm_clock_mhz)),
             leaf("SM", "sm_clock", _mhz(s.sm_clock_mhz)),
             leaf("Memory", "mem_clock", _mhz(s.mem_clock_mhz)),
-            leaf("Video", "video_clock", _mhz(video_clock(gpu))),
+            leaf("Video", "video_clock", _mhz(s.video_clock_mhz)),
             section="CLOCK",
         ),
         group(
@@ -838,12 +827,6 @@ def gpu_tree(gpu: GpuView, driver: str) -> list[Node]:
         group(None, "accounted_processes", section="ACCOUNTING"),
         group("Capabilities", "capabilities", leaf("EGM", "egm", "disabled")),
     ]
-
-
-def _fan(gpu: GpuView) -> int:
-    from fgo_nvidia_smi.table import _fan_percent
-
-    return _fan_percent(gpu)
 
 
 # Text rendering --------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def _gpu_rows(gpu: GpuView) -> list[str]:
         f"| {gpu.index:>3}  {name:<{NAME_WIDTH}}    {_persistence(gpu):<3} "
         f"| {gpu.bus_id:>18} {'Off':>3} | {ecc:>20} |"
     )
-    fan = NA if gpu.profile.fan_count == 0 else f"{_fan_percent(gpu)}%"
+    fan = NA if sample.fan_speed_percent is None else f"{sample.fan_speed_percent}%"
     power = f"{round(sample.power_w)}W"
     cap = f"{round(sample.power_limit_w)}W"
     used = f"{gpu.memory_used_mib}MiB"
@@ -80,13 +80,6 @@ def _gpu_rows(gpu: GpuView) -> list[str]:
         mig = "Enabled" if gpu.mig_enabled else "Disabled"
     line3 = f"|{'':41}|{'':24}| {mig:>20} |"
     return [line1, line2, line3]
-
-
-def _fan_percent(gpu: GpuView) -> int:
-    # Actively cooled boards spin up with temperature; 30 % floor as their firmware curves do.
-    span = max(1, gpu.profile.temp_max_load_c - gpu.profile.temp_idle_c)
-    rise = max(0, gpu.sample.gpu_temp_c - gpu.profile.temp_idle_c)
-    return min(100, 30 + 70 * rise // span)
 
 
 def _mig_rows(gpu: GpuView) -> list[str]:
