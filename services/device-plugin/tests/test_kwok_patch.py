@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import pytest
 from fgo_device_plugin.kwok import (
     MANAGED_RESOURCES_ANNOTATION,
     is_kwok_node,
@@ -83,11 +85,15 @@ async def test_one_worker_per_node_and_no_decision_on_a_copy_older_than_our_writ
         ctl = KwokCapacityController(api=api, namespace="ns", prefix="topology", metrics=Metrics())
         ctl._core = Recorder()  # type: ignore[assignment]
         # An event while a worker has the node: queued once more for afterwards, not in parallel.
-        ctl._busy.add("n1")
+        ctl._enqueue("n1")
+        assert await ctl.queue.get() == "n1"
         ctl._enqueue("n1")
         ctl._enqueue("n1")
-        assert ctl._queue.qsize() == 0
-        assert ctl._again == {"n1"}
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ctl.queue.get(), 0.05)
+        ctl.queue.done("n1")
+        assert await asyncio.wait_for(ctl.queue.get(), 1) == "n1"
+        ctl.queue.done("n1")
 
         ctl.records["n1"] = _Record(kwok=True, wanted={"nvidia.com/gpu": (8, 8)})
         cached = node(BASE, {"kwok.x-k8s.io/node": "fake"})
@@ -98,9 +104,11 @@ async def test_one_worker_per_node_and_no_decision_on_a_copy_older_than_our_writ
         await ctl.reconcile("n1")
         assert calls == []
         # Once the cache has caught up, the node is written (here: attempted), in one request
-        # carrying both the capacity and the list of names we publish.
+        # carrying both the capacity and the list of names we publish; the failure reaches
+        # the queue, which retries the node with back-off.
         cached["metadata"]["resourceVersion"] = "10"
-        await ctl.reconcile("n1")
+        with pytest.raises(ValueError, match="not sent"):
+            await ctl.reconcile("n1")
         assert calls == [
             (
                 "n1",

@@ -12,11 +12,13 @@ memory, pods and anyone else's resources are never touched). After our patch the
 delivers the new status and the comparison finds nothing to do. Records are parsed once per
 ConfigMap change, not per node event, so KWOK's heartbeats cost a dict comparison each.
 
-No write is sent twice: a node is reconciled by one worker at a time (an event meanwhile runs it
-again afterwards), and a node whose cached copy is older than our own last write to it waits for
-the watch to deliver that write (its event queues the node again) instead of being compared
-stale. With many workers against a slow apiserver both used to happen: a 1000-node bring-up
-with 32 workers sent 2.1 annotation and 2.3 status writes per node (then separate requests).
+No write is sent twice: the shared work queue (``fgo_common.runtime.workqueue``) gives a node
+to one worker at a time (an event meanwhile runs it again afterwards), and a node whose cached
+copy is older than our own last write to it waits for the watch to deliver that write (its event
+queues the node again) instead of being compared stale. With many workers against a slow
+apiserver both used to happen: a 1000-node bring-up with 32 workers sent 2.1 annotation and 2.3
+status writes per node (then separate requests). A failed patch is retried with per-node
+back-off, and a periodic full pass (``KWOK_RESYNC_SECONDS``) repairs capacity edited by hand.
 
 Which keys and nodes are "ours" must survive a restart (design principle 6) without touching
 capacity someone else put on a KWOK node by hand: the names we publish on a node are listed in
@@ -55,6 +57,7 @@ from fgo_common.kube.leader import LeaderElector
 from fgo_common.kube.retry import retrying
 from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent, slim_node
 from fgo_common.names import RESOURCE_NAMES
+from fgo_common.runtime.workqueue import WorkQueue, run_worker
 from fgo_common.topology import HOLDER_DRA, NODE_NAME_LABEL, NodeTopology, TopologyFormatError
 from kubernetes_asyncio import client
 
@@ -170,16 +173,13 @@ class KwokCapacityController:
     metrics: Metrics
     mig_strategy: str = ""
     workers: int = 32
+    resync_seconds: float = 300.0  # a full pass over the nodes (0: none)
     # The kwok-dra-plugin publishes the same GPUs: leave DRA-held ones out of allocatable.
     dra_shares_gpus: bool = False
     records: dict[str, _Record] = field(default_factory=dict)  # node name -> record
     _record_of_cm: dict[str, str] = field(default_factory=dict)  # CM name -> node name
     # node -> resource names this process published there (covers an annotation lost by hand)
     _published: dict[str, set[str]] = field(default_factory=dict)
-    _queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
-    _queued: set[str] = field(default_factory=set)
-    _busy: set[str] = field(default_factory=set)  # being reconciled by a worker
-    _again: set[str] = field(default_factory=set)  # queued while busy: run once more after
     # node -> resourceVersion our last successful write to it returned
     _written: dict[str, int] = field(default_factory=dict)
     patches: int = 0
@@ -194,16 +194,12 @@ class KwokCapacityController:
         )
         self._nodes = Reflector(core.list_node, name="nodes", transform=slim_node)
         self.synced = asyncio.Event()
+        self.queue = WorkQueue("kwok-capacity", metrics=self.metrics.workqueue)
 
     # -- event intake -------------------------------------------------------------------------
 
     def _enqueue(self, node_name: str) -> None:
-        if node_name in self._busy:
-            self._again.add(node_name)
-            return
-        if node_name not in self._queued:
-            self._queued.add(node_name)
-            self._queue.put_nowait(node_name)
+        self.queue.add(node_name)
 
     def _node_of_configmap(self, obj: Obj) -> str | None:
         meta = obj.get("metadata", {})
@@ -280,7 +276,7 @@ class KwokCapacityController:
             value = annotation_value(names) or None
             patch["metadata"] = {"annotations": {MANAGED_RESOURCES_ANNOTATION: value}}
         if patch and not await self._patch_status(node_name, patch, bound):
-            return  # retried on the next event for this node
+            return  # the node is gone
         published.clear()
         published.update(names)
 
@@ -315,8 +311,7 @@ class KwokCapacityController:
                 self.metrics.kwok_patches.labels("gone").inc()
                 return False
             self.metrics.kwok_patches.labels("error").inc()
-            bound.warning("node.patch_failed", error=str(exc)[:200])
-            return False
+            raise  # the queue retries the node with back-off
         self.patches += 1
         self.metrics.kwok_write_seconds.labels("status").observe(time.perf_counter() - started)
         self.metrics.kwok_patches.labels("ok").inc()
@@ -339,22 +334,20 @@ class KwokCapacityController:
             self.metrics.kwok_nodes.set(sum(1 for r in self.records.values() if r.kwok or r.wanted))
 
     async def _worker(self) -> None:
-        while True:
-            node_name = await self._queue.get()
-            self._queued.discard(node_name)
-            if not self.synced.is_set():
-                # Decide only on complete caches; the initial sync re-queues everything.
-                await self.synced.wait()
-            self._busy.add(node_name)
-            try:
-                await self.reconcile(node_name)
-            except Exception:
-                log.exception("node.reconcile_failed", node=node_name)
-            finally:
-                self._busy.discard(node_name)
-                if node_name in self._again:
-                    self._again.discard(node_name)
-                    self._enqueue(node_name)
+        # Decide only on complete caches (the initial sync queues every node). Waiting before
+        # taking a key matters: a worker parked on ``synced`` while holding a node it had not
+        # marked busy let a second worker take the same node (issue 20).
+        await self.synced.wait()
+        await run_worker(self.queue, self.reconcile, on_failure=_log_failure)
+
+    async def _resync(self) -> None:
+        """Every node once per ``resync_seconds``: cheap (a dict comparison per node), and it
+        repairs capacity someone changed by hand without a record change we act on."""
+        await self.synced.wait()
+        while self.resync_seconds > 0:
+            await asyncio.sleep(self.resync_seconds)
+            for name in list(self._nodes.cache):
+                self.on_node(WatchEvent("ADDED", self._nodes.cache[name]))
 
     async def run(self, stop: asyncio.Event, elector: LeaderElector | None = None) -> None:
         """Follow the watches until ``stop``; reconcile always (``elector`` None) or only while
@@ -378,10 +371,11 @@ class KwokCapacityController:
             await _cancel(tasks)
 
     def _start_workers(self) -> list[asyncio.Task[None]]:
-        return [
+        workers = [
             asyncio.create_task(self._worker(), name=f"kwok-worker-{i}")
             for i in range(self.workers)
         ]
+        return [*workers, asyncio.create_task(self._resync(), name="kwok-resync")]
 
     async def _lead(self, lost: asyncio.Event) -> None:
         """While leading: every node once (another leader may have written meanwhile, and a
@@ -397,6 +391,15 @@ class KwokCapacityController:
 
     def wanted_snapshot(self) -> Mapping[str, Wanted]:
         return {name: r.wanted for name, r in self.records.items()}
+
+
+def _log_failure(node_name: str, exc: Exception, retry_in: float | None) -> None:
+    log.warning(
+        "node.reconcile_failed",
+        node=node_name,
+        error=str(exc)[:200] or type(exc).__name__,
+        retry_in=None if retry_in is None else round(retry_in, 2),
+    )
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

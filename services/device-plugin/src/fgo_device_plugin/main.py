@@ -72,6 +72,7 @@ def kwok_mode(settings: Settings) -> TaskFactory:
                 metrics,
                 mig_strategy=settings.mig_strategy,
                 workers=settings.kwok_workers,
+                resync_seconds=settings.kwok_resync_seconds,
                 dra_shares_gpus=settings.dra_shares_gpus,
             )
             async with asyncio.TaskGroup() as group:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fgo_common.runtime.workqueue import WorkQueueMetrics
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -63,3 +64,5 @@ class Metrics:
             "KWOK nodes whose GPU capacity this controller manages.",
             registry=registry,
         )
+        # kwok mode's node queue (fgo_device_plugin_workqueue_*{queue="kwok-capacity"})
+        self.workqueue = WorkQueueMetrics(registry, "fgo_device_plugin")

@@ -122,6 +122,12 @@ class Settings(LeaderElectionSettings):
         "through DRA claims are left out of allocatable nvidia.com/gpu and nvidia.com/mig-*",
     )
     kwok_workers: int = env_field("KWOK_WORKERS", 32, "concurrent node status patches in kwok mode")
+    kwok_resync_seconds: float = env_field(
+        "KWOK_RESYNC_SECONDS",
+        300.0,
+        "kwok mode: period of a full pass over the nodes, repairing capacity edited by hand "
+        "(0: off; failed patches are retried with back-off regardless)",
+    )
     health_port: int = env_field("HEALTH_PORT", 8080, "port of /healthz, /readyz, /metrics")
     log_level: str = env_field(
         "LOG_LEVEL", "INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR")
@@ -142,6 +148,8 @@ class Settings(LeaderElectionSettings):
             raise SettingsError("POD_RESOURCES_INTERVAL_SECONDS must be > 0")
         if self.kwok_workers < 1:
             raise SettingsError("KWOK_WORKERS must be >= 1")
+        if self.kwok_resync_seconds < 0:
+            raise SettingsError("KWOK_RESYNC_SECONDS must be >= 0")
         if not self.visible_devices_env_name.replace("_", "").isalnum():
             raise SettingsError(
                 f"VISIBLE_DEVICES_ENV_NAME={self.visible_devices_env_name!r}: "
