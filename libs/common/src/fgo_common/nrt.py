@@ -80,6 +80,12 @@ def _request(container: Mapping[str, Any], resource: str, millis: bool) -> int:
     return max(0, n)
 
 
+def container_request(container: Mapping[str, Any], resource: str, *, millis: bool) -> int:
+    """One container's request of ``cpu`` (millicores, ``millis=True``) or ``memory`` (bytes);
+    a limit alone counts as the request, as in Kubernetes."""
+    return _request(container, resource, millis)
+
+
 def _effective(spec: Mapping[str, Any], resource: str, millis: bool) -> int:
     """Kubernetes' effective pod request: max(app + sidecars, max(init_i + sidecars before))."""
     app = sum(_request(c, resource, millis) for c in spec.get("containers") or [])
@@ -135,6 +141,22 @@ def _node_quantity(allocatable: Mapping[str, Any], key: str, millis: bool) -> in
         return None
 
 
+def zone_capacity(
+    numa: NumaConfig, allocatable: Mapping[str, Any]
+) -> tuple[int | None, int | None]:
+    """CPU (millicores) and memory (bytes) of each zone: ``cpuPerZone``/``memPerZone``, else an
+    even share of the Node's allocatable (truncated); None where neither gives it."""
+    cpu_zone = numa.cpu_per_zone_millis
+    if cpu_zone is None:
+        node_cpu = _node_quantity(allocatable, "cpu", True)
+        cpu_zone = None if node_cpu is None else node_cpu // numa.zones
+    mem_zone = numa.mem_per_zone_bytes
+    if mem_zone is None:
+        node_mem = _node_quantity(allocatable, "memory", False)
+        mem_zone = None if node_mem is None else node_mem // numa.zones
+    return cpu_zone, mem_zone
+
+
 def build_nrt(
     node_name: str,
     node_uid: str,
@@ -170,14 +192,7 @@ def build_nrt(
         for pod in {(h.namespace, h.pod) for h in holders}:
             held.setdefault(pod, [0] * zones)[zone] += 1
 
-    cpu_zone = numa.cpu_per_zone_millis
-    if cpu_zone is None:
-        node_cpu = _node_quantity(allocatable, "cpu", True)
-        cpu_zone = None if node_cpu is None else node_cpu // zones
-    mem_zone = numa.mem_per_zone_bytes
-    if mem_zone is None:
-        node_mem = _node_quantity(allocatable, "memory", False)
-        mem_zone = None if node_mem is None else node_mem // zones
+    cpu_zone, mem_zone = zone_capacity(numa, allocatable)
     cpu_used = [0] * zones
     mem_used = [0] * zones
     for demand in pods:
@@ -272,10 +287,12 @@ __all__ = [
     "NRT_VERSION",
     "PodDemand",
     "build_nrt",
+    "container_request",
     "gpu_zones",
     "legacy_policy",
     "nrt_content",
     "pod_demand",
     "split_largest_remainder",
+    "zone_capacity",
     "zone_name",
 ]

@@ -40,6 +40,7 @@ from fgo_common.kube.leader import LeaderElector
 from fgo_common.kube.served import SliceApi
 from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent, slim_node
 from fgo_common.runtime.runner import ServiceContext
+from fgo_common.runtime.workqueue import WorkQueue, WorkQueueMetrics, run_worker
 from fgo_common.topology import (
     HOLDER_DRA,
     KWOK_NODE_ANNOTATION,
@@ -52,7 +53,6 @@ from kubernetes_asyncio import client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from fgo_kwok_dra_plugin.settings import Settings
-from fgo_kwok_dra_plugin.workqueue import KeyQueue
 
 log = structlog.get_logger(__name__)
 
@@ -184,6 +184,7 @@ class Metrics:
             "fgo_kwok_dra_nodes_published", "KWOK nodes whose slices we publish.",
             registry=registry,
         )  # fmt: skip
+        self.workqueue = WorkQueueMetrics(registry, "fgo_kwok_dra")
 
 
 class KwokSliceController:
@@ -220,8 +221,8 @@ class KwokSliceController:
             transform=dra.slice_index_view,
         )
         self.field_manager = FIELD_MANAGER_PREFIX + settings.instance
-        self.queue = KeyQueue()
         self.metrics = Metrics(registry)
+        self.queue = WorkQueue("kwok-slices", metrics=self.metrics.workqueue)
         self._cm_by_node: dict[str, Obj] = {}
         self._cm_node: dict[str, str] = {}  # ConfigMap "<ns>/<name>" -> node it describes
         self._slices_by_node: dict[str, dict[str, Obj]] = {}
@@ -343,35 +344,32 @@ class KwokSliceController:
         if key is not None:
             self._in_sync[node_name] = (key, self._stored_signature(node_name))
 
-    async def _worker(self, stop: asyncio.Event) -> None:
-        failures: dict[str, int] = {}
-        while not stop.is_set():
-            node_name = await self.queue.get()
-            started = time.perf_counter()
-            try:
-                await self.reconcile(node_name)
-            except TopologyFormatError as exc:
-                self.metrics.reconciles.labels("bad-topology").inc()
-                log.warning("node.topology_invalid", node=node_name, error=str(exc)[:300])
-            except Exception as exc:
-                self.metrics.reconciles.labels("error").inc()
-                attempt = failures.get(node_name, 0) + 1
-                failures[node_name] = attempt
-                delay = min(30.0, 0.5 * 2 ** min(attempt, 6))
-                log.warning(
-                    "node.reconcile_failed",
-                    node=node_name,
-                    error=str(exc)[:300] or type(exc).__name__,
-                    retry_in=delay,
-                )
-                self.queue.add_after(node_name, delay)
-            else:
-                failures.pop(node_name, None)
-                self.metrics.reconciles.labels("ok").inc()
-            finally:
-                self.metrics.duration.observe(time.perf_counter() - started)
-                self.metrics.nodes.set(len(self._published))
-                self.queue.done(node_name)
+    async def _reconcile_counted(self, node_name: str) -> None:
+        started = time.perf_counter()
+        try:
+            await self.reconcile(node_name)
+        except TopologyFormatError:
+            self.metrics.reconciles.labels("bad-topology").inc()
+            raise
+        except Exception:
+            self.metrics.reconciles.labels("error").inc()
+            raise
+        else:
+            self.metrics.reconciles.labels("ok").inc()
+        finally:
+            self.metrics.duration.observe(time.perf_counter() - started)
+            self.metrics.nodes.set(len(self._published))
+
+    async def _worker(self) -> None:
+        # Back-off is the queue's, per node: it used to be per worker, so it started over
+        # whenever another worker took the node.
+        await run_worker(
+            self.queue,
+            self._reconcile_counted,
+            # A broken record stays broken until it changes, and its change queues the node.
+            retry=lambda exc: not isinstance(exc, TopologyFormatError),
+            on_failure=_log_failure,
+        )
 
     async def _resync(self, ctx: ServiceContext) -> None:
         """Periodic full pass: cheap (hash comparisons), and it repairs anything a bug or an
@@ -412,7 +410,7 @@ class KwokSliceController:
             self.queue.add(node_name)
         async with asyncio.TaskGroup() as group:
             workers = [
-                group.create_task(self._worker(stop), name=f"worker-{i}")
+                group.create_task(self._worker(), name=f"worker-{i}")
                 for i in range(self.settings.workers)
             ]
             if await _wait_until(stop, self.queue.wait_idle()):
@@ -422,6 +420,18 @@ class KwokSliceController:
                 await stop.wait()
             for task in workers:
                 task.cancel()
+
+
+def _log_failure(node_name: str, exc: Exception, retry_in: float | None) -> None:
+    if isinstance(exc, TopologyFormatError):
+        log.warning("node.topology_invalid", node=node_name, error=str(exc)[:300])
+        return
+    log.warning(
+        "node.reconcile_failed",
+        node=node_name,
+        error=str(exc)[:300] or type(exc).__name__,
+        retry_in=None if retry_in is None else round(retry_in, 2),
+    )
 
 
 async def _wait_until(stop: asyncio.Event, *awaitables: Any) -> bool:

@@ -40,6 +40,7 @@ from fgo_status_exporter.labeler import (
     kube_node_access,
     orphaned_nodes,
 )
+from fgo_status_exporter.podresources_server import PodResourcesAgent
 from fgo_status_exporter.runai_proc import proc_files, sync_tree
 from fgo_status_exporter.server import ScrapeStats, build_metrics_app
 from fgo_status_exporter.settings import MODE_KWOK, MODE_NODE, Settings
@@ -94,6 +95,7 @@ class Exporter:
     def __init__(self, settings: Settings, api: Any, registry: CollectorRegistry) -> None:
         self.settings = settings
         self.api = api
+        self.registry = registry
         self.store = TopologyStore(accept=accepts(settings))
         self.collector = DcgmCollector(exporter_options(settings))
         self.gfd = GfdLabeler()
@@ -217,6 +219,26 @@ class Exporter:
             finally:
                 changed.cancel()
 
+    async def serve_pod_resources(self, ctx: ServiceContext) -> None:
+        """The fake kubelet podresources socket and the sysfs NUMA tree (node mode, when
+        POD_RESOURCES_SOCKET or SYSFS_ROOT is set)."""
+        s = self.settings
+        if s.mode != MODE_NODE or not (s.pod_resources_socket or s.sysfs_root):
+            await ctx.stop.wait()
+            return
+        agent = PodResourcesAgent(
+            self.api,
+            node_name=s.node_name,
+            namespace=s.namespace,
+            config_name=s.topology_cm_name,
+            records=self.store.nodes,
+            socket_path=s.pod_resources_socket,
+            sysfs_root=s.sysfs_root,
+            registry=self.registry,
+        )
+        self.store.listeners.append(agent.mark)
+        await agent.run(ctx.stop)
+
     async def run_labeler(self, ctx: ServiceContext) -> None:
         if self.synced.is_set():
             # Leading again (leader election): another replica may have written meanwhile.
@@ -248,10 +270,13 @@ async def amain(settings: Settings, ctx: ServiceContext | None = None) -> int:
             "labeler": exporter.run_labeler,
             "label-resync": exporter.resync_labels,
             "runai-proc": exporter.write_runai_proc,
+            "pod-resources": exporter.serve_pod_resources,
         }
         # Every replica serves metrics from its own watch; only the leader patches labels.
         tasks = split_leader_tasks(
-            tasks, elector, followers=("topology-watch", "metrics-server", "runai-proc")
+            tasks,
+            elector,
+            followers=("topology-watch", "metrics-server", "runai-proc", "pod-resources"),
         )
         return await run_tasks(ctx, tasks, health_port=settings.health_port)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from fgo_common.kube.leader import LeaderElectionSettings
 from fgo_common.names import DCGM_EXPORTER, DCGM_EXPORTER_DEFAULT_VERSION
 from fgo_common.runtime.settings import SettingsError, env_field
+from fgo_kubelet_api.podresources_v1 import POD_RESOURCES_SOCKET
 
 MODE_NODE = "node"
 MODE_KWOK = "kwok"
@@ -117,6 +119,21 @@ class Settings(LeaderElectionSettings):
         "utilization.sm, memory.allocated; events) for fractional pods under this directory, "
         "e.g. /runai/proc (empty: off; docs/runai.md)",
     )
+    pod_resources_socket: str = env_field(
+        "POD_RESOURCES_SOCKET",
+        "",
+        "node mode: serve a fake kubelet podresources v1 API (List, GetAllocatableResources, Get) "
+        "for the node's simulated GPUs on this unix socket, e.g. "
+        "/var/lib/fake-gpu-operator/pod-resources/kubelet.sock (empty: off; never the "
+        "kubelet's own /var/lib/kubelet/pod-resources/kubelet.sock; docs/numa.md)",
+    )
+    sysfs_root: str = env_field(
+        "SYSFS_ROOT",
+        "",
+        "node mode: write the node's NUMA layout as sysfs files (devices/system/node/node*/"
+        "cpulist, online, possible, ...) under this directory, which stands for /sys, e.g. "
+        "/var/lib/fake-gpu-operator/sys (empty: off)",
+    )
     log_level: str = env_field(
         "LOG_LEVEL", "INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR")
     )
@@ -136,6 +153,31 @@ class Settings(LeaderElectionSettings):
             )
         if self.runai_proc_dir and not self.runai_proc_dir.startswith("/"):
             raise SettingsError(f"RUNAI_PROC_DIR={self.runai_proc_dir}: must be an absolute path")
+        for option, path in (
+            ("POD_RESOURCES_SOCKET", self.pod_resources_socket),
+            ("SYSFS_ROOT", self.sysfs_root),
+        ):
+            if path and self.mode != MODE_NODE:
+                raise SettingsError(
+                    f"{option}: only in EXPORTER_MODE=node (a KWOK node runs no agent that could "
+                    "read it)"
+                )
+            if path and not path.startswith("/"):
+                raise SettingsError(f"{option}={path}: must be an absolute path")
+        if self.pod_resources_socket and (
+            os.path.normpath(self.pod_resources_socket) == os.path.normpath(POD_RESOURCES_SOCKET)
+            or os.path.realpath(self.pod_resources_socket) == os.path.realpath(POD_RESOURCES_SOCKET)
+        ):
+            raise SettingsError(
+                f"POD_RESOURCES_SOCKET={self.pod_resources_socket}: that is the kubelet's own "
+                "podresources socket; the fake one must not shadow it (e.g. "
+                "/var/lib/fake-gpu-operator/pod-resources/kubelet.sock)"
+            )
+        if self.sysfs_root and os.path.normpath(self.sysfs_root) == "/sys":
+            raise SettingsError(
+                "SYSFS_ROOT=/sys: the host's sysfs; give a directory that stands for it (e.g. "
+                "/var/lib/fake-gpu-operator/sys)"
+            )
         if not 0 < self.metrics_port < 65536:
             raise SettingsError(f"METRICS_PORT={self.metrics_port}: port out of range")
         if self.label_workers < 1:
