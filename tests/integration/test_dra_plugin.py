@@ -132,9 +132,18 @@ class Env:
             )
 
     async def allocated_claim(
-        self, name: str, *devices: str, pool: str | None = None
+        self,
+        name: str,
+        *devices: str,
+        pool: str | None = None,
+        configs: list[dict[str, Any]] | None = None,
     ) -> dra_v1.pb2.Claim:
-        """A ResourceClaim allocated (as the scheduler would) to ``devices`` of this node."""
+        """A ResourceClaim allocated (as the scheduler would) to ``devices`` of this node;
+        ``configs``: opaque parameters for our driver, in the claim's spec and copied into
+        the allocation as the scheduler copies them."""
+        claim_configs = [
+            {"opaque": {"driver": DRIVER, "parameters": params}} for params in configs or []
+        ]
         created = await raw(
             self.resource.create_namespaced_resource_claim,
             self.namespace,
@@ -151,7 +160,8 @@ class Env:
                                     "allocationMode": "ExactCount",
                                 },
                             }
-                        ]
+                        ],
+                        **({"config": claim_configs} if claim_configs else {}),
                     }
                 },
             },
@@ -161,7 +171,12 @@ class Env:
                 "results": [
                     {"request": "gpu", "driver": DRIVER, "pool": pool or self.node, "device": d}
                     for d in devices
-                ]
+                ],
+                **(
+                    {"config": [{"source": "FromClaim", **c} for c in claim_configs]}
+                    if claim_configs
+                    else {}
+                ),
             },
             "nodeSelector": {
                 "nodeSelectorTerms": [
@@ -420,6 +435,70 @@ async def test_plugin_restart_keeps_prepared_claims(env: Env) -> None:
         assert env.cdi_spec(ref.uid) is None
     checkpoint = json.loads((env.plugins / DRIVER / "checkpoint.json").read_text())
     assert checkpoint["claims"] == {}
+
+
+async def test_sharing_configs_through_the_api_server(env: Env) -> None:
+    """NVIDIA's GpuConfig (TimeSlicing, MPS) and the reference's example GpuConfig, as the API
+    server stores them in a claim's allocation, reach the CDI spec; an invalid interval fails
+    just that claim with the driver's message."""
+    nvidia = {"apiVersion": "resource.nvidia.com/v1beta1", "kind": "GpuConfig"}
+    example = {"apiVersion": "gpu.resource.example.com/v1alpha1", "kind": "GpuConfig"}
+    async with running_plugin(env):
+        connection = await env.peer.wait_for_plugin(DRIVER)
+        ts = await env.allocated_claim(
+            "ts", "gpu-0",
+            configs=[{**nvidia, "sharing": {"strategy": "TimeSlicing",
+                                            "timeSlicingConfig": {"interval": "Long"}}}],
+        )  # fmt: skip
+        mps = await env.allocated_claim(
+            "mps", "gpu-1",
+            configs=[{**nvidia, "sharing": {"strategy": "MPS",
+                                            "mpsConfig": {"defaultActiveThreadPercentage": 50}}}],
+        )  # fmt: skip
+        ref_sp = await env.allocated_claim(
+            "ref-sp", "gpu-0",
+            configs=[{**example, "sharing": {"strategy": "SpacePartitioning",
+                                             "spacePartitioningConfig": {"partitionCount": 10}}}],
+        )  # fmt: skip
+        bad = await env.allocated_claim(
+            "bad", "gpu-1",
+            configs=[{**nvidia, "sharing": {"strategy": "TimeSlicing",
+                                            "timeSlicingConfig": {"interval": "Sometimes"}}}],
+        )  # fmt: skip
+        response = await connection.prepare([ts, mps, ref_sp, bad])
+        errors = {uid: c.error for uid, c in response.claims.items()}
+        assert errors[bad.uid] == (
+            "prepare devices failed: error validating GPU config: "
+            "unknown time-slice interval: Sometimes"
+        )
+        assert not response.claims[bad.uid].devices
+        assert env.cdi_spec(bad.uid) is None
+        assert {errors[c.uid] for c in (ts, mps, ref_sp)} == {""}
+
+        def device_edits(uid: str) -> dict[str, Any]:
+            spec = env.cdi_spec(uid)
+            assert spec is not None
+            (device,) = spec["devices"]
+            return dict(device["containerEdits"])
+
+        # NVIDIA's time-slicing changes the GPU's scheduling, not the container.
+        assert len(device_edits(ts.uid)["env"]) == 2
+        edits = device_edits(mps.uid)
+        assert "CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps" in edits["env"]
+        pipe = next(m for m in edits["mounts"] if m["containerPath"] == "/tmp/nvidia-mps")
+        assert Path(pipe["hostPath"]).is_dir()
+        assert Path(pipe["hostPath"]).parent.parent == env.plugins / DRIVER / "mps"
+        assert device_edits(ref_sp.uid)["env"][1:] == [
+            "GPU_DEVICE_gpu_0=gpu-0",
+            "GPU_DEVICE_gpu_0_SHARING_STRATEGY=SpacePartitioning",
+            "GPU_DEVICE_gpu_0_PARTITION_COUNT=10",
+        ]
+        checkpoint = json.loads((env.plugins / DRIVER / "checkpoint.json").read_text())
+        (ts_device,) = checkpoint["claims"][ts.uid]["devices"]
+        assert ts_device["sharing"] == {"strategy": "TimeSlicing", "interval": "Long"}
+
+        assert (await connection.unprepare([mps])).claims[mps.uid].error == ""
+        assert not Path(pipe["hostPath"]).exists()
 
 
 # --------------------------------------------------------------------------------------------

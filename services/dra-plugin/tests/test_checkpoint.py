@@ -16,7 +16,18 @@ DEVICE = PreparedDevice(
 
 def sample() -> Checkpoint:
     claim = PreparedClaim("uid-1", "ns", "claim", (DEVICE,), "spec.json", prepared_at=12.5)
-    shared = PreparedDevice("gpu", "node-a", "gpu-1", ("x=y",), "GPU-2", share_id="share-7")
+    shared = PreparedDevice(
+        "gpu",
+        "node-a",
+        "gpu-1",
+        ("x=y",),
+        "GPU-2",
+        share_id="share-7",
+        sharing=(("activeThreadPercentage", "30"), ("strategy", "MPS")),
+        env=("CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps",),
+        mounts=(("/plugin/mps/uid-2-abcde/pipe", "/tmp/nvidia-mps"),),
+        mps_daemon_id="uid-2-abcde",
+    )
     return Checkpoint(
         "gpu.nvidia.com",
         "node-a",

@@ -4,6 +4,7 @@ tests/integration/test_dra_plugin.py runs the same paths against a real API serv
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -286,3 +287,115 @@ async def test_claim_locks_do_not_outlive_their_users(tmp_path: Path, api: Api) 
         assert driver._claim_locks["u1"].users == 2
     assert (await waiting)["u1"].error == ""
     assert driver._claim_locks == {}
+
+
+# -- sharing configs (fgo_common.sharing has the rules; here: what prepare does with them) ----
+
+
+def with_configs(body: dict[str, Any], *params: dict[str, Any]) -> dict[str, Any]:
+    body["status"]["allocation"]["devices"]["config"] = [
+        {"source": "FromClaim", "opaque": {"driver": "gpu.nvidia.com", "parameters": p}}
+        for p in params
+    ]
+    return body
+
+
+def device_env(driver: Driver, uid: str) -> dict[str, list[str]]:
+    spec = json.loads(driver.cdi.path(uid).read_text())
+    return {d["name"]: d["containerEdits"]["env"] for d in spec["devices"]}
+
+
+async def test_reference_sharing_configs_become_the_references_variables(
+    tmp_path: Path, api: Api
+) -> None:
+    driver = make_driver(tmp_path, api)
+    await driver.start()
+    example = {"apiVersion": "gpu.resource.example.com/v1alpha1", "kind": "GpuConfig"}
+    ts = api.add(
+        with_configs(claim("ts", "gpu-0"), {**example, "sharing": {"strategy": "TimeSlicing"}})
+    )
+    sp = api.add(
+        with_configs(
+            claim("sp", "gpu-1"),
+            {**example, "sharing": {"strategy": "SpacePartitioning",
+                                    "spacePartitioningConfig": {"partitionCount": 10}}},
+        )
+    )  # fmt: skip
+    results = await driver.prepare([ts, sp])
+    assert {uid: r.error for uid, r in results.items()} == {"ts": "", "sp": ""}
+    assert device_env(driver, "ts")["ts-gpu-0"][1:] == [
+        "GPU_DEVICE_gpu_0=gpu-0",
+        "GPU_DEVICE_gpu_0_SHARING_STRATEGY=TimeSlicing",
+        "GPU_DEVICE_gpu_0_TIMESLICE_INTERVAL=Default",
+    ]
+    assert device_env(driver, "sp")["sp-gpu-1"][1:] == [
+        "GPU_DEVICE_gpu_1=gpu-1",
+        "GPU_DEVICE_gpu_1_SHARING_STRATEGY=SpacePartitioning",
+        "GPU_DEVICE_gpu_1_PARTITION_COUNT=10",
+    ]
+    (device,) = driver.checkpoint.claims["ts"].devices
+    assert dict(device.sharing) == {"strategy": "TimeSlicing", "interval": "Default"}
+
+
+async def test_mps_gets_nvidias_pipe_directory_and_unprepare_removes_it(
+    tmp_path: Path, api: Api
+) -> None:
+    driver = make_driver(tmp_path, api)
+    await driver.start()
+    config = {
+        "apiVersion": "resource.nvidia.com/v1beta1",
+        "kind": "GpuConfig",
+        "sharing": {"strategy": "MPS", "mpsConfig": {"defaultActiveThreadPercentage": 30}},
+    }
+    ref = api.add(with_configs(claim("m1", "gpu-0", "gpu-1"), config))
+    assert (await driver.prepare([ref]))["m1"].error == ""
+    env = device_env(driver, "m1")
+    assert env["m1-gpu-0"][2:] == ["CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps"]
+    spec = json.loads(driver.cdi.path("m1").read_text())
+    mounts = spec["devices"][0]["containerEdits"]["mounts"]
+    assert [m["containerPath"] for m in mounts] == ["/dev/shm", "/tmp/nvidia-mps"]
+    assert all(m["options"] == ["rw", "nosuid", "nodev", "bind"] for m in mounts)
+    (daemon,) = {d.mps_daemon_id for d in driver.checkpoint.claims["m1"].devices}
+    root = tmp_path / "plugin" / "mps" / daemon
+    assert {p.name for p in root.iterdir()} == {"pipe", "shm", "log"}
+    assert mounts[1]["hostPath"] == str(root / "pipe")
+
+    # A restart that lost the spec rewrites it with the same edits, from the checkpoint.
+    driver.cdi.remove("m1")
+    again = make_driver(tmp_path, api)
+    await again.start()
+    assert device_env(again, "m1") == env
+    assert await again.unprepare([ref]) == {"m1": ""}
+    assert not root.exists()
+
+
+async def test_an_invalid_config_fails_only_its_claim_and_prepares_nothing(
+    tmp_path: Path, api: Api
+) -> None:
+    driver = make_driver(tmp_path, api)
+    await driver.start()
+    bad = api.add(
+        with_configs(
+            claim("bad", "gpu-0"),
+            {
+                "apiVersion": "resource.nvidia.com/v1beta1",
+                "kind": "GpuConfig",
+                "sharing": {"strategy": "TimeSlicing", "timeSlicingConfig": {"interval": "Eon"}},
+            },
+        )
+    )
+    unknown = api.add(
+        with_configs(claim("unknown", "gpu-1"), {"apiVersion": "resource.nvidia.com/v1beta1",
+                                                  "kind": "TpuConfig"})
+    )  # fmt: skip
+    good = api.add(claim("good", "gpu-1"))
+    results = await driver.prepare([bad, unknown, good])
+    assert results["bad"].error == (
+        "prepare devices failed: error validating GPU config: unknown time-slice interval: Eon"
+    )
+    assert results["unknown"].error.startswith(
+        'prepare devices failed: error decoding config parameters: no kind "TpuConfig"'
+    )
+    assert results["good"].error == ""
+    assert driver.cdi.claim_uids() == {"good"}
+    assert set(driver.checkpoint.claims) == {"good"}

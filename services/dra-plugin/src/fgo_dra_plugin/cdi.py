@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,8 @@ NODE_NAME_ENV = "NODE_NAME"
 # Read by the fake nvidia-smi (services/nvidia-smi settings); the device plugin sets it too.
 SEED_ENV = "FGO_SEED"
 _BIND_RO = ["ro", "nosuid", "nodev", "bind"]
+# NVIDIA's options for the MPS pipe and shm directories.
+_BIND_RW = ["rw", "nosuid", "nodev", "bind"]
 _NOT_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 _NOT_ENV_CHARS = re.compile(r"[^A-Za-z0-9_]")
 # run-ai/fake-gpu-operator 0.2 (after dra-example-driver): one variable per allocated device.
@@ -139,23 +141,37 @@ class CdiKind:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class SharingEdits:
+    """What a device's sharing config adds to its container edits (fgo_common.sharing)."""
+
+    env: tuple[str, ...] = ()
+    mounts: tuple[tuple[str, str], ...] = ()  # (host path, container path), read-write
+
+
 def claim_spec(
     kind: CdiKind,
     claim_uid: str,
     devices: Sequence[tuple[str, str]],
     setup: ContainerSetup,
+    sharing: Mapping[str, SharingEdits] | None = None,
 ) -> dict[str, Any]:
-    """The CDI spec of one claim; ``devices`` = (device name, GPU/MIG UUID) per result."""
+    """The CDI spec of one claim; ``devices`` = (device name, GPU/MIG UUID) per result,
+    ``sharing`` = the extra edits of devices whose config asks for sharing."""
     uuids = list(dict.fromkeys(uuid for _, uuid in devices))
     visible = f"{setup.visible_devices_env}={','.join(uuids)}"
     cdi_devices = []
     for name in dict.fromkeys(name for name, _ in devices):
-        cdi_devices.append(
-            {
-                "name": kind.device_name(claim_uid, name),
-                "containerEdits": {"env": [visible, device_env(name)]},
-            }
-        )
+        edits: dict[str, Any] = {"env": [visible, device_env(name)]}
+        extra = (sharing or {}).get(name)
+        if extra is not None:
+            edits["env"].extend(extra.env)
+            if extra.mounts:
+                edits["mounts"] = [
+                    {"hostPath": host, "containerPath": path, "options": list(_BIND_RW)}
+                    for host, path in extra.mounts
+                ]
+        cdi_devices.append({"name": kind.device_name(claim_uid, name), "containerEdits": edits})
     return {
         "cdiVersion": CDI_VERSION,
         "kind": str(kind),

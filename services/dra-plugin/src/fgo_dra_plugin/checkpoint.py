@@ -40,6 +40,13 @@ class PreparedDevice:
     cdi_device_ids: tuple[str, ...]
     uuid: str
     share_id: str = ""
+    # The sharing config applied (fgo_common.sharing.sharing_summary, sorted pairs), the
+    # container edits it added, and the MPS control daemon id whose directories unprepare
+    # removes.
+    sharing: tuple[tuple[str, str], ...] = ()
+    env: tuple[str, ...] = ()
+    mounts: tuple[tuple[str, str], ...] = ()
+    mps_daemon_id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -51,6 +58,14 @@ class PreparedDevice:
         }
         if self.share_id:
             out["shareID"] = self.share_id
+        if self.sharing:
+            out["sharing"] = dict(self.sharing)
+        if self.env:
+            out["env"] = list(self.env)
+        if self.mounts:
+            out["mounts"] = [{"hostPath": h, "containerPath": c} for h, c in self.mounts]
+        if self.mps_daemon_id:
+            out["mpsDaemonID"] = self.mps_daemon_id
         return out
 
     @classmethod
@@ -62,6 +77,12 @@ class PreparedDevice:
             cdi_device_ids=tuple(str(i) for i in raw.get("cdiDeviceIDs") or ()),
             uuid=str(raw.get("uuid", "")),
             share_id=str(raw.get("shareID", "")),
+            sharing=tuple(sorted((str(k), str(v)) for k, v in (raw.get("sharing") or {}).items())),
+            env=tuple(str(e) for e in raw.get("env") or ()),
+            mounts=tuple(
+                (str(m["hostPath"]), str(m["containerPath"])) for m in raw.get("mounts") or ()
+            ),
+            mps_daemon_id=str(raw.get("mpsDaemonID", "")),
         )
 
 

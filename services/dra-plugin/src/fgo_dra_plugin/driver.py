@@ -23,18 +23,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import structlog
+from fgo_common import sharing
 from fgo_common.dra import PublishedDevice
+from fgo_common.names import DRA_NAMES
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from fgo_dra_plugin import checkpoint as ckpt
-from fgo_dra_plugin.cdi import CdiStore, ContainerSetup, claim_spec
+from fgo_dra_plugin.cdi import CdiStore, ContainerSetup, SharingEdits, claim_spec
 from fgo_dra_plugin.checkpoint import Checkpoint, PreparedClaim, PreparedDevice
 
 log = structlog.get_logger(__name__)
@@ -102,6 +105,8 @@ class Driver:
         setup: ContainerSetup,
         checkpoint_path: Path,
         metrics: DriverMetrics,
+        mps_root: Path | None = None,
+        feature_gates: Mapping[str, bool] = sharing.FEATURE_GATES,
     ) -> None:
         self.driver_name = driver_name
         self.node_name = node_name
@@ -111,6 +116,8 @@ class Driver:
         self.setup = setup
         self.checkpoint_path = checkpoint_path
         self.metrics = metrics
+        self.mps_root = mps_root or checkpoint_path.parent / "mps"
+        self.feature_gates = dict(feature_gates)
         self.checkpoint = Checkpoint(driver=driver_name, node=node_name)
         self._claim_locks: dict[str, _ClaimLock] = {}
         self._save_lock = asyncio.Lock()
@@ -248,6 +255,7 @@ class Driver:
                 f"node {self.node_name} has no topology record yet; cannot map devices"
             )
         prepared: list[PreparedDevice] = []
+        kinds: dict[str, sharing.DeviceType] = {}
         for result in results:
             pool, name = str(result.get("pool", "")), str(result.get("device", ""))
             if pool != self.node_name:
@@ -272,10 +280,78 @@ class Driver:
                     share_id=str(result.get("shareID") or ""),
                 )
             )
-        return tuple(prepared)
+            kinds[name] = _device_type(device)
+        return await self._apply_sharing(ref, allocation, prepared, kinds)
+
+    async def _apply_sharing(
+        self,
+        ref: ClaimRef,
+        allocation: Obj,
+        prepared: list[PreparedDevice],
+        kinds: Mapping[str, sharing.DeviceType],
+    ) -> tuple[PreparedDevice, ...]:
+        """The claim's opaque configs (NVIDIA's GpuConfig/MigDeviceConfig, the reference's
+        example GpuConfig) -> per-device sharing record and container edits; MPS directories
+        created. A config we cannot read or that is invalid fails the claim."""
+        results = [
+            sharing.AllocationResult(d.request, d.device, kinds[d.device], d.uuid) for d in prepared
+        ]
+        try:
+            groups = sharing.group_results(
+                allocation, self.driver_name, results, self.feature_gates
+            )
+        except sharing.SharingConfigError as exc:
+            raise ClaimError(f"prepare devices failed: {exc}") from None
+        by_device: dict[str, PreparedDevice] = {}
+        for group in groups:
+            config = group.config
+            summary = tuple(sorted((k, str(v)) for k, v in sharing.sharing_summary(config).items()))
+            mounts: tuple[tuple[str, str], ...] = ()
+            env: list[str] = []
+            daemon_id = ""
+            if config.strategy == sharing.MPS:
+                assert config.mps is not None  # normalised: MPS always has settings
+                try:
+                    config.mps.pinned_limits(group.uuids)
+                except sharing.SharingConfigError as exc:
+                    raise ClaimError(
+                        "prepare devices failed: error applying config: error transforming "
+                        f"DefaultPerDevicePinnedMemoryLimit into string: {exc}"
+                    ) from None
+                daemon_id = sharing.mps_daemon_id(ref.uid, group.uuids)
+                mounts = await asyncio.to_thread(self._mps_dirs, daemon_id)
+                env.append(f"CUDA_MPS_PIPE_DIRECTORY={sharing.MPS_PIPE_CONTAINER_DIR}")
+            for result in group.results:
+                device = next(d for d in prepared if d.device == result.device)
+                by_device[result.device] = replace(
+                    device,
+                    sharing=summary,
+                    env=tuple(env + sharing.reference_env(config, result.device)),
+                    mounts=mounts,
+                    mps_daemon_id=daemon_id,
+                )
+        return tuple(by_device[d.device] for d in prepared)
+
+    def _mps_dirs(self, daemon_id: str) -> tuple[tuple[str, str], ...]:
+        """The MPS control daemon's directories for one claim group (NVIDIA's layout), as
+        (host path, container path) mounts: pipe -> /tmp/nvidia-mps, shm -> /dev/shm."""
+        root = self.mps_root / daemon_id
+        for sub in ("pipe", "shm", "log"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        return (
+            (str(root / "shm"), sharing.MPS_SHM_CONTAINER_DIR),
+            (str(root / "pipe"), sharing.MPS_PIPE_CONTAINER_DIR),
+        )
+
+    def _remove_mps_dirs(self, devices: Iterable[PreparedDevice]) -> None:
+        for daemon_id in {d.mps_daemon_id for d in devices if d.mps_daemon_id}:
+            shutil.rmtree(self.mps_root / daemon_id, ignore_errors=True)
 
     async def _write_spec(self, uid: str, devices: Sequence[PreparedDevice]) -> None:
-        spec = claim_spec(self.cdi.kind, uid, [(d.device, d.uuid) for d in devices], self.setup)
+        edits = {d.device: SharingEdits(d.env, d.mounts) for d in devices if d.env or d.mounts}
+        spec = claim_spec(
+            self.cdi.kind, uid, [(d.device, d.uuid) for d in devices], self.setup, edits
+        )
         await asyncio.to_thread(self.cdi.write, uid, spec)
 
     async def _commit(
@@ -298,6 +374,7 @@ class Driver:
         out: dict[str, str] = {ref.uid: "" for ref in claims}
         async with self._locked(out):
             known = {uid for uid in out if uid in self.checkpoint.claims}
+            gone = {uid: self.checkpoint.claims[uid] for uid in known}
             if known:
                 try:
                     await self._commit(remove=known)
@@ -312,6 +389,8 @@ class Driver:
                     continue
                 try:
                     await asyncio.to_thread(self.cdi.remove, ref.uid)
+                    if ref.uid in known:
+                        await asyncio.to_thread(self._remove_mps_dirs, gone[ref.uid].devices)
                 except OSError as exc:
                     out[ref.uid] = f"cannot remove CDI spec of {ref}: {exc}"
                     self.metrics.calls.labels("unprepare", "error").inc()
@@ -326,3 +405,8 @@ class Driver:
                 )
         self.metrics.prepared.set(len(self.checkpoint.claims))
         return out
+
+
+def _device_type(device: PublishedDevice) -> sharing.DeviceType:
+    kind = ((device.device.get("attributes") or {}).get(DRA_NAMES.attr_type) or {}).get("string")
+    return "mig" if kind == DRA_NAMES.type_mig else "gpu"

@@ -64,6 +64,8 @@ class DraPlugin:
             setup=container_setup(settings),
             checkpoint_path=settings.checkpoint_path,
             metrics=DriverMetrics(ctx.registry),
+            mps_root=settings.mps_root,
+            feature_gates=settings.gates,
         )
         self.servers = PluginServers(
             driver=self.driver,

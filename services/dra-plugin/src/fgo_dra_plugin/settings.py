@@ -26,6 +26,7 @@ from fgo_common.nodestate import (
     SMI_HOST_DIR,
 )
 from fgo_common.runtime.settings import SettingsError, env_field
+from fgo_common.sharing import parse_feature_gates
 from fgo_common.topology import node_topology_configmap_name
 from fgo_kubelet_api import pluginregistration_v1 as reg
 
@@ -132,6 +133,12 @@ class Settings:
         "INSTANCE", "dra-plugin",
         "value of the `fake-gpu-operator/publisher` label on our slices (and field manager)",
     )  # fmt: skip
+    feature_gates: str = env_field(
+        "FEATURE_GATES", "",
+        "NVIDIA driver feature gates for GPU sharing, `Gate=true|false` comma-separated: "
+        "TimeSlicingSettings, MPSSupport (both on by default; off: a claim asking for that "
+        "strategy fails to prepare, as with NVIDIA's driver)",
+    )  # fmt: skip
     healthcheck_port: int = env_field(
         "HEALTHCHECK_PORT", 51515, "TCP port of the gRPC health service (grpc.health.v1; 0: off)"
     )
@@ -157,6 +164,14 @@ class Settings:
             raise SettingsError(f"INSTANCE={self.instance!r}: must be a label value (1-63 chars)")
         if not 0 <= self.healthcheck_port <= 65535:
             raise SettingsError(f"HEALTHCHECK_PORT={self.healthcheck_port}: not a port")
+        try:
+            parse_feature_gates(self.feature_gates)
+        except ValueError as exc:
+            raise SettingsError(f"FEATURE_GATES={self.feature_gates!r}: {exc}") from None
+
+    @property
+    def gates(self) -> dict[str, bool]:
+        return parse_feature_gates(self.feature_gates)
 
     @property
     def names(self) -> DraNames:
@@ -201,3 +216,8 @@ class Settings:
     @property
     def checkpoint_path(self) -> Path:
         return self.plugin_data_dir / "checkpoint.json"
+
+    @property
+    def mps_root(self) -> Path:
+        """Per-claim MPS pipe/shm/log directories (NVIDIA's driver keeps them here too)."""
+        return self.plugin_data_dir / "mps"
