@@ -237,7 +237,7 @@ class Exporter:
             registry=self.registry,
         )
         self.store.listeners.append(agent.mark)
-        await agent.run(ctx.stop)
+        await ctx.until_stopped(agent.run(ctx.stop))
 
     async def run_labeler(self, ctx: ServiceContext) -> None:
         if self.synced.is_set():

@@ -120,20 +120,25 @@ def sysfs_files(layout: NumaLayout) -> dict[str, str]:
     nodes = cpulist(range(layout.zones))
     all_cpus = cpulist(layout.all_cpu_ids)
     nr_cpus = len(layout.all_cpu_ids)
-    files = {
-        "devices/system/node/online": nodes,
-        "devices/system/node/possible": nodes,
-        "devices/system/node/has_cpu": nodes,
-        "devices/system/node/has_memory": nodes,
-        "devices/system/cpu/online": all_cpus,
-        "devices/system/cpu/possible": all_cpus,
-        "devices/system/cpu/present": all_cpus,
-    }
+    # The zones first, the lists naming them last: written in this order, a reader that goes
+    # by ``online`` never finds a zone it names without its files.
+    files: dict[str, str] = {}
     for z, ids in enumerate(layout.cpu_ids):
         base = f"devices/system/node/node{z}"
         files[f"{base}/cpulist"] = cpulist(ids)
         files[f"{base}/cpumap"] = cpumask(ids, nr_cpus)
         files[f"{base}/distance"] = " ".join(str(d) for d in layout.distances[z])
+    files.update(
+        {
+            "devices/system/cpu/present": all_cpus,
+            "devices/system/cpu/possible": all_cpus,
+            "devices/system/cpu/online": all_cpus,
+            "devices/system/node/has_memory": nodes,
+            "devices/system/node/has_cpu": nodes,
+            "devices/system/node/possible": nodes,
+            "devices/system/node/online": nodes,
+        }
+    )
     return {path: text + "\n" for path, text in files.items()}
 
 
