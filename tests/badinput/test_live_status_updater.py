@@ -263,3 +263,44 @@ async def test_bad_annotations_are_reported_and_ignored(live: Live) -> None:
     await eventually(
         all_hold, timeout_s=60, what="every pod holding its GPU despite its annotation"
     )
+
+
+async def test_profile_overrides_are_honoured_or_warned_about(live: Live) -> None:
+    """The reference's profile form: per-device bus ids and the PCIe topology's NUMA nodes
+    reach the node's record; what is not simulated (NVLink, a serial per device) is named in a
+    TopologyConfigWarning Event on the topology ConfigMap, and the config still applies."""
+    node = await start(live)
+    overrides = {
+        "device_count": 4,
+        "devices": [
+            {"index": 0, "pci": {"bus_id": "0000:1a:00.0"}, "serial": "1562821083900"},
+            {"index": 1, "pci": {"bus_id": "0000:8a:00.0"}},
+        ],
+        "pcie_topology": {
+            "root_complexes": [
+                {"id": "rc0", "numa_node": 0, "devices": ["0000:1a:00.0"]},
+                {"id": "rc1", "numa_node": 1, "devices": ["0000:8a:00.0"]},
+            ]
+        },
+        "nvlink": {"version": 4},
+    }
+    doc = {
+        "nodePoolLabelKey": live.pool_key,
+        "nodePools": {"p": {"gpu": {"profile": "h100", "overrides": overrides}}},
+    }
+    await live.write_config(yaml.safe_dump(doc))
+    pool = "nodePools.p.gpu.overrides"
+    for key in (f"{pool}.nvlink: ignored", f"{pool}.devices: ignored: serial"):
+        await live.event_for("topology", "TopologyConfigWarning", key)
+
+    async def placed() -> bool:
+        rec = await read_record(live.api, live.ns, node)
+        return bool(
+            rec
+            and [(g.bus_id, g.numa_node) for g in rec.gpus[:2]]
+            == [("00000000:1A:00.0", 0), ("00000000:8A:00.0", 1)]
+        )
+
+    await eventually(placed, timeout_s=60, what="the profile's bus ids and NUMA nodes applied")
+    assert live.proc is not None
+    assert '"config.warning"' in live.proc.log_tail(400)

@@ -70,15 +70,35 @@ def _legacy_pool(draw: st.DrawFn) -> dict[str, Any]:
     return pool
 
 
+_OVERRIDE_EXTRAS = ["devices", "pcie_topology", "nvlink", "infiniband", "version", "bogus"]
+
+
 def _profile_pool(draw: st.DrawFn) -> dict[str, Any]:
-    overrides = {
+    overrides: dict[str, Any] = {
         "device_count": draw(nasty_values()),
         "device_defaults": {
             "name": draw(nasty_values()),
             "memory": {"total_bytes": draw(nasty_values())},
+            draw(st.sampled_from(["power", "fan", "colour"])): draw(nasty_values()),
         },
-        "system": {"driver_version": draw(nasty_values())},
+        "system": {
+            "driver_version": draw(nasty_values()),
+            draw(st.sampled_from(["cuda_version_major", "nvml_version"])): draw(nasty_values()),
+        },
+        # Per-device entries and the PCIe topology, with a nasty value somewhere inside.
+        "devices": [
+            {"index": 0, "pci": {"bus_id": draw(nasty_values())}, "minor_number": 0},
+            {draw(st.sampled_from(["index", "uuid", "pci", "minor_number"])): draw(nasty_values())},
+        ],
+        "pcie_topology": {
+            "root_complexes": [
+                {"id": "rc0", "numa_node": draw(nasty_values()), "devices": ["0000:18:00.0"]},
+                {"devices": draw(nasty_values())},
+            ]
+        },
     }
+    for key in draw(st.lists(st.sampled_from(_OVERRIDE_EXTRAS), max_size=2)):
+        overrides[key] = draw(nasty_values())
     gpu = {"profile": draw(st.one_of(st.just("h100"), nasty_values())), "overrides": overrides}
     return {"gpu": gpu, "resources": draw(st.one_of(st.none(), nasty_values()))}
 

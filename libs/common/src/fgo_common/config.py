@@ -13,6 +13,7 @@ values, because the topology is typed by hand into Helm values and a vague error
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import yaml
 
 from fgo_common import migstate
+from fgo_common.identity import pci_bus_id
 from fgo_common.profiles import BUILTIN_CATALOG, DEFAULT_PROFILE_KEY, GpuProfile, ProfileCatalog
 from fgo_common.profiles.mig_layout import MigLayoutError
 from fgo_common.topology import OtherDevice
@@ -73,6 +75,67 @@ _OVERRIDE_KEYS = (
     "nvlink",
     "infiniband",
     "pcie_topology",
+)
+# The nvml-mock profile schema the profile form's overrides follow (../shared/spec, 1.4): keys
+# we know but do not use are accepted with a warning naming them; anything else is a typo.
+_DEVICE_DEFAULT_KEYS = (
+    "name",
+    "memory",
+    "brand",
+    "serial",
+    "board_part_number",
+    "vbios_version",
+    "architecture",
+    "compute_capability",
+    "num_gpu_cores",
+    "inforom",
+    "bar1_memory",
+    "pci",
+    "pcie",
+    "power",
+    "thermal",
+    "fan",
+    "clocks",
+    "clocks_throttle_reasons",
+    "supported_clocks",
+    "performance_state",
+    "utilization",
+    "encoder_stats",
+    "fbc_stats",
+    "ecc",
+    "retired_pages",
+    "remapped_rows",
+    "display",
+    "persistence_mode",
+    "compute_mode",
+    "mig",
+    "gpu_operation_mode",
+    "driver_model",
+    "accounting",
+    "virtualization",
+    "gsp_firmware",
+    "processes",
+    "features",
+    "fabric",
+    "grace_superchip",
+)
+_DEVICE_DEFAULTS_USED = ("name", "memory")
+_MEMORY_KEYS = ("total_bytes", "reserved_bytes", "free_bytes", "used_bytes", "memory_bus_width")
+_SYSTEM_KEYS = (
+    "driver_version",
+    "nvml_version",
+    "cuda_version",
+    "cuda_version_major",
+    "cuda_version_minor",
+)
+_DEVICE_KEYS = ("index", "uuid", "serial", "pci", "minor_number", "grace_cpu_pair")
+_PCIE_TOPOLOGY_KEYS = ("root_complexes",)
+_ROOT_COMPLEX_KEYS = ("id", "numa_node", "devices")
+PROFILE_SCHEMA_VERSION = "1.0"
+MAX_MINOR_NUMBER = 255
+_BUS_ID = re.compile(
+    r"^(?:(?P<domain>[0-9a-fA-F]{1,8}):)?(?P<bus>[0-9a-fA-F]{2}):(?P<device>[0-1][0-9a-fA-F])"
+    r"\.(?P<function>[0-7])$"
 )
 _NUMA_KEYS = (
     "zones",
@@ -138,6 +201,16 @@ class NumaConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceOverride:
+    """One GPU's identity as the profile form sets it (``devices[]``, ``pcie_topology``); None
+    keeps the simulator's default for that index. Bus ids are in NVML form."""
+
+    bus_id: str | None = None
+    minor: int | None = None
+    numa_node: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PoolConfig:
     name: str
     groups: tuple[GpuGroup, ...]
@@ -149,6 +222,8 @@ class PoolConfig:
     # Dynamic MIG: GPUs start without MIG; DRA claims for MIG devices create instances, and the
     # DRA publishers offer every placement through shared counters (``mig: {dynamic: true}``).
     mig_dynamic: bool = False
+    # Per-GPU identity by index (may be shorter than the GPU count); profile form only.
+    devices: tuple[DeviceOverride, ...] = ()
 
     @property
     def gpu_count(self) -> int:
@@ -527,12 +602,14 @@ def _profile_pool(
             f"{path}.gpu.backend",
             f"unsupported backend {backend!r}; allowed: {', '.join((*BACKENDS, MOCK_BACKEND))}",
         )
-    overrides = _expect_mapping(gpu.get("overrides") or {}, f"{path}.gpu.overrides")
-    _check_keys(overrides, _OVERRIDE_KEYS, f"{path}.gpu.overrides")
-    defaults = _expect_mapping(
-        overrides.get("device_defaults") or {}, f"{path}.gpu.overrides.device_defaults"
-    )
-    system = _expect_mapping(overrides.get("system") or {}, f"{path}.gpu.overrides.system")
+    opath = f"{path}.gpu.overrides"
+    overrides = _expect_mapping(gpu.get("overrides") or {}, opath)
+    _check_keys(overrides, _OVERRIDE_KEYS, opath)
+    defaults = _expect_mapping(overrides.get("device_defaults") or {}, f"{opath}.device_defaults")
+    _check_keys(defaults, _DEVICE_DEFAULT_KEYS, f"{opath}.device_defaults")
+    system = _expect_mapping(overrides.get("system") or {}, f"{opath}.system")
+    _check_keys(system, _SYSTEM_KEYS, f"{opath}.system")
+    _unsimulated_overrides(overrides, opath, warnings)
 
     profile_name = gpu.get("profile")
     product_override = defaults.get("name")
@@ -544,50 +621,44 @@ def _profile_pool(
                 f"unknown profile {profile_name!r}; known: {', '.join(catalog.keys())}",
             )
     elif product_override is not None:
-        profile = catalog.find(
-            _string(product_override, f"{path}.gpu.overrides.device_defaults.name")
-        )
+        profile = catalog.find(_string(product_override, f"{opath}.device_defaults.name"))
         if profile is None:
             profile = _custom_product(product_override, 0, catalog)
     else:
         raise ConfigError(f"{path}.gpu", "needs `profile` or `overrides.device_defaults.name`")
     if product_override is not None and product_override != profile.name:
         profile = dataclasses.replace(
-            profile, name=_string(product_override, f"{path}.gpu.overrides.device_defaults.name")
+            profile, name=_string(product_override, f"{opath}.device_defaults.name")
         )
 
-    memory = None
-    mem_block = defaults.get("memory")
-    if mem_block is not None:
-        mem_block = _expect_mapping(mem_block, f"{path}.gpu.overrides.device_defaults.memory")
-        if "total_bytes" in mem_block:
-            total = mem_block["total_bytes"]
-            if isinstance(total, bool) or not isinstance(total, int) or total <= 0:
-                raise ConfigError(
-                    f"{path}.gpu.overrides.device_defaults.memory.total_bytes",
-                    f"must be a positive integer number of bytes, got {total!r}",
-                )
-            memory = total // (1024 * 1024)
+    memory = _device_defaults_memory(defaults, f"{opath}.device_defaults", profile, warnings)
     if profile.memory_mib == 0 and memory is None:
         raise ConfigError(
-            f"{path}.gpu.overrides.device_defaults.memory.total_bytes",
+            f"{opath}.device_defaults.memory.total_bytes",
             "required for a product without a built-in profile",
         )
 
+    devices_raw = overrides.get("devices")
+    if devices_raw is not None and not isinstance(devices_raw, list):
+        raise ConfigError(f"{opath}.devices", "must be a list of {index, pci: {bus_id}, ...}")
     if overrides.get("device_count"):
         count = _positive_int(
-            overrides["device_count"],
-            f"{path}.gpu.overrides.device_count",
-            maximum=MAX_GPUS_PER_NODE,
+            overrides["device_count"], f"{opath}.device_count", maximum=MAX_GPUS_PER_NODE
         )
-    elif isinstance(overrides.get("devices"), list) and overrides["devices"]:
-        count = _positive_int(
-            len(overrides["devices"]), f"{path}.gpu.overrides.devices", maximum=MAX_GPUS_PER_NODE
-        )
+    elif devices_raw:
+        count = _positive_int(len(devices_raw), f"{opath}.devices", maximum=MAX_GPUS_PER_NODE)
     else:
         count = 8  # the reference's profiles describe 8-GPU systems (4 for T4)
         if profile.key in ("t4",):
             count = 4
+    numa = _numa(raw.get("numa"), f"{path}.numa", count)
+    devices = _device_overrides(devices_raw or [], f"{opath}.devices", count, warnings)
+    devices = _pcie_topology(
+        overrides.get("pcie_topology"), f"{opath}.pcie_topology", devices, numa, warnings
+    )
+    if all(device == DeviceOverride() for device in devices):
+        devices = ()  # nothing set per GPU: the defaults, as in the other forms
+    driver, cuda = _system_versions(system, f"{opath}.system", warnings)
     return PoolConfig(
         name=name,
         groups=(GpuGroup(_with_memory(profile, memory), count),),
@@ -598,12 +669,244 @@ def _profile_pool(
                 key=lambda d: d.name,
             )
         ),
-        driver_version=str(system.get("driver_version", "") or ""),
-        cuda_version=str(system.get("cuda_version", "") or ""),
-        numa=_numa(raw.get("numa"), f"{path}.numa", count),
+        driver_version=driver,
+        cuda_version=cuda,
+        numa=numa,
         mig_config=_mig(raw.get("mig"), f"{path}.mig"),
         mig_dynamic=_mig_dynamic(raw.get("mig"), f"{path}.mig"),
+        devices=devices,
     )
+
+
+# The profile form's overrides ----------------------------------------------------------------
+
+
+def _unsimulated_overrides(overrides: Mapping[str, Any], path: str, warnings: list[str]) -> None:
+    """Warn about the overrides that describe what this simulator has no model for."""
+    for key, what in (
+        ("nvlink", "NVLink links and their counters"),
+        ("infiniband", "InfiniBand adapters"),
+    ):
+        if overrides.get(key) is not None:
+            warnings.append(
+                f"{path}.{key}: ignored: {what} are not simulated (the GPUs' profile supplies "
+                "what the exporter and nvidia-smi report)"
+            )
+    version = overrides.get("version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, str | float)):
+        raise ConfigError(
+            f"{path}.version", f'must be a version string such as "1.0", got {version!r}'
+        )
+    if version is not None and str(version) != PROFILE_SCHEMA_VERSION:
+        warnings.append(
+            f"{path}.version: {_short(version)} is not a profile schema version this operator "
+            "knows; "
+            f"the overrides are read as version {PROFILE_SCHEMA_VERSION}"
+        )
+
+
+def _short(value: object) -> str:
+    """``value`` for a warning: warnings become Events and log lines, never a 1 MiB echo."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:80]}..."
+
+
+def _device_defaults_memory(
+    defaults: Mapping[str, Any], path: str, profile: GpuProfile, warnings: list[str]
+) -> int | None:
+    """``memory.total_bytes`` in MiB (None: the profile's); warns about the keys not used."""
+    ignored = [key for key in defaults if key not in _DEVICE_DEFAULTS_USED]
+    memory = None
+    mem_block = defaults.get("memory")
+    if mem_block is not None:
+        mem_block = _expect_mapping(mem_block, f"{path}.memory")
+        _check_keys(mem_block, _MEMORY_KEYS, f"{path}.memory")
+        ignored += [f"memory.{key}" for key in mem_block if key != "total_bytes"]
+        if "total_bytes" in mem_block:
+            total = mem_block["total_bytes"]
+            if isinstance(total, bool) or not isinstance(total, int) or total <= 0:
+                raise ConfigError(
+                    f"{path}.memory.total_bytes",
+                    f"must be a positive integer number of bytes, got {total!r}",
+                )
+            memory = total // (1024 * 1024)
+    if ignored:
+        warnings.append(
+            f"{path}: ignored: {', '.join(ignored)} (the built-in profile of {profile.name} "
+            "supplies them, and the telemetry model the moving values; used here: name, "
+            "memory.total_bytes)"
+        )
+    return memory
+
+
+def _system_versions(system: Mapping[str, Any], path: str, warnings: list[str]) -> tuple[str, str]:
+    """(driver, CUDA) versions; ``cuda_version_major/minor`` stand in for a missing
+    ``cuda_version``."""
+
+    def version(key: str) -> str:
+        value = system.get(key)
+        if value is None:
+            return ""
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{path}.{key}", f"must be a version string, got {value!r}")
+        return str(value).strip()
+
+    driver, cuda = version("driver_version"), version("cuda_version")
+    major, minor = version("cuda_version_major"), version("cuda_version_minor")
+    if major or minor:
+        if not (major.isdigit() and minor.isdigit()):
+            raise ConfigError(
+                f"{path}.cuda_version_major",
+                f"cuda_version_major and cuda_version_minor must both be integers, got "
+                f"{major or None!r} and {minor or None!r}",
+            )
+        split = f"{int(major)}.{int(minor)}"
+        if not cuda:
+            cuda = split
+        elif cuda != split:
+            warnings.append(
+                f"{path}.cuda_version_major: {split} disagrees with cuda_version "
+                f"{_short(cuda)}; the cuda_version is reported"
+            )
+    if system.get("nvml_version") is not None:
+        warnings.append(
+            f"{path}.nvml_version: ignored: nvidia-smi reports the NVML version that goes with "
+            "the driver version"
+        )
+    return driver, cuda
+
+
+def _nvml_bus_id(value: object, path: str) -> str:
+    """A PCI bus id in any common spelling (``0000:1a:00.0``) in NVML's form
+    (``00000000:1A:00.0``)."""
+    match = _BUS_ID.match(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise ConfigError(
+            path,
+            f"must be a PCI bus id such as 0000:1a:00.0 (domain:bus:device.function), "
+            f"got {value!r}",
+        )
+    domain = int(match["domain"] or "0", 16)
+    return (
+        f"{domain:08X}:{int(match['bus'], 16):02X}:{int(match['device'], 16):02X}."
+        f"{match['function']}"
+    )
+
+
+def _device_overrides(
+    raw: list[Any], path: str, count: int, warnings: list[str]
+) -> tuple[DeviceOverride, ...]:
+    """``devices[]``: bus id and minor number per GPU index. UUIDs and serials are not taken:
+    a GPU's UUID (and the serial derived from it) comes from (node, index), so every node of
+    the pool has its own, where the profile's list would repeat on every node."""
+    if len(raw) > count:
+        raise ConfigError(path, f"lists {len(raw)} devices for a pool of {count} GPUs per node")
+    by_index: dict[int, DeviceOverride] = {}
+    ignored: set[str] = set()
+    for position, item in enumerate(raw):
+        ipath = f"{path}[{position}]"
+        entry = _expect_mapping(item, ipath)
+        _check_keys(entry, _DEVICE_KEYS, ipath)
+        index = entry.get("index", position)
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
+            raise ConfigError(
+                f"{ipath}.index", f"must be an integer from 0 to {count - 1}, got {index!r}"
+            )
+        if index in by_index:
+            raise ConfigError(f"{ipath}.index", f"GPU {index} is listed twice")
+        bus_id = None
+        if entry.get("pci") is not None:
+            pci = _expect_mapping(entry["pci"], f"{ipath}.pci")
+            _check_keys(pci, ("bus_id",), f"{ipath}.pci")
+            if "bus_id" in pci:
+                bus_id = _nvml_bus_id(pci["bus_id"], f"{ipath}.pci.bus_id")
+        minor = entry.get("minor_number")
+        if minor is not None and (
+            isinstance(minor, bool)
+            or not isinstance(minor, int)
+            or not 0 <= minor <= MAX_MINOR_NUMBER
+        ):
+            raise ConfigError(
+                f"{ipath}.minor_number",
+                f"must be an integer from 0 to {MAX_MINOR_NUMBER}, got {minor!r}",
+            )
+        ignored.update(key for key in ("uuid", "serial", "grace_cpu_pair") if key in entry)
+        by_index[index] = DeviceOverride(bus_id=bus_id, minor=minor)
+    if ignored:
+        warnings.append(
+            f"{path}: ignored: {', '.join(sorted(ignored))} (a GPU's UUID and serial come from "
+            "its node and index, so no two nodes of the pool share them; used here: pci.bus_id, "
+            "minor_number)"
+        )
+    devices = tuple(by_index.get(i, DeviceOverride()) for i in range(count))
+    _check_unique([d.bus_id or pci_bus_id(i) for i, d in enumerate(devices)], path, "pci.bus_id")
+    _check_unique(
+        [i if d.minor is None else d.minor for i, d in enumerate(devices)], path, "minor_number"
+    )
+    return devices
+
+
+def _check_unique(values: list[Any], path: str, what: str) -> None:
+    seen: dict[Any, int] = {}
+    for index, value in enumerate(values):
+        if value in seen:
+            raise ConfigError(
+                path, f"GPUs {seen[value]} and {index} would share {what} {value} on every node"
+            )
+        seen[value] = index
+
+
+def _pcie_topology(
+    raw: object,
+    path: str,
+    devices: tuple[DeviceOverride, ...],
+    numa: NumaConfig | None,
+    warnings: list[str],
+) -> tuple[DeviceOverride, ...]:
+    """``pcie_topology.root_complexes[]``: each GPU below a root complex (by bus id) gets its
+    NUMA node. A pool's own ``numa`` block wins over it (it also sets the NRT zones)."""
+    if raw is None:
+        return devices
+    entry = _expect_mapping(raw, path)
+    _check_keys(entry, _PCIE_TOPOLOGY_KEYS, path)
+    complexes = entry.get("root_complexes") or []
+    if not isinstance(complexes, list):
+        raise ConfigError(f"{path}.root_complexes", "must be a list of {id, numa_node, devices}")
+    numa_of: dict[str, int] = {}
+    for i, item in enumerate(complexes):
+        cpath = f"{path}.root_complexes[{i}]"
+        rc = _expect_mapping(item, cpath)
+        _check_keys(rc, _ROOT_COMPLEX_KEYS, cpath)
+        node = rc.get("numa_node", 0)
+        if isinstance(node, bool) or not isinstance(node, int) or not 0 <= node < MAX_NUMA_ZONES:
+            raise ConfigError(
+                f"{cpath}.numa_node",
+                f"must be an integer from 0 to {MAX_NUMA_ZONES - 1}, got {node!r}",
+            )
+        members = rc.get("devices") or []
+        if not isinstance(members, list):
+            raise ConfigError(f"{cpath}.devices", "must be a list of PCI bus ids")
+        for j, member in enumerate(members):
+            bus = _nvml_bus_id(member, f"{cpath}.devices[{j}]")
+            if bus in numa_of:
+                raise ConfigError(f"{cpath}.devices[{j}]", f"{member} is below two root complexes")
+            numa_of[bus] = node
+    if numa is not None:
+        warnings.append(
+            f"{path}: NUMA nodes ignored: the pool's `numa` block sets the GPUs' NUMA nodes"
+        )
+        return devices
+    placed = [
+        dataclasses.replace(device, numa_node=numa_of.get(device.bus_id or pci_bus_id(index)))
+        for index, device in enumerate(devices)
+    ]
+    if numa_of and all(d.numa_node is None for d in placed):
+        warnings.append(
+            f"{path}: no GPU of the pool has a bus id listed under a root complex; NUMA nodes "
+            "stay the default (list the bus ids the GPUs have: devices[].pci.bus_id or the "
+            "default 00000000:18:00.0, ...)"
+        )
+    return tuple(placed)
 
 
 def parse_cluster_config(raw: object, catalog: ProfileCatalog = BUILTIN_CATALOG) -> ClusterConfig:

@@ -7,7 +7,7 @@ a restart or a re-label) gives every surviving GPU the same UUID, bus id and NUM
 from __future__ import annotations
 
 from fgo_common import migstate
-from fgo_common.config import ClusterConfig, PoolConfig
+from fgo_common.config import ClusterConfig, DeviceOverride, PoolConfig
 from fgo_common.identity import gpu_uuid, numa_node, pci_bus_id
 from fgo_common.topology import GpuRecord, NodeTopology
 
@@ -29,18 +29,24 @@ def numa_layout(pool: PoolConfig) -> list[int]:
 
 def build_gpus(node_name: str, pool: PoolConfig) -> list[GpuRecord]:
     numa = numa_layout(pool)
-    return [
-        GpuRecord(
-            id=gpu_uuid(node_name, index),
-            index=index,
-            product=profile.name,
-            memory_mib=profile.memory_mib,
-            profile=profile.key,
-            bus_id=pci_bus_id(index),
-            numa_node=numa[index],
+    gpus = []
+    for index, profile in enumerate(pool.gpu_profiles()):
+        # The profile form may set a GPU's bus id, minor number and (from its PCIe topology)
+        # NUMA node; the UUID stays a function of (node, index).
+        device = pool.devices[index] if index < len(pool.devices) else DeviceOverride()
+        gpus.append(
+            GpuRecord(
+                id=gpu_uuid(node_name, index),
+                index=index,
+                product=profile.name,
+                memory_mib=profile.memory_mib,
+                profile=profile.key,
+                bus_id=device.bus_id or pci_bus_id(index),
+                numa_node=numa[index] if device.numa_node is None else device.numa_node,
+                minor=-1 if device.minor is None else device.minor,
+            )
         )
-        for index, profile in enumerate(pool.gpu_profiles())
-    ]
+    return gpus
 
 
 def build_node_topology(

@@ -369,6 +369,7 @@ class Controller:
             )
         )
         for warning in config.warnings:
+            log.warning("config.warning", warning=warning)
             self._report(Finding(ref, "TopologyConfigWarning", warning, WARNING))
         return self.caches.all_nodes()
 
