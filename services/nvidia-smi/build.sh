@@ -7,6 +7,8 @@
 #   _internal/      Python runtime + our code (PYZ), loaded relative to the executable
 #   launcher        static binary: execs $FGO_NVIDIA_SMI_HOME/nvidia-smi (default
 #                   /usr/local/fake-gpu/nvidia-smi); mount it at /usr/bin/nvidia-smi
+#   libnvidia-ml.so.1  the fake NVML library (nvml/); mount it where NVIDIA's toolkit puts the
+#                   real one (docs/nvml.md)
 # See docs/nvidia-smi.md for the mount contract.
 set -euo pipefail
 
@@ -49,5 +51,11 @@ echo "fake nvidia-smi: cannot run $home/nvidia-smi" >&2
 exit 9
 LAUNCHER
   chmod 755 "$bundle/launcher"
+fi
+# The fake libnvidia-ml.so.1 (nvml/, docs/nvml.md) next to the executable it runs for its data.
+if command -v "${CC:-cc}" >/dev/null 2>&1; then
+  "$here/nvml/build.sh" "$bundle" >/dev/null
+else
+  echo "build.sh: no C compiler: the bundle has no libnvidia-ml.so.1 (GPU pods get no NVML)" >&2
 fi
 echo "built $bundle"

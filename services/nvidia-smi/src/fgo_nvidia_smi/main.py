@@ -104,6 +104,10 @@ def _write_usage_error(out: TextIO, exc: UsageError) -> None:
 
 def run(argv: list[str], out: TextIO, err: TextIO, environ: dict[str, str] | None = None) -> int:
     """The whole program, minus process-level concerns (signals, exit)."""
+    if argv[:1] == ["--fgo-nvml-snapshot"]:  # hidden: the fake NVML library's data (nvmlsnap)
+        from fgo_nvidia_smi import nvmlsnap
+
+        return nvmlsnap.run(argv[1:], out, err, environ)
     try:
         opts = parse_args(argv)
     except UsageError as exc:

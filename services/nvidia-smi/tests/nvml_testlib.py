@@ -1,0 +1,98 @@
+"""Helpers for the fake NVML library's tests: build it, write a node state, run an NVML program
+against that state through ``nvml/with-nvml`` (the host-side way docs/nvml.md describes), and
+run our nvidia-smi with the same environment for comparison."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from fgo_common.nodestate import write_node_state
+from fgo_common.topology import NodeTopology
+
+NVML_DIR = Path(__file__).resolve().parents[1] / "nvml"
+WITH_NVML = NVML_DIR / "with-nvml"
+# The Python entry point of our nvidia-smi (the bundle behaves the same; test_bundle covers it).
+SMI = Path(sys.executable).parent / "nvidia-smi"
+# 2026-01-01 00:05:00 UTC: pins every sampled value in both programs.
+PINNED = "1767225900"
+
+
+def have_cc() -> bool:
+    return shutil.which(os.environ.get("CC", "cc")) is not None
+
+
+def build_library(out: Path) -> Path:
+    subprocess.run([str(NVML_DIR / "build.sh"), str(out)], check=True, capture_output=True)
+    return out / "libnvidia-ml.so.1"
+
+
+def state(tmp: Path, node: NodeTopology) -> Path:
+    directory = tmp / "state"
+    write_node_state(directory, node)
+    return directory
+
+
+def nvml_env(lib_dir: Path, cache_dir: Path, **extra: str) -> dict[str, str]:
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "HOME": os.environ.get("HOME", "/root"),
+        "FGO_NVML_LIB_DIR": str(lib_dir),
+        "FGO_NVML_SMI": str(SMI),
+        "FGO_NVML_CACHE_DIR": str(cache_dir),
+        "FGO_SMI_TIME": PINNED,
+        "HOSTNAME": "test-pod",
+        "TZ": "UTC",
+    }
+    env.update(extra)
+    return env
+
+
+def run_nvml(
+    state_dir: Path, env: dict[str, str], argv: list[str], *, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """``with-nvml STATE_DIR argv...``."""
+    result = subprocess.run(
+        [str(WITH_NVML), str(state_dir), *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def run_python(state_dir: Path, env: dict[str, str], code: str) -> object:
+    """Runs ``code`` (which prints one JSON document) in a fresh Python with the library on the
+    loader path; returns the document."""
+    out = run_nvml(state_dir, env, [sys.executable, "-c", code]).stdout
+    return json.loads(out)
+
+
+def smi_csv(state_dir: Path, env: dict[str, str], *args: str) -> list[dict[str, str]]:
+    """Our nvidia-smi with the same environment; CSV rows as dicts (header names as keys)."""
+    smi_env = dict(env, FGO_STATE_DIR=str(state_dir))
+    result = subprocess.run(
+        [str(SMI), *args, "--format=csv,nounits"],
+        env=smi_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    reader = csv.reader(io.StringIO(result.stdout), skipinitialspace=True)
+    rows = list(reader)
+    # Keyed by the names asked for (the header spells some differently, e.g. clocks.current.sm).
+    query = next(a for a in args if a.startswith("--query-"))
+    names = query.partition("=")[2].split(",")
+    return [dict(zip(names, row, strict=True)) for row in rows[1:]]
