@@ -674,6 +674,15 @@ def build() -> Schema:
                     "run-ai/fake-gpu-operator 0.2)",
                     enum=["nvidia", "reference"],
                 ),
+                "featureGates": obj(
+                    "NVIDIA DRA driver feature gates for GPU sharing through opaque "
+                    "GpuConfig/MigDeviceConfig in claims (docs/sharing.md); a claim asking for a "
+                    "strategy that is off fails to prepare, as with NVIDIA's driver",
+                    {
+                        "TimeSlicingSettings": boolean("sharing.strategy TimeSlicing"),
+                        "MPSSupport": boolean("sharing.strategy MPS"),
+                    },
+                ),
                 "serviceAccount": obj(
                     f"{IGNORED}: the plugin runs as fgo-dra-plugin, created by the chart",
                     {

@@ -372,6 +372,20 @@ def test_device_naming_reaches_both_dra_publishers(helm: Helm) -> None:
     assert "deviceNaming" in helm.render_error(sets=[*on, "draPlugin.deviceNaming=uuid"])
 
 
+def test_dra_feature_gates_reach_the_plugin_and_unknown_gates_are_refused(helm: Helm) -> None:
+    on = ["draPlugin.enabled=true"]
+    env = _env(helm.render(sets=on).get("DaemonSet", "fgo-dra-plugin"))
+    assert env["FEATURE_GATES"] == "MPSSupport=true,TimeSlicingSettings=true"
+    env = _env(
+        helm.render(sets=[*on, "draPlugin.featureGates.MPSSupport=false"]).get(
+            "DaemonSet", "fgo-dra-plugin"
+        )
+    )
+    assert env["FEATURE_GATES"] == "MPSSupport=false,TimeSlicingSettings=true"
+    error = helm.render_error(sets=[*on, "draPlugin.featureGates.DynamicMIG=true"])
+    assert "featureGates" in error and "DynamicMIG" in error
+
+
 def test_service_monitor(helm: Helm, everything: Rendered) -> None:
     monitors = {m["metadata"]["name"]: m for m in everything.of_kind("ServiceMonitor")}
     assert set(monitors) == {"nvidia-dcgm-exporter", "nvidia-dcgm-exporter-kwok"}

@@ -145,6 +145,9 @@ draPlugin:
   kubeletPluginsDirectoryPath: /var/lib/kubelet/plugins
   cdiRoot: /var/run/cdi
   healthcheckPort: 51515
+  # -- GPU sharing through opaque GpuConfig/MigDeviceConfig in claims (docs/sharing.md): NVIDIA's
+  # driver gates each strategy; a claim asking for a strategy that is off fails to prepare.
+  featureGates: {TimeSlicingSettings: true, MPSSupport: true}
   resources:
     requests: {cpu: 50m, memory: 64Mi}
     limits: {cpu: 500m, memory: 256Mi}

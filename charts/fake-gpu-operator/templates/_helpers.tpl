@@ -375,3 +375,13 @@ template` has no cluster to look in, so it always renders the object.
 {{- $nrt := default dict (include "fgo.get" (list . "statusExporter") | fromYaml).nodeResourceTopology -}}
 {{- if eq (toString $nrt.enabled) "true" -}}true{{- end -}}
 {{- end -}}
+
+{{- /* A map of feature gates as the drivers' --feature-gates flag spells it: `A=true,B=false`
+(sorted, so the rendered pod spec does not change between renders). */ -}}
+{{- define "fgo.featureGates" -}}
+{{- $gates := list -}}
+{{- range $name := keys . | sortAlpha -}}
+{{- $gates = append $gates (printf "%s=%t" $name (index $ $name)) -}}
+{{- end -}}
+{{- join "," $gates -}}
+{{- end -}}
