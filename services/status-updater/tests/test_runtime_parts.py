@@ -10,6 +10,7 @@ import httpx
 import pytest
 from fgo_common.kube.watch import ADDED, DELETED, MODIFIED, WatchEvent
 from fgo_common.runtime.settings import SettingsError, load_settings
+from fgo_common.runtime.workqueue import WorkQueue
 from fgo_status_updater.caches import Caches
 from fgo_status_updater.events import event_name
 from fgo_status_updater.findings import Finding, ObjectRef
@@ -23,22 +24,21 @@ from fgo_status_updater.knative import (
 )
 from fgo_status_updater.metrics import Metrics
 from fgo_status_updater.settings import Settings
-from fgo_status_updater.workqueue import NodeQueue
 from prometheus_client import CollectorRegistry
 from su_helpers import claim, node, pod
 
 
 async def test_queue_debounces_and_never_runs_a_node_twice_at_once() -> None:
-    queue = NodeQueue(0.05)
-    queue.mark("a")
-    queue.mark("a")
-    queue.mark("b")
+    queue = WorkQueue("nodes")
+    queue.add_after("a", 0.05)  # the controller's mark: add after DEBOUNCE_SECONDS
+    queue.add_after("a", 0.05)
+    queue.add_after("b", 0.05)
     started = time.monotonic()
     first = await queue.get()
     assert time.monotonic() - started >= 0.04  # waited for the debounce
     second = await queue.get()
     assert {first, second} == {"a", "b"}
-    queue.mark("a")  # marked while busy: runs again after done(), not concurrently
+    queue.add_after("a", 0.05)  # marked while busy: runs again after done(), not concurrently
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(queue.get(), 0.1)
     queue.done("a")
@@ -268,7 +268,7 @@ async def test_a_worker_cancelled_mid_reconcile_leaves_the_node_queued() -> None
 
         controller.reconcile = blocking  # type: ignore[method-assign]
         controller.synced.set()
-        controller.queue.mark("n1")
+        controller._mark("n1")
         worker = asyncio.create_task(controller._worker(ctx))
         await asyncio.wait_for(entered.wait(), 5)
         worker.cancel()

@@ -29,7 +29,7 @@ from fgo_common.kube.errors import (
     raise_for_status,
     status_of,
 )
-from fgo_common.kube.retry import Backoff, retrying
+from fgo_common.kube.retry import retrying
 from fgo_common.kube.served import DRA_GROUP, DRA_READ_VERSIONS, ServedVersionList
 from fgo_common.kube.watch import (
     DELETED,
@@ -42,6 +42,7 @@ from fgo_common.kube.watch import (
 from fgo_common.names import GPU_OPERATOR_LABELS
 from fgo_common.profiles.custom import PROFILES_DATA_KEY, CustomProfileError, custom_catalog
 from fgo_common.runtime.runner import ServiceContext, TaskFactory
+from fgo_common.runtime.workqueue import WorkQueue, WorkQueueMetrics, run_worker
 from fgo_common.topology import (
     KWOK_NODE_ANNOTATION,
     NODE_NAME_LABEL,
@@ -59,14 +60,13 @@ from fgo_status_updater.events import EventRecorder
 from fgo_status_updater.faults import FaultBook
 from fgo_status_updater.findings import NORMAL, WARNING, Finding, ObjectRef
 from fgo_status_updater.knative import KnativePod, KnativePoller
-from fgo_status_updater.metrics import Metrics
+from fgo_status_updater.metrics import PREFIX, Metrics
 from fgo_status_updater.nrt import NrtPublisher, desired_nrt
 from fgo_status_updater.podinfo import Obj, annotations_of, labels_of, meta
 from fgo_status_updater.reconcile import NodeInputs, ReconcileOptions, reconcile_node
 from fgo_status_updater.runai import RunaiRuleController
 from fgo_status_updater.settings import Settings
 from fgo_status_updater.usage import UsagePolicy
-from fgo_status_updater.workqueue import NodeQueue
 
 log = structlog.get_logger(__name__)
 
@@ -79,8 +79,16 @@ _PATCH_KW: dict[str, Any] = {
     "_content_type": "application/merge-patch+json",
     "_preload_content": False,
 }
-_RETRY = Backoff(initial_seconds=0.5, max_seconds=30.0)
 _LABEL_VALUE_MAX = 63
+
+
+def _log_failure(node: str, exc: Exception, retry_in: float | None) -> None:
+    log.warning(
+        "reconcile.failed",
+        node=node,
+        error=describe_error(exc),
+        retry_in=None if retry_in is None else round(retry_in, 2),
+    )
 
 
 def deploy_labels(kwok: bool) -> dict[str, str]:
@@ -121,7 +129,9 @@ class Controller:
         self.events = EventRecorder(
             self.core, self.metrics, settings.pod_name or os.uname().nodename
         )
-        self.queue = NodeQueue(settings.debounce_seconds)
+        # A mark waits ``debounce_seconds`` so a burst of pod events on a node is one write.
+        self.queue = WorkQueue("nodes", metrics=WorkQueueMetrics(ctx.registry, PREFIX))
+        self.metrics.queue_depth.set_function(lambda: len(self.queue))
         self.options = ReconcileOptions(
             reservation_namespace=settings.reservation_namespace,
             usage=UsagePolicy(settings.default_utilization),
@@ -148,7 +158,6 @@ class Controller:
         self.synced = asyncio.Event()
         self._required = {"nodes", "pods", "records", "config", "resourceclaims", "gpu-faults"}
         self._synced_parts: set[str] = set()
-        self._failures: dict[str, int] = {}
         self._patched_reservations: set[tuple[str, str, str]] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._parsed: dict[str, tuple[str, NodeTopology]] = {}  # node -> (resourceVersion, record)
@@ -309,8 +318,7 @@ class Controller:
     def _mark(self, node: str, delay: float | None = None) -> None:
         if not node:
             return
-        self.queue.mark(node, delay)
-        self.metrics.queue_depth.set(len(self.queue))
+        self.queue.add_after(node, self.settings.debounce_seconds if delay is None else delay)
 
     # --- cluster config --------------------------------------------------------------------
     def _on_config(self, event: WatchEvent) -> set[str]:
@@ -426,39 +434,23 @@ class Controller:
     async def _worker(self, ctx: ServiceContext) -> None:
         async def loop() -> None:
             await self.synced.wait()
-            while True:
-                node = await self.queue.get()
-                self.metrics.queue_depth.set(len(self.queue))
-                started = time.monotonic()
-                try:
-                    result = await self.reconcile(node)
-                    self._failures.pop(node, None)
-                    self.metrics.reconciles.labels(result).inc()
-                except asyncio.CancelledError:
-                    # Stopping, or the Lease lost: the node must not stay busy, and whoever
-                    # runs the workers next (this replica leading again) must redo it.
-                    self.queue.done(node)
-                    self._mark(node)
-                    raise
-                except Exception as exc:
-                    failures = self._failures[node] = self._failures.get(node, 0) + 1
-                    delay = _RETRY.delay(min(failures, 8))
-                    log.warning(
-                        "reconcile.failed",
-                        node=node,
-                        error=describe_error(exc),
-                        retry_in=round(delay, 2),
-                    )
-                    self.metrics.reconciles.labels("error").inc()
-                    self.queue.done(node)
-                    self._mark(node, delay)
-                    continue
-                finally:
-                    self.metrics.reconcile_seconds.observe(time.monotonic() - started)
-                self.metrics.last_reconcile.set(time.time())
-                self.queue.done(node)
+            # A worker cancelled mid-reconcile (stopping, or the Lease lost) releases the node
+            # and queues it again, so whoever runs the workers next redoes it (run_worker).
+            await run_worker(self.queue, self._reconcile_counted, on_failure=_log_failure)
 
         await ctx.until_stopped(loop())
+
+    async def _reconcile_counted(self, node: str) -> None:
+        started = time.monotonic()
+        try:
+            result = await self.reconcile(node)
+        except Exception:
+            self.metrics.reconciles.labels("error").inc()
+            raise
+        finally:
+            self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+        self.metrics.reconciles.labels(result).inc()
+        self.metrics.last_reconcile.set(time.time())
 
     # --- one node --------------------------------------------------------------------------
     async def reconcile(self, name: str) -> str:

@@ -14,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from fgo_common.kube.retry import Backoff
 
@@ -28,6 +31,7 @@ DEFAULT_BACKOFF = Backoff(initial_seconds=0.5, max_seconds=30.0)
 # All retries together (client-go's default controller limiter: 10/s, bursts of 100).
 DEFAULT_RETRY_RATE_PER_SECOND = 10.0
 DEFAULT_RETRY_BURST = 100
+_NEVER = float("inf")
 _MAX_EXPONENT = 30  # 2**30 * initial is far past any max_seconds; keeps the float finite
 
 
@@ -35,28 +39,17 @@ class QueueShutDown(Exception):
     """:meth:`WorkQueue.get` after :meth:`WorkQueue.shut_down`: the worker should return."""
 
 
-class WorkQueueMetrics:
-    """``<prefix>_workqueue_*`` series, one label ``queue``; one instance per registry."""
+class WorkQueueMetrics(Collector):
+    """``<prefix>_workqueue_*`` series, label ``queue``; one instance per registry.
+
+    Depth, adds and retries are read from the queues at scrape time: an add is the hot path
+    (the status-updater marks a node for every pod event) and a prometheus Counter's lock
+    would cost more than the add itself. The two durations are histograms, observed once per
+    key processed."""
 
     def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
-        self.depth = Gauge(
-            f"{prefix}_workqueue_depth",
-            "Keys waiting to be processed (ready, delayed, or dirty while being processed).",
-            ["queue"],
-            registry=registry,
-        )
-        self.adds = Counter(
-            f"{prefix}_workqueue_adds_total",
-            "Keys added to the queue (a key already waiting is counted once more).",
-            ["queue"],
-            registry=registry,
-        )
-        self.retries = Counter(
-            f"{prefix}_workqueue_retries_total",
-            "Keys re-queued with back-off after a failure.",
-            ["queue"],
-            registry=registry,
-        )
+        self._prefix = prefix
+        self._queues: list[WorkQueue] = []
         self.queue_seconds = Histogram(
             f"{prefix}_workqueue_queue_duration_seconds",
             "Time a key waited between becoming ready and a worker taking it.",
@@ -71,6 +64,38 @@ class WorkQueueMetrics:
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=registry,
         )
+        registry.register(self)
+
+    def attach(self, queue: WorkQueue) -> None:
+        self._queues.append(queue)
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families()
+
+    def _families(self) -> list[Metric]:
+        depth = GaugeMetricFamily(
+            f"{self._prefix}_workqueue_depth",
+            "Keys waiting to be processed (ready, delayed, or dirty while being processed).",
+            labels=["queue"],
+        )
+        adds = CounterMetricFamily(
+            f"{self._prefix}_workqueue_adds",
+            "Keys added to the queue (a key already waiting is counted once more).",
+            labels=["queue"],
+        )
+        retries = CounterMetricFamily(
+            f"{self._prefix}_workqueue_retries",
+            "Keys re-queued with back-off after a failure.",
+            labels=["queue"],
+        )
+        for queue in self._queues:
+            depth.add_metric([queue.name], len(queue))
+            adds.add_metric([queue.name], queue.adds)
+            retries.add_metric([queue.name], queue.retries)
+        return [depth, adds, retries]
 
 
 @dataclass
@@ -108,12 +133,19 @@ class WorkQueue:
         retry_burst: int = DEFAULT_RETRY_BURST,
     ) -> None:
         self.name = name
-        self._metrics = metrics
+        self.adds = 0  # add calls (metrics read them at scrape time)
+        self.retries = 0
+        self._queue_seconds: Histogram | None = None
+        self._work_seconds: Histogram | None = None
+        if metrics is not None:
+            metrics.attach(self)
+            self._queue_seconds = metrics.queue_seconds.labels(name)
+            self._work_seconds = metrics.work_seconds.labels(name)
         self._backoff = backoff
         self._bucket = _TokenBucket(retry_rate_per_second, retry_burst)
         self._ready: deque[str] = deque()
         self._ready_since: dict[str, float] = {}  # ready keys -> when they became ready
-        self._delayed: dict[str, float] = {}  # key -> due (loop time)
+        self._delayed: dict[str, float] = {}  # key -> due (monotonic clock)
         self._heap: list[tuple[float, int, str]] = []  # may hold superseded entries
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
@@ -154,9 +186,11 @@ class WorkQueue:
         """Process ``key`` in ``delay_seconds``, or earlier if it is already due earlier."""
         if not key or self._shut_down:
             return
-        if self._metrics is not None:
-            self._metrics.adds.labels(self.name).inc()
-        self._enqueue(key, self._now() + max(0.0, delay_seconds))
+        self.adds += 1
+        due = self._now() + max(0.0, delay_seconds)
+        if key in self._ready_since or due >= self._delayed.get(key, _NEVER):
+            return  # the common case of a burst: already due as soon or sooner
+        self._enqueue(key, due)
 
     def _enqueue(self, key: str, due: float) -> None:
         now = self._now()
@@ -167,11 +201,11 @@ class WorkQueue:
         elif due <= now:
             self._delayed.pop(key, None)  # its heap entry goes stale
             self._make_ready(key, now)
-        elif due < self._delayed.get(key, float("inf")):
+        elif due < self._delayed.get(key, _NEVER):
             self._delayed[key] = due
             heapq.heappush(self._heap, (due, next(self._seq), key))
             self._arm_timer()
-        self._update_depth()
+        self._update_idle()
 
     def add_rate_limited(self, key: str) -> float:
         """Re-queue ``key`` after a failure: its own jittered exponential back-off (the number
@@ -181,8 +215,7 @@ class WorkQueue:
         delay = max(
             self._backoff.delay(min(failures, _MAX_EXPONENT)), self._bucket.reserve(self._now())
         )
-        if self._metrics is not None:
-            self._metrics.retries.labels(self.name).inc()
+        self.retries += 1
         self.add_after(key, delay)
         return delay
 
@@ -209,9 +242,9 @@ class WorkQueue:
                 self._processing[key] = now
                 self.idle.clear()
                 self._drained.clear()
-                if self._metrics is not None:
-                    self._metrics.queue_seconds.labels(self.name).observe(now - since)
-                self._update_depth()
+                if self._queue_seconds is not None:
+                    self._queue_seconds.observe(now - since)
+                self._update_idle()
                 if self._ready:
                     self._wake_one()  # another worker may take the next key
                 return key
@@ -234,14 +267,14 @@ class WorkQueue:
         started = self._processing.pop(key, None)
         if started is None:
             return
-        if self._metrics is not None:
-            self._metrics.work_seconds.labels(self.name).observe(self._now() - started)
+        if self._work_seconds is not None:
+            self._work_seconds.observe(self._now() - started)
         due = self._dirty.pop(key, None)
         if due is not None and not self._shut_down:
             self._enqueue(key, due)
         if not self._processing:
             self._drained.set()
-        self._update_depth()
+        self._update_idle()
 
     # -- stopping ----------------------------------------------------------------------------
 
@@ -266,9 +299,11 @@ class WorkQueue:
 
     # -- internals ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _now() -> float:
-        return asyncio.get_running_loop().time()
+    # The monotonic clock, not loop.time(): this runs on every add (thousands of pod events a
+    # second at the status-updater) and the loop's method costs four times as much. Timers are
+    # armed with call_later, so a loop with another clock only fires a little early or late,
+    # and _promote_due re-arms for what is not due yet.
+    _now = staticmethod(time.monotonic)
 
     def _make_ready(self, key: str, now: float) -> None:
         self._ready.append(key)
@@ -298,7 +333,9 @@ class WorkQueue:
                 return
             self._timer.cancel()
         self._timer_due = due
-        self._timer = asyncio.get_running_loop().call_at(due, self._promote_due)
+        self._timer = asyncio.get_running_loop().call_later(
+            max(0.0, due - self._now()), self._promote_due
+        )
 
     def _promote_due(self) -> None:
         self._timer = None
@@ -309,13 +346,11 @@ class WorkQueue:
                 del self._delayed[key]
                 self._make_ready(key, now)
         self._arm_timer()
-        self._update_depth()
+        self._update_idle()
 
-    def _update_depth(self) -> None:
+    def _update_idle(self) -> None:
         if not self._ready and not self._processing:
             self.idle.set()
-        if self._metrics is not None:
-            self._metrics.depth.labels(self.name).set(len(self))
 
 
 Handler = Callable[[str], Awaitable[object]]
