@@ -141,6 +141,22 @@ SMI_CONTAINER_PATH = "/usr/bin/nvidia-smi"
 SMI_CONTAINER_PATHS = (SMI_CONTAINER_PATH, "/bin/nvidia-smi")
 SMI_HOST_DIR = "/var/lib/fake-gpu-operator/nvidia-smi"
 SMI_LAUNCHER_HOST_PATH = "/var/lib/fake-gpu-operator/bin/nvidia-smi"
+# The fake NVML library (services/nvidia-smi/nvml, docs/nvml.md) ships inside the bundle; GPU
+# containers get it where NVIDIA's container toolkit mounts the real one.
+NVML_LIBRARY = "libnvidia-ml.so.1"
+NVML_CONTAINER_PATH = "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1"
+
+
+def nvml_host_library(bundle_host_dir: str) -> str:
+    """The bundle's NVML library on the host, or "" when the installed bundle has none (built
+    before it existed, or without a C compiler): a file mount of a missing file would fail the
+    container, so the node agents then mount nothing."""
+    if not bundle_host_dir:
+        return ""
+    path = os.path.join(bundle_host_dir, NVML_LIBRARY)
+    return path if os.path.isfile(path) else ""  # noqa: PTH113
+
+
 _STAMP = ".fgo-bundle-stamp"
 
 

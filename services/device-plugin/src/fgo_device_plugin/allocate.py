@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fgo_common.nodestate import SMI_CONTAINER_PATHS, STATE_DIR_ENV
+from fgo_common.nodestate import NVML_CONTAINER_PATH, SMI_CONTAINER_PATHS, STATE_DIR_ENV
 
 NODE_NAME_ENV = "NODE_NAME"
 # Read by the nvidia-smi launcher / CLI (docs/nvidia-smi.md, "Mounts").
@@ -43,6 +43,8 @@ class ContainerSetup:
     state_host_dir: str = ""
     state_container_dir: str = ""
     seed: int = 0
+    # The bundle's libnvidia-ml.so.1 on the host ("" = none: no NVML mount; docs/nvml.md).
+    nvml_host_path: str = ""
 
     def envs(self, device_ids: Sequence[str]) -> dict[str, str]:
         out = {self.visible_devices_env: ",".join(device_ids), NODE_NAME_ENV: self.node_name}
@@ -64,4 +66,8 @@ class ContainerSetup:
                 out.append(MountSpec(path.strip(), self.nvidia_smi_host_path))
         if self.state_host_dir and self.state_container_dir:
             out.append(MountSpec(self.state_container_dir, self.state_host_dir))
+        # NVML_CONTAINER_PATH: the fake NVML library, where NVIDIA's toolkit puts the real one;
+        # it runs the bundle's nvidia-smi ($FGO_NVIDIA_SMI_HOME) for its data.
+        if self.nvml_host_path and self.bundle_host_dir and self.bundle_container_dir:
+            out.append(MountSpec(NVML_CONTAINER_PATH, self.nvml_host_path))
         return out

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
-from fgo_common.nodestate import write_node_state
+from fgo_common.nodestate import nvml_host_library, write_node_state
 from fgo_common.topology import NodeTopology
 
 from fgo_device_plugin.allocate import ContainerSetup
@@ -37,6 +37,7 @@ def container_setup(settings: Settings) -> ContainerSetup:
         state_host_dir=settings.effective_state_host_dir,
         state_container_dir=settings.state_container_dir,
         seed=settings.seed,
+        nvml_host_path=nvml_host_library(settings.nvidia_smi_bundle_host_dir),
     )
 
 

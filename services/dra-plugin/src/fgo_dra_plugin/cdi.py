@@ -34,7 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fgo_common.nodestate import SMI_CONTAINER_PATHS, SMI_HOME_ENV, STATE_DIR_ENV
+from fgo_common.nodestate import (
+    NVML_CONTAINER_PATH,
+    SMI_CONTAINER_PATHS,
+    SMI_HOME_ENV,
+    STATE_DIR_ENV,
+)
 
 from fgo_dra_plugin.checkpoint import write_atomically
 
@@ -71,6 +76,8 @@ class ContainerSetup:
     bundle_host_dir: str = ""
     bundle_container_dir: str = ""
     seed: int = 0
+    # The bundle's libnvidia-ml.so.1 on the host ("" = none: no NVML mount; docs/nvml.md).
+    nvml_host_path: str = ""
 
     def common_edits(self) -> dict[str, Any]:
         env = [f"{NODE_NAME_ENV}={self.node_name}", f"{SEED_ENV}={self.seed}"]
@@ -99,6 +106,16 @@ class ContainerSetup:
                 {
                     "hostPath": self.state_host_dir,
                     "containerPath": self.state_container_dir,
+                    "options": list(_BIND_RO),
+                }
+            )
+        # NVML_CONTAINER_PATH: the fake NVML library, where NVIDIA's toolkit puts the real one;
+        # it runs the bundle's nvidia-smi ($FGO_NVIDIA_SMI_HOME) for its data.
+        if self.nvml_host_path and self.bundle_host_dir and self.bundle_container_dir:
+            mounts.append(
+                {
+                    "hostPath": self.nvml_host_path,
+                    "containerPath": NVML_CONTAINER_PATH,
                     "options": list(_BIND_RO),
                 }
             )

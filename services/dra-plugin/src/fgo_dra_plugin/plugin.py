@@ -12,6 +12,7 @@ import structlog
 from fgo_common.kube.errors import is_not_found, raise_for_status
 from fgo_common.kube.retry import retrying
 from fgo_common.kube.served import SliceApi
+from fgo_common.nodestate import nvml_host_library
 from fgo_common.runtime.runner import ServiceContext
 from kubernetes_asyncio import client
 
@@ -40,6 +41,7 @@ def container_setup(settings: Settings) -> ContainerSetup:
         bundle_host_dir=settings.nvidia_smi_bundle_host_dir,
         bundle_container_dir=settings.nvidia_smi_bundle_container_dir,
         seed=settings.seed,
+        nvml_host_path=nvml_host_library(settings.nvidia_smi_bundle_host_dir),
     )
 
 
