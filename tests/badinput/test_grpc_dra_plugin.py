@@ -23,7 +23,7 @@ import grpc
 import pytest_asyncio
 from badinput_counts import tried
 from corpus import NASTY_SCALARS
-from fgo_common import dra
+from fgo_common import dradevices
 from fgo_common.config import parse_cluster_config
 from fgo_common.nodebuild import build_node_topology
 from fgo_dra_plugin.cdi import CdiKind, CdiStore, ContainerSetup
@@ -39,7 +39,7 @@ NODE = "node-bad"
 DRIVER = "gpu.nvidia.com"
 _CONFIG = parse_cluster_config({"nodePools": {"p": {"gpus": [{"type": "H100", "count": 2}]}}})
 TOPOLOGY = build_node_topology(NODE, _CONFIG.pools["p"], _CONFIG, kwok=False)
-DEVICES = {d.name: d for d in dra.node_devices(TOPOLOGY)}
+DEVICES = {d.name: d for d in dradevices.node_devices(TOPOLOGY)}
 
 
 def claim_body(uid: str, name: str, results: Any, namespace: str = "ns") -> dict[str, Any]:

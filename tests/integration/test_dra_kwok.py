@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from fgo_common import dra
+from fgo_common import dradevices, draslices
 from fgo_common.config import parse_cluster_config
 from fgo_common.nodebuild import build_node_topology
 from fgo_common.runtime.runner import ServiceContext
@@ -296,7 +296,8 @@ async def test_slice_matches_the_builder_and_is_owned_by_the_node(
     assert stored["spec"]["pool"] == {"name": node, "generation": 1, "resourceSliceCount": 1}
     assert stored["spec"]["driver"] == "gpu.nvidia.com"
     expected = [
-        d.device for d in dra.node_devices(topology_for(node, [{"type": "h100", "count": 8}]))
+        d.device
+        for d in dradevices.node_devices(topology_for(node, [{"type": "h100", "count": 8}]))
     ]
     assert [d["name"] for d in stored["spec"]["devices"]] == [d["name"] for d in expected]
     # The API server stores what the builder produced, attribute for attribute.
@@ -354,7 +355,7 @@ async def test_topology_changes_update_the_slice(
         "NoExecute",  # fallen off the bus: running workloads cannot continue (docs/faults.md)
     )
     assert stored["spec"]["pool"]["generation"] == 3
-    assert stored["metadata"]["annotations"][dra.TOPOLOGY_GENERATION_ANNOTATION] == "3"
+    assert stored["metadata"]["annotations"][draslices.TOPOLOGY_GENERATION_ANNOTATION] == "3"
 
 
 async def test_no_writes_when_nothing_changed(

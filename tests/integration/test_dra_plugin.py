@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
-from fgo_common import dra
+from fgo_common import dradevices
 from fgo_common.config import parse_cluster_config
 from fgo_common.kube.client import api_client
 from fgo_common.nodebuild import build_node_topology
@@ -518,7 +518,7 @@ async def test_publishes_the_nodes_slices_and_snapshot_and_follows_the_record(en
         assert stored["spec"]["pool"]["name"] == env.node
         node = await raw(env.core.read_node, env.node)
         assert stored["metadata"]["ownerReferences"][0]["uid"] == node["metadata"]["uid"]
-        expected = [d.device for d in dra.node_devices(topology_for(env.node))]
+        expected = [d.device for d in dradevices.node_devices(topology_for(env.node))]
         assert [d["attributes"] for d in stored["spec"]["devices"]] == [
             d["attributes"] for d in expected
         ]

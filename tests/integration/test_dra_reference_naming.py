@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from fgo_common import dra
+from fgo_common import dradevices
 from fgo_common.kube.client import api_client
 from fgo_common.runtime.runner import ServiceContext
 from fgo_common.runtime.settings import load_settings
@@ -174,7 +174,7 @@ async def test_reference_naming_on_the_kwok_dra_path(
             # gpuProduct as written, in the record...
             assert record.gpu_product == PRODUCT
             assert {g.product for g in record.gpus} == {PRODUCT}
-            expected_names = {dra.reference_device_name(g.id): g for g in record.gpus}
+            expected_names = {dradevices.reference_device_name(g.id): g for g in record.gpus}
 
             async def published() -> list[dict[str, Any]] | None:
                 body = await raw(

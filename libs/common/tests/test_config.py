@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from fgo_common import dra
+from fgo_common import dradevices
 from fgo_common.config import ConfigError, load_cluster_config, parse_cluster_config
 from fgo_common.nodebuild import build_node_topology
 
@@ -77,7 +77,7 @@ def test_legacy_gpu_product_stays_as_written_in_record_and_devices(written: str)
     record = build_node_topology("n1", config.pools["p"], config, kwok=True)
     assert record.gpu_product == written
     assert {g.product for g in record.gpus} == {written}
-    attrs = dra.node_devices(record)[0].device["attributes"]
+    attrs = dradevices.node_devices(record)[0].device["attributes"]
     assert attrs["productName"] == attrs["model"] == {"string": written}
 
 

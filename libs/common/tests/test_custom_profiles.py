@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 from fgo_common.config import load_cluster_config
-from fgo_common.dra import resolve_profile
+from fgo_common.dradevices import resolve_profile
 from fgo_common.nodebuild import build_node_topology
 from fgo_common.profiles import BUILTIN_CATALOG
 from fgo_common.profiles.custom import (

@@ -6,7 +6,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from fgo_common import dra
+from fgo_common import dradevices, draslices
 from fgo_common.config import parse_cluster_config
 from fgo_common.identity import mig_uuid
 from fgo_common.names import DRA_NAMES
@@ -63,8 +63,8 @@ def test_every_placement_is_published_with_the_gpu(
 ) -> None:
     topology = dynamic_node(product, 2)
     gpu = topology.gpus[1]
-    devices = [d for d in dra.node_devices(topology) if d.gpu_index == 1]
-    profile = dra.resolve_profile(gpu, topology)
+    devices = [d for d in dradevices.node_devices(topology) if d.gpu_index == 1]
+    profile = dradevices.resolve_profile(gpu, topology)
     expected = sum(len(m.placements) for m in profile.mig_profiles)
     assert expected == migs
     assert len(devices) == 1 + migs
@@ -76,7 +76,9 @@ def test_every_placement_is_published_with_the_gpu(
             1, instance.name, instance.gi_profile_id, instance.placement.start
         )
         assert name in names
-    (counter_set,) = [s for s in dra.node_counter_sets(topology) if s["name"].startswith("gpu-1-")]
+    (counter_set,) = [
+        s for s in dradevices.node_counter_sets(topology) if s["name"].startswith("gpu-1-")
+    ]
     assert counter_set["name"] == "gpu-1-counter-set"
     counters = counter_set["counters"]
     assert counters["multiprocessors"] == {"value": str(sms)}
@@ -84,15 +86,15 @@ def test_every_placement_is_published_with_the_gpu(
     assert [k for k in counters if k.startswith("memory-slice-")] == [
         f"memory-slice-{i}" for i in range(8)
     ]
-    assert len(counters) <= dra.MAX_COUNTERS_PER_SET
+    assert len(counters) <= dradevices.MAX_COUNTERS_PER_SET
 
 
 @pytest.mark.parametrize("key", MIG_PRODUCTS)
 def test_counters_of_devices_fit_the_gpu_set(key: str) -> None:
     topology = dynamic_node(BUILTIN_CATALOG.get(key).name)
-    (counter_set,) = dra.node_counter_sets(topology)
+    (counter_set,) = dradevices.node_counter_sets(topology)
     totals = {k: quantity(v["value"]) for k, v in counter_set["counters"].items()}
-    devices = dra.node_devices(topology)
+    devices = dradevices.node_devices(topology)
     full = devices[0].device
     # The full GPU consumes exactly the whole set.
     assert consumed(full) == totals
@@ -137,10 +139,10 @@ def test_counters_admit_exactly_the_layouts_a_real_gpu_accepts(key: str) -> None
     counter check and the layout planner (NVML's rules) agree on each one."""
     profile = BUILTIN_CATALOG.get(key)
     topology = dynamic_node(profile.name)
-    (counter_set,) = dra.node_counter_sets(topology)
+    (counter_set,) = dradevices.node_counter_sets(topology)
     totals = {k: quantity(v["value"]) for k, v in counter_set["counters"].items()}
     instances = possible_instances(profile)
-    costs = [dra.instance_counters(i) for i in instances]
+    costs = [dradevices.instance_counters(i) for i in instances]
     checked = accepted = 0
 
     def walk(start: int, chosen: list[int], used_slices: set[int]) -> None:
@@ -172,7 +174,7 @@ def test_gi_ids_are_distinct_for_coexisting_placements_and_uuids_follow() -> Non
         assert {i.gi_id for i in instances if i.placement.size == total} == {0}
     topology = dynamic_node("H100")
     gpu = topology.gpus[0]
-    device = {d.name: d for d in dra.node_devices(topology)}["gpu-0-mig-1g10gb-19-6"]
+    device = {d.name: d for d in dradevices.node_devices(topology)}["gpu-0-mig-1g10gb-19-6"]
     assert device.uuid == mig_uuid(gpu.id, 13, 0)
     assert device.device["attributes"]["parentUUID"] == {"string": gpu.id}
 
@@ -182,11 +184,11 @@ def test_gi_ids_are_distinct_for_coexisting_placements_and_uuids_follow() -> Non
 )
 def test_slices_respect_the_api_limits(gpus: int, counter_slices: int, device_slices: int) -> None:
     topology = dynamic_node("H100", gpus)
-    devices = [d.device for d in dra.node_devices(topology)]
-    sets = dra.node_counter_sets(topology)
+    devices = [d.device for d in dradevices.node_devices(topology)]
+    sets = dradevices.node_counter_sets(topology)
     assert len(devices) == 26 * gpus and len(sets) == gpus
-    target = dra.PoolTarget("node-a", "uid-a", dra.kwok_slice_base("node-a"), "test")
-    slices = dra.build_slices(target, devices, 3, sets)
+    target = draslices.PoolTarget("node-a", "uid-a", draslices.kwok_slice_base("node-a"), "test")
+    slices = draslices.build_slices(target, devices, 3, sets)
     with_sets = [s for s in slices if "sharedCounters" in s["spec"]]
     with_devices = [s for s in slices if "devices" in s["spec"]]
     assert (len(with_sets), len(with_devices)) == (counter_slices, device_slices)
@@ -197,16 +199,16 @@ def test_slices_respect_the_api_limits(gpus: int, counter_slices: int, device_sl
     assert sum(len(s["spec"]["devices"]) for s in with_devices) == len(devices)
     names = [s["metadata"]["name"] for s in slices]
     assert len(set(names)) == len(names)
-    plan = dra.plan_pool(target, devices, slices, sets)
+    plan = draslices.plan_pool(target, devices, slices, sets)
     assert plan.unchanged
 
 
 def test_non_dynamic_pool_has_no_counters() -> None:
     config = parse_cluster_config({"nodePools": {"p": {"gpus": [{"type": "H100", "count": 1}]}}})
     topology = build_node_topology("node-a", config.pools["p"], config, kwok=True)
-    assert dra.node_counter_sets(topology) == []
-    assert [d.name for d in dra.node_devices(topology)] == ["gpu-0"]
-    assert "consumesCounters" not in dra.node_devices(topology)[0].device
+    assert dradevices.node_counter_sets(topology) == []
+    assert [d.name for d in dradevices.node_devices(topology)] == ["gpu-0"]
+    assert "consumesCounters" not in dradevices.node_devices(topology)[0].device
 
 
 def test_dynamic_flag_survives_the_record_round_trip() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from fgo_common import dra
+from fgo_common import dradevices
 from fgo_common.config import parse_cluster_config
 from fgo_common.faults import (
     FaultSpecError,
@@ -151,6 +151,6 @@ def test_mig_device_fault_taints_only_that_device() -> None:
     spec = parse_entry(entry(gpu=target.uuid, kind="xid", code=48), "f", "cm", CREATED)
     gpu.faults = record_faults(spec, target.uuid)
     target.health = UNHEALTHY
-    devices = {d.uuid: d for d in dra.node_devices(topology)}
+    devices = {d.uuid: d for d in dradevices.node_devices(topology)}
     assert devices[target.uuid].device["taints"][0]["value"] == "48"
     assert not any(devices[m.uuid].tainted for m in gpu.mig_devices[1:])

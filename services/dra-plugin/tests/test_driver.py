@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fgo_common import dra
+from fgo_common import dradevices
 from fgo_common.config import parse_cluster_config
 from fgo_common.identity import mig_uuid
 from fgo_common.nodebuild import build_node_topology
@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 NODE = "node-a"
 config = parse_cluster_config({"nodePools": {"p": {"gpus": [{"type": "Tesla K80", "count": 2}]}}})
 TOPOLOGY = build_node_topology(NODE, config.pools["p"], config, kwok=False)
-DEVICES = {d.name: d for d in dra.node_devices(TOPOLOGY)}
+DEVICES = {d.name: d for d in dradevices.node_devices(TOPOLOGY)}
 
 
 def claim(
@@ -187,7 +187,7 @@ async def test_prepare_of_a_dynamic_mig_device_gives_the_instances_uuid(
         {"nodePools": {"p": {"gpus": [{"type": "H100", "count": 1}], "mig": {"dynamic": True}}}}
     )
     topology = build_node_topology(NODE, dyn.pools["p"], dyn, kwok=False)
-    devices = {d.name: d for d in dra.node_devices(topology)}
+    devices = {d.name: d for d in dradevices.node_devices(topology)}
     driver = make_driver(tmp_path, api, devices=devices)
     await driver.start()
     ref = api.add(claim("u1", "gpu-0-mig-3g40gb-9-4"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fgo_common import dra
+from fgo_common import dradevices
 from fgo_common.config import parse_cluster_config
 from fgo_common.nodebuild import build_node_topology
 from fgo_common.topology import (
@@ -37,9 +37,11 @@ def taints(devices: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return {d["name"]: d.get("taints", []) for d in devices}
 
 
-def devices_of(record: NodeTopology, policy: dra.UnhealthyPolicy = "taint") -> list[dict[str, Any]]:
-    options = dra.DeviceOptions(unhealthy=policy)
-    return arbitrate(dra.node_devices(record, options), record, policy)
+def devices_of(
+    record: NodeTopology, policy: dradevices.UnhealthyPolicy = "taint"
+) -> list[dict[str, Any]]:
+    options = dradevices.DeviceOptions(unhealthy=policy)
+    return arbitrate(dradevices.node_devices(record, options), record, policy)
 
 
 def test_extended_resource_holders_taint_their_gpus_dra_holders_do_not() -> None:
@@ -57,12 +59,12 @@ def test_extended_resource_holders_taint_their_gpus_dra_holders_do_not() -> None
 
 def test_release_removes_the_taint_and_the_builder_output_is_not_mutated() -> None:
     record = topology(2)
-    built = dra.node_devices(record)
+    built = dradevices.node_devices(record)
     record.gpus[0].status.holders = [holder("p", HOLDER_DEVICE_PLUGIN)]
     assert taints(arbitrate(built, record, "taint"))["gpu-0"] == [HELD]
     assert "taints" not in built[0].device
     record.gpus[0].status.holders = []
-    assert devices_of(record) == [d.device for d in dra.node_devices(record)]
+    assert devices_of(record) == [d.device for d in dradevices.node_devices(record)]
 
 
 def test_a_fault_taint_and_the_held_taint_side_by_side() -> None:
@@ -115,6 +117,6 @@ def test_desired_pool_reads_the_holders_from_the_record() -> None:
         "data": {TOPOLOGY_DATA_KEY: record.to_yaml()},
     }
     node = {"metadata": {"name": "n1", "uid": "u", "annotations": {"kwok.x-k8s.io/node": "fake"}}}
-    desired = desired_pool("n1", node, cm, dra.DeviceOptions())
+    desired = desired_pool("n1", node, cm, dradevices.DeviceOptions())
     assert desired is not None
     assert taints(desired.devices) == {"gpu-0": [], "gpu-1": [HELD]}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from fgo_common import dra
+from fgo_common import dradevices, draslices
 from fgo_common.config import parse_cluster_config
 from fgo_common.nodebuild import build_node_topology
 from fgo_common.runtime.settings import SettingsError, load_settings
@@ -11,7 +11,7 @@ from fgo_common.topology import TOPOLOGY_DATA_KEY, TopologyFormatError
 from fgo_kwok_dra_plugin.controller import desired_pool, is_kwok_node
 from fgo_kwok_dra_plugin.settings import Settings
 
-OPTIONS = dra.DeviceOptions()
+OPTIONS = dradevices.DeviceOptions()
 
 
 def node(name: str = "kwok-1", *, kwok: bool = True, deleting: bool = False) -> dict:
@@ -42,14 +42,14 @@ def test_kwok_node_with_a_record_gets_its_pool() -> None:
     assert desired.target.node_uid == "uid-kwok-1"
     assert desired.target.topology_generation == 5
     assert [d["name"] for d in desired.devices] == ["gpu-0", "gpu-1"]
-    slices = dra.build_slices(desired.target, desired.devices, generation=1)
+    slices = draslices.build_slices(desired.target, desired.devices, generation=1)
     assert "kwok" in slices[0]["metadata"]["name"]
 
 
 def test_reference_naming_publishes_gpu_uuid_devices() -> None:
     """DEVICE_NAMING=reference (chart: draPlugin.deviceNaming): the reference's device names,
     with the reference's `model` attribute (present in both namings)."""
-    options = dra.DeviceOptions(naming="reference")
+    options = dradevices.DeviceOptions(naming="reference")
     desired = desired_pool("kwok-1", node(), configmap(), options)
     assert desired is not None
     uuids = [d["attributes"]["uuid"]["string"] for d in desired.devices]
@@ -128,7 +128,7 @@ def test_dynamic_mig_node_gets_counter_sets_in_their_own_slice() -> None:
     assert desired is not None
     assert [c["name"] for c in desired.counter_sets] == ["gpu-0-counter-set", "gpu-1-counter-set"]
     assert len(desired.devices) == 2 * 26
-    slices = dra.build_slices(desired.target, desired.devices, 1, desired.counter_sets)
+    slices = draslices.build_slices(desired.target, desired.devices, 1, desired.counter_sets)
     assert [sorted(s["spec"]) for s in slices] == [
         ["driver", "nodeName", "pool", "sharedCounters"],
         ["devices", "driver", "nodeName", "pool"],

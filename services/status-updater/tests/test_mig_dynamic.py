@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fgo_common import dra
+from fgo_common import dradevices
 from fgo_common.identity import mig_uuid
 from fgo_common.topology import HOLDER_DRA, NodeTopology
 from fgo_status_updater.reconcile import NodeInputs, NodeOutcome, ReconcileOptions, reconcile_node
@@ -47,8 +47,8 @@ def run(
     return out
 
 
-def published(record: NodeTopology) -> dict[str, dra.PublishedDevice]:
-    return {d.name: d for d in dra.node_devices(record)}
+def published(record: NodeTopology) -> dict[str, dradevices.PublishedDevice]:
+    return {d.name: d for d in dradevices.node_devices(record)}
 
 
 def test_dynamic_pool_starts_without_mig_and_marks_the_record() -> None:

@@ -1,4 +1,4 @@
-"""Writing a node's ResourceSlices: the API half of :mod:`fgo_common.dra`.
+"""Writing a node's ResourceSlices: the API half of :mod:`fgo_common.draslices`.
 
 Both DRA publishers call :func:`publish_pool` / :func:`withdraw_pool`. Slices are written with
 server-side apply (field manager = the publisher, forced): it creates or replaces in one call
@@ -18,7 +18,8 @@ from typing import Any
 
 import structlog
 
-from fgo_common.dra import Obj, PoolPlan, PoolTarget, plan_pool
+from fgo_common.dradevices import Obj
+from fgo_common.draslices import PoolPlan, PoolTarget, plan_pool
 from fgo_common.kube.errors import is_not_found, raise_for_status
 from fgo_common.kube.retry import retrying
 from fgo_common.kube.served import SliceApi

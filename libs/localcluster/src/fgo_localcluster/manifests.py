@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fgo_common import dra
+from fgo_common import draclasses
 
 OPERATOR_NAMESPACE = "gpu-operator"
 NVIDIA_DRA_DRIVER = "gpu.nvidia.com"
@@ -31,5 +31,6 @@ def operator_namespace() -> dict[str, Any]:
 
 
 def nvidia_device_classes() -> list[dict[str, Any]]:
-    # fgo_common.dra is the one definition (the chart's template is compared with it by tests).
-    return dra.device_classes()
+    # fgo_common.draclasses is the one definition (the chart's template is compared with it
+    # by tests).
+    return draclasses.device_classes()

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fgo_common import dra
+from fgo_common import dradevices
 from fgo_common.names import DRA_NAMES
 from fgo_common.nodestate import STATE_DIR_ENV, write_node_state
 from fgo_common.topology import (
@@ -189,8 +189,8 @@ def claim_devices(
     # Either naming (DEVICE_NAMING of the DRA publishers): gpu-<minor> or gpu-<uuid>.
     uuid_of = {
         d.name: d.uuid
-        for options in (dra.DeviceOptions(), dra.DeviceOptions(naming="reference"))
-        for d in dra.node_devices(topology, options)
+        for options in (dradevices.DeviceOptions(), dradevices.DeviceOptions(naming="reference"))
+        for d in dradevices.node_devices(topology, options)
     }
     allocation = (claim.get("status") or {}).get("allocation") or {}
     ours = [

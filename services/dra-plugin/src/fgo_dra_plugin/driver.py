@@ -32,7 +32,7 @@ from typing import Any
 
 import structlog
 from fgo_common import sharing
-from fgo_common.dra import PublishedDevice
+from fgo_common.dradevices import PublishedDevice
 from fgo_common.names import DRA_NAMES
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 

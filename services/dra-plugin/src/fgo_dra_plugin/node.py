@@ -5,8 +5,8 @@ receive 1000 nodes' worth of events): the topology ConfigMap ``<prefix>-<node>``
 UID is the slices' owner; a re-registered node gets a new UID and our slices follow) and our own
 ResourceSlices. Every change marks the node dirty; one loop then
 
-* rebuilds the device map prepare validates against (``fgo_common.dra.node_devices``, the same
-  devices the slices advertise),
+* rebuilds the device map prepare validates against (``fgo_common.dradevices.node_devices``,
+  the same devices the slices advertise),
 * rewrites the node-local snapshot GPU containers mount (``fgo_common.nodestate``), and
 * brings the node's pool of slices in line (``fgo_common.drapublish``), exactly as the
   kwok-dra-plugin does for KWOK nodes.
@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import structlog
-from fgo_common import dra
+from fgo_common import dradevices, draslices
 from fgo_common.drapublish import publish_pool, withdraw_pool
 from fgo_common.kube.served import SliceApi
 from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent
@@ -71,7 +71,7 @@ class NodeAgent:
         slice_api: SliceApi | None = None,
     ) -> None:
         self.settings = settings
-        self.options = dra.DeviceOptions(
+        self.options = dradevices.DeviceOptions(
             names=settings.names, unhealthy=settings.unhealthy_policy, naming=settings.naming
         )
         self.core = client.CoreV1Api(api)
@@ -91,14 +91,14 @@ class NodeAgent:
             self.resource.list_resource_slice,
             name="resourceslices",
             field_selector=f"spec.nodeName={node}",
-            label_selector=f"{dra.PUBLISHER_LABEL}={settings.instance}",
-            transform=dra.slice_index_view,
+            label_selector=f"{draslices.PUBLISHER_LABEL}={settings.instance}",
+            transform=draslices.slice_index_view,
         )
         self.metrics = NodeMetrics(registry)
         self.field_manager = FIELD_MANAGER_PREFIX + settings.instance
         self.topology: NodeTopology | None = None
         self.record_known = False  # False until the ConfigMap watch has listed
-        self._devices: dict[str, dra.PublishedDevice] | None = None
+        self._devices: dict[str, dradevices.PublishedDevice] | None = None
         self._node: Obj | None = None
         self._slices: dict[str, Obj] = {}
         self._dirty = asyncio.Event()
@@ -107,7 +107,7 @@ class NodeAgent:
 
     # -- what the driver asks ---------------------------------------------------------------
 
-    def current_devices(self) -> Mapping[str, dra.PublishedDevice] | None:
+    def current_devices(self) -> Mapping[str, dradevices.PublishedDevice] | None:
         return self._devices
 
     # -- event intake -----------------------------------------------------------------------
@@ -123,8 +123,8 @@ class NodeAgent:
                 if text is None:
                     raise TopologyFormatError(f"no {TOPOLOGY_DATA_KEY} key")
                 topology = NodeTopology.from_yaml(text, self.settings.node_name)
-                devices = {d.name: d for d in dra.node_devices(topology, self.options)}
-            except (TopologyFormatError, dra.DeviceBuildError) as exc:
+                devices = {d.name: d for d in dradevices.node_devices(topology, self.options)}
+            except (TopologyFormatError, dradevices.DeviceBuildError) as exc:
                 # Keep serving the last good record: dropping it would fail every prepare.
                 self.metrics.records.labels("invalid").inc()
                 log.warning("topology.invalid", error=str(exc)[:300])
@@ -175,22 +175,22 @@ class NodeAgent:
             return
         if self._node is None:
             return  # no owner to hang the slices on yet
-        target = dra.PoolTarget(
+        target = draslices.PoolTarget(
             node_name=self.settings.node_name,
             node_uid=str(self._node["metadata"].get("uid", "")),
-            base_name=dra.node_slice_base(self.settings.node_name, self.settings.driver),
+            base_name=draslices.node_slice_base(self.settings.node_name, self.settings.driver),
             publisher=self.settings.instance,
             driver=self.settings.driver,
             topology_generation=topology.generation,
         )
         devices = [d.device for d in self._devices.values()]
-        counter_sets = dra.node_counter_sets(topology, self.options)  # dynamic MIG only
+        counter_sets = dradevices.node_counter_sets(topology, self.options)  # dynamic MIG only
         result = await publish_pool(
             self.resource, target, devices, existing, self.field_manager, counter_sets=counter_sets
         )
         for stored in result.stored:
             self.metrics.slice_writes.labels("apply").inc()
-            self._slices[stored["metadata"]["name"]] = dra.slice_index_view(stored)
+            self._slices[stored["metadata"]["name"]] = draslices.slice_index_view(stored)
         for name in result.deleted:
             self.metrics.slice_writes.labels("delete").inc()
             self._slices.pop(name, None)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from fgo_common.dra import (
+from fgo_common.dradevices import (
     UNHEALTHY_POLICIES,
     DeviceNaming,
     UnhealthyPolicy,

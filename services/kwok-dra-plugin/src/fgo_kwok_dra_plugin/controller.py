@@ -1,10 +1,11 @@
 """The kwok-dra-plugin controller: gpu.nvidia.com ResourceSlices for every KWOK GPU node.
 
 KWOK nodes have no kubelet, so no node plugin publishes their devices; this one central
-controller does, with the same builder the node plugin uses (fgo_common.dra). It is level-based:
-three list-watches (Nodes, per-node topology ConfigMaps, our own ResourceSlices) feed a keyed work
-queue of node names, and reconciling a node compares the slices it should have with the ones it
-has. So a restart, a missed event or a manual deletion all converge the same way.
+controller does, with the same builders the node plugin uses (fgo_common.dradevices and
+.draslices). It is level-based: three list-watches (Nodes, per-node topology ConfigMaps, our own
+ResourceSlices) feed a keyed work queue of node names, and reconciling a node compares the
+slices it should have with the ones it has. So a restart, a missed event or a manual deletion
+all converge the same way.
 
 A node gets slices while it exists, is a KWOK node (its record says so, or the Node carries
 ``kwok.x-k8s.io/node: fake``) and has a topology record. Anything else loses them: the Node was
@@ -33,8 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from fgo_common import dra
-from fgo_common.dra import Obj
+from fgo_common import dradevices, draslices
+from fgo_common.dradevices import Obj
 from fgo_common.drapublish import publish_pool, slice_pool_node, withdraw_pool
 from fgo_common.kube.leader import LeaderElector
 from fgo_common.kube.served import SliceApi
@@ -91,9 +92,9 @@ def held_by_extended_resource(topology: NodeTopology) -> tuple[set[int], set[str
 
 
 def arbitrate(
-    devices: list[dra.PublishedDevice],
+    devices: list[dradevices.PublishedDevice],
     topology: NodeTopology,
-    policy: dra.UnhealthyPolicy,
+    policy: dradevices.UnhealthyPolicy,
 ) -> list[Obj]:
     """The slice devices, with those the extended-resource path holds made unallocatable: every
     device of a GPU held whole, a held MIG device and its parent GPU's full-GPU device.
@@ -109,14 +110,14 @@ def arbitrate(
         if not held:
             out.append(entry.device)
         elif policy == "taint":
-            taint = {"key": HELD_TAINT_KEY, "effect": dra.TAINT_EFFECT_NO_SCHEDULE}
+            taint = {"key": HELD_TAINT_KEY, "effect": dradevices.TAINT_EFFECT_NO_SCHEDULE}
             out.append({**entry.device, "taints": [*entry.device.get("taints", []), taint]})
     return out
 
 
 @dataclass(frozen=True, slots=True)
 class DesiredPool:
-    target: dra.PoolTarget
+    target: draslices.PoolTarget
     devices: list[Obj]
     counter_sets: list[Obj] = field(default_factory=list)  # dynamic MIG: shared counters
 
@@ -125,7 +126,7 @@ def desired_pool(
     node_name: str,
     node: Obj | None,
     configmap: Obj | None,
-    options: dra.DeviceOptions,
+    options: dradevices.DeviceOptions,
     publisher: str = "kwok-dra-plugin",
 ) -> DesiredPool | None:
     """What ``node_name`` should publish, or None when it should publish nothing.
@@ -144,18 +145,18 @@ def desired_pool(
     topology = NodeTopology.from_yaml(text, node_name)
     if not (topology.kwok or is_kwok_node(node)):
         return None
-    target = dra.PoolTarget(
+    target = draslices.PoolTarget(
         node_name=node_name,
         node_uid=str(meta.get("uid", "")),
-        base_name=dra.kwok_slice_base(node_name),
+        base_name=draslices.kwok_slice_base(node_name),
         publisher=publisher,
         driver=options.names.driver,
         topology_generation=topology.generation,
     )
     return DesiredPool(
         target,
-        arbitrate(dra.node_devices(topology, options), topology, options.unhealthy),
-        dra.node_counter_sets(topology, options),
+        arbitrate(dradevices.node_devices(topology, options), topology, options.unhealthy),
+        dradevices.node_counter_sets(topology, options),
     )
 
 
@@ -201,7 +202,7 @@ class KwokSliceController:
     ):
         self.settings = settings
         self.elector = elector  # None: the only replica, always writing
-        self.options = dra.DeviceOptions(
+        self.options = dradevices.DeviceOptions(
             names=settings.dra_names, unhealthy=settings.unhealthy_policy, naming=settings.naming
         )
         self.core = client.CoreV1Api(api)
@@ -217,8 +218,8 @@ class KwokSliceController:
         self.slices = Reflector(
             self.resource.list_resource_slice,
             name="resourceslices",
-            label_selector=f"{dra.PUBLISHER_LABEL}={settings.instance}",
-            transform=dra.slice_index_view,
+            label_selector=f"{draslices.PUBLISHER_LABEL}={settings.instance}",
+            transform=draslices.slice_index_view,
         )
         self.field_manager = FIELD_MANAGER_PREFIX + settings.instance
         self.metrics = Metrics(registry)
@@ -298,7 +299,7 @@ class KwokSliceController:
 
     def _stored_signature(self, node_name: str) -> frozenset[tuple[str, str, int]]:
         return frozenset(
-            (name, dra.slice_hash(o), dra.slice_generation(o))
+            (name, draslices.slice_hash(o), draslices.slice_generation(o))
             for name, o in self._slices_by_node.get(node_name, {}).items()
         )
 
@@ -336,7 +337,7 @@ class KwokSliceController:
         self._published.add(node_name)
         for stored in result.stored:
             self.metrics.slice_writes.labels("apply").inc()
-            self._remember_slice(dra.slice_index_view(stored))
+            self._remember_slice(draslices.slice_index_view(stored))
         for obj in existing:
             if obj["metadata"]["name"] in result.deleted:
                 self.metrics.slice_writes.labels("delete").inc()

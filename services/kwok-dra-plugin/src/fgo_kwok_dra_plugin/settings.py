@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import cast
 
-from fgo_common.dra import (
+from fgo_common.dradevices import (
     UNHEALTHY_POLICIES,
     DeviceNaming,
     UnhealthyPolicy,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from fgo_common import annotations as ann
-from fgo_common import dra
+from fgo_common import dradevices
 from fgo_common.config import ClusterConfig, NumaConfig
 from fgo_common.nodebuild import build_node_topology
 from fgo_common.profiles import BUILTIN_CATALOG, DEFAULT_PROFILE_KEY, GpuProfile
@@ -310,7 +310,7 @@ def _assign_dra(work: _Work) -> None:
                     continue  # another driver's device, or (impossibly) another node's
                 # Either naming (gpu-<minor> or the reference's gpu-<uuid>): a claim allocated
                 # before the publishers' naming was switched still holds its GPU.
-                is_gpu, gpu = dra.find_full_gpu(device.device, work.all_gpus)
+                is_gpu, gpu = dradevices.find_full_gpu(device.device, work.all_gpus)
                 if gpu is None:
                     if is_gpu:
                         findings.append(
