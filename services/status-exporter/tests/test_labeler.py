@@ -215,3 +215,29 @@ async def test_a_sync_cancelled_midway_is_redone_by_the_next_run() -> None:
     await second
     assert [name for name, _ in api.patches] == ["n1"]
     assert api.labels("n1").get("nvidia.com/gpu.count")
+
+
+async def test_a_failed_patch_is_retried_with_back_off_not_at_the_next_resync() -> None:
+    """A refused patch used to wait for the next LABEL_RESYNC_SECONDS pass (600 s)."""
+    api = FakeNodes("n1")
+    refusals = 2
+
+    async def flaky_patch(name: str, body: dict[str, Any]) -> bool:
+        nonlocal refusals
+        if refusals:
+            refusals -= 1
+            raise ValueError("refused")  # not transient: no retry inside the call
+        return await api.patch(name, body)
+
+    labeler = make({"n1": node("n1", "H100", 1)}, api)
+    labeler._patch = flaky_patch
+    stop = asyncio.Event()
+    runner = asyncio.create_task(labeler.run(stop))
+    labeler.mark("n1")
+    async with asyncio.timeout(10):
+        while not api.patches:
+            await asyncio.sleep(0.02)
+    stop.set()
+    await asyncio.wait_for(runner, 5)
+    assert labeler.errors == 2
+    assert api.labels("n1")["nvidia.com/gpu.count"] == "1"

@@ -6,10 +6,12 @@ write race). Which keys are ours is remembered on the Node itself, in the annota
 annotation does), so labels that no longer apply are removed even across restarts; a node that
 leaves its pool (its topology ConfigMap is deleted) loses every label we wrote.
 
-Work is coalesced per node (a burst of record changes costs one patch) and spread over a worker
-pool (``LABEL_WORKERS``: each new node costs a read and a patch, so bring-up throughput is
-workers / apiserver latency); labels only change when the GPU set or the MIG layout does, not
-with allocations, so pod churn causes no writes at all.
+Work goes through the shared work queue (``fgo_common.runtime.workqueue``): coalesced per node
+(a burst of record changes costs one patch), one worker per node, spread over ``LABEL_WORKERS``
+workers (each new node costs a read and a patch, so bring-up throughput is workers / apiserver
+latency), and a failed read or patch retried with per-node back-off (it used to wait for the
+next ``LABEL_RESYNC_SECONDS`` pass, 600 s). Labels only change when the GPU set or the MIG
+layout does, not with allocations, so pod churn causes no writes at all.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import structlog
 from fgo_common.kube.errors import is_not_found
 from fgo_common.kube.retry import retrying
 from fgo_common.names import FAKE_GPU_LABEL
+from fgo_common.runtime.workqueue import WorkQueue, WorkQueueMetrics, run_worker
 from fgo_common.topology import NodeTopology
 
 log = structlog.get_logger(__name__)
@@ -70,25 +73,26 @@ class NodeLabeler:
         read_node: NodeReader,
         patch_node: NodePatcher,
         workers: int = 32,
+        metrics: WorkQueueMetrics | None = None,
     ) -> None:
         self._desired = desired
         self._read = read_node
         self._patch = patch_node
         self._workers = workers
-        self._dirty: dict[str, None] = {}  # insertion-ordered set
-        self._wake = asyncio.Event()
-        self._in_flight: set[str] = set()
+        self.queue = WorkQueue("labels", metrics=metrics)
         # What we last wrote per node; a node missing here is re-read before it is patched.
         self.applied: dict[str, Labels] = {}
         self.patches = 0
         self.errors = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
+
+    @property
+    def idle(self) -> asyncio.Event:
+        """Set while no node is waiting for a worker or being synced (one backing off after a
+        failure does not count)."""
+        return self.queue.idle
 
     def mark(self, node_name: str) -> None:
-        self._dirty[node_name] = None
-        self.idle.clear()
-        self._wake.set()
+        self.queue.add(node_name)
 
     def forget(self, node_name: str) -> None:
         """Re-read ``node_name`` on its next sync (its Node may have been re-created)."""
@@ -133,40 +137,36 @@ class NodeLabeler:
             removed=sorted(owned - desired.keys()),
         )
 
-    async def _worker(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            node_name = next((n for n in self._dirty if n not in self._in_flight), None)
-            if node_name is None:
-                if not self._dirty and not self._in_flight:
-                    self.idle.set()
-                self._wake.clear()
-                waiter = asyncio.ensure_future(self._wake.wait())
-                stopper = asyncio.ensure_future(stop.wait())
-                try:
-                    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
-                    stopper.cancel()
-                continue
-            del self._dirty[node_name]
-            self._in_flight.add(node_name)
-            try:
-                await self.sync(node_name)
-            except asyncio.CancelledError:
-                self.mark(node_name)  # stopped mid-sync (e.g. the Lease lost): redo it next time
-                raise
-            except Exception as exc:
-                # Give up on this round; the next change or resync of the node retries it.
-                self.errors += 1
-                log.warning("labels.failed", node=node_name, error=str(exc)[:300])
-            finally:
-                self._in_flight.discard(node_name)
-                self._wake.set()
+    async def _sync_counted(self, node_name: str) -> None:
+        try:
+            await self.sync(node_name)
+        except Exception:
+            self.errors += 1
+            raise
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Sync marked nodes until ``stop``. Cancelled (the Lease lost), a node whose sync was
+        in flight stays queued for the next run."""
         async with asyncio.TaskGroup() as group:
-            for i in range(self._workers):
-                group.create_task(self._worker(stop), name=f"labeler-{i}")
+            workers = [
+                group.create_task(
+                    run_worker(self.queue, self._sync_counted, on_failure=_log_failure),
+                    name=f"labeler-{i}",
+                )
+                for i in range(self._workers)
+            ]
+            await stop.wait()
+            for worker in workers:
+                worker.cancel()
+
+
+def _log_failure(node_name: str, exc: Exception, retry_in: float | None) -> None:
+    log.warning(
+        "labels.failed",
+        node=node_name,
+        error=str(exc)[:300],
+        retry_in=None if retry_in is None else round(retry_in, 2),
+    )
 
 
 def kube_node_access(api: Any) -> tuple[NodeReader, NodePatcher]:

@@ -28,6 +28,7 @@ from fgo_common.runtime.runner import (
     run_tasks,
     split_leader_tasks,
 )
+from fgo_common.runtime.workqueue import WorkQueueMetrics
 from fgo_common.telemetry import BUCKET_SECONDS
 from fgo_common.topology import NODE_TOPOLOGY_LABEL, node_topology_configmap_name
 from prometheus_client import CollectorRegistry, Gauge
@@ -105,6 +106,7 @@ class Exporter:
             read_node=read,
             patch_node=patch,
             workers=settings.label_workers,
+            metrics=WorkQueueMetrics(registry, "fgo_status_exporter"),
         )
         if settings.gfd_labels:
             self.store.recreated.append(self.labeler.forget)
