@@ -96,3 +96,62 @@ def smi_csv(state_dir: Path, env: dict[str, str], *args: str) -> list[dict[str, 
     query = next(a for a in args if a.startswith("--query-"))
     names = query.partition("=")[2].split(",")
     return [dict(zip(names, row, strict=True)) for row in rows[1:]]
+
+
+# NVIDIA's go-nvml module (its pkg/nvml/nvml.h is the public header the ABI tests compare
+# with), fetched through the Go module proxy once and cached outside the repository.
+GO_PROGRAM = Path(__file__).resolve().parent / "gonvml"
+GO_CACHE = Path.home() / ".cache" / "fgo" / "nvml-go"
+
+
+def go_binary() -> str | None:
+    return shutil.which("go") or next(
+        (p for p in ("/usr/local/go/bin/go",) if Path(p).is_file()), None
+    )
+
+
+def go_env() -> dict[str, str]:
+    go = go_binary()
+    assert go is not None
+    return {
+        "PATH": f"{Path(go).parent}:/usr/bin:/bin",
+        "HOME": str(Path.home()),
+        "GOMODCACHE": str(GO_CACHE / "gopath" / "pkg" / "mod"),
+        "GOCACHE": str(GO_CACHE / "gocache"),
+        "GOPATH": str(GO_CACHE / "gopath"),
+        "GOFLAGS": "-modcacherw",
+        "GOTOOLCHAIN": "local",
+        "CGO_ENABLED": "1",
+    }
+
+
+def go_nvml_header() -> Path:
+    """``pkg/nvml/nvml.h`` of the go-nvml version the Go program's go.mod pins."""
+    go = go_binary()
+    assert go is not None
+    result = subprocess.run(
+        [go, "mod", "download", "-json", "github.com/NVIDIA/go-nvml"],
+        cwd=GO_PROGRAM,
+        env=go_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    return Path(json.loads(result.stdout)["Dir"]) / "pkg" / "nvml" / "nvml.h"
+
+
+def build_go_program() -> Path:
+    go = go_binary()
+    assert go is not None
+    out = GO_CACHE / "bin" / "gonvml"
+    subprocess.run(
+        [go, "build", "-o", str(out), "."],
+        cwd=GO_PROGRAM,
+        env=go_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=True,
+    )
+    return out
