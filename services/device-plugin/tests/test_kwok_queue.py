@@ -99,3 +99,37 @@ async def test_a_failed_patch_is_retried_with_back_off_not_left_for_the_next_hea
         gaps = [b - a for a, b in itertools.pairwise(attempts)]
         assert gaps[0] >= 0.1  # backed off, and no event was needed to try again
         assert gaps[1] >= gaps[0] * 0.9  # roughly doubling, with jitter
+
+
+async def test_the_periodic_resync_requeues_every_node_and_can_be_turned_off() -> None:
+    async with ApiClient() as api:
+        ctl = KwokCapacityController(
+            api=api, namespace="ns", prefix="topology", metrics=Metrics(), resync_seconds=0.05
+        )
+        ctl.records["n1"] = _Record(kwok=True, wanted={"nvidia.com/gpu": (8, 8)})
+        ctl._nodes.cache["n1"] = kwok_node("n1")
+        seen: list[str] = []
+
+        async def reconcile(name: str) -> None:
+            seen.append(name)
+
+        ctl.reconcile = reconcile  # type: ignore[method-assign]
+        ctl.synced.set()
+        tasks = ctl._start_workers()
+        try:
+            async with asyncio.timeout(5):
+                while len(seen) < 2:  # no event at all: the resync queued it, twice
+                    await asyncio.sleep(0.01)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        assert set(seen) == {"n1"}
+        ctl.resync_seconds = 0
+        off = ctl._start_workers()
+        assert len(off) == ctl.workers  # no resync task (one that ended would stop the service)
+        for task in off:
+            task.cancel()
+        await asyncio.gather(*off, return_exceptions=True)

@@ -344,7 +344,7 @@ class KwokCapacityController:
         """Every node once per ``resync_seconds``: cheap (a dict comparison per node), and it
         repairs capacity someone changed by hand without a record change we act on."""
         await self.synced.wait()
-        while self.resync_seconds > 0:
+        while True:
             await asyncio.sleep(self.resync_seconds)
             for name in list(self._nodes.cache):
                 self.on_node(WatchEvent("ADDED", self._nodes.cache[name]))
@@ -375,6 +375,8 @@ class KwokCapacityController:
             asyncio.create_task(self._worker(), name=f"kwok-worker-{i}")
             for i in range(self.workers)
         ]
+        if self.resync_seconds <= 0:
+            return workers  # (a task that returned would stop the service)
         return [*workers, asyncio.create_task(self._resync(), name="kwok-resync")]
 
     async def _lead(self, lost: asyncio.Event) -> None:
