@@ -778,7 +778,25 @@ def build() -> Schema:
                         ),
                     },
                 ),
-                "podResources": toggle(f"{IGNORED}: no fake pod-resources server"),
+                "podResources": obj(
+                    "A fake kubelet podresources v1 socket (List, GetAllocatableResources, Get) "
+                    "and sysfs NUMA files per node, served by the per-node exporter (DaemonSet) "
+                    "from the node's record and its pool's numa block (docs/numa.md)",
+                    {
+                        "enabled": boolean("Serve them (the reference's key)"),
+                        "socketDir": string(
+                            "Host directory of the socket kubelet.sock (hostPath); never the "
+                            "kubelet's own /var/lib/kubelet/pod-resources",
+                            pattern="^/",
+                        ),
+                        "sysfsDir": string(
+                            "Host directory that stands for /sys: devices/system/node/node<z>/"
+                            "cpulist, cpumap, distance, node/online, possible, has_cpu, "
+                            "has_memory, cpu/online, possible, present (hostPath)",
+                            pattern="^/",
+                        ),
+                    },
+                ),
             },
         ),
         "admissionPolicy": obj(

@@ -35,6 +35,7 @@ EVERYTHING = [
     "kwokDraPlugin.enabled=true",
     "statusUpdater.runaiIntegration.enabled=true",
     "statusExporter.nodeResourceTopology.enabled=true",
+    "statusExporter.podResources.enabled=true",
     "leaderElection.enabled=true",
 ]
 

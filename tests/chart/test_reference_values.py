@@ -95,7 +95,6 @@ def test_reference_images_of_ignored_components_are_accepted(helm: Helm) -> None
 # named by NOTES.txt when set. (Keys we honour or map are not named as ignored.)
 IGNORED_IN_REFERENCE_DEFAULTS = [
     "environment.fakeCSVVersion",
-    "statusExporter.podResources",
     "statusExporter.topologyMaxExportInterval",
     "statusExporter.kwok.prometheusRule",
     "draPlugin.serviceAccount",
@@ -120,6 +119,7 @@ HONOURED = [
     "statusUpdater.disableNodeLabeling",
     "statusUpdater.runaiIntegration",
     "statusExporter.nodeResourceTopology",
+    "statusExporter.podResources",
     "kwokGpuDevicePlugin",
     "kwokDraPlugin",
     "runtimeClass",

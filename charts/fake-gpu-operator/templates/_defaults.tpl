@@ -233,6 +233,15 @@ statusExporter:
   nodeResourceTopology:
     enabled: false
     installCRD: true
+  # -- A fake kubelet podresources v1 socket (List, GetAllocatableResources, Get) and sysfs NUMA
+  # files (devices/system/node/node*/cpulist, online, possible ...) per node, served by the
+  # per-node exporter (DaemonSet) from the node's record and its pool's numa block, for node
+  # agents that read them (docs/numa.md). socketDir gets kubelet.sock; it must not be the
+  # kubelet's own /var/lib/kubelet/pod-resources. sysfsDir stands for /sys. Both are hostPaths.
+  podResources:
+    enabled: false
+    socketDir: /var/lib/fake-gpu-operator/pod-resources
+    sysfsDir: /var/lib/fake-gpu-operator/sys
 
 # -- ValidatingAdmissionPolicies that narrow the two cluster-wide `patch pods` grants: the
 # device-plugin node agent may change only annotation fake-gpu-operator/allocated-devices, and

@@ -65,7 +65,6 @@ named when it is set (not null), unless its value is what this chart does anyway
 {{- if and (not (kindIs "invalid" $ppr)) (ne (toString (default dict $ppr).enabled) "true") -}}
 {{- $out = append $out "statusUpdater.podPatchRbac: pods patch is always granted (narrowed by admissionPolicy)" -}}
 {{- end -}}
-{{- if not (kindIs "invalid" $se.podResources) }}{{ $out = append $out "statusExporter.podResources: no fake pod-resources server or sysfs cpulists" }}{{ end -}}
 {{- if not (kindIs "invalid" $se.topologyMaxExportInterval) }}{{ $out = append $out "statusExporter.topologyMaxExportInterval: the exporter serves the current record at every scrape" }}{{ end -}}
 {{- if not (kindIs "invalid" (default dict $se.kwok).prometheusRule) }}{{ $out = append $out "statusExporter.kwok.prometheusRule: no PrometheusRule is rendered" }}{{ end -}}
 {{- if not (kindIs "invalid" $dra.serviceAccount) }}{{ $out = append $out "draPlugin.serviceAccount: the plugin always runs as ServiceAccount fgo-dra-plugin, which the chart creates" }}{{ end -}}
