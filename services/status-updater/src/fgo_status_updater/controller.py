@@ -1,35 +1,26 @@
-"""The status-updater controller: watches, a per-node work queue, and the writes.
+"""The status-updater controller: watches, a per-node work queue, and what one node's turn does.
 
 Watches (list, then watch, then relist; see ``fgo_common.kube.watch``) keep caches of Nodes, GPU
 pods, ResourceClaims, Run:ai PodGroups, the per-node records and the cluster topology config.
 Every change marks the nodes it concerns dirty; workers take dirty nodes (debounced, one worker
 per node at a time), compute the desired record with ``reconcile_node`` and write it only if it
-differs, replacing the ConfigMap *with its resourceVersion*: on 409 the record is re-read and
-recomputed, never forced. Nothing is written before every cache has synced (that is /readyz).
+differs (``records.RecordStore``: replaced *with its resourceVersion*; on 409 re-read and
+recomputed, never forced), then the Node and reservation-pod patches (``nodewrites``). Nothing is
+written before every cache has synced (that is /readyz).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import os
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from collections.abc import Callable
 
 import structlog
-from fgo_common import annotations as ann
 from fgo_common.config import ClusterConfig, ConfigError, load_cluster_config
 from fgo_common.faults import FAULTS_LABEL
-from fgo_common.kube.errors import (
-    describe_error,
-    is_conflict,
-    is_not_found,
-    raise_for_status,
-    status_of,
-)
-from fgo_common.kube.retry import retrying
+from fgo_common.kube.errors import describe_error
 from fgo_common.kube.served import DRA_GROUP, DRA_READ_VERSIONS, ServedVersionList
 from fgo_common.kube.watch import (
     DELETED,
@@ -39,19 +30,10 @@ from fgo_common.kube.watch import (
     WatchEvent,
     slim_node,
 )
-from fgo_common.names import GPU_OPERATOR_LABELS
 from fgo_common.profiles.custom import PROFILES_DATA_KEY, CustomProfileError, custom_catalog
 from fgo_common.runtime.runner import ServiceContext, TaskFactory
 from fgo_common.runtime.workqueue import WorkQueue, WorkQueueMetrics, run_worker
-from fgo_common.topology import (
-    KWOK_NODE_ANNOTATION,
-    NODE_NAME_LABEL,
-    NODE_TOPOLOGY_LABEL,
-    TOPOLOGY_DATA_KEY,
-    NodeTopology,
-    TopologyFormatError,
-    node_topology_configmap_name,
-)
+from fgo_common.topology import NODE_TOPOLOGY_LABEL, TOPOLOGY_DATA_KEY
 from kubernetes_asyncio import client
 
 from fgo_status_updater import mig
@@ -61,9 +43,11 @@ from fgo_status_updater.faults import FaultBook
 from fgo_status_updater.findings import NORMAL, WARNING, Finding, ObjectRef
 from fgo_status_updater.knative import KnativePod, KnativePoller
 from fgo_status_updater.metrics import PREFIX, Metrics
+from fgo_status_updater.nodewrites import NodeWriter
 from fgo_status_updater.nrt import NrtPublisher, desired_nrt
-from fgo_status_updater.podinfo import Obj, annotations_of, labels_of, meta
+from fgo_status_updater.podinfo import meta
 from fgo_status_updater.reconcile import NodeInputs, ReconcileOptions, reconcile_node
+from fgo_status_updater.records import RecordStore, same_record
 from fgo_status_updater.runai import RunaiRuleController
 from fgo_status_updater.settings import Settings
 from fgo_status_updater.usage import UsagePolicy
@@ -71,15 +55,6 @@ from fgo_status_updater.usage import UsagePolicy
 log = structlog.get_logger(__name__)
 
 PODGROUP_GROUP, PODGROUP_VERSION, PODGROUP_PLURAL = "scheduling.run.ai", "v2alpha2", "podgroups"
-DEPLOY_ALL = ("dcgm-exporter",)
-DEPLOY_KUBELET = ("device-plugin", "dra-plugin-gpu", "compute-domain-dra-plugin")
-# kubernetes-asyncio picks strategic-merge for dict bodies; a JSON merge patch says exactly what we
-# mean for a labels/annotations map (and works on every kind). Not in its stubs, hence a dict.
-_PATCH_KW: dict[str, Any] = {
-    "_content_type": "application/merge-patch+json",
-    "_preload_content": False,
-}
-_LABEL_VALUE_MAX = 63
 
 
 def _log_failure(node: str, exc: Exception, retry_in: float | None) -> None:
@@ -89,32 +64,6 @@ def _log_failure(node: str, exc: Exception, retry_in: float | None) -> None:
         error=describe_error(exc),
         retry_in=None if retry_in is None else round(retry_in, 2),
     )
-
-
-def deploy_labels(kwok: bool) -> dict[str, str]:
-    """The NVIDIA GPU Operator's per-operand deploy labels the reference sets on pool nodes:
-    all get the DCGM exporter; only nodes with a kubelet get the node agents."""
-    operands = DEPLOY_ALL if kwok else DEPLOY_ALL + DEPLOY_KUBELET
-    return {GPU_OPERATOR_LABELS.deploy(o): "true" for o in operands}
-
-
-def _valid_label_value(value: str) -> bool:
-    return (
-        len(value) <= _LABEL_VALUE_MAX
-        and all(c.isalnum() or c in "-_." for c in value)
-        and (not value or (value[0].isalnum() and value[-1].isalnum()))
-    )
-
-
-async def _json(call: Awaitable[Any]) -> dict[str, Any]:
-    """Run a kubernetes-asyncio call made with ``_preload_content=False``: raw JSON, no model
-    deserialisation (the models cost more CPU than the rest of a reconcile)."""
-    resp = await call
-    await raise_for_status(resp)
-    try:
-        return cast("dict[str, Any]", json.loads(await resp.read()))
-    finally:
-        resp.release()
 
 
 class Controller:
@@ -158,9 +107,19 @@ class Controller:
         self.synced = asyncio.Event()
         self._required = {"nodes", "pods", "records", "config", "resourceclaims", "gpu-faults"}
         self._synced_parts: set[str] = set()
-        self._patched_reservations: set[tuple[str, str, str]] = set()
         self._background: set[asyncio.Task[None]] = set()
-        self._parsed: dict[str, tuple[str, NodeTopology]] = {}  # node -> (resourceVersion, record)
+        self.records = RecordStore(
+            self.core,
+            self.namespace,
+            settings.topology_cm_name,
+            self.caches,
+            self.metrics,
+            requeue=lambda node: self._mark(node, 0.0),
+            report=self._report,
+        )
+        self.node_writes = NodeWriter(
+            self.core, self.metrics, labeling=not settings.disable_node_labeling
+        )
         # NodeResourceTopology objects of nodes in pools with ``numa`` (docs/numa.md).
         self.nrt = (
             NrtPublisher(self.custom, self.metrics) if settings.node_resource_topology else None
@@ -456,7 +415,7 @@ class Controller:
     async def reconcile(self, name: str) -> str:
         node = self.caches.nodes.get(name)
         cm = self.caches.records.get(name)
-        previous = self._parse_record(name, cm)
+        previous = self.records.parse(name, cm)
         now = time.time()
         outcome = reconcile_node(
             NodeInputs(
@@ -484,269 +443,33 @@ class Controller:
         if outcome.action == "delete":
             result = "unchanged"
             if cm is not None:
-                result = await self._delete_record(name, cm)
+                result = await self.records.delete(name, cm)
                 if node is not None and result == "deleted":
-                    await self._set_deploy_labels(node, None)
+                    await self.node_writes.set_deploy_labels(node, None)
             if self.nrt is not None:
                 await self.nrt.sync(name, None)
             self.metrics.managed_nodes.set(len(self.caches.records))
             return result
         assert outcome.record is not None and node is not None
-        body = self._record_body(name, node, cm)
+        body = self.records.body(name, node, cm)
         result = "unchanged"
-        if cm is None or previous is None or not _same_record(cm, body, previous, outcome.record):
+        if cm is None or previous is None or not same_record(cm, body, previous, outcome.record):
             body["data"] = {**(cm.get("data") or {} if cm else {})}
             body["data"][TOPOLOGY_DATA_KEY] = outcome.record.to_yaml()
-            result = await self._write_record(name, body, outcome.record, create=cm is None)
+            result = await self.records.write(name, body, outcome.record, create=cm is None)
             if result == "conflict":
                 return result
         self.metrics.managed_nodes.set(len(self.caches.records))
         if self.nrt is not None:
             pods = self.caches.pods_on(name)
             await self.nrt.sync(name, desired_nrt(name, node, self.config, outcome.record, pods))
-        await self._set_deploy_labels(node, outcome.record.kwok)
-        await self._patch_node(node, mig.node_patch(node, outcome.record))
+        await self.node_writes.set_deploy_labels(node, outcome.record.kwok)
+        await self.node_writes.patch_node(node, mig.node_patch(node, outcome.record))
         if outcome.requeue_after is not None:
             self._mark(name, outcome.requeue_after + 0.05)  # a MIG config falls due
         for namespace, pod, gpu in outcome.reservation_patches:
-            await self._annotate_reservation(namespace, pod, gpu)
+            await self.node_writes.annotate_reservation(namespace, pod, gpu)
         return result
 
-    def _parse_record(self, name: str, cm: Obj | None) -> NodeTopology | None:
-        """The stored record as an object; the one we wrote last is kept, not re-parsed (the
-        reconciler never mutates its input)."""
-        if cm is None:
-            self._parsed.pop(name, None)
-            return None
-        version = str(meta(cm).get("resourceVersion", ""))
-        cached = self._parsed.get(name)
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        text = (cm.get("data") or {}).get(TOPOLOGY_DATA_KEY)
-        try:
-            if not isinstance(text, str):
-                raise TopologyFormatError(f"no {TOPOLOGY_DATA_KEY} key")
-            record = NodeTopology.from_yaml(text, name)
-            self._parsed[name] = (version, record)
-            return record
-        except TopologyFormatError as exc:
-            m = meta(cm)
-            self._report(
-                Finding(
-                    ObjectRef("ConfigMap", str(m.get("name")), self.namespace, str(m.get("uid"))),
-                    "InvalidTopologyRecord",
-                    f"the stored record cannot be read ({exc}); rebuilding it from the pods",
-                )
-            )
-            return None
 
-    def _record_body(self, name: str, node: Obj, cm: Obj | None) -> dict[str, Any]:
-        """The record ConfigMap's metadata (``data`` is added only when a write is due)."""
-        old_meta = meta(cm) if cm else {}
-        labels = dict(old_meta.get("labels") or {})
-        labels[NODE_TOPOLOGY_LABEL] = "true"
-        if _valid_label_value(name):
-            labels[NODE_NAME_LABEL] = name
-        notes = dict(old_meta.get("annotations") or {})
-        kwok = annotations_of(node).get(KWOK_NODE_ANNOTATION)
-        if kwok is None:
-            notes.pop(KWOK_NODE_ANNOTATION, None)
-        else:
-            notes[KWOK_NODE_ANNOTATION] = kwok
-        owners = [o for o in old_meta.get("ownerReferences") or [] if o.get("kind") != "Node"]
-        # The Node owns its record: if we are down when the Node goes, the garbage collector
-        # removes the record.
-        owners.append(
-            {"apiVersion": "v1", "kind": "Node", "name": name, "uid": meta(node).get("uid")}
-        )
-        metadata: dict[str, Any] = {
-            "name": node_topology_configmap_name(self.settings.topology_cm_name, name),
-            "namespace": self.namespace,
-            "labels": labels,
-            "annotations": notes,
-            "ownerReferences": owners,
-        }
-        if cm is not None:
-            metadata["resourceVersion"] = old_meta.get("resourceVersion")
-        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata}
-
-    async def _write_record(
-        self, name: str, body: dict[str, Any], record: NodeTopology, *, create: bool
-    ) -> str:
-        cm_name = body["metadata"]["name"]
-
-        async def write() -> dict[str, Any]:
-            if create:
-                return await _json(
-                    self.core.create_namespaced_config_map(
-                        self.namespace, cast("Any", body), _preload_content=False
-                    )
-                )
-            return await _json(
-                self.core.replace_namespaced_config_map(
-                    cm_name, self.namespace, cast("Any", body), _preload_content=False
-                )
-            )
-
-        try:
-            stored = await retrying(write, what=f"record {cm_name}")
-        except Exception as exc:
-            if not is_conflict(exc) and not (is_not_found(exc) and not create):
-                raise
-            # Someone else wrote (or deleted) it since we read it: re-read, recompute.
-            self.metrics.conflicts.inc()
-            log.info("record.conflict", node=name, status=status_of(exc))
-            await self._reread(name, cm_name)
-            self._mark(name, 0.0)
-            return "conflict"
-        self.metrics.writes.labels("ConfigMap", "create" if create else "update").inc()
-        self.caches.store_record(name, stored)
-        self._parsed[name] = (str(meta(stored).get("resourceVersion", "")), record)
-        log.debug("record.written", node=name, created=create)
-        return "created" if create else "written"
-
-    async def _reread(self, name: str, cm_name: str) -> None:
-        async def read() -> dict[str, Any]:
-            return await _json(
-                self.core.read_namespaced_config_map(
-                    cm_name, self.namespace, _preload_content=False
-                )
-            )
-
-        try:
-            self.caches.store_record(name, await retrying(read, what=f"read {cm_name}"))
-        except Exception as exc:
-            if not is_not_found(exc):
-                raise
-            self.caches.store_record(name, None)
-
-    async def _delete_record(self, name: str, cm: Obj) -> str:
-        cm_name = str(meta(cm).get("name"))
-        options = {"preconditions": {"resourceVersion": meta(cm).get("resourceVersion")}}
-
-        async def delete() -> object:
-            return await _json(
-                self.core.delete_namespaced_config_map(
-                    cm_name, self.namespace, body=cast("Any", options), _preload_content=False
-                )
-            )
-
-        try:
-            await retrying(delete, what=f"delete {cm_name}")
-        except Exception as exc:
-            if is_not_found(exc):
-                self.caches.store_record(name, None)
-                return "deleted"
-            if not is_conflict(exc):
-                raise
-            self.metrics.conflicts.inc()
-            await self._reread(name, cm_name)
-            self._mark(name, 0.0)
-            return "conflict"
-        self.metrics.writes.labels("ConfigMap", "delete").inc()
-        self.caches.store_record(name, None)
-        log.info("record.deleted", node=name)
-        return "deleted"
-
-    async def _set_deploy_labels(self, node: Obj, kwok: bool | None) -> None:
-        """Add the deploy labels to a GPU node (``kwok`` True/False) or remove them from a node
-        that stops being one (None). Only labels that differ are sent."""
-        if self.settings.disable_node_labeling:
-            return
-        current = labels_of(node)
-        if kwok is None:
-            wanted: dict[str, str | None] = {k: None for k in deploy_labels(False) if k in current}
-        else:
-            wanted = {k: v for k, v in deploy_labels(kwok).items() if current.get(k) != v}
-        if not wanted:
-            return
-        name = str(meta(node).get("name"))
-        patch = {"metadata": {"labels": wanted}}
-
-        async def send() -> object:
-            return await _json(self.core.patch_node(name, cast("Any", patch), **_PATCH_KW))
-
-        try:
-            await retrying(send, what=f"label node {name}")
-        except Exception as exc:
-            if is_not_found(exc):
-                return
-            raise
-        self.metrics.writes.labels("Node", "patch").inc()
-        # Until the watch brings the labelled Node, remember them to avoid patching again.
-        labels = dict(current)
-        for key, value in wanted.items():
-            if value is None:
-                labels.pop(key, None)
-            else:
-                labels[key] = value
-        cast("dict[str, Any]", node).setdefault("metadata", {})["labels"] = labels
-
-    async def _patch_node(self, node: Obj, changes: dict[str, dict[str, str | None]]) -> None:
-        """Merge-patch labels/annotations of a Node (the MIG state ``mig.node_patch`` wants)."""
-        if not changes:
-            return
-        name = str(meta(node).get("name"))
-
-        async def send() -> object:
-            patch = {"metadata": changes}
-            return await _json(self.core.patch_node(name, cast("Any", patch), **_PATCH_KW))
-
-        try:
-            await retrying(send, what=f"patch node {name}")
-        except Exception as exc:
-            if is_not_found(exc):
-                return
-            raise
-        self.metrics.writes.labels("Node", "patch").inc()
-        # Until the watch brings the patched Node, remember the change to avoid sending it again.
-        node_meta = cast("dict[str, Any]", node).setdefault("metadata", {})
-        for section, values in changes.items():
-            merged = dict(node_meta.get(section) or {})
-            for key, value in values.items():
-                if value is None:
-                    merged.pop(key, None)
-                else:
-                    merged[key] = value
-            node_meta[section] = merged
-
-    async def _annotate_reservation(self, namespace: str, pod: str, gpu: str) -> None:
-        key = (namespace, pod, gpu)
-        if key in self._patched_reservations:
-            return
-        patch = {"metadata": {"annotations": {ann.RESERVE_FOR_GPU_INDEX: gpu}}}
-
-        async def send() -> object:
-            return await _json(
-                self.core.patch_namespaced_pod(pod, namespace, cast("Any", patch), **_PATCH_KW)
-            )
-
-        try:
-            await retrying(send, what=f"annotate reservation pod {namespace}/{pod}")
-        except Exception as exc:
-            if is_not_found(exc):
-                return
-            raise
-        self._patched_reservations.add(key)
-        if len(self._patched_reservations) > 50_000:
-            self._patched_reservations.clear()
-        self.metrics.writes.labels("Pod", "patch").inc()
-        log.info("reservation.annotated", namespace=namespace, pod=pod, gpu=gpu)
-
-
-def _same_record(
-    cm: Obj, body: dict[str, Any], previous: NodeTopology, record: NodeTopology
-) -> bool:
-    """Nothing to write: same record content (compared as data, not as YAML text, so a record
-    written by another YAML emitter is not rewritten) and same metadata."""
-    old, new = meta(cm), body["metadata"]
-    return (
-        previous.to_dict() == record.to_dict()
-        and (old.get("labels") or {}) == new["labels"]
-        and (old.get("annotations") or {}) == new["annotations"]
-        and [(o.get("kind"), o.get("name"), o.get("uid")) for o in old.get("ownerReferences") or []]
-        == [(o.get("kind"), o.get("name"), o.get("uid")) for o in new["ownerReferences"]]
-    )
-
-
-__all__ = ["Controller", "deploy_labels"]
+__all__ = ["Controller"]
