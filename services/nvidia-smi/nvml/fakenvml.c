@@ -24,7 +24,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifdef FGO_NVML_REAL_HEADER
+/* ABI check (tests/test_nvml_abi.py): every definition below must match NVIDIA's prototype. */
+#define NVML_NO_UNVERSIONED_FUNC_DEFS
+#include <nvml.h>
+#else
 #include "fgo_nvml.h"
+#endif
 
 #define API __attribute__((visibility("default")))
 #define MAX_GPUS 32
