@@ -29,6 +29,7 @@ from fgo_common import annotations as ann
 from fgo_common import dradevices
 from fgo_common.config import ClusterConfig, NumaConfig
 from fgo_common.nodebuild import build_node_topology
+from fgo_common.nrt import PodDemand, pod_demand, split_largest_remainder, zone_capacity
 from fgo_common.profiles import BUILTIN_CATALOG, DEFAULT_PROFILE_KEY, GpuProfile
 from fgo_common.telemetry import sample_gpu
 from fgo_common.topology import (
@@ -45,6 +46,7 @@ from fgo_common.topology import (
     OtherDevice,
     PodUsage,
 )
+from fgo_common.units import format_bytes, format_millis
 
 from fgo_status_updater import mig
 from fgo_status_updater.findings import Finding, node_ref, pod_ref
@@ -442,6 +444,92 @@ def _single_numa_refusal(
     )
 
 
+class _ZoneBudget:
+    """CPU and memory still free per NUMA zone of a KWOK node, counted as its NodeResourceTopology
+    counts them (``fgo_common.nrt``): the zone's capacity minus the requests of the pods holding
+    GPUs there, each pod's requests split over its zones in proportion to its GPUs. A
+    single-numa-node pick must fit the pod's GPUs, CPU and memory on one zone."""
+
+    def __init__(self, numa: NumaConfig, allocatable: Mapping[str, object]) -> None:
+        self.zones = numa.zones
+        self.cpu, self.mem = zone_capacity(numa, allocatable)
+        self.cpu_used = [0] * numa.zones
+        self.mem_used = [0] * numa.zones
+
+    def zone(self, gpu: GpuRecord) -> int:
+        return min(max(gpu.numa_node, 0), self.zones - 1)
+
+    def charge(self, demand: PodDemand, gpus: Sequence[GpuRecord]) -> None:
+        weights = [0] * self.zones
+        for gpu in gpus:
+            weights[self.zone(gpu)] += 1
+        for z, n in enumerate(split_largest_remainder(demand.cpu_millis, weights)):
+            self.cpu_used[z] += n
+        for z, n in enumerate(split_largest_remainder(demand.memory_bytes, weights)):
+            self.mem_used[z] += n
+
+    def fits(self, z: int, demand: PodDemand) -> bool:
+        return (self.cpu is None or self.cpu - self.cpu_used[z] >= demand.cpu_millis) and (
+            self.mem is None or self.mem - self.mem_used[z] >= demand.memory_bytes
+        )
+
+    def free(self, z: int) -> str:
+        parts = []
+        if self.cpu is not None:
+            parts.append(f"{format_millis(max(0, self.cpu - self.cpu_used[z]))} CPU")
+        if self.mem is not None:
+            parts.append(f"{format_bytes(max(0, self.mem - self.mem_used[z]))} memory")
+        return ", ".join(parts)
+
+
+def _judged(numa: NumaConfig | None, slots: int) -> bool:
+    """Whether a single-numa-node kubelet aligns this pod's GPUs on one zone (scope
+    ``container`` aligns each container alone: only pods with one GPU container are judged)."""
+    return (
+        numa is not None
+        and numa.topology_manager_policy == "single-numa-node"
+        and (numa.topology_manager_scope == "pod" or slots <= 1)
+    )
+
+
+def _single_zone_pick(
+    numa: NumaConfig,
+    budget: _ZoneBudget,
+    free: Sequence[GpuRecord],
+    need: int,
+    demand: PodDemand,
+) -> tuple[int | None, str | None]:
+    """The zone a single-numa-node kubelet would place a fresh pick of ``need`` GPUs plus the
+    pod's CPU and memory on (the lowest that has room for all three), or why it would refuse
+    the pod (GPUs fitting a zone, but not together with the CPU and memory)."""
+    per_zone = [0] * budget.zones
+    for gpu in free:
+        per_zone[budget.zone(gpu)] += 1
+    gpu_fit = [z for z in range(budget.zones) if per_zone[z] >= need]
+    for z in gpu_fit:
+        if budget.fits(z, demand):
+            return z, None
+    if not gpu_fit:
+        return None, None  # judged by the GPU rule (or InsufficientGpus)
+    wants = " and ".join(
+        part
+        for part, known in (
+            (f"{format_millis(demand.cpu_millis)} CPU", budget.cpu is not None),
+            (f"{format_bytes(demand.memory_bytes)} memory", budget.mem is not None),
+        )
+        if known
+    )
+    listing = "; ".join(
+        f"node-{z}: {per_zone[z]} GPU, {budget.free(z)}" for z in range(budget.zones)
+    )
+    return None, (
+        f"{need} {GPU_RESOURCE} with {wants} do not fit on one NUMA node "
+        f"(topologyManagerPolicy single-numa-node, scope {numa.topology_manager_scope}; free "
+        f"per zone: {listing}); a kubelet would refuse the pod, so it holds no GPU until one "
+        "zone has room"
+    )
+
+
 def _assign_device_plugin(
     work: _Work, gpus: list[GpuRecord], numa: NumaConfig | None = None
 ) -> None:
@@ -483,6 +571,21 @@ def _assign_device_plugin(
         kept = [gid for gid in before if gid not in taken][:total]
         chosen[uid] = kept
         taken.update(kept)
+    # CPU and memory per zone, charged to the zones of what pods already hold (as the NRT).
+    budget = None
+    if numa is not None and numa.topology_manager_policy == "single-numa-node":
+        status = (inputs.node or {}).get("status") or {}
+        budget = _ZoneBudget(numa, status.get("allocatable") or {})
+        held_by: dict[str, list[GpuRecord]] = {}
+        for gid, hs in holders.items():
+            for uid in {h.pod_uid for h in hs}:
+                held_by.setdefault(uid, []).append(by_id[gid.lower()])
+        for uid, ids in chosen.items():
+            held_by.setdefault(uid, []).extend(by_id[gid.lower()] for gid in ids)
+        for pod in active:
+            mine = held_by.get(pod_uid(pod))
+            if mine:
+                budget.charge(pod_demand(pod), mine)
     # 3. new picks for what is still missing
     for pod, total, slots, _ in wanted:
         uid = pod_uid(pod)
@@ -492,12 +595,20 @@ def _assign_device_plugin(
             continue
         free = [g for g in gpus if g.id not in taken and g.healthy and not g.mig_enabled]
         refusal = None if have else _single_numa_refusal(numa, free, need, len(slots))
+        zone = None
+        if refusal is None and not have and budget is not None and _judged(numa, len(slots)):
+            assert numa is not None
+            zone, refusal = _single_zone_pick(numa, budget, free, need, pod_demand(pod))
         if refusal is not None:
             findings.append(Finding(pod_ref(pod), "TopologyAffinityError", refusal))
             continue
         preferred = _preferred(pod, free)[:need]
         rest = [g for g in free if g not in preferred]
+        if zone is not None and budget is not None:
+            rest = [g for g in rest if budget.zone(g) == zone]
         picked = preferred + pick_gpus(rest, need - len(preferred))
+        if budget is not None and picked and not have:  # a pod keeping GPUs was charged above
+            budget.charge(pod_demand(pod), picked)
         have.extend(g.id for g in picked)
         taken.update(g.id for g in picked)
         if len(have) < total:
