@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from fgo_nvidia_smi.cli import RC_INVALID_ARGUMENT, UsageError
 from fgo_nvidia_smi.fmt import csv_time, watts
-from fgo_nvidia_smi.report import (
+from fgo_nvidia_smi.reporttree import (
     clocks_event_bits,
     gsp_mode,
     mig_mode,
