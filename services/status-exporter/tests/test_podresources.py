@@ -383,3 +383,35 @@ async def test_socket_answers_and_errors(tmp_path: Path) -> None:
         stop.set()
         await server
     assert not sock.exists()
+
+
+def test_sysfs_keeps_the_last_good_tree_on_a_bad_layout_and_clears_without_numa(
+    tmp_path: Path,
+) -> None:
+    from fgo_status_exporter.podresources_server import PodResourcesAgent
+
+    records = {"n1": record()}
+    agent = PodResourcesAgent(
+        None,
+        node_name="n1",
+        namespace="ns",
+        config_name="topology",
+        records=records,
+        socket_path="",
+        sysfs_root=str(tmp_path),
+        registry=CollectorRegistry(),
+    )
+    agent.sysfs_once()  # no config yet: nothing written, no crash
+    assert not (tmp_path / "devices").exists()
+    agent.state.on_config(config_cm())
+    agent.sysfs_once()
+    cpulist_file = tmp_path / "devices/system/node/node1/cpulist"
+    assert cpulist_file.read_text() == "16-31\n"
+    # A config whose cpuPerZone is no whole number of CPUs: the last good tree stays.
+    agent.state.on_config(config_cm(CONFIG.replace('cpuPerZone: "16"', "cpuPerZone: 1500m")))
+    agent.sysfs_once()
+    assert cpulist_file.read_text() == "16-31\n"
+    # The node moves to a pool without numa: our files go.
+    records["n1"] = record("plain")
+    agent.sysfs_once()
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
