@@ -123,3 +123,19 @@ def test_refuses_the_kubelets_socket_and_the_hosts_sysfs(
 def test_schema_refuses_relative_directories(helm: Helm) -> None:
     error = helm.render_error(sets=[*ON, "statusExporter.podResources.socketDir=run/x"])
     assert "socketDir" in error
+
+
+def test_cpu_per_zone_must_be_whole_cpus_with_podresources(helm: Helm, tmp_path: Any) -> None:
+    values = tmp_path / "numa.yaml"
+    values.write_text(
+        "topology:\n  nodePools:\n    hgx:\n      gpus: [{type: H100, count: 8}]\n"
+        "      numa: {zones: 2, cpuPerZone: 1500m}\n"
+    )
+    helm.render([values])  # without podResources the NRT takes millicores
+    error = helm.render_error([values], sets=ON)
+    assert (
+        "topology.nodePools.hgx.numa.cpuPerZone: 1500m is not a whole number of CPUs; "
+        "statusExporter.podResources numbers CPU ids per zone"
+    ) in error
+    values.write_text(values.read_text().replace("1500m", "16000m"))
+    helm.render([values], sets=ON)
