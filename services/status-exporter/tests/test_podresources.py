@@ -415,3 +415,17 @@ def test_sysfs_keeps_the_last_good_tree_on_a_bad_layout_and_clears_without_numa(
     records["n1"] = record("plain")
     agent.sysfs_once()
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_cpu_ids_go_to_the_oldest_pod_first() -> None:
+    rec = record()
+    hold(rec, 0, "zeta", "c")
+    hold(rec, 1, "alpha", "c")
+    older = pod("zeta", [("c", "2", "1Gi")])
+    older["metadata"]["creationTimestamp"] = "2026-12-01T10:00:00Z"
+    newer = pod("alpha", [("c", "2", "1Gi")])
+    newer["metadata"]["creationTimestamp"] = "2026-12-01T10:00:05Z"
+    resp = NodeAnswers(rec, layout_of(rec), [newer, older], CpuAssigner()).list_response()
+    ids = {p.name: list(p.containers[0].cpu_ids) for p in resp.pod_resources}
+    assert ids == {"zeta": [0, 1], "alpha": [2, 3]}
+    assert [p.name for p in resp.pod_resources] == ["alpha", "zeta"]  # listed by name

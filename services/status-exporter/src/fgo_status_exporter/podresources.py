@@ -213,6 +213,12 @@ def _name(pod: Obj) -> tuple[str, str]:
     return str(meta.get("namespace", "")), str(meta.get("name", ""))
 
 
+def _created(pod: Obj) -> tuple[str, str, str, str]:
+    # RFC 3339 UTC timestamps sort as strings.
+    meta = pod.get("metadata") or {}
+    return (str(meta.get("creationTimestamp") or ""), *_name(pod), _uid(pod))
+
+
 def listed_containers(pod: Obj) -> list[Obj]:
     """The containers the kubelet lists: restartable init containers (sidecars), then the
     app containers."""
@@ -253,7 +259,7 @@ class CpuAssigner:
     """Exclusive CPU ids per container, kept stable while the container exists (as the kubelet's
     CPU manager keeps them): a container keeps its ids as long as it asks the same per zone;
     new ones get the lowest free ids of each zone. State lives in memory only (a restart
-    renumbers in pod order, as a kubelet without its checkpoint would)."""
+    renumbers oldest pod first, as a kubelet without its checkpoint would)."""
 
     def __init__(self) -> None:
         self._given: dict[tuple[str, str], dict[int, tuple[int, ...]]] = {}
@@ -317,7 +323,9 @@ class NodeAnswers:
         wants: dict[tuple[str, str], dict[int, int]] = {}
         memory: dict[tuple[str, str], list[tuple[int, int]]] = {}
         devices: dict[tuple[str, str], tuple[tuple[str, str, int], ...]] = {}
-        for pod in self.pods:
+        # Oldest first: CPU ids are handed out in the order the pods came, so a restart (ids
+        # not checkpointed) gives the same ids back as long as no pod left meanwhile.
+        for pod in sorted(self.pods, key=_created):
             ns, name = _name(pod)
             by_container = held.get(_uid(pod)) or held.get(f"{ns}/{name}") or {}
             if not by_container:
