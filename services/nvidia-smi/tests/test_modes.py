@@ -9,6 +9,14 @@ from pathlib import Path
 
 import pytest
 from fgo_common.telemetry import profile_for, sample_gpu
+from fgo_common.topology import (
+    HOLDER_DRA,
+    GpuStatus,
+    Holder,
+    NodeTopology,
+    PodUsage,
+    UtilizationRange,
+)
 from fgo_nvidia_smi import clock
 from fgo_nvidia_smi.fields import APP_FIELDS, GPU_FIELDS
 from smi_fixtures import LONG_NAME, h100_capture_node, hgx_node, k80_node, long_name_node
@@ -417,3 +425,49 @@ def test_start_up_imports_stay_lean() -> None:
         "urllib",
     }
     assert loaded & banned == set()
+
+
+def _mps_node(strategy: str) -> NodeTopology:
+    """GPU 0 of the capture node shared by two DRA pods with ``strategy`` (docs/sharing.md)."""
+    node = h100_capture_node()
+    pods = [("client-a", "uid-a", 9000), ("client-b", "uid-b", 7000)]
+    node.gpus[0].status = GpuStatus(
+        holders=[
+            Holder("default", pod, "main", pod_uid=uid, kind=HOLDER_DRA,
+                   claim="default/shared", sharing=strategy)
+            for pod, uid, _ in pods
+        ],
+        usage={
+            uid: PodUsage(UtilizationRange(30, 40), fb, namespace="default", pod=pod)
+            for pod, uid, fb in pods
+        },
+    )  # fmt: skip
+    return node
+
+
+def test_mps_sharers_show_exclusive_process_mode_the_server_and_m_plus_c_clients(
+    smi: Runner,
+) -> None:
+    result = smi(node=_mps_node("MPS"))
+    assert result.code == 0, result.out
+    lines = result.out.split("\n")
+    assert all(len(line) == 91 for line in lines[1:] if line.strip()), "a row lost its width"
+    assert "E. Process |" in result.out
+    procs = [line for line in lines if re.match(r"\|    0   N/A  N/A +\d+ ", line)]
+    kinds = sorted((line.split()[5], line.split()[6]) for line in procs)
+    assert kinds == [("C", "nvidia-cuda-mps-server"), ("M+C", "python"), ("M+C", "python")]
+    assert {"9000MiB", "7000MiB"} <= {line.split()[7] for line in procs}
+    query = smi("--query-gpu=compute_mode", "--format=csv,noheader", node=_mps_node("MPS"))
+    assert query.out.strip() == "Exclusive_Process"
+    full = smi("-q", "-d", "COMPUTE", node=_mps_node("MPS"))
+    assert re.search(r"Compute Mode\s+: Exclusive_Process", full.out), full.out
+
+
+def test_time_sliced_sharers_keep_default_mode_and_compute_processes(smi: Runner) -> None:
+    result = smi(node=_mps_node("TimeSlicing"))
+    assert result.code == 0, result.out
+    assert "E. Process" not in result.out and "nvidia-cuda-mps-server" not in result.out
+    procs = [line for line in result.out.split("\n") if re.match(r"\|    0   N/A  N/A", line)]
+    assert [line.split()[5] for line in procs] == ["C", "C"]
+    query = smi("--query-gpu=compute_mode", "--format=csv,noheader", node=_mps_node("TimeSlicing"))
+    assert query.out.strip() == "Default"

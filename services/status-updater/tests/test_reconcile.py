@@ -158,6 +158,50 @@ def test_shared_dra_claim_stays_held_while_any_pod_runs() -> None:
     assert run([], roundtrip(rec2), claims=[c]).record.gpus[5].status.is_free  # type: ignore[union-attr]
 
 
+def _with_config(body: dict[str, Any], parameters: dict[str, Any]) -> dict[str, Any]:
+    body["status"]["allocation"]["devices"]["config"] = [
+        {"source": "FromClaim", "opaque": {"driver": "gpu.nvidia.com", "parameters": parameters}}
+    ]
+    return body
+
+
+def test_a_claims_sharing_strategy_is_recorded_on_its_holders() -> None:
+    """docs/sharing.md: nvidia-smi and the metrics learn from the record that pods share a GPU
+    through MPS (or time-slicing), so the record carries the strategy per holder."""
+    mps = _with_config(
+        claim("shared", ["gpu-5"]),
+        {"apiVersion": "resource.nvidia.com/v1beta1", "kind": "GpuConfig",
+         "sharing": {"strategy": "MPS"}},
+    )  # fmt: skip
+    plain = claim("plain", ["gpu-2"])
+    pods = [
+        pod("a", claims=[("gpu", "shared")]),
+        pod("b", claims=[("gpu", "shared")]),
+        pod("c", claims=[("gpu", "plain")]),
+    ]
+    out = run(pods, claims=[mps, plain])
+    rec = out.record
+    assert rec is not None and out.findings == []
+    assert [h.sharing for h in rec.gpus[5].status.holders] == ["MPS", "MPS"]
+    assert [h.sharing for h in rec.gpus[2].status.holders] == [""]
+    assert [h.sharing for h in roundtrip(rec).gpus[5].status.holders] == ["MPS", "MPS"]
+
+
+def test_an_invalid_sharing_config_is_a_warning_and_the_gpu_is_still_held() -> None:
+    bad = _with_config(
+        claim("bad", ["gpu-1"]),
+        {"apiVersion": "resource.nvidia.com/v1beta1", "kind": "GpuConfig",
+         "sharing": {"strategy": "TimeSlicing", "timeSlicingConfig": {"interval": "Eon"}}},
+    )  # fmt: skip
+    out = run([pod("a", claims=[("gpu", "bad")])], claims=[bad])
+    assert out.record is not None
+    assert holdings(out.record) == {"a": [1]}
+    assert out.record.gpus[1].status.holders[0].sharing == ""
+    (finding,) = out.findings
+    assert finding.reason == "InvalidDeviceConfig"
+    assert "unknown time-slice interval: Eon" in finding.message
+
+
 def test_claims_of_other_drivers_and_unknown_devices() -> None:
     other = claim("fpga", ["gpu-1"], driver="fpga.example.com")
     missing = claim("big", ["gpu-12"])

@@ -95,6 +95,9 @@ class Holder:
     kind: str = HOLDER_DEVICE_PLUGIN
     claim: str = ""  # "<namespace>/<name>" of the ResourceClaim for DRA holders
     resource: str = ""  # extended resource name for device-plugin holders ("nvidia.com/gpu")
+    # How the holder shares the GPU with others, when a config says so: a DRA claim's opaque
+    # sharing strategy (fgo_common.sharing: "TimeSlicing", "MPS", "SpacePartitioning").
+    sharing: str = ""
 
     def to_dict(self) -> dict[str, str]:
         out = {"namespace": self.namespace, "pod": self.pod, "container": self.container}
@@ -103,6 +106,7 @@ class Holder:
             ("kind", self.kind),
             ("claim", self.claim),
             ("resource", self.resource),
+            ("sharing", self.sharing),
         ):
             if value:
                 out[key] = value
@@ -118,6 +122,7 @@ class Holder:
             kind=str(raw.get("kind", HOLDER_DEVICE_PLUGIN)),
             claim=str(raw.get("claim", "")),
             resource=str(raw.get("resource", "")),
+            sharing=str(raw.get("sharing", "")),
         )
 
 

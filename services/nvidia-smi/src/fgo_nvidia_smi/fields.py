@@ -213,7 +213,7 @@ def _fields() -> list[Field]:
     add("memory.reserved", "MiB", _mib(lambda g: g.memory_reserved_mib))
     add("memory.used", "MiB", _mib(lambda g: g.memory_used_mib))
     add("memory.free", "MiB", _mib(lambda g: g.memory_free_mib))
-    add("compute_mode", "", _const("Default"))
+    add("compute_mode", "", lambda g, s: g.compute_mode)
     add("compute_cap", "", lambda g, s: "{}.{}".format(*g.profile.compute_capability))
     add("utilization.gpu", "%", _mig_na(lambda g: g.sample.gpu_util))
     add("utilization.memory", "%", _mig_na(lambda g: g.sample.mem_copy_util))

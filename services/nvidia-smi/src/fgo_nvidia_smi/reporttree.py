@@ -530,7 +530,7 @@ def gpu_tree(gpu: GpuView, driver: str) -> list[Node]:
             leaf("Free", "free", _mib(0)),
             section="MEMORY",
         ),
-        _in("COMPUTE", leaf("Compute Mode", "compute_mode", "Default")),
+        _in("COMPUTE", leaf("Compute Mode", "compute_mode", gpu.compute_mode)),
         group(
             "Utilization",
             "utilization",

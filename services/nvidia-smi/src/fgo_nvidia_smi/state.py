@@ -36,6 +36,8 @@ from fgo_common.topology import (
 from fgo_nvidia_smi.settings import Settings
 
 FALLBACK_DRIVER = "580.159.04"
+MPS_STRATEGY = "MPS"  # fgo_common.sharing.MPS (not imported: nvidia-smi's start-up stays lean)
+MPS_SERVER_NAME = "nvidia-cuda-mps-server"
 FALLBACK_CUDA = "13.0"
 
 
@@ -95,6 +97,13 @@ class GpuView:
     @property
     def mig_enabled(self) -> bool:
         return self.record.mig_enabled
+
+    @property
+    def compute_mode(self) -> str:
+        """NVIDIA's DRA driver puts a GPU it prepares for MPS into EXCLUSIVE_PROCESS (only the
+        MPS server opens it); time-slicing keeps DEFAULT."""
+        mps = any(h.sharing == MPS_STRATEGY for h in self.record.status.holders)
+        return "Exclusive_Process" if mps else "Default"
 
     @property
     def name(self) -> str:
@@ -266,6 +275,22 @@ def _processes(
     for uid, usage in sorted(usages.items()):
         if uid not in seen:
             add(uid, usage.pod, usage, uid)
+    if any(h.sharing == MPS_STRATEGY for h in holders):
+        # Under MPS the clients' work runs in the MPS server's context: NVML lists the server
+        # as the compute process and each client as "M+C". The server's own framebuffer is not
+        # in the telemetry model, so it shows none rather than an invented figure.
+        for process in out:
+            process.type = "M+C"
+        out.append(
+            Process(
+                pid=_process_pid(f"{gpu_id}/mps-server"),
+                name=MPS_SERVER_NAME,
+                used_mib=0,
+                gi_id=gi_id,
+                ci_id=ci_id,
+                sm_util=0,
+            )
+        )
     out.sort(key=lambda p: p.pid)
     return out
 

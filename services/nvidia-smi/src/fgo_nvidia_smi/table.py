@@ -34,6 +34,13 @@ PROC_HEADER = (
     "|" + "=" * WIDTH + "|",
 )
 NAME_WIDTH = 27
+# The table's abbreviations of the compute modes -q spells out.
+_TABLE_COMPUTE_MODE = {
+    "Default": "Default",
+    "Exclusive_Process": "E. Process",
+    "Exclusive_Thread": "E. Thread",
+    "Prohibited": "Prohibited",
+}
 PROC_NAME_WIDTH = 32
 
 
@@ -73,7 +80,7 @@ def _gpu_rows(gpu: GpuView) -> list[str]:
     util = NA if gpu.mig_enabled else f"{sample.gpu_util}%"
     line2 = (
         f"|{fan:>4}{f'{sample.gpu_temp_c}C':>6}{f'P{sample.pstate}':>6}{power:>16} / {cap:>5} "
-        f"|{used:>11} / {total:>9} |{util:>8}{'Default':>13} |"
+        f"|{used:>11} / {total:>9} |{util:>8}{_TABLE_COMPUTE_MODE[gpu.compute_mode]:>13} |"
     )
     mig = NA
     if gpu.profile.mig_capable:

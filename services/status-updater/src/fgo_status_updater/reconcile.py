@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from fgo_common import annotations as ann
-from fgo_common import dradevices
+from fgo_common import dradevices, sharing
 from fgo_common.config import ClusterConfig, NumaConfig
 from fgo_common.nodebuild import build_node_topology
 from fgo_common.nrt import PodDemand, pod_demand, split_largest_remainder, zone_capacity
@@ -307,6 +307,7 @@ def _assign_dra(work: _Work) -> None:
             claim = inputs.claims.get(f"{ns}/{claim_name}")
             if claim is None:
                 continue  # not allocated yet, or not in the cache yet: a later event brings it
+            strategies = _claim_sharing(claim, claim_name, pod, work)
             for device in claim_devices(claim):
                 if device.driver != opts.dra_driver or device.pool != inputs.node_name:
                     continue  # another driver's device, or (impossibly) another node's
@@ -331,12 +332,42 @@ def _assign_dra(work: _Work) -> None:
                     pod_uid=pod_uid(pod),
                     kind=HOLDER_DRA,
                     claim=f"{ns}/{claim_name}",
+                    sharing=strategies.get(device.device, ""),
                 )
                 if holder not in holders[gpu.id]:
                     holders[gpu.id].append(holder)
                 entry = _pod_entry(per_pod, pod, HOLDER_DRA)
                 if gpu.id not in entry.gpu_ids:
                     entry.gpu_ids.append(gpu.id)
+
+
+def _claim_sharing(claim: Obj, claim_name: str, pod: Obj, work: _Work) -> dict[str, str]:
+    """Device -> the sharing strategy the claim's opaque config gives it (docs/sharing.md).
+    A config the kubelet plugin would refuse is a warning on the pod (on a KWOK node nothing
+    else would tell), and its devices are recorded unshared."""
+    driver = work.opts.dra_driver
+    allocation = (claim.get("status") or {}).get("allocation") or {}
+    results = []
+    for device in claim_devices(claim):
+        if device.driver != driver or device.pool != work.inputs.node_name:
+            continue
+        is_gpu, _ = dradevices.find_full_gpu(device.device, work.all_gpus)
+        kind: sharing.DeviceType = "gpu" if is_gpu else "mig"
+        results.append(sharing.AllocationResult(device.request, device.device, kind, ""))
+    if not results:
+        return {}
+    try:
+        groups = sharing.group_results(allocation, driver, results)
+    except sharing.SharingConfigError as exc:
+        work.findings.append(
+            Finding(
+                pod_ref(pod),
+                "InvalidDeviceConfig",
+                f"claim {claim_name}: {exc} (the GPU kubelet plugin refuses to prepare it)",
+            )
+        )
+        return {}
+    return {r.device: g.config.strategy or "" for g in groups for r in g.results}
 
 
 def _previous_holdings(prev: NodeTopology | None) -> dict[str, list[str]]:
