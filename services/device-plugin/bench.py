@@ -105,7 +105,7 @@ async def _child_node(directory: str, gpus: int) -> None:
 
 
 async def bench_node(gpus: int, allocations: int, updates: int) -> None:
-    from fgo_kubelet_api.peers import DevicePluginKubeletPeer
+    from fgo_testkit.kubelet import DevicePluginKubeletPeer
 
     directory = Path(tempfile.mkdtemp(prefix="fgo-dpb-", dir="/tmp"))
     child = await asyncio.create_subprocess_exec(

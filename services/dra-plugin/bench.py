@@ -40,9 +40,9 @@ from fgo_common.topology import NODE_NAME_LABEL, NODE_TOPOLOGY_LABEL, TOPOLOGY_D
 from fgo_dra_plugin.plugin import DraPlugin
 from fgo_dra_plugin.settings import Settings
 from fgo_kubelet_api import dra_v1
-from fgo_kubelet_api.peers import DraKubeletPeer, claim
 from fgo_localcluster.cluster import LocalCluster
 from fgo_localcluster.testing import create_namespace, delete_namespace, unique_name
+from fgo_testkit.kubelet import DraKubeletPeer, claim
 from kubernetes_asyncio import client
 
 DRIVER = "gpu.nvidia.com"

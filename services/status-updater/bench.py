@@ -38,7 +38,7 @@ from fgo_common.kube.watch import Reflector
 from fgo_common.topology import NodeTopology
 from fgo_localcluster import nodes as kwok
 from fgo_localcluster.cluster import LocalCluster
-from fgo_status_updater.testing import StatusUpdaterProcess
+from fgo_testkit.status_updater import StatusUpdaterProcess
 from kubernetes_asyncio import client
 
 

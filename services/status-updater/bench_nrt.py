@@ -36,7 +36,7 @@ from fgo_common.kube.watch import Reflector
 from fgo_common.nrt import NRT_GROUP, NRT_PLURAL, NRT_VERSION
 from fgo_localcluster import nodes as kwok
 from fgo_localcluster.cluster import LocalCluster
-from fgo_status_updater.testing import StatusUpdaterProcess
+from fgo_testkit.status_updater import StatusUpdaterProcess
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 

@@ -23,8 +23,8 @@ from fgo_device_plugin.node import NodeAgent
 from fgo_device_plugin.settings import Settings
 from fgo_device_plugin.source import StaticTopologySource
 from fgo_kubelet_api import deviceplugin_v1beta1 as dp
-from fgo_kubelet_api.peers import DevicePluginKubeletPeer
-from fgo_kubelet_api.peers.deviceplugin import DevicePluginConnection
+from fgo_testkit.kubelet import DevicePluginKubeletPeer
+from fgo_testkit.kubelet.deviceplugin import DevicePluginConnection
 
 SURFACE = "gRPC: device plugin (Allocate, GetPreferredAllocation, PreStartContainer)"
 NODE = "node-bad"

@@ -30,8 +30,8 @@ from fgo_dra_plugin.cdi import CdiKind, CdiStore, ContainerSetup
 from fgo_dra_plugin.driver import Driver, DriverMetrics
 from fgo_dra_plugin.server import PluginServers
 from fgo_kubelet_api import dra_v1, dra_v1beta1
-from fgo_kubelet_api.peers import DraKubeletPeer, claim
-from fgo_kubelet_api.peers.dra import DraPluginConnection
+from fgo_testkit.kubelet import DraKubeletPeer, claim
+from fgo_testkit.kubelet.dra import DraPluginConnection
 from prometheus_client import CollectorRegistry
 
 SURFACE = "gRPC: DRA plugin (NodePrepareResources, NodeUnprepareResources)"

@@ -28,7 +28,7 @@ from fgo_localcluster.testing import (
     eventually,
     unique_name,
 )
-from fgo_status_updater.testing import StatusUpdaterProcess, holders_by_pod, read_record
+from fgo_testkit.status_updater import StatusUpdaterProcess, holders_by_pod, read_record
 from kubernetes_asyncio import client
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]

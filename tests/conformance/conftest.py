@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fgo_kubelet_api.conformance import pinned_kubelet_version, strip_gogo
+from fgo_testkit.proto_conformance import pinned_kubelet_version, strip_gogo
 
 GO_MOD = Path(__file__).resolve().parents[2] / "tools" / "go.mod"
 

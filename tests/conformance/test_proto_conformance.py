@@ -1,7 +1,7 @@
 """Our kubelet .proto files are wire-identical to the official ones of the pinned release.
 
 Both are compiled by protoc into descriptors and compared with
-fgo_kubelet_api.conformance.compare_files; the official files come from the Go module proxy
+fgo_testkit.proto_conformance.compare_files; the official files come from the Go module proxy
 (see conftest.py). The negative tests prove the comparator notices each kind of change.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fgo_kubelet_api.conformance import compare_files, compile_proto, strip_gogo
+from fgo_testkit.proto_conformance import compare_files, compile_proto, strip_gogo
 from google.protobuf import descriptor_pb2
 
 OUR_PROTO_ROOT = Path(__file__).resolve().parents[2] / "libs" / "kubelet-api" / "proto"

@@ -46,12 +46,12 @@ from e2elib import (
     record,
 )
 from fgo_common.annotations import ALLOCATED_DEVICES
-from fgo_kubelet_api.peers import DevicePluginKubeletPeer, DraKubeletPeer, claim
-from fgo_kubelet_api.peers.podresources import PodResourcesKubeletPeer
 from fgo_localcluster import nodes
 from fgo_localcluster.cluster import LocalCluster
 from fgo_localcluster.operator import LocalOperator, LocalWorkload, forbidden_lines
 from fgo_localcluster.testing import KwokNodeFactory, eventually, unique_name
+from fgo_testkit.kubelet import DevicePluginKubeletPeer, DraKubeletPeer, claim
+from fgo_testkit.kubelet.podresources import PodResourcesKubeletPeer
 from kubernetes_asyncio import client
 
 RELEASE = "fgo-e2e-agents"

@@ -35,7 +35,7 @@ from faultlib.world import (
     World,
     until,
 )
-from fgo_kubelet_api.peers import claim
+from fgo_testkit.kubelet import claim
 from kubernetes_asyncio.client.exceptions import ApiException
 
 WARMUP_S = 4.0  # churn running before the fault

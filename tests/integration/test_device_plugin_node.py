@@ -34,10 +34,10 @@ from fgo_common.topology import (
 from fgo_device_plugin.main import node_mode
 from fgo_device_plugin.settings import Settings
 from fgo_kubelet_api import deviceplugin_v1beta1 as dp
-from fgo_kubelet_api.peers import DevicePluginKubeletPeer
-from fgo_kubelet_api.peers.podresources import PodResourcesKubeletPeer
 from fgo_localcluster.cluster import LocalCluster
 from fgo_localcluster.testing import eventually, unique_name
+from fgo_testkit.kubelet import DevicePluginKubeletPeer
+from fgo_testkit.kubelet.podresources import PodResourcesKubeletPeer
 from kubernetes_asyncio import client
 
 pytestmark = pytest.mark.integration

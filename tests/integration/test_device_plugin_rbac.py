@@ -29,10 +29,10 @@ from fgo_device_plugin.node import NodeAgent
 from fgo_device_plugin.reporter import pod_annotation_patcher
 from fgo_device_plugin.settings import Settings
 from fgo_device_plugin.source import ConfigMapTopologySource
-from fgo_kubelet_api.peers import DevicePluginKubeletPeer
-from fgo_kubelet_api.peers.podresources import PodResourcesKubeletPeer
 from fgo_localcluster.cluster import LocalCluster
 from fgo_localcluster.testing import KwokNodeFactory, eventually, unique_name
+from fgo_testkit.kubelet import DevicePluginKubeletPeer
+from fgo_testkit.kubelet.podresources import PodResourcesKubeletPeer
 from kubernetes_asyncio import client
 
 pytestmark = pytest.mark.integration

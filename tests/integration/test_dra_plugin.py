@@ -39,9 +39,9 @@ from fgo_dra_plugin.plugin import DraPlugin
 from fgo_dra_plugin.settings import Settings
 from fgo_kubelet_api import dra_v1, dra_v1beta1
 from fgo_kubelet_api import pluginregistration_v1 as reg
-from fgo_kubelet_api.peers import DraKubeletPeer, claim
 from fgo_localcluster.cluster import LocalCluster
 from fgo_localcluster.testing import eventually, unique_name
+from fgo_testkit.kubelet import DraKubeletPeer, claim
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException

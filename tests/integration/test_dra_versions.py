@@ -18,7 +18,7 @@ import pytest
 from fgo_common.kube.served import DRA_GROUP, DRA_WRITE_VERSIONS, newest, served_versions
 from fgo_localcluster.cluster import LocalCluster
 from fgo_localcluster.operator import LocalOperator, OperatorError
-from fgo_status_updater.testing import free_port
+from fgo_testkit.status_updater import free_port
 from kubernetes_asyncio import client
 
 pytestmark = pytest.mark.integration

@@ -41,15 +41,15 @@ from fgo_device_plugin.kwok import KwokCapacityController
 from fgo_device_plugin.main import node_mode
 from fgo_device_plugin.metrics import Metrics
 from fgo_device_plugin.settings import Settings as DpSettings
-from fgo_kubelet_api.peers import DevicePluginKubeletPeer
-from fgo_kubelet_api.peers.podresources import PodResourcesKubeletPeer
 from fgo_kwok_dra_plugin.controller import HELD_TAINT_KEY as HELD_BY_EXTENDED_RESOURCE
 from fgo_kwok_dra_plugin.controller import KwokSliceController
 from fgo_kwok_dra_plugin.settings import Settings as DraSettings
 from fgo_localcluster.cluster import LocalCluster
 from fgo_localcluster.testing import KwokNodeFactory, eventually
 from fgo_nvidia_smi.main import run as nvidia_smi
-from fgo_status_updater.testing import StatusUpdaterProcess, read_record
+from fgo_testkit.kubelet import DevicePluginKubeletPeer
+from fgo_testkit.kubelet.podresources import PodResourcesKubeletPeer
+from fgo_testkit.status_updater import StatusUpdaterProcess, read_record
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 

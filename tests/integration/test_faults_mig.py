@@ -29,7 +29,7 @@ from fgo_device_plugin.kwok import KwokCapacityController
 from fgo_device_plugin.metrics import Metrics
 from fgo_localcluster.cluster import LocalCluster
 from fgo_localcluster.testing import KwokNodeFactory, eventually
-from fgo_status_updater.testing import StatusUpdaterProcess
+from fgo_testkit.status_updater import StatusUpdaterProcess
 from kubernetes_asyncio import client
 
 

@@ -31,7 +31,7 @@ from fgo_common.topology import TOPOLOGY_DATA_KEY, NodeTopology
 from fgo_localcluster.cluster import LocalCluster
 from fgo_localcluster.testing import KwokNodeFactory, eventually
 from fgo_nvidia_smi.main import run as nvidia_smi
-from fgo_status_updater.testing import StatusUpdaterProcess, free_port
+from fgo_testkit.status_updater import StatusUpdaterProcess, free_port
 from kubernetes_asyncio import client
 
 pytestmark = pytest.mark.integration

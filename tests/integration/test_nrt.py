@@ -24,7 +24,7 @@ from fgo_common.nrt import NRT_GROUP, NRT_PLURAL, NRT_VERSION
 from fgo_localcluster.cluster import LocalCluster
 from fgo_localcluster.nodes import api_client
 from fgo_localcluster.testing import KwokNodeFactory, eventually
-from fgo_status_updater.testing import StatusUpdaterProcess, holders_by_pod, read_record
+from fgo_testkit.status_updater import StatusUpdaterProcess, holders_by_pod, read_record
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 

@@ -33,7 +33,7 @@ from fgo_localcluster.testing import (
     delete_namespace,
     eventually,
 )
-from fgo_status_updater.testing import StatusUpdaterProcess, free_port, read_record
+from fgo_testkit.status_updater import StatusUpdaterProcess, free_port, read_record
 from kubernetes_asyncio import client
 
 pytestmark = pytest.mark.integration

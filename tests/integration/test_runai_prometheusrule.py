@@ -27,7 +27,7 @@ from fgo_localcluster.cluster import LocalCluster
 from fgo_localcluster.testing import eventually, unique_name
 from fgo_localcluster.tools import find_repo_root, resolve_bin_dir
 from fgo_status_updater.runai import GROUP, PLURAL, RULE_NAME, VERSION, prometheus_rule
-from fgo_status_updater.testing import StatusUpdaterProcess
+from fgo_testkit.status_updater import StatusUpdaterProcess
 from kubernetes_asyncio import client
 
 pytestmark = pytest.mark.integration

@@ -30,7 +30,7 @@ from fgo_localcluster.testing import (
     delete_namespace,
     eventually,
 )
-from fgo_status_updater.testing import (
+from fgo_testkit.status_updater import (
     StatusUpdaterProcess,
     holders_by_pod,
     read_record,

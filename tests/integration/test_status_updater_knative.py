@@ -25,7 +25,7 @@ from fgo_common.topology import NodeTopology
 from fgo_localcluster.cluster import LocalCluster
 from fgo_localcluster.knative import KnativeRequestCounters
 from fgo_localcluster.testing import KwokNodeFactory, eventually
-from fgo_status_updater.testing import StatusUpdaterProcess, free_port, read_record
+from fgo_testkit.status_updater import StatusUpdaterProcess, free_port, read_record
 from kubernetes_asyncio import client
 from prometheus_client.parser import text_string_to_metric_families
 

@@ -8,7 +8,7 @@ import pytest
 from fgo_kubelet_api import deviceplugin_v1beta1 as dp
 from fgo_kubelet_api import dra, dra_v1, dra_v1beta1
 from fgo_kubelet_api import pluginregistration_v1 as reg
-from fgo_kubelet_api.peers import is_extended_resource_name
+from fgo_testkit.kubelet import is_extended_resource_name
 
 
 def test_grpc_service_names_come_from_the_protos() -> None:

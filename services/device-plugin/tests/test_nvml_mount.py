@@ -11,7 +11,7 @@ from fgo_common.nodestate import NVML_CONTAINER_PATH, NVML_LIBRARY, SMI_CONTAINE
 from fgo_device_plugin.allocate import ContainerSetup, MountSpec
 from fgo_device_plugin.node import container_setup
 from fgo_device_plugin.source import StaticTopologySource
-from fgo_kubelet_api.peers import DevicePluginKubeletPeer
+from fgo_testkit.kubelet import DevicePluginKubeletPeer
 
 GPU = "nvidia.com/gpu"
 

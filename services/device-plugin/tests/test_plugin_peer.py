@@ -20,7 +20,7 @@ from dp_helpers import NODE, ids, running_agent, settings, topology
 from fgo_common.nodestate import read_node_state
 from fgo_device_plugin.source import StaticTopologySource
 from fgo_kubelet_api import deviceplugin_v1beta1 as dp
-from fgo_kubelet_api.peers import DevicePluginKubeletPeer
+from fgo_testkit.kubelet import DevicePluginKubeletPeer
 
 GPU = "nvidia.com/gpu"
 MIG_LAYOUT = {1: [("3g.40gb", 0), ("1g.10gb", 4), ("1g.10gb", 5)], 3: [("7g.80gb", 0)]}

@@ -1,4 +1,4 @@
-"""The pod resources test peer (fgo_kubelet_api.peers.podresources) answers like the kubelet."""
+"""The pod resources test peer (fgo_testkit.kubelet.podresources) answers like the kubelet."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import grpc
 import pytest
 from fgo_kubelet_api import podresources_v1 as podres
-from fgo_kubelet_api.peers.podresources import PodResourcesKubeletPeer
+from fgo_testkit.kubelet.podresources import PodResourcesKubeletPeer
 
 
 async def test_list_get_and_allocatable(sock_dir: Path) -> None:

@@ -15,8 +15,8 @@ from fgo_device_plugin.metrics import Metrics
 from fgo_device_plugin.reporter import allocations_by_pod
 from fgo_device_plugin.source import StaticTopologySource
 from fgo_kubelet_api import podresources_v1 as podres
-from fgo_kubelet_api.peers import DevicePluginKubeletPeer
-from fgo_kubelet_api.peers.podresources import PodResourcesKubeletPeer
+from fgo_testkit.kubelet import DevicePluginKubeletPeer
+from fgo_testkit.kubelet.podresources import PodResourcesKubeletPeer
 
 GPU = "nvidia.com/gpu"
 

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from fgo_kubelet_api.peers import DevicePluginKubeletPeer, DraKubeletPeer, claim
-from fgo_kubelet_api.peers.podresources import PodResourcesKubeletPeer
+from fgo_testkit.kubelet import DevicePluginKubeletPeer, DraKubeletPeer, claim
+from fgo_testkit.kubelet.podresources import PodResourcesKubeletPeer
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 

@@ -610,7 +610,7 @@ class World:
         return None
 
     async def record(self, node: str) -> Any:
-        from fgo_status_updater.testing import read_record
+        from fgo_testkit.status_updater import read_record
 
         assert self.api is not None
         return await read_record(self.api, self.op_ns, node)

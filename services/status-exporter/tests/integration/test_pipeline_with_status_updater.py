@@ -14,7 +14,7 @@ import yaml
 from exporter_harness import Prometheus, StartExporter
 from fgo_localcluster.cluster import LocalCluster
 from fgo_localcluster.testing import KwokNodeFactory, eventually
-from fgo_status_updater.testing import StatusUpdaterProcess
+from fgo_testkit.status_updater import StatusUpdaterProcess
 from kubernetes_asyncio import client
 
 pytestmark = pytest.mark.integration

@@ -24,7 +24,7 @@ from fgo_common.identity import gpu_uuid
 from fgo_kubelet_api import podresources_v1 as podres
 from fgo_localcluster.cluster import LocalCluster
 from fgo_localcluster.testing import KwokNodeFactory, eventually
-from fgo_status_updater.testing import StatusUpdaterProcess
+from fgo_testkit.status_updater import StatusUpdaterProcess
 from kubernetes_asyncio import client
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ import grpc
 import pytest
 from fgo_kubelet_api import dra_v1, dra_v1beta1
 from fgo_kubelet_api import pluginregistration_v1 as reg
-from fgo_kubelet_api.peers import DraKubeletPeer, PeerError, claim
+from fgo_testkit.kubelet import DraKubeletPeer, PeerError, claim
 
 DRIVER = "gpu.example.com"
 BOTH = [dra_v1.DRA_PLUGIN_SERVICE, dra_v1beta1.DRA_PLUGIN_SERVICE]

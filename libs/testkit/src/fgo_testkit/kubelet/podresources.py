@@ -17,13 +17,13 @@ from typing import Any
 
 import grpc
 import structlog
-
 from fgo_kubelet_api import podresources_v1 as podres
-from fgo_kubelet_api.peers._unix import PeerError, remove_socket, unix_target
+
+from fgo_testkit.kubelet._unix import PeerError, remove_socket, unix_target
 
 __all__ = ["PodResourcesKubeletPeer"]
 
-log = structlog.get_logger("fgo_kubelet_api.peers.podresources")
+log = structlog.get_logger("fgo_testkit.kubelet.podresources")
 
 _Key = tuple[str, str]  # (namespace, pod name)
 

@@ -4,13 +4,13 @@ Used by unit/integration tests and benchmarks of our plugins; both run on asynci
 grpc.aio and talk to plugins over real unix sockets.
 """
 
-from fgo_kubelet_api.peers._unix import PeerError
-from fgo_kubelet_api.peers.deviceplugin import (
+from fgo_testkit.kubelet._unix import PeerError
+from fgo_testkit.kubelet.deviceplugin import (
     DevicePluginConnection,
     DevicePluginKubeletPeer,
     is_extended_resource_name,
 )
-from fgo_kubelet_api.peers.dra import (
+from fgo_testkit.kubelet.dra import (
     DraKubeletPeer,
     DraPluginConnection,
     RegistrationAttempt,

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import pytest
 from fgo_kubelet_api import deviceplugin_v1beta1 as dp
-from fgo_kubelet_api.peers import DevicePluginKubeletPeer, PeerError
+from fgo_testkit.kubelet import DevicePluginKubeletPeer, PeerError
 
 RESOURCE = "example.com/gpu"
 ENDPOINT = "example-gpu.sock"

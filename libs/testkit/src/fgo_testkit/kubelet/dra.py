@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import structlog
-from google.protobuf.message import Message
-
 from fgo_kubelet_api import dra_v1, dra_v1beta1
 from fgo_kubelet_api import pluginregistration_v1 as reg
 from fgo_kubelet_api.dra import SERVICES_SUPPORTED_BY_KUBELET, choose_service
-from fgo_kubelet_api.peers._unix import PeerError, insecure_unix_channel
+from google.protobuf.message import Message
+
+from fgo_testkit.kubelet._unix import PeerError, insecure_unix_channel
 
 if TYPE_CHECKING:
     from fgo_kubelet_api.gen.dra.v1.api_pb2_grpc import DRAPluginAsyncStub as V1Stub
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DraKubeletPeer", "DraPluginConnection", "RegistrationAttempt", "claim"]
 
-log = structlog.get_logger("fgo_kubelet_api.peers.dra")
+log = structlog.get_logger("fgo_testkit.kubelet.dra")
 
 _M = TypeVar("_M", bound=Message)
 

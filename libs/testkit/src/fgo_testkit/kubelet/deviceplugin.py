@@ -27,16 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
-
 from fgo_kubelet_api import deviceplugin_v1beta1 as dp
-from fgo_kubelet_api.peers._unix import PeerError, insecure_unix_channel, remove_socket, unix_target
+
+from fgo_testkit.kubelet._unix import PeerError, insecure_unix_channel, remove_socket, unix_target
 
 if TYPE_CHECKING:
     from fgo_kubelet_api.gen.deviceplugin.v1beta1.api_pb2_grpc import DevicePluginAsyncStub
 
 __all__ = ["DevicePluginConnection", "DevicePluginKubeletPeer", "is_extended_resource_name"]
 
-log = structlog.get_logger("fgo_kubelet_api.peers.deviceplugin")
+log = structlog.get_logger("fgo_testkit.kubelet.deviceplugin")
 
 # Qualified-name pieces as in k8s.io/apimachinery validation (IsQualifiedName).
 _QUALIFIED_NAME_PART = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")

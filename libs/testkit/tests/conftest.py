@@ -1,4 +1,4 @@
-"""Fixtures for the kubelet-api tests: short socket directories and a leaked-task check."""
+"""Fixtures for the testkit tests: short socket directories and a leaked-task check."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 @pytest.fixture
 def sock_dir() -> Iterator[Path]:
     # pytest's tmp_path can exceed the 107-byte unix socket path limit; /tmp/fgo-xxxx cannot.
-    path = Path(tempfile.mkdtemp(prefix="fgo-kapi-", dir="/tmp"))
+    path = Path(tempfile.mkdtemp(prefix="fgo-tk-", dir="/tmp"))
     try:
         yield path
     finally:
