@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from typing import TextIO
 
-from fgo_common.faults import gpu_lost
 from fgo_common.telemetry import BUCKET_SECONDS
 
 from fgo_nvidia_smi.settings import Settings, SettingsError
@@ -92,7 +91,11 @@ def _gpu_line(gpu: GpuView) -> str:
     p, s = gpu.profile, gpu.sample
     fan = getattr(s, "fan_speed_percent", None)
     video = getattr(s, "video_clock_mhz", p.clock_video_max_mhz)
-    lost = bool(gpu.record.faults) and gpu_lost(gpu.record.faults, gpu.t)
+    lost = False
+    if gpu.record.faults:  # imported only then: it costs start-up time, as in main.py
+        from fgo_common.faults import gpu_lost
+
+        lost = gpu_lost(gpu.record.faults, gpu.t)
     fields = (
         "G",
         str(int(lost)),
