@@ -310,3 +310,20 @@ def test_gpustat_lists_the_same_gpus(lib_dir: Path, tmp_path: Path) -> None:
     got = [(g["uuid"], g["name"], g["memory.used"], g["memory.total"]) for g in report["gpus"]]
     want = [(r["uuid"], r["name"], int(r["memory.used"]), int(r["memory.total"])) for r in rows]
     assert got == want
+
+
+def test_library_source_is_warning_free(tmp_path: Path) -> None:
+    # build.sh does not use -Werror (an older compiler in an image build must not fail on a new
+    # warning); the tests do.
+    import subprocess
+
+    from nvml_testlib import NVML_DIR
+
+    flags = ["-fsyntax-only", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter"]
+    result = subprocess.run(
+        ["cc", *flags, str(NVML_DIR / "fakenvml.c")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
