@@ -61,3 +61,22 @@ def test_installed_bundle_serves_nvml_clients(installed: Path, tmp_path: Path) -
     ).stdout
     rows = smi_csv(directory, env, "--query-gpu=uuid")
     assert json.loads(out) == [r["uuid"] for r in rows] == [node.gpus[1].id, node.gpus[4].id]
+
+
+def test_library_needs_no_newer_glibc_than_the_bundle(installed: Path) -> None:
+    # The bundle runs in images with glibc >= 2.35 (docs/nvidia-smi.md); so must the library.
+    import re
+    import shutil
+
+    if shutil.which("objdump") is None:
+        pytest.skip("objdump (binutils) is not installed")
+    symbols = subprocess.run(
+        ["objdump", "-T", str(installed / NVML_LIBRARY)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    versions = {tuple(map(int, v.split("."))) for v in re.findall(r"GLIBC_([0-9.]+)", symbols)}
+    assert versions and max(versions) <= (2, 35), sorted(versions)
+    exported = [line.split()[-1] for line in symbols.splitlines() if " .text" in line]
+    assert exported and all(name.startswith("nvml") for name in exported)
