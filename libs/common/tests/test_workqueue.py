@@ -30,12 +30,15 @@ OPS = st.lists(
         st.tuples(st.just("add"), KEYS, st.just(0)),
         st.tuples(st.just("add_after"), KEYS, st.integers(0, 6)),
         st.tuples(st.just("sleep"), st.just(""), st.integers(0, 4)),
+        st.tuples(st.just("yield"), st.just(""), st.integers(1, 6)),
     ),
     min_size=1,
     max_size=40,
 )
-# What the handler does on its n-th call: (milliseconds of work, fail?); then succeed at once.
-OUTCOMES = st.lists(st.tuples(st.integers(0, 3), st.booleans()), max_size=40)
+# What the handler does on its n-th call: (work, fail?), then succeed at once. Work below 10 is
+# that many event-loop turns (interleavings independent of the machine's speed), above is
+# (work - 10) ms of wall time.
+OUTCOMES = st.lists(st.tuples(st.integers(0, 13), st.booleans()), max_size=40)
 
 
 @dataclass
@@ -86,9 +89,13 @@ async def _exercise(
                 model.violations.append(f"{key} retried {due - now:.4f} s before its back-off")
         model.starts.append((key, seq, now, worker))
         model.in_flight.add(key)
-        work_ms, fail = next(plan, (0, False))
+        work, fail = next(plan, (0, False))
         try:
-            await asyncio.sleep(work_ms / 1000)
+            if work < 10:
+                for _ in range(work):
+                    await asyncio.sleep(0)
+            else:
+                await asyncio.sleep((work - 10) / 1000)
         finally:
             model.in_flight.discard(key)
         model.last_start[key] = (seq, not fail)
@@ -113,6 +120,9 @@ async def _exercise(
     for op, key, value in ops:
         if op == "sleep":
             await asyncio.sleep(value / 1000)
+        elif op == "yield":
+            for _ in range(value):
+                await asyncio.sleep(0)
         else:
             add(key, value)
     async with asyncio.timeout(10):
