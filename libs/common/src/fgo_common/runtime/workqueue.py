@@ -240,11 +240,9 @@ class WorkQueue:
                 now = self._now()
                 since = self._ready_since.pop(key)
                 self._processing[key] = now
-                self.idle.clear()
                 self._drained.clear()
                 if self._queue_seconds is not None:
                     self._queue_seconds.observe(now - since)
-                self._update_idle()
                 if self._ready:
                     self._wake_one()  # another worker may take the next key
                 return key
@@ -354,7 +352,7 @@ class WorkQueue:
 
 
 Handler = Callable[[str], Awaitable[object]]
-FailureHook = Callable[[str, Exception, "float | None"], None]
+FailureHook = Callable[[str, Exception, float | None], None]
 
 
 async def run_worker(
