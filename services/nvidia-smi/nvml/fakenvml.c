@@ -74,6 +74,8 @@ typedef struct {
     unsigned int max_mig;
     unsigned long long bar1_total, bar1_used;
     unsigned int power_min, power_max, max_video, slowdown, shutdown;
+    int ecc_supported;
+    unsigned long long ecc[2][2]; /* [corrected, uncorrected][volatile, aggregate] */
     int nproc;
     proc_t procs[MAX_PROCS];
     int nmig;
@@ -351,6 +353,13 @@ static void parse_frame(int k) {
             g->max_video = u32(f[40]);
             g->slowdown = u32(f[41]);
             g->shutdown = u32(f[42]);
+            if (nf >= 48) {
+                g->ecc_supported = atoi(f[43]);
+                g->ecc[0][0] = ull(f[44]);
+                g->ecc[1][0] = ull(f[45]);
+                g->ecc[0][1] = ull(f[46]);
+                g->ecc[1][1] = ull(f[47]);
+            }
         } else if (f[0][0] == 'M' && nf >= 11 && g && g->nmig < MAX_MIGS) {
             m = &g->migs[g->nmig++];
             memset(m, 0, sizeof *m);
@@ -1086,6 +1095,57 @@ API nvmlReturn_t nvmlDeviceGetDisplayMode(nvmlDevice_t device, nvmlEnableState_t
 }
 API nvmlReturn_t nvmlDeviceGetDisplayActive(nvmlDevice_t device, nvmlEnableState_t *mode) {
     GPU_ONLY(mode, NVML_FEATURE_DISABLED);
+}
+
+/* ---------------------------------------------------------------- ECC */
+
+API nvmlReturn_t nvmlDeviceGetEccMode(nvmlDevice_t device, nvmlEnableState_t *current,
+                                      nvmlEnableState_t *pending) {
+    DEVICE_CALL(device, {
+        if (!current || !pending) rc = NVML_ERROR_INVALID_ARGUMENT;
+        else if (m || !g->ecc_supported) rc = NVML_ERROR_NOT_SUPPORTED;
+        else *current = *pending = NVML_FEATURE_ENABLED;
+    });
+}
+
+/* Injected ECC faults are device-memory errors, the counts nvidia-smi prints. */
+API nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, nvmlMemoryErrorType_t type,
+                                             nvmlEccCounterType_t counter,
+                                             unsigned long long *count) {
+    DEVICE_CALL(device, {
+        if (!count || (int)type < 0 || (int)type > 1 || (int)counter < 0 || (int)counter > 1)
+            rc = NVML_ERROR_INVALID_ARGUMENT;
+        else if (m || !g->ecc_supported) rc = NVML_ERROR_NOT_SUPPORTED;
+        else *count = g->ecc[type][counter];
+    });
+}
+
+/* Windows driver models (WDDM/TCC): not supported on Linux, as the real library says. */
+static nvmlReturn_t driver_model_impl(nvmlDevice_t device, nvmlDriverModel_t *current,
+                                      nvmlDriverModel_t *pending) {
+    DEVICE_CALL(device, {
+        if (!current || !pending) rc = NVML_ERROR_INVALID_ARGUMENT;
+        else rc = NVML_ERROR_NOT_SUPPORTED;
+    });
+}
+API nvmlReturn_t nvmlDeviceGetDriverModel_v2(nvmlDevice_t d, nvmlDriverModel_t *c,
+                                             nvmlDriverModel_t *p) {
+    return driver_model_impl(d, c, p);
+}
+API nvmlReturn_t nvmlDeviceGetDriverModel(nvmlDevice_t d, nvmlDriverModel_t *c,
+                                          nvmlDriverModel_t *p) {
+    return driver_model_impl(d, c, p);
+}
+
+/* Per-process utilisation samples are not simulated (nvidia-smi pmon is; docs/nvml.md). */
+API nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t device,
+                                                 nvmlProcessUtilizationSample_t *utilization,
+                                                 unsigned int *count,
+                                                 unsigned long long last_seen) {
+    DEVICE_CALL(device, {
+        if (!count) rc = NVML_ERROR_INVALID_ARGUMENT;
+        else rc = NVML_ERROR_NOT_SUPPORTED;
+    });
 }
 
 /* ---------------------------------------------------------------- processes */

@@ -104,7 +104,13 @@ typedef struct nvmlProcessInfo_v2_st {
     unsigned int computeInstanceId;
 } nvmlProcessInfo_v2_t, nvmlProcessInfo_t;
 
+/* Only passed by pointer here (nvmlDeviceGetProcessUtilization is not supported). */
+typedef struct nvmlProcessUtilizationSample_st nvmlProcessUtilizationSample_t;
+
 typedef unsigned int nvmlDeviceArchitecture_t;
+typedef int nvmlMemoryErrorType_t; /* CORRECTED = 0, UNCORRECTED = 1 */
+typedef int nvmlEccCounterType_t;  /* VOLATILE = 0, AGGREGATE = 1 */
+typedef int nvmlDriverModel_t;
 typedef int nvmlBrandType_t;          /* enum nvmlBrandType_enum */
 typedef int nvmlTemperatureSensors_t; /* NVML_TEMPERATURE_GPU = 0 */
 typedef int nvmlTemperatureThresholds_t;
@@ -126,5 +132,9 @@ typedef int nvmlComputeMode_t;
 #define NVML_FEATURE_ENABLED 1
 #define NVML_COMPUTEMODE_DEFAULT 0
 #define NVML_PSTATE_UNKNOWN 32
+#define NVML_MEMORY_ERROR_TYPE_CORRECTED 0
+#define NVML_MEMORY_ERROR_TYPE_UNCORRECTED 1
+#define NVML_VOLATILE_ECC 0
+#define NVML_AGGREGATE_ECC 1
 
 #endif

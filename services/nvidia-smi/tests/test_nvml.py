@@ -327,3 +327,68 @@ def test_library_source_is_warning_free(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+ECC = """
+import json, pynvml as n
+n.nvmlInit()
+out = []
+for i in range(n.nvmlDeviceGetCount()):
+    h = n.nvmlDeviceGetHandleByIndex(i)
+    out.append([n.nvmlDeviceGetTotalEccErrors(h, kind, scope) for kind in (0, 1) for scope in (0, 1)])
+print(json.dumps(out))
+"""
+
+
+def test_ecc_errors_match_nvidia_smi(lib_dir: Path, tmp_path: Path) -> None:
+    node = hgx_node()
+    node.gpus[4].faults = [
+        {
+            "kind": "ecc",
+            "sbeVolatile": 3,
+            "dbeVolatile": 1,
+            "sbeAggregate": 12,
+            "dbeAggregate": 2,
+            "since": float(PINNED) - 30,
+        }
+    ]
+    directory = state(tmp_path, node)
+    env = _env(lib_dir, tmp_path)
+    got = run_python(directory, env, ECC)
+    fields = [
+        f"ecc.errors.{kind}.{scope}.total"
+        for kind in ("corrected", "uncorrected")
+        for scope in ("volatile", "aggregate")
+    ]
+    rows = smi_csv(directory, env, "--query-gpu=" + ",".join(fields))
+    assert got == [[int(r[f]) for f in fields] for r in rows]
+    assert isinstance(got, list) and got[4] != [0, 0, 0, 0]
+
+
+NVITOP = """
+import json
+from nvitop import Device
+out = []
+for d in Device.all():
+    out.append([d.uuid(), d.name(), d.bus_id(), d.memory_used() // 2**20,
+                d.gpu_utilization(), [p.pid for p in d.processes().values()],
+                [m.uuid() for m in d.mig_devices()] if d.is_mig_mode_enabled() else []])
+print(json.dumps(out))
+"""
+
+
+def test_nvitop_sees_what_nvidia_smi_prints(lib_dir: Path, tmp_path: Path) -> None:
+    node = hgx_node()
+    directory = state(tmp_path, node)
+    env = _env(lib_dir, tmp_path)
+    got = run_python(directory, env, NVITOP)
+    rows = smi_csv(directory, env, "--query-gpu=uuid,name,pci.bus_id,memory.used,utilization.gpu")
+    assert isinstance(got, list) and len(got) == len(rows) == 8
+    for gpu, row in zip(got, rows, strict=True):
+        assert gpu[:4] == [row["uuid"], row["name"], row["pci.bus_id"], int(row["memory.used"])]
+        assert str(gpu[4]) == row["utilization.gpu"] or row["utilization.gpu"] == "[N/A]"
+    apps = smi_csv(directory, env, "--query-compute-apps=gpu_uuid,pid")
+    for gpu in got:
+        assert sorted(gpu[5]) == sorted(int(a["pid"]) for a in apps if a["gpu_uuid"] == gpu[0])
+    ordered = sorted(node.gpus[7].mig_devices, key=lambda m: (m.gi_id, m.ci_id))
+    assert got[7][6] == [m.uuid for m in ordered]

@@ -35,7 +35,7 @@ def test_frames_cover_consecutive_buckets(tmp_path: Path) -> None:
     first = int(CAPTURE_TIME // BUCKET_SECONDS)
     assert frames == [["F", str(k), str(first + k)] for k in range(3)]
     gpus = [line.split("\t") for line in lines if line.startswith("G\t")]
-    assert len(gpus) == 3 * 8 and all(len(g) == 43 for g in gpus)
+    assert len(gpus) == 3 * 8 and all(len(g) == 48 for g in gpus)
     migs = [line for line in lines if line.startswith("M\t")]
     assert len(migs) == 3 * 2
 

@@ -140,6 +140,12 @@ def _gpu_line(gpu: GpuView) -> str:
         str(p.clock_video_max_mhz),
         str(p.temp_slowdown_c),
         str(p.temp_shutdown_c),
+        # ECC: supported, then corrected/uncorrected x volatile/aggregate (DRAM, as nvidia-smi)
+        str(int(p.ecc_supported)),
+        str(s.ecc_sbe_volatile),
+        str(s.ecc_dbe_volatile),
+        str(s.ecc_sbe_aggregate),
+        str(s.ecc_dbe_aggregate),
     )
     return "\t".join(fields)
 

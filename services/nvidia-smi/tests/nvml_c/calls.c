@@ -127,6 +127,17 @@ int main(void) {
     nvmlComputeMode_t cmode;
     R(nvmlDeviceGetComputeMode, nvmlDeviceGetComputeMode(h1, &cmode), "%d", (int)cmode);
 
+    R(nvmlDeviceGetEccMode, nvmlDeviceGetEccMode(h1, &state, &state), "%d", (int)state);
+    R(nvmlDeviceGetTotalEccErrors,
+      nvmlDeviceGetTotalEccErrors(h1, NVML_MEMORY_ERROR_TYPE_UNCORRECTED, NVML_VOLATILE_ECC, &ull),
+      "%llu", ull);
+    nvmlDriverModel_t model, model2;
+    R(nvmlDeviceGetDriverModel_v2, nvmlDeviceGetDriverModel_v2(h1, &model, &model2), "%s", "linux");
+    R(nvmlDeviceGetDriverModel, nvmlDeviceGetDriverModel(h1, &model, &model2), "%s", "linux");
+    count = 0;
+    R(nvmlDeviceGetProcessUtilization, nvmlDeviceGetProcessUtilization(h1, NULL, &count, 0), "%u",
+      count);
+
     /* NVML's two-call protocol, and each struct version's stride. */
     count = 0;
     R(nvmlDeviceGetComputeRunningProcesses_v3,
