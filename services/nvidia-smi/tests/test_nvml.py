@@ -392,3 +392,51 @@ def test_nvitop_sees_what_nvidia_smi_prints(lib_dir: Path, tmp_path: Path) -> No
         assert sorted(gpu[5]) == sorted(int(a["pid"]) for a in apps if a["gpu_uuid"] == gpu[0])
     ordered = sorted(node.gpus[7].mig_devices, key=lambda m: (m.gi_id, m.ci_id))
     assert got[7][6] == [m.uuid for m in ordered]
+
+
+GOOD_HEAD = "FGO-NVML\t1\nT\t1767225900.0\t10.0\t1\nD\t580.159.04\t13000\nF\t0\t176722590\n"
+MALFORMED = [
+    "",  # nothing
+    "garbage\n",
+    GOOD_HEAD,  # no end marker: truncated
+    "FGO-NVML\t2\n" + GOOD_HEAD[11:] + "E\n",  # another format version
+    GOOD_HEAD.replace("D\t580.159.04\t13000\n", "") + "E\n",  # no driver line
+    GOOD_HEAD.replace("F\t0\t176722590\n", "") + "E\n",  # no frame
+    GOOD_HEAD + "G\t0\tGPU-x\n" + "P\t1\t2\t3\t4\tp\n" + "M\t0\n" + "E\n",  # short records
+    GOOD_HEAD + "P\t1\t2\t3\t4\tp\n" + "M\t0\tMIG-x\tn\t1\t0\t1\t1\t1\t1\t1\n" + "E\n",  # orphans
+    GOOD_HEAD + "G" + "\t9" * 60 + "\n" + "P\t" + "x" * 10000 + "\n" + "E\n",  # odd sizes
+    GOOD_HEAD + "F\t1\n" + "E\n",  # frame line without bucket
+]
+
+
+@pytest.mark.parametrize("text", MALFORMED)
+def test_malformed_snapshot_never_crashes(lib_dir: Path, tmp_path: Path, text: str) -> None:
+    fake = tmp_path / "fake-smi"
+    payload = tmp_path / "payload"
+    payload.write_text(text)
+    fake.write_text(f"#!/bin/sh\ncat {payload}\n")
+    fake.chmod(0o755)
+    directory = state(tmp_path, hgx_node())
+    env = _env(lib_dir, tmp_path, FGO_NVML_SMI=str(fake), FGO_NVML_CACHE_DIR="")
+    code = """
+import json, pynvml as n
+try:
+    n.nvmlInit()
+except n.NVMLError as e:
+    print(json.dumps(["init", str(e)]))
+    raise SystemExit
+out = []
+for i in range(n.nvmlDeviceGetCount()):
+    try:
+        h = n.nvmlDeviceGetHandleByIndex(i)
+        out.append([n.nvmlDeviceGetUUID(h), n.nvmlDeviceGetName(h),
+                    len(n.nvmlDeviceGetComputeRunningProcesses(h))])
+    except n.NVMLError as e:
+        out.append(str(e))
+print(json.dumps(["ok", out]))
+"""
+    got = run_python(directory, env, code)
+    assert isinstance(got, list)
+    assert got[0] in ("init", "ok")
+    if got[0] == "init":
+        assert got[1] == "Driver Not Loaded"
