@@ -704,6 +704,22 @@ def build() -> Schema:
             enabled="Run the kwok-dra-plugin",
             central=True,
         ),
+        "computeDomainDraPlugin": component(
+            "ComputeDomains (docs/computedomains.md): CRD computedomains.resource.nvidia.com, "
+            "DeviceClasses compute-domain-default-channel.nvidia.com and "
+            "compute-domain-daemon.nvidia.com, the compute-domain-controller",
+            "compute-domain-controller",
+            enabled="Render the ComputeDomain CRD and DeviceClasses and run the "
+            "compute-domain-controller (the reference's switch)",
+            central=True,
+            extra={
+                "kwokChannels": boolean(
+                    "Publish a channel-0 ResourceSlice (driver compute-domain.nvidia.com) for "
+                    "every KWOK node (the reference's kwok-compute-domain-dra-plugin)"
+                ),
+                "healthcheckPort": compat(IGNORED),
+            },
+        ),
         "deviceClasses": obj(
             "DeviceClasses gpu.nvidia.com and mig.nvidia.com",
             {
@@ -853,7 +869,6 @@ def build() -> Schema:
         "nvidiaDraDriver",
         "ubuntu",
         "computeDomainController",
-        "computeDomainDraPlugin",
         "kwokComputeDomainDraPlugin",
         "gpu-operator",
         "nvidia-dra-driver-gpu",

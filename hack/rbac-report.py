@@ -36,6 +36,7 @@ EVERYTHING = [
     "statusUpdater.runaiIntegration.enabled=true",
     "statusExporter.nodeResourceTopology.enabled=true",
     "statusExporter.podResources.enabled=true",
+    "computeDomainDraPlugin.enabled=true",
     "leaderElection.enabled=true",
 ]
 

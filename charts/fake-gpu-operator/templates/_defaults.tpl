@@ -175,6 +175,28 @@ kwokDraPlugin:
   podAnnotations: {}
   extraEnv: []
 
+# -- ComputeDomains (multi-node NVLink / IMEX channels, docs/computedomains.md): the CRD
+# computedomains.resource.nvidia.com, the DeviceClasses compute-domain-default-channel.nvidia.com
+# and compute-domain-daemon.nvidia.com, and the compute-domain-controller (the ComputeDomains'
+# ResourceClaimTemplates and status; channel-0 ResourceSlices of driver compute-domain.nvidia.com
+# for KWOK nodes). The reference's switch.
+computeDomainDraPlugin:
+  enabled: false
+  # -- Pods (above 1: leader election, PodDisruptionBudget).
+  replicas: 1
+  # -- Publish a channel-0 ResourceSlice (driver compute-domain.nvidia.com) for every KWOK node.
+  kwokChannels: true
+  image: {repository: compute-domain-controller, tag: "", pullPolicy: ""}
+  resources:
+    requests: {cpu: 50m, memory: 64Mi}
+    limits: {cpu: 500m, memory: 256Mi}
+  nodeSelector: {}
+  tolerations: []
+  affinity: {}
+  priorityClassName: ""
+  podAnnotations: {}
+  extraEnv: []
+
 # -- DeviceClasses gpu.nvidia.com and mig.nvidia.com, rendered when a DRA plugin is enabled.
 # Turn off when the real NVIDIA DRA driver is installed (it owns them).
 deviceClasses:
@@ -287,6 +309,5 @@ gpuOperator: null
 nvidiaDraDriver: null
 ubuntu: null
 computeDomainController: null
-computeDomainDraPlugin: null
 kwokComputeDomainDraPlugin: null
 {{- end -}}

@@ -75,6 +75,7 @@ named when it is set (not null), unless its value is what this chart does anyway
 {{- if and .successThreshold (ne (int .successThreshold) 1) }}{{ $out = append $out "draPlugin.kubeletPlugin.containers.plugin.livenessProbe.successThreshold: a liveness probe's is always 1" }}{{ end -}}
 {{- end -}}
 {{- if and (not (kindIs "invalid" $plugin.healthcheckPort)) (eq (int $plugin.healthcheckPort) 0) }}{{ $out = append $out "draPlugin.kubeletPlugin.containers.plugin.healthcheckPort=0: the health port and liveness probe stay on (draPlugin.healthcheckPort)" }}{{ end -}}
+{{- if not (kindIs "invalid" (default dict $v.computeDomainDraPlugin).healthcheckPort) }}{{ $out = append $out "computeDomainDraPlugin.healthcheckPort: no compute-domain kubelet plugin runs (KWOK channel slices come from the compute-domain-controller)" }}{{ end -}}
 {{- if eq (toString (default dict $v.builtinProfiles).enabled) "false" }}{{ $out = append $out "builtinProfiles.enabled=false: the built-in profiles are part of the code" }}{{ end -}}
 {{- $whole := dict
   "topologyServer" "no topology server (nvidia-smi reads the node's record)"
@@ -83,9 +84,8 @@ named when it is set (not null), unless its value is what this chart does anyway
   "gpuOperator" "NVIDIA's GPU operator is not installed as a subchart"
   "nvidiaDraDriver" "NVIDIA's DRA driver is not installed as a subchart"
   "ubuntu" "no hostpath-init image"
-  "computeDomainController" "no ComputeDomains"
-  "computeDomainDraPlugin" "no ComputeDomains"
-  "kwokComputeDomainDraPlugin" "no ComputeDomains"
+  "computeDomainController" "the compute-domain-controller runs with computeDomainDraPlugin.enabled"
+  "kwokComputeDomainDraPlugin" "KWOK channel slices are published by the compute-domain-controller (computeDomainDraPlugin.kwokChannels)"
   "gpu-operator" "values of a subchart that is not installed"
   "nvidia-dra-driver-gpu" "values of a subchart that is not installed" -}}
 {{- range $k := keys $whole | sortAlpha -}}

@@ -47,6 +47,7 @@ SERVICE_MODULES = {
     "dra-plugin": "fgo_dra_plugin",
     "kwok-dra-plugin": "fgo_kwok_dra_plugin",
     "status-exporter": "fgo_status_exporter",
+    "compute-domain-controller": "fgo_compute_domain_controller",
 }
 TOKEN_SECONDS = 24 * 3600
 CONTAINER_KUBECONFIG = "/var/run/fgo/kubeconfig"

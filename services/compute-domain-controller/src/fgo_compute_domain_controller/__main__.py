@@ -1,0 +1,3 @@
+from fgo_compute_domain_controller.main import main
+
+raise SystemExit(main())
