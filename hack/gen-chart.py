@@ -484,6 +484,30 @@ def topology() -> Schema:
                     },
                 },
             },
+            "nvlinkDomain": {
+                "type": "object",
+                "description": "Multi-node NVLink (GB200/GB300 NVL72): the pool's nodes form "
+                "NVLink cliques, labelled nvidia.com/gpu.clique=<clusterUUID>.<clique id> "
+                "(docs/computedomains.md)",
+                "additionalProperties": False,
+                "required": ["cliqueSize"],
+                "properties": {
+                    "cliqueSize": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": 72,
+                        "description": "Nodes per clique (NVL72: 18); a node's clique is the "
+                        "number its name ends with, 1-based, divided by cliqueSize",
+                    },
+                    "clusterUUID": {
+                        "type": "string",
+                        "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                        "[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+                        "description": "Fabric cluster UUID in the label (default: derived "
+                        "from the pool name)",
+                    },
+                },
+            },
             "mig": {
                 "type": "object",
                 "description": "MIG layout: a static config, or dynamic (DRA claims create the "
@@ -832,6 +856,15 @@ def build() -> Schema:
                     "The node agents (device plugin, DRA plugin) install no-op "
                     "/var/lib/runai/shared/{memory,pid}/preloader.so, which Run:ai's fractional "
                     "GPU pods LD_PRELOAD (the reference always installs them)"
+                ),
+                "nvidiaSmi": boolean(
+                    "A MutatingAdmissionPolicy gives the containers of fractional pods "
+                    "(annotation gpu-fraction or gpu-memory, no GPU of their own) nvidia-smi: "
+                    "read-only hostPath mounts of the node agents' bundle, launcher and state "
+                    "dir, FGO_POD_UID (downward API) and FGO_SEED. Rendered only where the "
+                    "cluster serves admissionregistration.k8s.io/v1 MutatingAdmissionPolicy "
+                    "(Kubernetes 1.36+); skips namespaces whose Pod Security level forbids "
+                    "hostPath"
                 ),
                 "procFiles": boolean(
                     "The node-mode exporter writes Run:ai's per-pod GPU files of fractional pods "

@@ -280,6 +280,15 @@ runai:
   # LD_PRELOAD them and do not start without them. The reference always installs them; here
   # they are opt-in, as they write outside /var/lib/fake-gpu-operator.
   preloaderStubs: false
+  # -- nvidia-smi in fractional pods (annotation gpu-fraction or gpu-memory; their reservation
+  # pod holds the GPU, so no device plugin Allocate mounts anything into them): a
+  # MutatingAdmissionPolicy adds read-only hostPath mounts of the nvidia-smi bundle, its
+  # launcher (/usr/bin/nvidia-smi, /bin/nvidia-smi) and the node's state dir, FGO_POD_UID
+  # (downward API; nvidia-smi finds the pod's GPU and memory share in the record by it) and
+  # FGO_SEED. Rendered where the cluster serves admissionregistration.k8s.io/v1
+  # MutatingAdmissionPolicy (Kubernetes 1.36+). Namespaces enforcing Pod Security baseline or
+  # restricted are skipped (hostPath is forbidden there). docs/runai.md.
+  nvidiaSmi: true
   # -- The node-mode exporter (DaemonSet nvidia-dcgm-exporter) writes Run:ai's per-pod GPU files
   # for fractional pods under the node's /var/lib/runai/proc (Run:ai's container toolkit's
   # pod/<uid>/metrics/gpu/<idx>/{utilization.sm,memory.allocated} and events), with the

@@ -171,6 +171,34 @@ def test_fraction_from_the_pod_spec() -> None:
     assert env["RUNAI_NUM_OF_GPUS"] == "0.5"
 
 
+def test_fractional_pod_names_itself_by_uid() -> None:
+    """A Run:ai/KAI fractional pod: the reservation pod holds the GPU, the pod has a usage
+    entry; with the chart's MutatingAdmissionPolicy its containers carry FGO_POD_UID."""
+    from fgo_common.topology import HOLDER_RESERVATION, PodUsage
+
+    topology = record()
+    hold(topology, 1, Holder("runai-reservation", "r", "c", "uid-r", kind=HOLDER_RESERVATION))
+    topology.gpus[1].status.usage["uid-1"] = PodUsage(fb_used_mib=100, namespace="ns", pod="p1")
+    uid_ref = {"fieldRef": {"fieldPath": "metadata.uid"}}
+    mutated = pod(spec={"containers": [{"name": "main", "env": [
+        {"name": "FGO_POD_UID", "valueFrom": uid_ref},
+        {"name": "GPU_PORTION", "value": "0.5"},
+    ]}]})  # fmt: skip
+    env = smi.pod_env(mutated, "main", topology, {}, smi.OperatorSettings(seed="2"))
+    assert env == {"FGO_SEED": "2", "FGO_POD_UID": "uid-1", "GPU_PORTION": "0.5"}
+    # Run:ai's own POD_UUID does as well.
+    runai = pod(
+        spec={"containers": [{"name": "main", "env": [{"name": "POD_UUID", "value": "uid-1"}]}]}
+    )
+    assert smi.pod_env(runai, "main", topology, {}, smi.OperatorSettings())["POD_UUID"] == "uid-1"
+    # Not mutated (no policy on this cluster): nvidia-smi is not in the container.
+    with pytest.raises(smi.SmiError, match="holds no GPU"):
+        smi.pod_env(pod(), "main", topology, {}, smi.OperatorSettings())
+    # Mutated but not (yet) in the record: nothing to show either.
+    with pytest.raises(smi.SmiError, match="holds no GPU"):
+        smi.pod_env(mutated, "main", record(), {}, smi.OperatorSettings())
+
+
 def test_nvidia_smi_arguments_follow_the_double_dash() -> None:
     assert split_smi_args(["nvidia-smi", "ns/p", "--", "-i", "0", "--", "x"]) == (
         ["nvidia-smi", "ns/p"],

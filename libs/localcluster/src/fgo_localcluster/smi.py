@@ -9,7 +9,10 @@ In a GPU pod, nvidia-smi reads three inputs that the node agent injects (docs/nv
   container, which the status-updater records as the pod's holders (on KWOK nodes it picks them
   itself); from the DRA plugin's CDI spec, every GPU/MIG UUID of the claim (a container
   with several claims ends up with the last claim's list);
-* ``FGO_SEED``, the chart's ``telemetrySeed``.
+* ``FGO_SEED``, the chart's ``telemetrySeed``;
+* in a Run:ai/KAI fractional pod (no plugin allocated it anything), ``FGO_POD_UID`` from the
+  chart's MutatingAdmissionPolicy instead of a visible-devices list: nvidia-smi finds the pod's
+  GPU and memory share in the record by it.
 
 KWOK nodes run no containers, so ``kubectl exec ... nvidia-smi`` cannot work there. This module
 reads the same three inputs from the API (the record, the pod, its ResourceClaims, the chart's
@@ -53,10 +56,16 @@ SMI_INPUT_ENVS = (
     STATE_DIR_ENV,
     SEED_ENV,
     "RUNAI_NUM_OF_GPUS",
+    "GPU_PORTION",
+    "FGO_POD_UID",
+    "POD_UUID",
     "HOSTNAME",
 )
-# Set in the pod spec by Run:ai for fractional pods; nvidia-smi scales the memory by it.
-POD_SPEC_ENVS = ("RUNAI_NUM_OF_GPUS",)
+# Set in the pod spec by Run:ai / KAI for fractional pods; nvidia-smi scales the memory by it.
+POD_SPEC_ENVS = ("RUNAI_NUM_OF_GPUS", "GPU_PORTION")
+# How a fractional pod names itself to nvidia-smi (docs/runai.md): FGO_POD_UID from the
+# chart's MutatingAdmissionPolicy (downward API metadata.uid), or Run:ai's POD_UUID.
+POD_UID_ENVS = ("FGO_POD_UID", "POD_UUID")
 DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
 
 
@@ -237,6 +246,11 @@ def pod_env(
     if claim_list:
         lists.setdefault(settings.dra_visible_env, []).extend(claim_list)
     if not lists:
+        uid_env = _pod_uid_env(spec_container, pod)
+        if uid_env is not None and shares_gpu(topology, str(uid_env[1])):
+            # A fractional pod: no plugin allocated it anything; it finds its GPU by its UID.
+            env[uid_env[0]] = uid_env[1]
+            return env
         meta = pod.get("metadata") or {}
         raise SmiError(
             f"container {container} of pod {meta.get('namespace')}/{meta.get('name')} holds no "
@@ -245,6 +259,32 @@ def pod_env(
         )
     env.update({name: ",".join(dict.fromkeys(ids)) for name, ids in lists.items()})
     return env
+
+
+def _pod_uid_env(container: Obj, pod: Obj) -> tuple[str, str] | None:
+    """(name, value) of the container's pod-UID variable, resolved as the kubelet would."""
+    uid = str((pod.get("metadata") or {}).get("uid", ""))
+    for entry in container.get("env") or []:
+        name = entry.get("name")
+        if name not in POD_UID_ENVS:
+            continue
+        if "valueFrom" not in entry:
+            return str(name), str(entry.get("value", ""))
+        field = ((entry.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+        if field == "metadata.uid" and uid:
+            return str(name), uid
+    return None
+
+
+def shares_gpu(topology: NodeTopology, pod_uid: str) -> bool:
+    """Does the record name ``pod_uid`` on any GPU or MIG device (usage entry or holder)?"""
+    for gpu in topology.gpus:
+        if pod_uid in gpu.status.usage or any(h.pod_uid == pod_uid for h in gpu.status.holders):
+            return True
+        for mig in gpu.mig_devices:
+            if pod_uid in mig.usage or any(h.pod_uid == pod_uid for h in mig.holders):
+                return True
+    return False
 
 
 def smi_command(explicit: Path | None = None) -> list[str]:

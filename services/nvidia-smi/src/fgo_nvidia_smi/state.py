@@ -120,7 +120,8 @@ class GpuView:
 
     @property
     def memory_total_mib(self) -> int:
-        return int((self.record.memory_mib or self.profile.memory_mib) * self.fraction)
+        # The epsilon keeps a share taken from the record (fbUsed / memory) at exactly fbUsed.
+        return int((self.record.memory_mib or self.profile.memory_mib) * self.fraction + 1e-6)
 
     @property
     def memory_used_mib(self) -> int:
@@ -346,6 +347,34 @@ def parse_visible(spec: str | None, node: NodeTopology) -> Selection:
     return Selection(frozenset(whole), {k: frozenset(v) for k, v in migs.items()})
 
 
+def select_by_pod(pod_uid: str, node: NodeTopology) -> tuple[Selection, dict[int, float]]:
+    """The GPUs (or MIG devices) the record says pod ``pod_uid`` uses, and its memory share.
+
+    For a pod no plugin allocated anything to (a Run:ai/KAI fractional pod: its reservation pod
+    holds the GPU), the container has no visible-devices variable but knows its UID. It uses
+    a GPU when the record has a usage entry or a holder for that UID. Its share of a GPU that
+    a reservation pod holds is its usage entry's memory over the GPU's (what the status-updater
+    derived from ``gpu-fraction`` / ``gpu-memory``); a GPU it holds itself is whole.
+    """
+    whole: set[int] = set()
+    migs: dict[int, set[str]] = {}
+    shares: dict[int, float] = {}
+    for gpu in node.gpus:
+        holders = [h for h in gpu.status.holders if h.pod_uid == pod_uid]
+        usage = gpu.status.usage.get(pod_uid)
+        if holders or usage is not None:
+            whole.add(gpu.index)
+            own = any(h.kind != HOLDER_RESERVATION for h in holders)
+            memory = gpu.memory_mib or profile_for(gpu).memory_mib
+            if usage is not None and not own and 0 < usage.fb_used_mib < memory:
+                shares[gpu.index] = usage.fb_used_mib / memory
+            continue
+        for mig in gpu.mig_devices:
+            if pod_uid in mig.usage or any(h.pod_uid == pod_uid for h in mig.holders):
+                migs.setdefault(gpu.index, set()).add(mig.uuid.upper())
+    return Selection(frozenset(whole), {k: frozenset(v) for k, v in migs.items()}), shares
+
+
 def load_node(settings: Settings) -> NodeTopology:
     try:
         return read_node_state(settings.state_dir)
@@ -357,7 +386,12 @@ def build_snapshot(node: NodeTopology, settings: Settings, t: float | None = Non
     now = settings.fixed_time if settings.fixed_time is not None else time.time()
     if t is not None:
         now = t
-    selection = parse_visible(settings.visible_devices, node)
+    shares: dict[int, float] = {}
+    if settings.visible_devices is None and settings.pod_uid:
+        # No plugin named our GPUs (a fractional pod): the record's entries for our UID do.
+        selection, shares = select_by_pod(settings.pod_uid, node)
+    else:
+        selection = parse_visible(settings.visible_devices, node)
     ctx = _ProcContext(
         hostname=settings.hostname or os.uname().nodename,
         own_name=own_process_name() if node.gpus else "",
@@ -411,7 +445,11 @@ def build_snapshot(node: NodeTopology, settings: Settings, t: float | None = Non
             migs=migs,
             t=now,
             seed=settings.seed,
-            fraction=settings.gpu_fraction,
+            fraction=(
+                settings.gpu_fraction
+                if settings.fraction_from_env
+                else shares.get(gpu.index, settings.gpu_fraction)
+            ),
         )
         if whole and not gpu.mig_enabled:
             view_gpu.processes = _processes(
