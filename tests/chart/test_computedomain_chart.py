@@ -133,3 +133,25 @@ def test_replicas_elect_a_leader(helm: Helm) -> None:
 def test_schema_refuses_unknown_key(helm: Helm) -> None:
     error = helm.render_error(sets=[*ON, "computeDomainDraPlugin.numNodes=2"])
     assert "numNodes" in error
+
+
+NVL72 = [
+    "topology.nodePools.nvl72.gpus[0].type=gb200",
+    "topology.nodePools.nvl72.gpus[0].count=4",
+]
+
+
+def test_pool_nvlink_domain_reaches_the_status_updater(helm: Helm) -> None:
+    from fgo_common.config import load_cluster_config
+
+    rendered = helm.render(sets=[*NVL72, "topology.nodePools.nvl72.nvlinkDomain.cliqueSize=18"])
+    config = load_cluster_config(rendered.get("ConfigMap", "topology")["data"]["topology.yml"])
+    domain = config.pools["nvl72"].nvlink_domain
+    assert domain is not None and domain.clique_size == 18
+
+
+def test_pool_nvlink_domain_refused_by_the_schema(helm: Helm) -> None:
+    error = helm.render_error(sets=[*NVL72, "topology.nodePools.nvl72.nvlinkDomain.cliqueSize=0"])
+    assert "nvlinkDomain" in error and "cliqueSize" in error
+    error = helm.render_error(sets=[*NVL72, "topology.nodePools.nvl72.nvlinkDomain.size=4"])
+    assert "nvlinkDomain" in error

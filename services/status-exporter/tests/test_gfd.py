@@ -193,3 +193,18 @@ def test_unparseable_versions_are_left_out() -> None:
     topology.cuda_version = "x"
     labels = LABELER.labels(topology)
     assert not any(k.startswith("nvidia.com/cuda.") for k in labels)
+
+
+def test_nvlink_clique_label() -> None:
+    from fgo_common.config import load_cluster_config
+    from fgo_common.nodebuild import build_node_topology
+
+    cluster = "5c1ea0b1-0000-4000-8000-00000000c0de"
+    config = load_cluster_config(
+        "nodePools: {nvl72: {gpus: [{type: gb200, count: 4}], "
+        f"nvlinkDomain: {{cliqueSize: 18, clusterUUID: {cluster}}}}}}}"
+    )
+    record = build_node_topology("gb200-node-20", config.pools["nvl72"], config, kwok=True)
+    labels = LABELER.labels(record)
+    assert labels["nvidia.com/gpu.clique"] == f"{cluster}.1"
+    assert "nvidia.com/gpu.clique" not in LABELER.labels(node("h", "H100", 8))

@@ -68,6 +68,19 @@ def clique_label_value(cluster_uuid: str, clique_id: int) -> str:
     return f"{cluster_uuid}.{clique_id}"
 
 
+_TRAILING_NUMBER = re.compile(r"(\d+)$")
+
+
+def clique_of_node(node_name: str, clique_size: int) -> int:
+    """The NVLink clique of a node of a pool with ``nvlinkDomain.cliqueSize``: nodes are
+    grouped by the number their name ends with (1..size -> clique 0, size+1..2*size -> 1, ...;
+    0 counts as 1), so a node's clique depends on its name alone and never moves when other
+    nodes come or go. A name without a trailing number is in clique 0."""
+    found = _TRAILING_NUMBER.search(node_name)
+    ordinal = int(found.group(1)) if found else 1
+    return (max(ordinal, 1) - 1) // clique_size
+
+
 class SpecError(ValueError):
     """A ComputeDomain whose spec the controller cannot act on (the message names the field)."""
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,7 @@ _SEED_POOL_KEYS = (
     "resources",
     "numa",
     "mig",
+    "nvlinkDomain",
     "driverVersion",
     "cudaVersion",
 )
@@ -60,10 +62,11 @@ _LEGACY_POOL_KEYS = (
     "otherDevices",
     "numa",
     "mig",
+    "nvlinkDomain",
     "driverVersion",
     "cudaVersion",
 )
-_PROFILE_POOL_KEYS = ("gpu", "resources", "numa", "otherDevices", "mig")
+_PROFILE_POOL_KEYS = ("gpu", "resources", "numa", "otherDevices", "mig", "nvlinkDomain")
 _GPU_KEYS = ("type", "memory", "count", "profile")
 _PROFILE_GPU_KEYS = ("backend", "profile", "overrides")
 _OVERRIDE_KEYS = (
@@ -200,6 +203,21 @@ class NumaConfig:
     distance_remote: int = 21
 
 
+MAX_CLIQUE_SIZE = 72  # nodes per NVLink domain (GB200 NVL72: 18 trays of 4 GPUs)
+_NVLINK_DOMAIN_KEYS = ("cliqueSize", "clusterUUID")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+@dataclass(frozen=True, slots=True)
+class NvlinkDomainConfig:
+    """A pool's ``nvlinkDomain`` block: its nodes form NVLink cliques of ``clique_size`` nodes
+    (multi-node NVLink, GB200/GB300 NVL72), labelled ``nvidia.com/gpu.clique`` =
+    ``<cluster_uuid>.<clique id>`` as GPU feature discovery labels them."""
+
+    clique_size: int
+    cluster_uuid: str
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceOverride:
     """One GPU's identity as the profile form sets it (``devices[]``, ``pcie_topology``); None
@@ -224,6 +242,7 @@ class PoolConfig:
     mig_dynamic: bool = False
     # Per-GPU identity by index (may be shorter than the GPU count); profile form only.
     devices: tuple[DeviceOverride, ...] = ()
+    nvlink_domain: NvlinkDomainConfig | None = None
 
     @property
     def gpu_count(self) -> int:
@@ -524,7 +543,31 @@ def _seed_pool(
         numa=_numa(raw.get("numa"), f"{path}.numa", sum(g.count for g in groups)),
         mig_config=_mig(raw.get("mig"), f"{path}.mig"),
         mig_dynamic=_mig_dynamic(raw.get("mig"), f"{path}.mig"),
+        nvlink_domain=_nvlink_domain(raw.get("nvlinkDomain"), f"{path}.nvlinkDomain", name),
     )
+
+
+def _nvlink_domain(raw: object, path: str, pool_name: str) -> NvlinkDomainConfig | None:
+    """``nvlinkDomain: {cliqueSize, clusterUUID}``; the cluster UUID defaults to one derived
+    from the pool's name (stable across restarts and installs)."""
+    if raw is None:
+        return None
+    block = _expect_mapping(raw, path)
+    _check_keys(block, _NVLINK_DOMAIN_KEYS, path)
+    if "cliqueSize" not in block:
+        raise ConfigError(f"{path}.cliqueSize", "required: nodes per NVLink clique (e.g. 18)")
+    size = _positive_int(block["cliqueSize"], f"{path}.cliqueSize", maximum=MAX_CLIQUE_SIZE)
+    cluster = block.get("clusterUUID")
+    if cluster is None:
+        cluster = str(uuid.uuid5(uuid.NAMESPACE_URL, f"fake-gpu-operator/nvlink/{pool_name}"))
+    else:
+        cluster = _string(cluster, f"{path}.clusterUUID").lower()
+        if not _UUID.match(cluster):
+            raise ConfigError(
+                f"{path}.clusterUUID",
+                f"{_short(cluster)} is not a UUID (8-4-4-4-12 hex digits, as NVML reports it)",
+            )
+    return NvlinkDomainConfig(size, cluster)
 
 
 def _optional_str(raw: Mapping[str, Any], key: str, path: str) -> str:
@@ -579,6 +622,7 @@ def _legacy_pool(
         numa=_numa(raw.get("numa"), f"{path}.numa", count),
         mig_config=_mig(raw.get("mig"), f"{path}.mig"),
         mig_dynamic=_mig_dynamic(raw.get("mig"), f"{path}.mig"),
+        nvlink_domain=_nvlink_domain(raw.get("nvlinkDomain"), f"{path}.nvlinkDomain", name),
     )
 
 
@@ -675,6 +719,7 @@ def _profile_pool(
         mig_config=_mig(raw.get("mig"), f"{path}.mig"),
         mig_dynamic=_mig_dynamic(raw.get("mig"), f"{path}.mig"),
         devices=devices,
+        nvlink_domain=_nvlink_domain(raw.get("nvlinkDomain"), f"{path}.nvlinkDomain", name),
     )
 
 

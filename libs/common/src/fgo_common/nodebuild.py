@@ -7,6 +7,7 @@ a restart or a re-label) gives every surviving GPU the same UUID, bus id and NUM
 from __future__ import annotations
 
 from fgo_common import migstate
+from fgo_common.computedomain import clique_label_value, clique_of_node
 from fgo_common.config import ClusterConfig, DeviceOverride, PoolConfig
 from fgo_common.identity import gpu_uuid, numa_node, pci_bus_id
 from fgo_common.topology import GpuRecord, NodeTopology
@@ -59,6 +60,12 @@ def build_node_topology(
         layouts = migstate.layouts_for(pool.mig_config, pool.gpu_profiles(), config.mig_configs)
         migstate.apply_layouts(gpus, layouts)
     first = pool.groups[0].profile
+    clique = ""
+    if pool.nvlink_domain is not None:
+        domain = pool.nvlink_domain
+        clique = clique_label_value(
+            domain.cluster_uuid, clique_of_node(node_name, domain.clique_size)
+        )
     return NodeTopology(
         node_name=node_name,
         pool=pool.name,
@@ -72,4 +79,5 @@ def build_node_topology(
         gpus=gpus,
         kwok=kwok,
         mig_dynamic=pool.mig_dynamic,
+        nvlink_clique=clique,
     )

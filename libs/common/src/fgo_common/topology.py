@@ -380,6 +380,9 @@ class NodeTopology:
     # Dynamic MIG (pool ``mig.dynamic``): DRA claims create and destroy MIG instances, and the
     # DRA publishers offer every possible placement through shared counters.
     mig_dynamic: bool = False
+    # The NVLink clique of the node's GPUs, "<cluster uuid>.<clique id>" (pool nvlinkDomain;
+    # GFD's nvidia.com/gpu.clique); "" without multi-node NVLink.
+    nvlink_clique: str = ""
 
     def gpu_by_id(self, gpu_id: str) -> GpuRecord | None:
         wanted = gpu_id.lower()
@@ -409,6 +412,8 @@ class NodeTopology:
             out["migConfig"] = self.mig_config.to_dict()
         if self.mig_dynamic:
             out["migDynamic"] = True
+        if self.nvlink_clique:
+            out["nvlinkClique"] = self.nvlink_clique
         out["gpus"] = [g.to_dict() for g in self.gpus]
         return out
 
@@ -447,6 +452,7 @@ class NodeTopology:
                     else None
                 ),
                 mig_dynamic=raw.get("migDynamic") is True,
+                nvlink_clique=str(raw.get("nvlinkClique") or ""),
             )
             node.gpus = [
                 GpuRecord.from_dict(g, i, node) for i, g in enumerate(raw.get("gpus") or [])

@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import structlog
+from fgo_common.computedomain import CLIQUE_LABEL
 from fgo_common.names import (
     FAKE_GPU_LABEL,
     GFD_LABELS,
@@ -183,6 +184,9 @@ class GfdLabeler:
             out.update(self._single(gpus, profiles, model))
         elif node.mig_strategy == "mixed":
             out.update(self._mixed(gpus, profiles, model))
+        if node.nvlink_clique:
+            # GFD's imex labeler: the GPUs' fabric cluster UUID and clique id (NVML fabric info).
+            out[CLIQUE_LABEL] = node.nvlink_clique
         return out
 
     def _version_labels(self, driver: str, cuda: str) -> dict[str, str]:
