@@ -140,13 +140,15 @@ class Domains:
         return await eventually(probe, timeout_s=timeout_s,
                                 what=f"ComputeDomain {name} {status} with {nodes} nodes")  # fmt: skip
 
-    async def pod(self, name: str, template: str, run: str) -> None:
+    async def pod(
+        self, name: str, template: str, run: str, selector: dict[str, str] | None = None
+    ) -> None:
         body = {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": name, "labels": {"app": "imex-workload"}},
             "spec": {
-                "nodeSelector": {"type": "kwok", TEST_LABEL: run},
+                "nodeSelector": {"type": "kwok", TEST_LABEL: run, **(selector or {})},
                 "tolerations": [KWOK_TOLERATION],
                 "terminationGracePeriodSeconds": 0,
                 # NVIDIA's guidance: keep a ComputeDomain's pods inside one NVLink clique.
@@ -351,3 +353,102 @@ async def test_bad_input_is_refused_or_reported(
 
 async def _gone(domains: Domains, name: str) -> bool:
     return await domains.get(name) is None
+
+
+async def test_cliques_from_the_pool_config_through_records_and_labels(
+    local_cluster: LocalCluster,
+    kube: client.ApiClient,
+    namespace: str,
+    kwok_nodes: KwokNodeFactory,
+    tmp_path: Path,
+) -> None:
+    """The whole chain: pool nvlinkDomain -> the real status-updater's records -> the
+    status-exporter's GFD labeler sets nvidia.com/gpu.clique -> pods select one clique -> the
+    ComputeDomain's status reports the same cliqueID."""
+    import secrets
+
+    from fgo_status_exporter.main import amain as exporter_main
+    from fgo_status_exporter.settings import Settings as ExporterSettings
+    from fgo_testkit.status_updater import StatusUpdaterProcess
+
+    await install_api(kube)
+    core: Any = client.CoreV1Api(kube)
+    pool_key = f"fgo.test/pool-{secrets.token_hex(3)}"
+    cluster_uuid = "0a0b0c0d-0000-4000-8000-000000000072"
+    config = {
+        "nodePoolLabelKey": pool_key,
+        "nodePools": {
+            "nvl72": {
+                "gpus": [{"type": "gb200", "count": 4}],
+                "nvlinkDomain": {"cliqueSize": 2, "clusterUUID": cluster_uuid},
+            }
+        },
+    }
+    await core.create_namespaced_config_map(
+        namespace,
+        {"metadata": {"name": "topology"}, "data": {"topology.yml": yaml.safe_dump(config)}},
+    )
+    updater = StatusUpdaterProcess(
+        local_cluster.kubeconfig,
+        tmp_path / "status-updater.log",
+        TOPOLOGY_CM_NAMESPACE=namespace,
+        RESOURCE_RESERVATION_NAMESPACE=f"{namespace[:50]}-res",
+        PROMETHEUS_URL="",
+        DEBOUNCE_SECONDS="0.1",
+    )
+    await updater.start()
+    exporter_settings = load_settings(
+        ExporterSettings,
+        {
+            "EXPORTER_MODE": "kwok",
+            "TOPOLOGY_CM_NAMESPACE": namespace,
+            "KUBECONFIG": str(local_cluster.kubeconfig),
+            "METRICS_PORT": str(_free_port()),
+            "HEALTH_PORT": "0",
+        },
+    )
+    exporter_ctx = ServiceContext(name="status-exporter")
+    exporter = asyncio.create_task(exporter_main(exporter_settings, exporter_ctx))
+    run = unique_name("cd", 20)
+    try:
+        nodes = await kwok_nodes(3, labels={pool_key: "nvl72", TEST_LABEL: run})
+        expected = {
+            nodes[0]: f"{cluster_uuid}.0",
+            nodes[1]: f"{cluster_uuid}.0",
+            nodes[2]: f"{cluster_uuid}.1",
+        }
+
+        async def cliques() -> dict[str, str] | None:
+            got = {}
+            for node in nodes:
+                labels = (await raw(core.read_node, node))["metadata"].get("labels") or {}
+                got[node] = labels.get(cdn.CLIQUE_LABEL, "")
+            return got if got == expected else None
+
+        await eventually(cliques, timeout_s=60, what="clique labels from the records")
+
+        domains = Domains(kube, namespace)
+        async with running_controller(local_cluster, run):
+            await domains.create("pair", 2, "pair-channel")
+            await eventually(lambda: domains.template("pair-channel"), timeout_s=30,
+                             what="workload template")  # fmt: skip
+            # Which clique is the workload's choice (the first pod of a group with pod
+            # affinity may land anywhere): this one asks for clique 0 by its label.
+            for pod in ("a", "b"):
+                await domains.pod(pod, "pair-channel", run, {cdn.CLIQUE_LABEL: f"{cluster_uuid}.0"})
+            cd = await domains.wait_status("pair", "Ready", 2)
+            joined = {n["name"]: n["cliqueID"] for n in cd["status"]["nodes"]}
+            assert joined == {nodes[0]: expected[nodes[0]], nodes[1]: expected[nodes[1]]}
+    finally:
+        exporter_ctx.stop.set()
+        async with asyncio.timeout(30):
+            await exporter
+        await updater.stop()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
