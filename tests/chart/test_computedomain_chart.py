@@ -155,3 +155,12 @@ def test_pool_nvlink_domain_refused_by_the_schema(helm: Helm) -> None:
     assert "nvlinkDomain" in error and "cliqueSize" in error
     error = helm.render_error(sets=[*NVL72, "topology.nodePools.nvl72.nvlinkDomain.size=4"])
     assert "nvlinkDomain" in error
+
+
+def test_reference_image_refused_when_enabled(helm: Helm) -> None:
+    reference = "computeDomainDraPlugin.image.repository=ghcr.io/run-ai/fake-gpu-operator/compute-domain-dra-plugin"
+    error = helm.render_error(sets=[*ON, reference])
+    assert "computeDomainDraPlugin.image.repository" in error
+    assert "compute-domain-controller" in error
+    # Disabled (the reference's default), the key is accepted and nothing is rendered.
+    assert "compute-domain" not in " ".join(helm.render(sets=[reference]).names())
