@@ -73,11 +73,11 @@ integration-oldest: setup tools-oldest ## The integration subset on the oldest s
 e2e: setup tools node-tools host-deps images ## End-to-end scenarios: the chart installed into the local control plane, and on a real node (root)
 	FGO_BIN_DIR=$(TOOLS_BIN) $(PYTEST) -m e2e tests/e2e
 
-# test_real_node.py runs every pod of the chart from its image already; once is enough.
+# The real-node modules run every pod of the chart from its image already; once is enough.
 .PHONY: e2e-images
 e2e-images: setup tools node-tools host-deps images ## The e2e scenarios again, every Deployment of the chart running from its image (runc)
 	FGO_BIN_DIR=$(TOOLS_BIN) FGO_E2E_RUNTIME=containers $(PYTEST) -m e2e tests/e2e \
-		--ignore=tests/e2e/test_real_node.py
+		--ignore=tests/e2e/test_real_node.py --ignore=tests/e2e/test_runai_real_node.py
 
 .PHONY: test
 test: lint types unit integration integration-oldest e2e e2e-images ## THE test command (CI runs this): lint, types, unit, integration (also on the oldest Kubernetes), e2e (processes and images)
