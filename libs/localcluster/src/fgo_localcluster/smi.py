@@ -252,6 +252,13 @@ def pod_env(
             env[uid_env[0]] = uid_env[1]
             return env
         meta = pod.get("metadata") or {}
+        if uid_env is None and shares_gpu(topology, str(meta.get("uid", ""))):
+            raise SmiError(
+                f"pod {meta.get('namespace')}/{meta.get('name')} shares a GPU (a fractional "
+                "pod), but its containers have no FGO_POD_UID: the chart's "
+                "MutatingAdmissionPolicy (runai.nvidiaSmi, Kubernetes 1.36+) did not mutate it, "
+                "so nvidia-smi is not mounted into it (docs/runai.md)"
+            )
         raise SmiError(
             f"container {container} of pod {meta.get('namespace')}/{meta.get('name')} holds no "
             f"GPU in node {topology.node_name}'s record (yet): nvidia-smi is only mounted into "
