@@ -73,12 +73,13 @@ async def install_api(kube: client.ApiClient) -> None:
 
 @contextlib.asynccontextmanager
 async def running_controller(
-    local_cluster: LocalCluster, instance: str
+    local_cluster: LocalCluster, instance: str, **env: str
 ) -> AsyncIterator[tuple[ServiceContext, asyncio.Task[int]]]:
     settings = load_settings(
         Settings,
-        {"KUBECONFIG": str(local_cluster.kubeconfig), "INSTANCE": instance, "HEALTH_PORT": "0"},
-    )
+        {"KUBECONFIG": str(local_cluster.kubeconfig), "INSTANCE": instance, "HEALTH_PORT": "0",
+         **env},
+    )  # fmt: skip
     ctx = ServiceContext(name="compute-domain-controller")
     task = asyncio.create_task(serve(settings, ctx), name="compute-domain-controller")
     try:
@@ -444,6 +445,25 @@ async def test_cliques_from_the_pool_config_through_records_and_labels(
         async with asyncio.timeout(30):
             await exporter
         await updater.stop()
+
+
+async def test_leader_election_the_leader_writes(
+    local_cluster: LocalCluster, kube: client.ApiClient, namespace: str
+) -> None:
+    """With LEADER_ELECTION (the chart's replicas > 1) the workers run once the Lease is held."""
+    await install_api(kube)
+    domains = Domains(kube, namespace)
+    run = unique_name("cd", 20)
+    lease = {"LEADER_ELECTION": "true", "LEASE_NAMESPACE": namespace, "LEASE_IDENTITY": run,
+             "LEASE_NAME": "fgo-compute-domain-controller"}  # fmt: skip
+    async with running_controller(local_cluster, run, **lease):
+        coordination: Any = client.CoordinationV1Api(kube)
+        got = await raw(coordination.read_namespaced_lease, "fgo-compute-domain-controller",
+                        namespace)  # fmt: skip
+        assert got["spec"]["holderIdentity"] == run
+        await domains.create("led", 0, "led-channel")
+        await domains.wait_status("led", "Ready", 0)
+        assert await domains.template("led-channel") is not None
 
 
 def _free_port() -> int:
