@@ -92,3 +92,10 @@ def test_seed_and_reservation_namespace_come_from_values(helm: Helm) -> None:
     assert 'name: "FGO_SEED", value: "42"' in spec["mutations"][0]["jsonPatch"]["expression"]
     conditions = {c["name"]: c["expression"] for c in spec["matchConditions"]}
     assert conditions["not-a-reservation-pod"] == 'request.namespace != "held"'
+
+
+def test_notes_mention_it_only_where_it_is_installed(helm: Helm) -> None:
+    line = "Run:ai/KAI fractional pods (annotation gpu-fraction or gpu-memory) get nvidia-smi"
+    assert line in helm.notes(extra=["--api-versions", MAP_API])
+    assert line not in helm.notes()
+    assert line not in helm.notes(sets=["runai.nvidiaSmi=false"], extra=["--api-versions", MAP_API])
