@@ -46,7 +46,7 @@ def test_rendered_by_default_where_served(helm: Helm) -> None:
     ]
     assert [c["name"] for c in spec["matchConditions"]] == [
         "fractional",
-        "not-yet-done",
+        "no-volume-of-ours",
         "not-a-reservation-pod",
         "no-gpu-of-its-own",
     ]
@@ -77,6 +77,7 @@ def test_paths_are_the_node_agents_and_nvidia_smis(helm: Helm) -> None:
         assert f'path: "{host}", type: "{kind}"' in patch
     for container_path in (SMI_CONTAINER_DIR, *SMI_CONTAINER_PATHS, DEFAULT_STATE_DIR):
         assert f'mountPath: "{container_path}", readOnly: true' in patch
+        assert f"'{container_path}'" in patch  # containers mounting it themselves are skipped
     assert patch.count("readOnly: true") == 4
     assert 'name: "FGO_POD_UID"' in patch and 'fieldPath: "metadata.uid"' in patch
 

@@ -188,6 +188,21 @@ async def test_fractional_pods_get_nvidia_smi_and_no_other_pod_does(
         "/var/run/secrets/kubernetes.io/serviceaccount"
     )
 
+    # A container that mounts something at one of our paths itself keeps it and gets nothing
+    # of ours; the pod is still admitted, its other containers mutated.
+    own = _pod(unique_name("frac", 30), {"gpu-fraction": "0.5"})
+    own["spec"]["volumes"] = [{"name": "mine", "emptyDir": {}}]
+    own["spec"]["containers"][1]["volumeMounts"] = [
+        {"name": "mine", "mountPath": DEFAULT_STATE_DIR}
+    ]
+    pod = await _create(kube, namespace, own)
+    assert _mutated(pod)
+    assert (
+        pod["spec"]["containers"][1]["volumeMounts"] == own["spec"]["containers"][1]["volumeMounts"]
+    )
+    assert "env" not in pod["spec"]["containers"][1]
+    assert len(pod["spec"]["containers"][0]["volumeMounts"]) == 4
+
     fraction = {"gpu-fraction": "0.5"}
     gpu_limit = _pod(unique_name("whole", 30), fraction)
     gpu_limit["spec"]["containers"][1]["resources"] = {"limits": {"nvidia.com/gpu": "1"}}
