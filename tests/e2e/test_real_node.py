@@ -745,6 +745,113 @@ def test_dra_pod_starts_with_the_cdi_injected_gpu_after_a_plugin_restart(env: En
     )
 
 
+def _sharing_template(name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaimTemplate",
+        "metadata": {"name": name, "namespace": WORK},
+        "spec": {
+            "spec": {
+                "devices": {
+                    "requests": [{"name": "gpu", "exactly": {"deviceClassName": "gpu.nvidia.com"}}],
+                    "config": [{"opaque": {"driver": "gpu.nvidia.com", "parameters": parameters}}],
+                }
+            }
+        },
+    }
+
+
+def _sharing_pod(name: str, template: str, containers: tuple[str, ...]) -> dict[str, Any]:
+    """Containers that share one claim of ``template`` and print their env, then sleep."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": WORK},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": NODE},
+            "terminationGracePeriodSeconds": 1,
+            "resourceClaims": [{"name": "gpu", "resourceClaimTemplateName": template}],
+            "containers": [
+                {
+                    "name": c,
+                    "image": TEST_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["/bin/bash", "-c", "env; exec sleep infinity"],
+                    "resources": {
+                        "limits": {"cpu": "50m", "memory": "32Mi"},
+                        "claims": [{"name": "gpu"}],
+                    },
+                }
+                for c in containers
+            ],
+        },
+    }
+
+
+def _delete_and_wait(env: Env, pod: str) -> None:
+    env.kubectl("delete", "pod", "-n", WORK, pod, "--wait=true", "--timeout=60s")
+
+
+def test_sharing_configs_reach_the_containers_through_containerd(env: Env) -> None:
+    """docs/sharing.md on the real path: the scheduler copies the template's opaque config into
+    the allocation, the kubelet calls our plugin, containerd applies the CDI edits. The
+    reference's TimeSlicing scenario (two containers sharing one claim), NVIDIA's MPS (pipe
+    directory mounted), and an invalid interval (the pod's events carry the driver's message)."""
+    example = {"apiVersion": "gpu.resource.example.com/v1alpha1", "kind": "GpuConfig"}
+    nvidia = {"apiVersion": "resource.nvidia.com/v1beta1", "kind": "GpuConfig"}
+
+    env.apply(
+        _sharing_template("ts-claim", {**example, "sharing": {"strategy": "TimeSlicing"}}),
+        _sharing_pod("ts-pod", "ts-claim", ("ctr0", "ctr1")),
+    )
+    wait_pod_ready(env, "ts-pod")
+    for ctr in ("ctr0", "ctr1"):
+        lines = env.kubectl("logs", "-n", WORK, "ts-pod", "-c", ctr).splitlines()
+        device = next(
+            line.split("=", 1)[1]
+            for line in lines
+            if line.startswith("GPU_DEVICE_") and "_SHARING_" not in line
+            and "_TIMESLICE_" not in line
+        )  # fmt: skip
+        var = "GPU_DEVICE_" + re.sub(r"[^A-Za-z0-9_]", "_", device)
+        assert f"{var}_SHARING_STRATEGY=TimeSlicing" in lines, (ctr, lines)
+        assert f"{var}_TIMESLICE_INTERVAL=Default" in lines, (ctr, lines)
+    _delete_and_wait(env, "ts-pod")
+
+    mps = {
+        **nvidia,
+        "sharing": {"strategy": "MPS", "mpsConfig": {"defaultActiveThreadPercentage": 50}},
+    }
+    env.apply(_sharing_template("mps-claim", mps), _sharing_pod("mps-pod", "mps-claim", ("main",)))
+    wait_pod_ready(env, "mps-pod")
+    lines = env.kubectl("logs", "-n", WORK, "mps-pod", "-c", "main").splitlines()
+    assert "CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps" in lines, lines
+    mountinfo = env.kubectl(
+        "exec", "-n", WORK, "mps-pod", "-c", "main", "--", "cat", "/proc/self/mountinfo"
+    )
+    targets = {line.split()[4] for line in mountinfo.splitlines()}
+    assert {"/tmp/nvidia-mps", "/dev/shm"} <= targets, sorted(targets)
+    _delete_and_wait(env, "mps-pod")
+
+    bad = {
+        **nvidia,
+        "sharing": {"strategy": "TimeSlicing", "timeSlicingConfig": {"interval": "Eon"}},
+    }
+    env.apply(_sharing_template("bad-claim", bad), _sharing_pod("bad-pod", "bad-claim", ("main",)))
+
+    def refused() -> str | None:
+        events = env.kubectl(
+            "get", "events", "-n", WORK, "--field-selector", "involvedObject.name=bad-pod",
+            "-o", "jsonpath={.items[*].message}",
+        )  # fmt: skip
+        return events if "unknown time-slice interval: Eon" in events else None
+
+    events = wait_for(refused, timeout_s=60, what="bad-pod's prepare error in its events")
+    assert "error validating GPU config" in events, events
+    assert not _ready(env.get("pod", "bad-pod", WORK))
+    _delete_and_wait(env, "bad-pod")
+
+
 # ----------------------------------------------------------------------------- 5, 6.
 
 
