@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from fgo_common import migstate
+from fgo_common import dpsharing, migstate
 from fgo_common.identity import pci_bus_id
 from fgo_common.profiles import BUILTIN_CATALOG, DEFAULT_PROFILE_KEY, GpuProfile, ProfileCatalog
 from fgo_common.profiles.mig_layout import MigLayoutError
@@ -44,7 +44,14 @@ MOCK_BACKEND = "mock"
 MAX_GPUS_PER_NODE = 64
 MAX_OTHER_DEVICE_COUNT = 1024
 
-_TOP_KEYS = ("nodePools", "nodePoolLabelKey", "migStrategy", "gpuOperator", "migConfigs")
+_TOP_KEYS = (
+    "nodePools",
+    "nodePoolLabelKey",
+    "migStrategy",
+    "gpuOperator",
+    "migConfigs",
+    "devicePluginConfig",
+)
 _SEED_POOL_KEYS = (
     "gpus",
     "otherDevices",
@@ -270,6 +277,11 @@ class ClusterConfig:
     # Custom MIG configs (mig-parted ``mig-configs`` format, top-level key ``migConfigs``) that
     # pool ``mig.config`` and the ``nvidia.com/mig.config`` node label may name.
     mig_configs: migstate.CustomConfigs = field(default_factory=dict)
+    # Device-plugin time-slicing / MPS configs (top-level ``devicePluginConfig``), selected per
+    # node by the nvidia.com/device-plugin.config label (fgo_common.dpsharing).
+    device_plugin: dpsharing.DevicePluginConfigs = field(
+        default_factory=dpsharing.DevicePluginConfigs
+    )
 
 
 def _expect_mapping(value: object, path: str) -> dict[str, Any]:
@@ -993,7 +1005,15 @@ def parse_cluster_config(raw: object, catalog: ProfileCatalog = BUILTIN_CATALOG)
                 "`gpuProduct/gpuCount/gpuMemory`, or `gpu: {profile}`",
             )
     mig_configs = _check_mig_configs(top.get("migConfigs"), pools)
-    return ClusterConfig(label_key, strategy, pools, tuple(warnings), mig_configs)
+    try:
+        device_plugin = dpsharing.parse_configs(top.get("devicePluginConfig"))
+    except dpsharing.DevicePluginConfigError as exc:
+        raise ConfigError(exc.path, exc.message) from None
+    warnings.extend(
+        f"devicePluginConfig.configs.{name}: {error}"
+        for name, error in sorted(device_plugin.errors.items())
+    )
+    return ClusterConfig(label_key, strategy, pools, tuple(warnings), mig_configs, device_plugin)
 
 
 def _check_mig_configs(raw: object, pools: Mapping[str, PoolConfig]) -> migstate.CustomConfigs:

@@ -96,7 +96,9 @@ class Holder:
     claim: str = ""  # "<namespace>/<name>" of the ResourceClaim for DRA holders
     resource: str = ""  # extended resource name for device-plugin holders ("nvidia.com/gpu")
     # How the holder shares the GPU with others, when a config says so: a DRA claim's opaque
-    # sharing strategy (fgo_common.sharing: "TimeSlicing", "MPS", "SpacePartitioning").
+    # sharing strategy (fgo_common.sharing: "TimeSlicing", "MPS", "SpacePartitioning"), or the
+    # node's device-plugin sharing for a replica holder ("TimeSlicing", "MPS"; one entry per
+    # replica held, fgo_common.dpsharing).
     sharing: str = ""
 
     def to_dict(self) -> dict[str, str]:
@@ -358,6 +360,62 @@ class MigConfigStatus:
         )
 
 
+@dataclass(slots=True, frozen=True)
+class SharedResource:
+    """One replicated resource of a device-plugin sharing config: every device of ``name`` is
+    advertised ``replicas`` times, under ``advertised`` (``name`` or ``<name>.shared``)."""
+
+    name: str
+    replicas: int
+    advertised: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "replicas": self.replicas, "advertised": self.advertised}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> SharedResource:
+        name = str(raw["name"])
+        return cls(name, int(raw.get("replicas", 1)), str(raw.get("advertised") or name))
+
+
+@dataclass(slots=True, frozen=True)
+class NodeSharing:
+    """The node's device-plugin sharing (NVIDIA k8s-device-plugin ``sharing.timeSlicing`` /
+    ``sharing.mps``), as the status-updater selected and validated it (fgo_common.dpsharing).
+    ``strategy`` is GFD's ``time-slicing`` | ``mps``; ``config`` the name of the selected config."""
+
+    strategy: str
+    resources: tuple[SharedResource, ...] = ()
+    config: str = ""
+    rename_by_default: bool = False
+    fail_requests_greater_than_one: bool = False
+
+    def resource(self, name: str) -> SharedResource | None:
+        for entry in self.resources:
+            if entry.name == name:
+                return entry
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "strategy": self.strategy,
+            "renameByDefault": self.rename_by_default,
+            "failRequestsGreaterThanOne": self.fail_requests_greater_than_one,
+            "resources": [r.to_dict() for r in self.resources],
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> NodeSharing:
+        return cls(
+            strategy=str(raw["strategy"]),
+            resources=tuple(SharedResource.from_dict(r) for r in raw.get("resources") or []),
+            config=str(raw.get("config") or ""),
+            rename_by_default=raw.get("renameByDefault") is True,
+            fail_requests_greater_than_one=raw.get("failRequestsGreaterThanOne") is True,
+        )
+
+
 @dataclass(slots=True)
 class NodeTopology:
     """All simulated GPU facts of one node."""
@@ -383,6 +441,9 @@ class NodeTopology:
     # The NVLink clique of the node's GPUs, "<cluster uuid>.<clique id>" (pool nvlinkDomain;
     # GFD's nvidia.com/gpu.clique); "" without multi-node NVLink.
     nvlink_clique: str = ""
+    # Device-plugin time-slicing / MPS (config selected by the node label
+    # nvidia.com/device-plugin.config); None: GPUs are not replicated.
+    sharing: NodeSharing | None = None
 
     def gpu_by_id(self, gpu_id: str) -> GpuRecord | None:
         wanted = gpu_id.lower()
@@ -414,6 +475,8 @@ class NodeTopology:
             out["migDynamic"] = True
         if self.nvlink_clique:
             out["nvlinkClique"] = self.nvlink_clique
+        if self.sharing is not None:
+            out["sharing"] = self.sharing.to_dict()
         out["gpus"] = [g.to_dict() for g in self.gpus]
         return out
 
@@ -453,6 +516,11 @@ class NodeTopology:
                 ),
                 mig_dynamic=raw.get("migDynamic") is True,
                 nvlink_clique=str(raw.get("nvlinkClique") or ""),
+                sharing=(
+                    NodeSharing.from_dict(raw["sharing"])
+                    if isinstance(raw.get("sharing"), dict)
+                    else None
+                ),
             )
             node.gpus = [
                 GpuRecord.from_dict(g, i, node) for i, g in enumerate(raw.get("gpus") or [])

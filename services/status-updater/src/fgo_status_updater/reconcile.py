@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from fgo_common import annotations as ann
-from fgo_common import dradevices, sharing
+from fgo_common import dpsharing, dradevices, sharing
 from fgo_common.config import ClusterConfig, NumaConfig
 from fgo_common.nodebuild import build_node_topology
 from fgo_common.nrt import PodDemand, pod_demand, split_largest_remainder, zone_capacity
@@ -42,9 +43,11 @@ from fgo_common.topology import (
     GpuRecord,
     GpuStatus,
     Holder,
+    NodeSharing,
     NodeTopology,
     OtherDevice,
     PodUsage,
+    SharedResource,
 )
 from fgo_common.units import format_bytes, format_millis
 
@@ -120,6 +123,7 @@ class _Work:
     holders: dict[str, list[Holder]] = field(default_factory=dict)
     per_pod: dict[str, _PodGpus] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
+    record_sharing: NodeSharing | None = None
 
 
 @dataclass(slots=True)
@@ -172,9 +176,22 @@ def reconcile_node(inputs: NodeInputs, options: ReconcileOptions | None = None) 
     all_gpus = gpus + retiring
     record = template
     record.gpus = gpus
+    selection = dpsharing.select(config.device_plugin, labels_of(node))
+    record.sharing = selection.sharing
+    if selection.problem is not None:
+        findings.append(Finding(node_ref(inputs.node_name, node_uid), *selection.problem))
 
     active = sorted((p for p in inputs.pods if is_active(p)), key=sort_key)
-    work = _Work(inputs, opts, active, all_gpus, {g.id: [] for g in all_gpus}, {}, findings)
+    work = _Work(
+        inputs,
+        opts,
+        active,
+        all_gpus,
+        {g.id: [] for g in all_gpus},
+        {},
+        findings,
+        record.sharing,
+    )
     holders, per_pod = work.holders, work.per_pod
     _assign_dra(work)
     findings.extend(
@@ -387,27 +404,31 @@ def _explicit_devices(
     pod: Obj,
     total: int,
     by_id: Mapping[str, GpuRecord],
-    taken: set[str],
+    used: Counter[str],
     findings: list[Finding],
+    *,
+    replicas: int = 1,
 ) -> list[str] | None:
-    """The kubelet's choice as the node agent reported it, if present and consistent."""
+    """The kubelet's choice as the node agent reported it, if present and consistent. Replica
+    IDs (``<uuid>::<n>``, shared GPUs) count as one slot of their GPU."""
     raw = annotations_of(pod).get(ann.ALLOCATED_DEVICES)
     if raw is None:
         return None
     problem = ""
     ids: list[str] = []
     try:
-        listed = ann.parse_allocated_devices(raw).get(GPU_RESOURCE, [])
+        parsed = ann.parse_allocated_devices(raw)
+        listed = [d for name in _gpu_resource_names() for d in parsed.get(name, [])]
     except ValueError as exc:
         problem = str(exc)
         listed = []
     if not problem:
         for device in listed:
-            gpu = by_id.get(device.lower())
+            gpu = by_id.get(dpsharing.base_id(device).lower())
             if gpu is None:
                 problem = f"{device} is not a GPU of this node"
                 break
-            if gpu.id in taken or gpu.id in ids:
+            if used[gpu.id] + ids.count(gpu.id) >= replicas:
                 problem = f"{device} is already held by another pod"
                 break
             ids.append(gpu.id)
@@ -424,6 +445,25 @@ def _explicit_devices(
         )
         return None
     return ids
+
+
+def _gpu_resource_names() -> tuple[str, ...]:
+    """Names a whole-GPU device-plugin request can use: ``nvidia.com/gpu`` and its renamed
+    shared form (a pod bound before a live config switch keeps what it was given)."""
+    return (GPU_RESOURCE, GPU_RESOURCE + dpsharing.SHARED_SUFFIX)
+
+
+def _gpu_request(pod: Obj) -> tuple[int, tuple[tuple[str, int], ...], str]:
+    """(total, per-container slots, resource name) of a pod's whole-GPU request."""
+    total, name = 0, GPU_RESOURCE
+    slots: tuple[tuple[str, int], ...] = ()
+    for resource in _gpu_resource_names():
+        request = effective_request(pod, resource)
+        if request.total:
+            total += request.total
+            slots = slots + tuple(request.slots)
+            name = resource
+    return total, slots, name
 
 
 def _preferred(pod: Obj, gpus: list[GpuRecord]) -> list[GpuRecord]:
@@ -572,36 +612,43 @@ def _assign_device_plugin(
     holders, per_pod, findings = work.holders, work.per_pod, work.findings
     prev = inputs.previous
     by_id = {g.id.lower(): g for g in all_gpus}
-    taken = {gid for gid, hs in holders.items() if hs}
+    # Shared GPUs (device-plugin time-slicing / MPS): each GPU has `replicas` slots, and a
+    # holder takes one per replica it was given. A GPU held otherwise (DRA) is full.
+    shared = sharing_of(work.record_sharing)
+    replicas = shared.replicas if shared is not None else 1
+    used: Counter[str] = Counter({gid: replicas for gid, hs in holders.items() if hs})
     previous = _previous_holdings(prev)
-    wanted: list[tuple[Obj, int, tuple[tuple[str, int], ...], str]] = []
+    wanted: list[tuple[Obj, int, tuple[tuple[str, int], ...], str, str]] = []
     for pod in active:
-        request = effective_request(pod, GPU_RESOURCE)
-        if request.total:
+        total, slots, resource = _gpu_request(pod)
+        if total:
             kind = (
                 HOLDER_RESERVATION
                 if is_reservation_pod(pod, opts.reservation_namespace)
                 else HOLDER_DEVICE_PLUGIN
             )
-            wanted.append((pod, request.total, request.slots, kind))
+            wanted.append((pod, total, slots, kind, resource))
 
     chosen: dict[str, list[str]] = {}
     # 1. the kubelet's reported choice
-    for pod, total, _, _ in wanted:
-        explicit = _explicit_devices(pod, total, by_id, taken, findings)
+    for pod, total, *_ in wanted:
+        explicit = _explicit_devices(pod, total, by_id, used, findings, replicas=replicas)
         if explicit is not None:
             chosen[pod_uid(pod)] = explicit
-            taken.update(explicit)
+            used.update(explicit)
     # 2. what the stored record says
-    for pod, total, _, _ in wanted:
+    for pod, total, *_ in wanted:
         uid = pod_uid(pod)
         if uid in chosen:
             continue
         m = meta(pod)
         before = previous.get(uid) or previous.get(f"{m.get('namespace')}/{m.get('name')}") or []
-        kept = [gid for gid in before if gid not in taken][:total]
+        kept: list[str] = []
+        for gid in before:
+            if len(kept) < total and used[gid] < replicas:
+                kept.append(gid)
+                used[gid] += 1
         chosen[uid] = kept
-        taken.update(kept)
     # CPU and memory per zone, charged to the zones of what pods already hold (as the NRT).
     budget = None
     if numa is not None and numa.topology_manager_policy == "single-numa-node":
@@ -618,13 +665,25 @@ def _assign_device_plugin(
             if mine:
                 budget.charge(pod_demand(pod), mine)
     # 3. new picks for what is still missing
-    for pod, total, slots, _ in wanted:
+    for pod, total, slots, *_ in wanted:
         uid = pod_uid(pod)
         have = chosen[uid]
         need = total - len(have)
         if need <= 0:
             continue
-        free = [g for g in gpus if g.id not in taken and g.healthy and not g.mig_enabled]
+        free = [g for g in gpus if used[g.id] < replicas and g.healthy and not g.mig_enabled]
+        if replicas > 1:
+            # NVIDIA's distributed policy for replicas: each unit from the least shared GPU.
+            for _ in range(need):
+                open_gpus = [g for g in free if used[g.id] < replicas]
+                if not open_gpus:
+                    break
+                gpu = min(open_gpus, key=lambda g: (used[g.id], g.index))
+                have.append(gpu.id)
+                used[gpu.id] += 1
+            if len(have) < total:
+                findings.append(_insufficient(pod, total, len(have), inputs.node_name))
+            continue
         refusal = None if have else _single_numa_refusal(numa, free, need, len(slots))
         zone = None
         if refusal is None and not have and budget is not None and _judged(numa, len(slots)):
@@ -641,20 +700,13 @@ def _assign_device_plugin(
         if budget is not None and picked and not have:  # a pod keeping GPUs was charged above
             budget.charge(pod_demand(pod), picked)
         have.extend(g.id for g in picked)
-        taken.update(g.id for g in picked)
+        used.update(g.id for g in picked)
         if len(have) < total:
-            findings.append(
-                Finding(
-                    pod_ref(pod),
-                    "InsufficientGpus",
-                    f"pod needs {total} {GPU_RESOURCE} on node {inputs.node_name} but only "
-                    f"{len(have)} are free in its topology; the rest are assigned when GPUs "
-                    "are released",
-                )
-            )
-    # Holders, with the container each unit is for.
+            findings.append(_insufficient(pod, total, len(have), inputs.node_name))
+    # Holders, with the container each unit is for (one entry per replica held).
     index_of = {g.id: g.index for g in all_gpus}
-    for pod, _, slots, kind in wanted:
+    holder_sharing = dpsharing.HOLDER_SHARING.get(shared_strategy(work.record_sharing), "")
+    for pod, _, slots, kind, resource in wanted:
         ids = chosen[pod_uid(pod)]
         containers = [name for name, n in slots for _ in range(n)]
         m = meta(pod)
@@ -666,11 +718,30 @@ def _assign_device_plugin(
                     container=containers[position] if position < len(containers) else "",
                     pod_uid=pod_uid(pod),
                     kind=kind,
-                    resource=GPU_RESOURCE,
+                    resource=resource,
+                    sharing=holder_sharing if shared is not None else "",
                 )
             )
         entry = _pod_entry(per_pod, pod, kind)
         entry.gpu_ids.extend(sorted(ids, key=lambda i: index_of[i]))
+
+
+def _insufficient(pod: Obj, total: int, have: int, node_name: str) -> Finding:
+    return Finding(
+        pod_ref(pod),
+        "InsufficientGpus",
+        f"pod needs {total} {GPU_RESOURCE} on node {node_name} but only {have} are free in "
+        "its topology; the rest are assigned when GPUs are released",
+    )
+
+
+def sharing_of(node_sharing: NodeSharing | None) -> SharedResource | None:
+    """The whole-GPU resource's replication on a shared node (None: unshared)."""
+    return node_sharing.resource(GPU_RESOURCE) if node_sharing is not None else None
+
+
+def shared_strategy(node_sharing: NodeSharing | None) -> str:
+    return node_sharing.strategy if node_sharing is not None else ""
 
 
 # --- usage ---------------------------------------------------------------------------------------
