@@ -788,6 +788,11 @@ def build() -> Schema:
                         "replicas": replicas(),
                         **scheduling(False),
                         "prometheusRule": toggle(f"{IGNORED}: no PrometheusRule"),
+                        "perNodeTargets": boolean(
+                            "One scrape target per KWOK node (/metrics/<node>, listed at "
+                            "/http_sd); with serviceMonitor.enabled, a ScrapeConfig with "
+                            "httpSDConfigs instead of this exporter's ServiceMonitor"
+                        ),
                     },
                 ),
                 "serviceMonitor": obj(

@@ -636,3 +636,27 @@ def test_node_agents_mount_the_nvidia_smi_bundle_the_init_container_installs(
         assert env["NVIDIA_SMI_BUNDLE_HOST_DIR"].startswith(host_dir + "/"), agent
         assert env["NVIDIA_SMI_HOST_PATH"].startswith(host_dir + "/"), agent
     assert paths["fgo-device-plugin"] == paths["fgo-dra-plugin"]
+
+
+def test_per_node_targets_render_a_scrape_config_for_the_kwok_exporter(helm: Helm) -> None:
+    sets = ["statusExporter.serviceMonitor.enabled=true", "statusExporter.kwok.perNodeTargets=true"]
+    apis = ["--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"]
+    rendered = helm.render(
+        sets=sets, extra=[*apis, "--api-versions", "monitoring.coreos.com/v1alpha1/ScrapeConfig"]
+    )
+    # The per-node exporter keeps its ServiceMonitor; the KWOK one is discovered per node.
+    monitors = {m["metadata"]["name"] for m in rendered.of_kind("ServiceMonitor")}
+    assert monitors == {"nvidia-dcgm-exporter"}
+    (scrape,) = rendered.of_kind("ScrapeConfig")
+    assert scrape["apiVersion"] == "monitoring.coreos.com/v1alpha1"
+    assert scrape["metadata"]["name"] == "nvidia-dcgm-exporter-kwok"
+    (sd,) = scrape["spec"]["httpSDConfigs"]
+    namespace = scrape["metadata"]["namespace"]
+    assert sd["url"] == f"http://nvidia-dcgm-exporter-kwok.{namespace}.svc:9400/http_sd"
+    assert scrape["spec"]["honorLabels"] is True and scrape["spec"]["scrapeInterval"] == "15s"
+    service = rendered.get("Service", "nvidia-dcgm-exporter-kwok")
+    assert service["spec"]["ports"][0]["port"] == 9400
+    error = helm.render_error(sets=sets, extra=apis)
+    assert "ScrapeConfig" in error and "monitoring.coreos.com/v1alpha1" in error
+    # Without monitors the switch renders nothing more (the endpoint is served either way).
+    assert not helm.render(sets=["statusExporter.kwok.perNodeTargets=true"]).of_kind("ScrapeConfig")

@@ -243,6 +243,12 @@ statusExporter:
     affinity: {}
     priorityClassName: ""
     podAnnotations: {}
+    # -- Serve every KWOK node as its own scrape target, as a real cluster's one dcgm-exporter
+    # per node: the exporter lists /metrics/<node> targets with instance and node labels at
+    # /http_sd (Prometheus HTTP service discovery). With serviceMonitor.enabled the chart then
+    # renders a ScrapeConfig (monitoring.coreos.com/v1alpha1, httpSDConfigs) for this exporter
+    # instead of its ServiceMonitor. The single page (/metrics) is served either way.
+    perNodeTargets: false
   serviceMonitor:
     # -- Render ServiceMonitors (needs the Prometheus operator's CRDs).
     enabled: false

@@ -373,8 +373,13 @@ class DcgmCollector:
         self._shape_cache[node.node_name] = (node, served.hostname, shapes)
         return shapes
 
-    def entities(self, nodes: Iterable[ServedNode], t: float) -> list[Entity]:
-        """Every GPU entity of ``nodes`` sampled at ``t``, in node then GPU index order."""
+    def entities(
+        self, nodes: Iterable[ServedNode], t: float, *, all_served: bool = True
+    ) -> list[Entity]:
+        """Every GPU entity of ``nodes`` sampled at ``t``, in node then GPU index order.
+
+        ``all_served``: ``nodes`` are every served node, so cached label text of other nodes is
+        dropped; a per-node scrape passes False and the caller calls ``retain``."""
         o = self.options
         out: list[Entity] = []
         seen: set[str] = set()
@@ -400,10 +405,17 @@ class DcgmCollector:
                         shape.gpu, shape.profile, shape.gpu_head, shape.first_of_gpu, t,
                     )
                 )  # fmt: skip
-        if len(self._shape_cache) > len(seen):
+        if all_served and len(self._shape_cache) > len(seen):
             # Forget nodes no longer served (swap in a new dict: a concurrent scrape may read).
             self._shape_cache = {k: v for k, v in self._shape_cache.items() if k in seen}
         return out
+
+    def retain(self, node_names: Iterable[str]) -> None:
+        """Forget the cached label text of nodes not named (swap in a new dict: a concurrent
+        scrape may read)."""
+        keep = set(node_names)
+        if any(name not in keep for name in self._shape_cache):
+            self._shape_cache = {k: v for k, v in self._shape_cache.items() if k in keep}
 
     # -- rendering --------------------------------------------------------------------------
 

@@ -133,6 +133,13 @@ class Exporter:
             for name, topology in sorted(self.store.nodes.items())
         ]
 
+    def served_node(self, name: str) -> ServedNode | None:
+        topology = self.store.nodes.get(name)
+        return None if topology is None else ServedNode(topology, hostname_for(self.settings, name))
+
+    def served_names(self) -> list[str]:
+        return list(self.store.nodes)
+
     async def check_orphans(self) -> None:
         """Mark nodes still carrying our labels although no record says they are ours."""
         if not self.settings.gfd_labels:
@@ -183,7 +190,14 @@ class Exporter:
         await ctx.until_stopped(consume())
 
     async def serve_metrics(self, ctx: ServiceContext) -> None:
-        app = build_metrics_app(self.collector, self.served_nodes, stats=self.stats)
+        per_node = self.settings.mode == MODE_KWOK
+        app = build_metrics_app(
+            self.collector,
+            self.served_nodes,
+            stats=self.stats,
+            served_node=self.served_node if per_node else None,
+            served_names=self.served_names if per_node else None,
+        )
         # All interfaces: Prometheus scrapes the pod IP.
         await serve_app(app, "0.0.0.0", self.settings.metrics_port, ctx.stop)  # noqa: S104
 

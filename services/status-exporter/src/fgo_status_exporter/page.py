@@ -169,8 +169,10 @@ def _page_is_exact(collector: DcgmCollector) -> bool:
 class PageCache:
     """Builds and keeps the current bucket's page (and the next one, when prepared ahead)."""
 
-    def __init__(self, collector: DcgmCollector) -> None:
+    def __init__(self, collector: DcgmCollector, *, keep: int = 2, all_served: bool = True) -> None:
         self.collector = collector
+        self._keep = keep  # buckets kept: 2 = the current one and the one prepared ahead
+        self._all_served = all_served  # False: one node of many (a per-node target)
         # bucket -> (the records it was built for, the page or None: faults, render straight)
         self._pages: dict[int, tuple[tuple[ServedNode, ...], Page | None]] = {}
         self._fields = {f.name: f for f in collector.options.fields()}
@@ -205,6 +207,10 @@ class PageCache:
                 return hit[1] if self._same(hit[0], nodes) else None
             return self._build(nodes, bucket)
 
+    def newest(self) -> int | None:
+        """The newest bucket with a page (or a decision), None before the first."""
+        return max(self._pages, default=None)
+
     def has(self, bucket: int) -> bool:
         """Whether ``bucket`` has a page (or the decision to render straight) already."""
         return bucket in self._pages
@@ -225,14 +231,14 @@ class PageCache:
         # asked for again. New dicts are swapped in: a scrape in another thread may be reading.
         pages = {b: p for b, p in self._pages.items() if b != bucket}
         pages[bucket] = (frozen, page)
-        for old in sorted(pages)[:-2]:
+        for old in sorted(pages)[: -self._keep]:
             del pages[old]
         self._pages = pages
         return page
 
     def _parts(self, nodes: Sequence[ServedNode], t: float) -> Iterator[Segment | str]:
         collector = self.collector
-        entities = collector.entities(nodes, t)
+        entities = collector.entities(nodes, t, all_served=self._all_served)
         writer = _SegmentWriter()
         for chunk in collector.render(entities):  # one chunk per family: "# HELP <name> ..."
             family_name = chunk[len("# HELP ") : chunk.index(" ", len("# HELP "))]

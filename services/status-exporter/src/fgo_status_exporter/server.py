@@ -7,6 +7,11 @@ scrape only renders the energy counters. Records with faults, and records that c
 their bucket's page was built (pod churn), are rendered straight at request time, family by
 family (the original path, still the reference the page is tested against).
 
+In kwok mode the nodes are also served one per target, as a real cluster's one dcgm-exporter per
+node: ``GET /http_sd`` is a Prometheus HTTP service-discovery document listing
+``/metrics/<node>`` for every served node with ``instance``/``node`` labels, and a scrape of
+``/metrics/<node>`` costs that node's GPUs only (its own per-bucket page, built when scraped).
+
 All rendering runs in a worker thread on a snapshot of the served records (records are replaced,
 never mutated, when a ConfigMap changes), so the event loop keeps answering probes and consuming
 watch events during a large scrape. Bodies are streamed, never built whole.
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -64,11 +70,31 @@ class ScrapeStats:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
             registry=registry,
         )
+        self.node_duration = Histogram(
+            "fgo_status_exporter_node_scrape_duration_seconds",
+            "Time to compute and send one per-node target's scrape (/metrics/<node>).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=registry,
+        )
         self.bytes = Counter(
             "fgo_status_exporter_scrape_bytes",
             "Uncompressed bytes of dcgm-exporter text served.",
             registry=registry,
         )
+
+
+def sd_targets(address: str, node_names: Sequence[str]) -> list[dict[str, Any]]:
+    """The HTTP service-discovery document: one target group per node, all at ``address``
+    (the exporter as Prometheus reaches it), told apart by ``__metrics_path__``. ``instance``
+    and ``node`` are the node's name, as per-node dcgm-exporter targets relabelled by node
+    give NVIDIA's dashboard; the series themselves carry ``Hostname`` as they always do."""
+    return [
+        {
+            "targets": [address],
+            "labels": {"__metrics_path__": f"/metrics/{name}", "instance": name, "node": name},
+        }
+        for name in node_names
+    ]
 
 
 def build_metrics_app(
@@ -78,8 +104,16 @@ def build_metrics_app(
     clock: Callable[[], float] = time.time,
     stats: ScrapeStats | None = None,
     pages: PageCache | None = None,
+    served_node: Callable[[str], ServedNode | None] | None = None,
+    served_names: Callable[[], Sequence[str]] | None = None,
 ) -> web.Application:
+    """The dcgm-exporter app. With ``served_node`` and ``served_names`` (kwok mode) it also
+    serves ``/http_sd`` and the per-node targets ``/metrics/<node>``."""
     cache = pages if pages is not None else PageCache(collector)
+    # Per-node targets: one page cache per node, holding only the current bucket, created on the
+    # node's first scrape (nothing is rendered for nodes nobody scrapes).
+    node_pages: dict[str, PageCache] = {}
+    pruned_bucket = [0]
     # One thread builds pages, one serves their pieces. Not the default pool: glibc gives each
     # thread that allocates a lot its own malloc arena, and pages built in turn by six pool
     # threads kept ~70 MiB more RSS at 1000 nodes than these two.
@@ -110,6 +144,46 @@ def build_metrics_app(
             stats.bytes.inc(sent)
         return response
 
+    async def node_metrics(request: web.Request) -> web.StreamResponse:
+        assert served_node is not None and served_names is not None
+        started = time.perf_counter()
+        name = request.match_info["node"]
+        node = served_node(name)
+        if node is None:
+            node_pages.pop(name, None)
+            raise web.HTTPNotFound(text=f"no GPU node {name} is served here\n")
+        t = clock()
+        bucket = bucket_of(t)
+        if bucket > pruned_bucket[0]:
+            # Once per bucket: forget the pages of nodes gone or no longer scraped, and the label
+            # text of nodes gone (the full page's scrapes do that themselves).
+            pruned_bucket[0] = bucket
+            for other, other_cache in list(node_pages.items()):
+                newest = other_cache.newest()
+                if newest is None or newest < bucket - 1:
+                    del node_pages[other]
+            collector.retain(served_names())
+        node_cache = node_pages.get(name)
+        if node_cache is None:
+            node_cache = node_pages[name] = PageCache(collector, keep=1, all_served=False)
+        gzip = accepts_gzip(request.headers.get("Accept-Encoding", ""))
+        page = await run_in(builder, node_cache.lookup, [node], t)
+        if page is None:
+            sent, response = await straight(request, [node], t, gzip=gzip, all_served=False)
+        else:
+            sizes: list[int] = []
+            render = gzip_pieces if gzip else plain_pieces
+            response = await stream(request, render(node_cache, page, t, sizes), gzip=gzip)
+            sent = sum(sizes)
+        if stats is not None:
+            stats.node_duration.observe(time.perf_counter() - started)
+            stats.bytes.inc(sent)
+        return response
+
+    async def http_sd(request: web.Request) -> web.Response:
+        assert served_names is not None
+        return web.json_response(sd_targets(request.host, sorted(served_names())))
+
     async def stream(
         request: web.Request, pieces: Iterator[bytes], *, gzip: bool
     ) -> web.StreamResponse:
@@ -124,9 +198,16 @@ def build_metrics_app(
         return response
 
     async def straight(
-        request: web.Request, nodes: Sequence[ServedNode], t: float, *, gzip: bool
+        request: web.Request,
+        nodes: Sequence[ServedNode],
+        t: float,
+        *,
+        gzip: bool,
+        all_served: bool = True,
     ) -> tuple[int, web.StreamResponse]:
-        entities = await asyncio.to_thread(collector.entities, nodes, t)
+        entities = await asyncio.to_thread(
+            functools.partial(collector.entities, nodes, t, all_served=all_served)
+        )
         chunks = collector.render(entities)
         # Level 1: the text is so repetitive that it still shrinks ~8x, at a fraction of the
         # CPU of the default level (which would cost more than computing the scrape).
@@ -195,4 +276,6 @@ def build_metrics_app(
     app = web.Application()
     app.cleanup_ctx.append(prepare_ahead)
     app.add_routes([web.get("/metrics", metrics), web.get("/health", health)])
+    if served_node is not None and served_names is not None:
+        app.add_routes([web.get("/metrics/{node}", node_metrics), web.get("/http_sd", http_sd)])
     return app

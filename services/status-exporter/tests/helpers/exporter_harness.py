@@ -33,11 +33,20 @@ class Prometheus:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: asyncio.subprocess.Process | None = None
 
-    async def start(self, targets: list[str]) -> None:
+    async def start(self, targets: list[str], *, http_sd: tuple[str, ...] = ()) -> None:
+        """Scrape ``targets`` (one job each), and the targets each ``http_sd`` URL lists (one
+        job each, http_sd_configs as docs/chart.md shows them)."""
         config = self.workdir / "prometheus.yml"
         jobs = "\n".join(
-            f"  - job_name: dcgm-{i}\n    static_configs: [{{targets: ['{t}']}}]"
-            for i, t in enumerate(targets)
+            [
+                f"  - job_name: dcgm-{i}\n    static_configs: [{{targets: ['{t}']}}]"
+                for i, t in enumerate(targets)
+            ]
+            + [
+                f"  - job_name: dcgm-sd-{i}\n    honor_labels: true\n"
+                f"    http_sd_configs: [{{url: '{url}', refresh_interval: 1s}}]"
+                for i, url in enumerate(http_sd)
+            ]
         )
         config.write_text(
             "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"

@@ -386,3 +386,50 @@ async def test_kwok_replicas_both_serve_metrics_only_the_leader_labels(
         for exporter, proxy in replicas:
             assert await exporter.stop() == 0, exporter.log_tail()
             await proxy.stop()
+
+
+async def test_kwok_per_node_targets_through_prometheus_http_sd(
+    kube: client.ApiClient,
+    namespace: str,
+    kwok_nodes: KwokNodeFactory,
+    prometheus: Prometheus,
+    start_exporter: StartExporter,
+) -> None:
+    """A real Prometheus discovers one target per KWOK node from the exporter's /http_sd and
+    scrapes /metrics/<node>: each target's series carry its node's instance/node labels, and
+    together they are the single page's series (scraped by a second job, alongside)."""
+    core: Any = client.CoreV1Api(kube)
+    names = await kwok_nodes(3, extra_capacity={"nvidia.com/gpu": "2"})
+    for name, (gpu_type, count) in zip(names, [("H100", 2), ("K80", 2), ("H100", 1)], strict=True):
+        await write_record(core, record(name, gpu_type, count), namespace)
+    exporter = await start_exporter({"EXPORTER_MODE": "kwok", "TOPOLOGY_CM_NAMESPACE": namespace})
+    await prometheus.start([exporter.target], http_sd=(f"http://{exporter.target}/http_sd",))
+
+    up = await series(prometheus, 'up{job="dcgm-sd-0"} == 1', 3)
+    assert {(u["metric"]["instance"], u["metric"]["node"]) for u in up} == {(n, n) for n in names}
+    per_node = await series(prometheus, 'DCGM_FI_DEV_GPU_TEMP{job="dcgm-sd-0"}', 5)
+    for s in per_node:
+        assert s["metric"]["instance"] == s["metric"]["node"] == s["metric"]["Hostname"]
+    assert {s["metric"]["node"] for s in per_node} == set(names)
+    # Per-node series equal the single page's: the same label sets but job/instance/node (the
+    # values come from scrapes at different instants, so only the unit-tested page compares
+    # them byte for byte).
+    drop = ("job", "instance", "node", "__name__")
+
+    def keyed(result: list[dict[str, Any]]) -> dict[tuple[tuple[str, str], ...], str]:
+        return {
+            tuple(sorted((k, v) for k, v in r["metric"].items() if k not in drop)): r["value"][1]
+            for r in result
+        }
+
+    for family in ("DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_SM_CLOCK"):
+        sd = keyed(await series(prometheus, f'{family}{{job="dcgm-sd-0"}}', 5))
+        page = keyed(await series(prometheus, f'{family}{{job="dcgm-0"}}', 5))
+        assert sd.keys() == page.keys(), family
+    every = await prometheus.query('count by (job) ({job=~"dcgm-.*", __name__=~"DCGM_.*"})')
+    counts = {r["metric"]["job"]: r["value"][1] for r in every}
+    assert counts["dcgm-sd-0"] == counts["dcgm-0"], counts
+
+    # A node that leaves is no longer a target.
+    await core.delete_namespaced_config_map(f"topology-{names[2]}", namespace)
+    await series(prometheus, 'up{job="dcgm-sd-0"}', 2)
