@@ -114,3 +114,17 @@ def test_replica_ids_reported_by_the_kubelet_are_recorded() -> None:
     out = run([p], "ts4")
     assert out.record is not None
     assert sharers(out.record) == [[], ["k0"]], out.findings
+
+
+def test_live_switch_to_fewer_replicas_keeps_holders() -> None:
+    pods = [pod(f"p{i}", gpus=1) for i in range(8)]
+    first = run(pods, "ts4")
+    assert first.record is not None
+    prev = NodeTopology.from_yaml(first.record.to_yaml())
+    for _ in range(2):  # the switch, then a recompute from the switched record
+        out = run([*pods, pod("late", gpus=1)], "mps", prev)
+        assert out.record is not None and out.record.sharing is not None
+        assert out.record.sharing.strategy == "mps"
+        assert [len(h) for h in sharers(out.record)] == [4, 4]
+        assert [f.obj.name for f in out.findings if f.reason == "InsufficientGpus"] == ["late"]
+        prev = NodeTopology.from_yaml(out.record.to_yaml())

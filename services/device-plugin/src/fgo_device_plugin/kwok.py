@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from fgo_common import dpsharing
 from fgo_common.annotations import KWOK_NODE, KWOK_NODE_VALUE
 from fgo_common.kube.errors import is_not_found, raise_for_status
 from fgo_common.kube.leader import LeaderElector
@@ -74,7 +75,10 @@ Obj = dict[str, Any]
 
 
 def is_ours_by_name(resource: str) -> bool:
-    return resource == RESOURCE_NAMES.gpu or resource.startswith(RESOURCE_NAMES.mig_prefix)
+    return resource in (
+        RESOURCE_NAMES.gpu,
+        RESOURCE_NAMES.gpu + dpsharing.SHARED_SUFFIX,
+    ) or resource.startswith(RESOURCE_NAMES.mig_prefix)
 
 
 def managed_names(node: Obj) -> set[str]:
@@ -111,7 +115,9 @@ def wanted_capacity(resources: Mapping[str, Resource], dra_held: Collection[str]
         return wanted
     for name, resource in resources.items():
         if resource.reports_allocations:
-            free = sum(1 for d in resource.devices if d.healthy and d.id not in dra_held)
+            free = sum(
+                1 for d in resource.devices if d.healthy and dpsharing.base_id(d.id) not in dra_held
+            )
             wanted[name] = (resource.capacity, free)
     return wanted
 

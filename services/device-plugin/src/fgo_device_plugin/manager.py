@@ -92,12 +92,17 @@ class DevicePluginManager:
                         name, resource.kind, self._setup, self._metrics, self._on_allocate
                     )
                     server = ResourceServer(service, self.plugin_dir)
+                    service.fail_requests_greater_than_one = resource.fail_requests_greater_than_one
                     await service.update(resource.devices)
                     await server.start()
                     self.servers[name] = server
                     self._registrations[name] = _Registration()
                     self._kick.set()
-                elif await server.service.update(resource.devices):
+                    continue
+                server.service.fail_requests_greater_than_one = (
+                    resource.fail_requests_greater_than_one
+                )
+                if await server.service.update(resource.devices):
                     log.info(
                         "devices.changed",
                         resource=name,

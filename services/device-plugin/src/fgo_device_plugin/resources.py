@@ -15,6 +15,10 @@ MIG strategies follow NVIDIA's device plugin:
 
 ``otherDevices`` of the pool become resources of their own with deterministic IDs; an entry
 naming a resource that GPUs or MIG devices already provide is ignored (the real layout wins).
+
+Device-plugin sharing (the record's ``sharing``, NVIDIA's time-slicing / MPS): every device of a
+replicated resource is advertised ``replicas`` times as ``<uuid>::<n>`` (NVIDIA's annotated
+IDs), under the advertised name (``nvidia.com/gpu.shared`` when renamed).
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from fgo_common import dpsharing
 from fgo_common.names import RESOURCE_NAMES
-from fgo_common.topology import HEALTHY, GpuRecord, NodeTopology
+from fgo_common.topology import HEALTHY, GpuRecord, NodeSharing, NodeTopology
 
 DeviceKind = Literal["gpu", "mig", "other"]
 STRATEGIES = ("none", "single", "mixed")
@@ -51,6 +56,9 @@ class Resource:
     name: str
     kind: DeviceKind
     devices: tuple[PluginDevice, ...]
+    # Replicated (shared) with NVIDIA's failRequestsGreaterThanOne: Allocate refuses a
+    # container asking for more than one replica.
+    fail_requests_greater_than_one: bool = False
 
     @property
     def capacity(self) -> int:
@@ -113,6 +121,8 @@ def node_resources(topology: NodeTopology, strategy_override: str = "") -> dict[
         out[RESOURCE_NAMES.gpu] = Resource(RESOURCE_NAMES.gpu, "gpu", tuple(gpu_devices))
     for name in sorted(mig_by_resource):
         out[name] = Resource(name, "mig", tuple(mig_by_resource[name]))
+    if topology.sharing is not None:
+        out = _replicated(out, topology.sharing)
     for other in topology.other_devices:
         if other.name in out or other.count <= 0:
             continue
@@ -121,6 +131,33 @@ def node_resources(topology: NodeTopology, strategy_override: str = "") -> dict[
             for i in range(other.count)
         )
         out[other.name] = Resource(other.name, "other", devices)
+    return out
+
+
+def _replicated(resources: dict[str, Resource], sharing: NodeSharing) -> dict[str, Resource]:
+    """``resources`` with each shared one replaced by its replicas, under its advertised name."""
+    out: dict[str, Resource] = {}
+    for name, resource in resources.items():
+        entry = sharing.resource(name)
+        if entry is None or entry.replicas < 2:
+            out[name] = resource
+            continue
+        devices = tuple(
+            PluginDevice(
+                dpsharing.replica_id(d.id, n),
+                d.healthy,
+                d.numa_node,
+                # replica number first: the preferred allocation then takes each replica from
+                # the least shared GPU (NVIDIA's distributed policy for shared devices)
+                (n, d.rank[0] * 4096 + d.rank[1]),
+            )
+            for d in resource.devices
+            for n in range(entry.replicas)
+        )
+        advertised = entry.advertised or name
+        out[advertised] = Resource(
+            advertised, resource.kind, devices, sharing.fail_requests_greater_than_one
+        )
     return out
 
 

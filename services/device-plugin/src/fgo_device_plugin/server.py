@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 import structlog
+from fgo_common import dpsharing
 from fgo_common.runtime.sockets import (
     SocketIdentity,
     remove_socket,
@@ -72,6 +73,8 @@ class DevicePluginService(dp.pb2_grpc.DevicePluginServicer):
         self._metrics = metrics
         self._on_allocate = on_allocate
         self._devices: tuple[PluginDevice, ...] = ()
+        # Shared resource with NVIDIA's failRequestsGreaterThanOne (set by the manager).
+        self.fail_requests_greater_than_one = False
         self._by_id: dict[str, PluginDevice] = {}
         self._version = 0
         self._closed = False
@@ -186,6 +189,17 @@ class DevicePluginService(dp.pb2_grpc.DevicePluginServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"unknown {self.resource_name} device IDs: {shown}",
             )
+        if self.fail_requests_greater_than_one:
+            for req in request.container_requests:
+                ids = list(req.devices_ids)
+                if len(ids) > 1 and any(dpsharing.is_replica_id(i) for i in ids):
+                    # NVIDIA's plugin returns a plain error (gRPC Unknown); the kubelet fails
+                    # the pod with UnexpectedAdmissionError "Allocate failed due to rpc error:
+                    # code = Unknown desc = <this>, which is unexpected".
+                    self._metrics.allocations.labels(self.resource_name, "invalid").inc()
+                    message = dpsharing.oversized_request_error(len(ids))
+                    log.warning("allocate.rejected", resource=self.resource_name, reason=message)
+                    await context.abort(grpc.StatusCode.UNKNOWN, message)
         responses = [
             self._container_response(list(req.devices_ids)) for req in request.container_requests
         ]
@@ -204,7 +218,8 @@ class DevicePluginService(dp.pb2_grpc.DevicePluginServicer):
             # Not GPUs: nothing for nvidia-smi to show, so nothing to inject.
             return dp.pb2.ContainerAllocateResponse()
         return dp.pb2.ContainerAllocateResponse(
-            envs=self._setup.envs(device_ids),
+            # Replica IDs (<uuid>::<n>) name their GPU once: NVIDIA_VISIBLE_DEVICES lists UUIDs.
+            envs=self._setup.envs(list(dict.fromkeys(dpsharing.base_id(i) for i in device_ids))),
             mounts=[
                 dp.pb2.Mount(
                     container_path=m.container_path, host_path=m.host_path, read_only=m.read_only

@@ -617,7 +617,11 @@ def _assign_device_plugin(
     shared = sharing_of(work.record_sharing)
     replicas = shared.replicas if shared is not None else 1
     used: Counter[str] = Counter({gid: replicas for gid, hs in holders.items() if hs})
+    # A pod keeps the replica it holds when a live config switch lowers the replicas (as pods
+    # keep running when NVIDIA's plugin restarts with a new config); new pods wait for room.
     previous = _previous_holdings(prev)
+    held_before = Counter(gid for gids in previous.values() for gid in gids)
+    dra_full = set(used)
     wanted: list[tuple[Obj, int, tuple[tuple[str, int], ...], str, str]] = []
     for pod in active:
         total, slots, resource = _gpu_request(pod)
@@ -645,7 +649,8 @@ def _assign_device_plugin(
         before = previous.get(uid) or previous.get(f"{m.get('namespace')}/{m.get('name')}") or []
         kept: list[str] = []
         for gid in before:
-            if len(kept) < total and used[gid] < replicas:
+            limit = replicas if gid in dra_full else max(replicas, held_before[gid])
+            if len(kept) < total and used[gid] < limit:
                 kept.append(gid)
                 used[gid] += 1
         chosen[uid] = kept
@@ -905,25 +910,29 @@ def _other_devices(devices: list[OtherDevice], active: list[Obj]) -> list[OtherD
 
 
 def _gpu_set_signature(record: NodeTopology) -> list[tuple[object, ...]]:
-    return [
-        (
-            g.id,
-            g.index,
-            g.minor,
-            g.product,
-            g.memory_mib,
-            g.health,
-            g.mig_enabled,
-            g.numa_node,
-            tuple((d.uuid, d.profile, d.placement_start, d.health) for d in g.mig_devices),
-        )
-        for g in record.gpus
-    ] + [(d.name, d.count) for d in record.other_devices]
+    return (
+        [
+            (
+                g.id,
+                g.index,
+                g.minor,
+                g.product,
+                g.memory_mib,
+                g.health,
+                g.mig_enabled,
+                g.numa_node,
+                tuple((d.uuid, d.profile, d.placement_start, d.health) for d in g.mig_devices),
+            )
+            for g in record.gpus
+        ]
+        + [(d.name, d.count) for d in record.other_devices]
+        + [("sharing", record.sharing)]
+    )
 
 
 def _generation(record: NodeTopology, prev: NodeTopology | None) -> int:
-    """Bumped when what consumers publish as capacity changes (GPU set, health, other devices),
-    not when allocations change."""
+    """Bumped when what consumers publish as capacity changes (GPU set, health, other devices,
+    device-plugin sharing), not when allocations change."""
     if prev is None:
         return 1
     if _gpu_set_signature(prev) == _gpu_set_signature(record):

@@ -9,6 +9,7 @@ from fgo_testkit.kubelet.deviceplugin import (
     DevicePluginConnection,
     DevicePluginKubeletPeer,
     is_extended_resource_name,
+    unexpected_admission_message,
 )
 from fgo_testkit.kubelet.dra import (
     DraKubeletPeer,
@@ -26,4 +27,5 @@ __all__ = [
     "RegistrationAttempt",
     "claim",
     "is_extended_resource_name",
+    "unexpected_admission_message",
 ]

@@ -58,6 +58,25 @@ def is_extended_resource_name(name: str) -> bool:
     )
 
 
+# Go's names of gRPC codes, as a Go status error prints them ("rpc error: code = Unknown ...").
+_GO_CODE_NAMES = {
+    grpc.StatusCode.UNKNOWN: "Unknown",
+    grpc.StatusCode.INVALID_ARGUMENT: "InvalidArgument",
+    grpc.StatusCode.INTERNAL: "Internal",
+    grpc.StatusCode.UNAVAILABLE: "Unavailable",
+}
+
+
+def unexpected_admission_message(error: grpc.aio.AioRpcError) -> str:
+    """The message of the kubelet's ``UnexpectedAdmissionError`` for a failed Allocate (the pod
+    fails with reason UnexpectedAdmissionError and this text in its status and Event)."""
+    code = _GO_CODE_NAMES.get(error.code(), error.code().name.title())
+    return (
+        f"Allocate failed due to rpc error: code = {code} desc = {error.details()}, "
+        "which is unexpected"
+    )
+
+
 class DevicePluginConnection:
     """The kubelet's client of one registered device plugin (one resource name)."""
 
