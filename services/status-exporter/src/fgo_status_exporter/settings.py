@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from fgo_common.kube.leader import LeaderElectionSettings
 from fgo_common.names import DCGM_EXPORTER, DCGM_EXPORTER_DEFAULT_VERSION
 from fgo_common.runtime.settings import SettingsError, env_field
-from fgo_kubelet_api.podresources_v1 import POD_RESOURCES_SOCKET
 
 MODE_NODE = "node"
 MODE_KWOK = "kwok"
@@ -164,10 +163,7 @@ class Settings(LeaderElectionSettings):
                 )
             if path and not path.startswith("/"):
                 raise SettingsError(f"{option}={path}: must be an absolute path")
-        if self.pod_resources_socket and (
-            os.path.normpath(self.pod_resources_socket) == os.path.normpath(POD_RESOURCES_SOCKET)
-            or os.path.realpath(self.pod_resources_socket) == os.path.realpath(POD_RESOURCES_SOCKET)
-        ):
+        if self.pod_resources_socket and _is_the_kubelets_socket(self.pod_resources_socket):
             raise SettingsError(
                 f"POD_RESOURCES_SOCKET={self.pod_resources_socket}: that is the kubelet's own "
                 "podresources socket; the fake one must not shadow it (e.g. "
@@ -201,3 +197,12 @@ class Settings(LeaderElectionSettings):
     @property
     def extra_metric_names(self) -> tuple[str, ...]:
         return tuple(m.strip() for m in self.extra_metrics.split(",") if m.strip())
+
+
+def _is_the_kubelets_socket(path: str) -> bool:
+    # Imported only when a socket is configured: the stubs pull in gRPC (~15 MiB of RSS).
+    from fgo_kubelet_api.podresources_v1 import POD_RESOURCES_SOCKET
+
+    return os.path.normpath(path) == os.path.normpath(POD_RESOURCES_SOCKET) or (
+        os.path.realpath(path) == os.path.realpath(POD_RESOURCES_SOCKET)
+    )
