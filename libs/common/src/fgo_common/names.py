@@ -106,6 +106,8 @@ class GfdLabels:
     # Product name separator parts GFD joins with "-".
     mig_product_marker: str = "MIG"
     mig_invalid_marker: str = "INVALID"
+    # appended to gpu.product when a resource is shared under its own name (time-slicing/MPS)
+    shared_product_marker: str = "SHARED"
     shared_marker: str = "SHARED"
     mig_attribute_suffixes: tuple[str, ...] = MIG_ATTRIBUTE_SUFFIXES
 

@@ -30,7 +30,7 @@ from fgo_common.names import (
 )
 from fgo_common.profiles import BUILTIN_CATALOG, GpuProfile, MigProfile, ProfileCatalog
 from fgo_common.telemetry import profile_for
-from fgo_common.topology import GpuRecord, MigDevice, NodeTopology
+from fgo_common.topology import GpuRecord, MigDevice, NodeSharing, NodeTopology
 
 log = structlog.get_logger(__name__)
 
@@ -123,15 +123,24 @@ class GfdLabeler:
         count: int,
         replicas: int,
         memory: int | None,
+        *,
+        sharing: NodeSharing | None = None,
     ) -> dict[str, str]:
         n = self.names
+        # Device-plugin sharing (the record's): replicas and strategy of the resource, and GFD's
+        # "-SHARED" product suffix when the replicas keep the resource's own name.
+        entry = sharing.resource(resource) if sharing is not None and replicas else None
+        strategy = "none"
+        parts = [gfd_sanitise(p) for p in product_parts if p]
+        if sharing is not None and entry is not None and entry.replicas > 1:
+            replicas, strategy = entry.replicas, sharing.strategy
+            if entry.advertised == entry.name:
+                parts.append(n.shared_product_marker)
         out = {
-            n.key(resource, n.product): label_value(
-                "-".join(gfd_sanitise(p) for p in product_parts if p)
-            ),
+            n.key(resource, n.product): label_value("-".join(parts)),
             n.key(resource, n.count): str(count),
             n.key(resource, n.replicas): str(replicas),
-            n.key(resource, n.sharing_strategy): "none",
+            n.key(resource, n.sharing_strategy): strategy,
         }
         if memory:
             out[n.key(resource, n.memory)] = str(memory)
@@ -156,7 +165,8 @@ class GfdLabeler:
             n.gpu_present: "true",
             FAKE_GPU_LABEL: "true",
             n.mode: "compute",  # every simulated product is a datacenter 3D controller
-            n.mps_capable: "false",
+            # GFD computes it only when MPS sharing is configured; our GPUs all support MPS.
+            n.mps_capable: str(node.sharing is not None and node.sharing.strategy == "mps").lower(),
             n.vgpu_present: "false",
             n.mig_capable: str(any(p.mig_capable for p in profiles.values())).lower(),
             n.mig_strategy: node.mig_strategy or "none",
@@ -173,7 +183,7 @@ class GfdLabeler:
         # same product overrides them, as GFD's labeler order does.
         replicas = 0 if len(mig_on) == len(same) and node.mig_strategy != "none" else 1
         out.update(self._resource_labels(gpu_resource, [model], len(same), replicas,
-                                         gpus[0].memory_mib))  # fmt: skip
+                                         gpus[0].memory_mib, sharing=node.sharing))  # fmt: skip
         major, minor = first.compute_capability
         if major:
             out[n.key(gpu_resource, n.family)] = gpu_family(major, minor)
@@ -181,9 +191,9 @@ class GfdLabeler:
             out[n.key(gpu_resource, n.compute_minor)] = str(minor)
 
         if node.mig_strategy == "single":
-            out.update(self._single(gpus, profiles, model))
+            out.update(self._single(gpus, profiles, model, node.sharing))
         elif node.mig_strategy == "mixed":
-            out.update(self._mixed(gpus, profiles, model))
+            out.update(self._mixed(gpus, profiles, model, node.sharing))
         if node.nvlink_clique:
             # GFD's imex labeler: the GPUs' fabric cluster UUID and clique id (NVML fabric info).
             out[CLIQUE_LABEL] = node.nvlink_clique
@@ -224,7 +234,11 @@ class GfdLabeler:
         ]
 
     def _single(
-        self, gpus: list[GpuRecord], profiles: dict[str, GpuProfile], model: str
+        self,
+        gpus: list[GpuRecord],
+        profiles: dict[str, GpuProfile],
+        model: str,
+        sharing: NodeSharing | None = None,
     ) -> dict[str, str]:
         n, resource = self.names, self.resources.gpu
         enabled = [g for g in gpus if g.mig_enabled]
@@ -254,13 +268,22 @@ class GfdLabeler:
             }  # fmt: skip
         attrs = devices[0]
         out = self._resource_labels(
-            resource, [model, n.mig_product_marker, attrs.name], len(devices), 1, None
+            resource,
+            [model, n.mig_product_marker, attrs.name],
+            len(devices),
+            1,
+            None,
+            sharing=sharing,
         )
         out.update(self._mig_attribute_labels(resource, attrs))
         return out
 
     def _mixed(
-        self, gpus: list[GpuRecord], profiles: dict[str, GpuProfile], model: str
+        self,
+        gpus: list[GpuRecord],
+        profiles: dict[str, GpuProfile],
+        model: str,
+        sharing: NodeSharing | None = None,
     ) -> dict[str, str]:
         n = self.names
         out: dict[str, str] = {}
@@ -273,7 +296,12 @@ class GfdLabeler:
             resource = self.resources.mig_prefix + mig_resource_suffix(name)
             out.update(
                 self._resource_labels(
-                    resource, [model, n.mig_product_marker, name], counts[name], 1, None
+                    resource,
+                    [model, n.mig_product_marker, name],
+                    counts[name],
+                    1,
+                    None,
+                    sharing=sharing,
                 )
             )
             out.update(self._mig_attribute_labels(resource, attrs))
