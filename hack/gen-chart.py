@@ -103,6 +103,97 @@ def toggle(description: str, **extra: Schema) -> Schema:
     return obj(description, {"enabled": boolean("Reference chart key"), **extra})
 
 
+MAX_REPLICAS = 1024  # fgo_common.dpsharing.MAX_REPLICAS
+
+
+def replicated_resources(strategy: str, *, rename: bool) -> Schema:
+    """NVIDIA k8s-device-plugin's ReplicatedResources (sharing.timeSlicing / sharing.mps)."""
+    resource: dict[str, Schema] = {
+        "name": string("Resource to replicate (nvidia.com/gpu, nvidia.com/mig-...)",
+                       pattern=r"^nvidia\.com/"),
+        "replicas": integer(f"Replicas per device (2..{MAX_REPLICAS})", minimum=2,
+                            maximum=MAX_REPLICAS),
+        "devices": string("Which devices to replicate: only all (NVIDIA ignores others)",
+                          enum=["all"]),
+    }  # fmt: skip
+    props: dict[str, Schema] = {
+        "failRequestsGreaterThanOne": boolean(
+            "Refuse a container asking for more than one replica (UnexpectedAdmissionError); "
+            + ("default true under MPS" if not rename else "default false")
+        ),
+        "resources": {
+            "type": "array",
+            "minItems": 1,
+            "description": "The replicated resources",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name", "replicas"],
+                "properties": resource,
+            },
+        },
+    }
+    if rename:
+        props["renameByDefault"] = boolean("Advertise <name>.shared (nvidia.com/gpu.shared)")
+        resource["rename"] = string("Accepted and ignored, as by NVIDIA's plugin")
+    else:
+        props["renameByDefault"] = {
+            "type": "boolean",
+            "enum": [False],
+            "description": "renaming shared resources is not supported with MPS",
+        }
+    return {
+        "type": "object",
+        "description": f"{strategy} replicas",
+        "additionalProperties": False,
+        "required": ["resources"],
+        "properties": props,
+    }
+
+
+def device_plugin_config() -> Schema:
+    """devicePlugin.config: NVIDIA k8s-device-plugin configs by name (as the GPU operator's
+    devicePlugin.config), selected per node by the nvidia.com/device-plugin.config label."""
+    nvidia_config = {
+        "type": "object",
+        "description": "NVIDIA k8s-device-plugin config (version v1)",
+        "additionalProperties": False,
+        "properties": {
+            "version": {"type": "string", "enum": ["v1"], "description": "Config version"},
+            "flags": {"type": "object", "description": "Accepted; flags are not simulated"},
+            "resources": {"type": "object", "description": "Accepted; not simulated"},
+            "sharing": {
+                "type": "object",
+                "description": "One of timeSlicing or mps",
+                "additionalProperties": False,
+                "maxProperties": 1,
+                "properties": {
+                    "timeSlicing": replicated_resources("time-slicing", rename=True),
+                    "mps": replicated_resources("MPS", rename=False),
+                },
+            },
+        },
+    }
+    return obj(
+        "GPU sharing (time-slicing / MPS) configs of NVIDIA's device plugin, selected per node "
+        "by the label nvidia.com/device-plugin.config (docs/sharing.md)",
+        {
+            "default": string(
+                "Config of nodes without the label (empty: not shared); must name a config"
+            ),
+            "configs": nullable(
+                {
+                    "type": "object",
+                    "description": "Config name -> NVIDIA config (a mapping, or its YAML text as "
+                    "in the GPU operator's ConfigMap)",
+                    "propertyNames": {"pattern": r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"},
+                    "additionalProperties": {"oneOf": [{"type": "string"}, nvidia_config]},
+                }
+            ),
+        },
+    )
+
+
 def kubelet_plugin() -> Schema:
     probe = {
         key: integer(f"{MAPPED} the plugin's liveness probe", minimum=0)
@@ -673,6 +764,7 @@ def build() -> Schema:
                     "(FGO_VISIBLE_DEVICES next to the real NVIDIA runtime)",
                     pattern=ENV_NAME,
                 ),
+                "config": device_plugin_config(),
             },
         ),
         "kwokGpuDevicePlugin": component(

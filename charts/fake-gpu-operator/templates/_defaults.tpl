@@ -100,6 +100,21 @@ devicePlugin:
   # -- Environment variable carrying the allocated GPU UUIDs into containers. Use
   # FGO_VISIBLE_DEVICES on nodes that also run the real NVIDIA container runtime.
   visibleDevicesEnvName: NVIDIA_VISIBLE_DEVICES
+  # -- GPU sharing through NVIDIA's device-plugin config (time-slicing / MPS replicas), as the
+  # GPU operator's devicePlugin.config: named configs, the label nvidia.com/device-plugin.config
+  # picks one per node (live), `default` applies to nodes without it ("": not shared). Rendered
+  # into the topology ConfigMap (devicePluginConfig); the status-updater records each node's
+  # sharing and every component derives from it (docs/sharing.md). Example:
+  #   default: ts4
+  #   configs:
+  #     ts4:
+  #       version: v1
+  #       sharing:
+  #         timeSlicing:
+  #           resources: [{name: nvidia.com/gpu, replicas: 4}]
+  config:
+    default: ""
+    configs: {}
   image: {repository: device-plugin, tag: "", pullPolicy: ""}
   resources:
     requests: {cpu: 50m, memory: 64Mi}

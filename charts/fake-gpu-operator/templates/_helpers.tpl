@@ -243,17 +243,26 @@ readinessProbe:
 
 {{/* The topology document; with no pools given, the seed's default (2 x Tesla K80 per node). */}}
 {{- define "fgo.topologyYaml" -}}
+{{- $t := dict -}}
 {{- if .Values.cluster -}}
-{{ toYaml .Values.cluster }}
+{{- $t = deepCopy .Values.cluster -}}
 {{- else -}}
-{{- $t := deepCopy (include "fgo.get" (list $ "topology") | fromYaml) -}}
+{{- $t = deepCopy (include "fgo.get" (list $ "topology") | fromYaml) -}}
 {{- $_ := set $t "nodePoolLabelKey" (include "fgo.poolLabelKey" .) -}}
 {{- if not $t.migStrategy }}{{ $_ := set $t "migStrategy" "mixed" }}{{ end -}}
 {{- if not $t.nodePools -}}
 {{- $_ := set $t "nodePools" (dict "default" (dict "gpus" (list (dict "type" "Tesla K80" "count" 2)))) -}}
 {{- end -}}
-{{ toYaml $t }}
 {{- end -}}
+{{- /* devicePlugin.config: NVIDIA device-plugin sharing configs (docs/sharing.md) */ -}}
+{{- $dp := (include "fgo.get" (list $ "devicePlugin") | fromYaml).config | default dict -}}
+{{- if and $dp.default (not (hasKey ($dp.configs | default dict) $dp.default)) -}}
+{{- fail (printf "devicePlugin.config.default: %q names no config of devicePlugin.config.configs" $dp.default) -}}
+{{- end -}}
+{{- if or $dp.configs $dp.default -}}
+{{- $_ := set $t "devicePluginConfig" (dict "default" ($dp.default | default "") "configs" ($dp.configs | default dict)) -}}
+{{- end -}}
+{{ toYaml $t }}
 {{- end -}}
 
 {{/* Every ServiceAccount/binding pair of a component: (dict "root" $ "component" name) */}}
