@@ -831,7 +831,8 @@ def build() -> Schema:
             extra={
                 "kwokChannels": boolean(
                     "Publish a channel-0 ResourceSlice (driver compute-domain.nvidia.com) for "
-                    "every KWOK node (the reference's kwok-compute-domain-dra-plugin)"
+                    "every KWOK GPU node (label nvidia.com/gpu.present=true; the reference's "
+                    "kwok-compute-domain-dra-plugin, which takes every KWOK node)"
                 ),
                 "healthcheckPort": compat(IGNORED),
             },

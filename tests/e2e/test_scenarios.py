@@ -37,6 +37,7 @@ from fgo_localcluster.testing import KwokNodeFactory, eventually, unique_name
 from kubernetes_asyncio import client
 
 K80 = "Tesla K80"
+GPU_DRIVER = "gpu.nvidia.com"
 
 
 async def _gpu_node(kube: client.ApiClient, kwok_nodes: KwokNodeFactory) -> str:
@@ -92,7 +93,10 @@ async def test_dra_pod_on_a_kwok_node(
     node_name = await _gpu_node(kube, kwok_nodes)
 
     async def published() -> list[dict[str, Any]] | None:
-        slices = await node_slices(kube, node_name)
+        # The node's GPU slices (with computeDomainDraPlugin on, a channel slice too).
+        slices = [
+            s for s in await node_slices(kube, node_name) if s["spec"]["driver"] == GPU_DRIVER
+        ]
         devices = [d for s in slices for d in s["spec"].get("devices", [])]
         return slices if len(devices) == 2 else None
 

@@ -181,7 +181,9 @@ class Domains:
 async def clique_nodes(
     kwok_nodes: KwokNodeFactory, count: int, run: str, clique: str = CLIQUE
 ) -> list[str]:
-    return await kwok_nodes(count, labels={TEST_LABEL: run, cdn.CLIQUE_LABEL: clique})
+    # gpu.present: what the GFD labeler sets on GPU nodes; channels are published only there.
+    labels = {TEST_LABEL: run, cdn.CLIQUE_LABEL: clique, "nvidia.com/gpu.present": "true"}
+    return await kwok_nodes(count, labels=labels)
 
 
 async def test_two_pods_of_one_clique_get_channels_and_the_domain_goes_ready(

@@ -199,7 +199,8 @@ computeDomainDraPlugin:
   enabled: false
   # -- Pods (above 1: leader election, PodDisruptionBudget).
   replicas: 1
-  # -- Publish a channel-0 ResourceSlice (driver compute-domain.nvidia.com) for every KWOK node.
+  # -- Publish a channel-0 ResourceSlice (driver compute-domain.nvidia.com) for every KWOK GPU
+  # node (label nvidia.com/gpu.present=true, set by the status-exporter's GFD labels).
   kwokChannels: true
   image: {repository: compute-domain-controller, tag: "", pullPolicy: ""}
   resources:

@@ -198,13 +198,16 @@ def test_channel_device_and_slice_target() -> None:
     }
     kwok = _node("kw")
     kwok["metadata"]["annotations"] = {"kwok.x-k8s.io/node": "fake"}
+    # A KWOK node without GPUs (no gpu.present label from the GFD labeler) gets no channel.
+    assert channel_target(kwok, "x") is None
+    kwok["metadata"]["labels"]["nvidia.com/gpu.present"] = "true"
     target = channel_target(kwok, "compute-domain-controller")
     assert target is not None
     assert target.base_name == "kwok-kw-compute-domain-channel"
     assert target.driver == "compute-domain.nvidia.com"
     assert channel_target(_node("real"), "x") is None
     labelled = _node("lab")
-    labelled["metadata"]["labels"]["type"] = "kwok"
+    labelled["metadata"]["labels"].update({"type": "kwok", "nvidia.com/gpu.present": "true"})
     assert channel_target(labelled, "x") is not None
     kwok["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     assert channel_target(kwok, "x") is None

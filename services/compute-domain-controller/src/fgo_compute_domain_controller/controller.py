@@ -21,6 +21,7 @@ from fgo_common import computedomain as cdn
 from fgo_common.kube.errors import describe_error, is_conflict
 from fgo_common.kube.served import DRA_GROUP, DRA_READ_VERSIONS, ServedVersionList
 from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent, drop_managed_fields
+from fgo_common.names import GFD_LABELS
 from fgo_common.runtime.workqueue import WorkQueue, WorkQueueMetrics, run_worker
 from kubernetes_asyncio import client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -55,6 +56,7 @@ def node_facts(node: Obj) -> tuple[Any, ...]:
         meta.get("uid"),
         labels.get(cdn.CLIQUE_LABEL),
         labels.get("type"),
+        labels.get(GFD_LABELS.gpu_present),
         annotations.get("kwok.x-k8s.io/node"),
         bool(meta.get("deletionTimestamp")),
         repr((node.get("status") or {}).get("addresses")),

@@ -4,9 +4,12 @@ pool = node, device ``channel-0`` (``type=channel``, ``id=0``), as the reference
 kwok-compute-domain-dra-plugin. Written with the GPU publishers' code (fgo_common.drapublish:
 server-side apply, content hash, pool generations), the device from fgo_common.computedomain.
 
-A node gets its slice while it exists and is a KWOK node (annotation ``kwok.x-k8s.io/node:
-fake`` or label ``type: kwok``, as the reference); otherwise the slice is withdrawn (owned by the
-Node too, so the garbage collector would get there as well).
+A node gets its slice while it exists, is a KWOK node (annotation ``kwok.x-k8s.io/node: fake``
+or label ``type: kwok``, as the reference) and has GPUs: label ``nvidia.com/gpu.present=true``,
+which the status-exporter's GFD labeler sets from the node's record (NVIDIA's compute-domain
+plugin runs on GPU nodes; the reference publishes on every KWOK node, so CPU-only nodes would
+take ComputeDomain pods). Otherwise the slice is withdrawn (owned by the Node too, so the
+garbage collector would get there as well).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from fgo_common.drapublish import publish_pool, slice_pool_node, withdraw_pool
 from fgo_common.kube.errors import describe_error
 from fgo_common.kube.served import SliceApi
 from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent
+from fgo_common.names import GFD_LABELS
 from fgo_common.runtime.workqueue import WorkQueue, WorkQueueMetrics, run_worker
 from fgo_common.topology import KWOK_NODE_ANNOTATION
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -39,10 +43,15 @@ def is_kwok_node(node: Obj) -> bool:
     ).get("type") == "kwok"
 
 
+def has_gpus(node: Obj) -> bool:
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    return labels.get(GFD_LABELS.gpu_present) == "true"
+
+
 def channel_target(node: Obj, publisher: str) -> draslices.PoolTarget | None:
     """Where ``node``'s channel goes, or None when it should have none."""
     meta = node.get("metadata") or {}
-    if meta.get("deletionTimestamp") or not is_kwok_node(node):
+    if meta.get("deletionTimestamp") or not is_kwok_node(node) or not has_gpus(node):
         return None
     name = str(meta["name"])
     return draslices.PoolTarget(
