@@ -326,3 +326,35 @@ def test_parse_exposition_with_escapes() -> None:
     samples = parse_exposition(text)
     assert samples[0].labels == {"UUID": "GPU-1", "pod": 'a"b', "Hostname": "n"}
     assert samples[0].value == 12.0 and samples[1].name == "up"
+
+
+def test_device_plugin_replicas_share_a_gpu(world: tuple[Snapshot, Scope]) -> None:
+    """Time-slicing (record sharing, replicas 2): two replica holders of one GPU are no double
+    holding, and capacity counts replicas."""
+    import dataclasses
+
+    from fgo_common import dpsharing
+
+    snap, scope = world
+    rec = snap.records["a"]
+    rec.sharing = dpsharing.parse_config(
+        "sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 2}]}}"
+    )
+    for gpu in rec.gpus:
+        gpu.status.holders = [
+            dataclasses.replace(h, sharing="TimeSlicing") if h.kind == "device-plugin" else h
+            for h in gpu.status.holders
+        ]
+    extra = pod("dp2", "a", 1)
+    snap.pods.append(extra)
+    hold(rec, 0, extra)
+    rec.gpus[0].status.holders[-1] = dataclasses.replace(
+        rec.gpus[0].status.holders[-1], sharing="TimeSlicing"
+    )
+    snap.nodes["a"] = node_obj("a", 8)
+    snap.scrapes = {URL: samples_for(rec) + samples_for(snap.records["b"])}
+    assert expected_capacity(rec) == {"nvidia.com/gpu": (8, 8)}
+    assert check(snap, scope) == []
+    rec.sharing = None  # the same holders without sharing: GPU 0 held twice
+    snap.nodes["a"] = node_obj("a", 4)
+    assert "exclusivity" in kinds(snap, scope)

@@ -37,6 +37,7 @@ from typing import Any
 from fgo_common.annotations import ALLOCATED_DEVICES, parse_allocated_devices
 from fgo_common.topology import (
     HEALTHY,
+    HOLDER_DEVICE_PLUGIN,
     HOLDER_DRA,
     TOPOLOGY_DATA_KEY,
     GpuRecord,
@@ -260,7 +261,14 @@ def expected_capacity(
                 add(GPU_RESOURCE, healthy)
             else:
                 add(MIG_RESOURCE_PREFIX + mig.profile.replace("+", "."), healthy)
-    return {k: (v[0], v[1]) for k, v in out.items()}
+    result = {k: (v[0], v[1]) for k, v in out.items()}
+    # Device-plugin time-slicing / MPS: each device of a replicated resource counts `replicas`
+    # times, under its advertised name (nvidia.com/gpu.shared when renamed).
+    for entry in record.sharing.resources if record.sharing is not None else ():
+        if entry.name in result and entry.replicas > 1:
+            cap, alloc = result.pop(entry.name)
+            result[entry.advertised or entry.name] = (cap * entry.replicas, alloc * entry.replicas)
+    return result
 
 
 # ------------------------------------------------------------------------------------------------
@@ -328,7 +336,11 @@ def _check_holdings(snapshot: Snapshot, scope: Scope) -> list[Violation]:
                     and len(claims) == 1
                     and "" not in claims
                 )
-                if not shared_claim:
+                # Device-plugin time-slicing / MPS: replica holders share the GPU by design.
+                replicas = record.sharing is not None and all(
+                    h.kind == HOLDER_DEVICE_PLUGIN and h.sharing for h in pods_here.values()
+                )
+                if not shared_claim and not replicas:
                     who = ", ".join(sorted(f"{h.namespace}/{h.pod}" for h in pods_here.values()))
                     out.append(
                         Violation(
@@ -366,12 +378,27 @@ def _check_holdings(snapshot: Snapshot, scope: Scope) -> list[Violation]:
                         )
                         continue
                     want_dra.add(uuid.lower())
-            want_dp = effective_request(pod, GPU_RESOURCE) + sum(
-                effective_request(pod, r)
-                for r in _extended_resources(pod)
-                if r.startswith(MIG_RESOURCE_PREFIX)
+            want_dp = (
+                effective_request(pod, GPU_RESOURCE)
+                + sum(
+                    effective_request(pod, r)
+                    for r in _extended_resources(pod)
+                    if r == GPU_RESOURCE + ".shared"
+                )
+                + sum(
+                    effective_request(pod, r)
+                    for r in _extended_resources(pod)
+                    if r.startswith(MIG_RESOURCE_PREFIX)
+                )
             )
             held_dp = held - held_dra
+            # One holder entry per replica held (a pod may hold two replicas of one GPU).
+            units_dp = sum(
+                1
+                for d in devices
+                for h in d.holders
+                if h.kind != HOLDER_DRA and _holder_matches(h, pod)
+            )
             who = pod_key(pod)
             if claim_problem:
                 out.append(Violation("holdings", node, f"pod {who}: {claim_problem}"))
@@ -384,13 +411,13 @@ def _check_holdings(snapshot: Snapshot, scope: Scope) -> list[Violation]:
                         f"{_names(want_dra, by_uuid)}, record holds {_names(held_dra, by_uuid)}",
                     )
                 )
-            if len(held_dp) != want_dp:
+            if units_dp != want_dp:
                 out.append(
                     Violation(
                         "holdings",
                         node,
                         f"pod {who} requests {want_dp} device(s), the "
-                        f"record gives it {len(held_dp)}: {_names(held_dp, by_uuid)}",
+                        f"record gives it {units_dp}: {_names(held_dp, by_uuid)}",
                     )
                 )
             reported = (_meta(pod).get("annotations") or {}).get(ALLOCATED_DEVICES)
