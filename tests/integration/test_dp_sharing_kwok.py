@@ -22,6 +22,7 @@ from fgo_common.topology import NodeTopology
 from fgo_device_plugin.kwok import KwokCapacityController
 from fgo_device_plugin.metrics import Metrics
 from fgo_localcluster.cluster import LocalCluster
+from fgo_localcluster.smi import run_smi
 from fgo_localcluster.testing import (
     KwokNodeFactory,
     create_namespace,
@@ -54,11 +55,27 @@ CONFIGS = {
             },
         }
     ),
+    "mps2": {
+        "version": "v1",
+        "sharing": {"mps": {"resources": [{"name": GPU, "replicas": 2}]}},
+    },
     "broken": {
         "version": "v1",
         "sharing": {"timeSlicing": {"resources": [{"name": GPU, "replicas": 0}]}},
     },
 }
+
+
+async def smi(record: NodeTopology, *args: str, tmp_path: Path) -> str:
+    """nvidia-smi over the whole node, from the record's snapshot (as `fgo nvidia-smi --node`)."""
+    out = tmp_path / "smi.out"
+    with out.open("w") as sink:
+        code = await run_smi(
+            record, {"NVIDIA_VISIBLE_DEVICES": "all"}, list(args), stdout=sink.fileno()
+        )
+    text = out.read_text()
+    assert code == 0, text
+    return text
 
 
 async def raw(call: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -229,6 +246,17 @@ async def test_time_slicing_replicas_rename_and_live_switch(
             holders = [h for g in record.gpus for h in g.status.holders]
             assert {h.sharing for h in holders} == {"TimeSlicing"}
             assert len({h.pod for h in holders}) == 8
+            # nvidia-smi (the snapshot the device plugin mounts) shows 4 processes per GPU.
+            apps = await smi(
+                record, "--query-compute-apps=gpu_uuid,pid", "--format=csv,noheader",
+                tmp_path=tmp_path,
+            )  # fmt: skip
+            per_gpu = [line.split(",")[0].strip() for line in apps.splitlines() if line.strip()]
+            assert sorted(per_gpu.count(g.id) for g in record.gpus) == [4, 4], apps
+            modes = await smi(
+                record, "--query-gpu=compute_mode", "--format=csv,noheader", tmp_path=tmp_path
+            )
+            assert modes.split() == ["Default", "Default"]
 
             # Live switch to the renamed config: nvidia.com/gpu goes, .shared comes; the pods
             # holding replicas keep them (the record does not drop running pods).
@@ -246,6 +274,23 @@ async def test_time_slicing_replicas_rename_and_live_switch(
             record = await world.wait_record([2, 2], "time-slicing")
             assert {h.resource for g in record.gpus for h in g.status.holders} == {SHARED}
             await world.delete_all(shared)
+
+            # MPS: the GPU is Exclusive_Process with an MPS server and M+C clients.
+            await world.label("mps2")
+            await world.wait_status({GPU: "4", SHARED: None})
+            mps = ["mps-0", "mps-1"]
+            for name in mps:
+                await world.create(name)
+            await world.wait_phases(running=2, unschedulable=0)
+            record = await world.wait_record([1, 1], "mps")
+            assert {h.sharing for g in record.gpus for h in g.status.holders} == {"MPS"}
+            modes = await smi(
+                record, "--query-gpu=compute_mode", "--format=csv,noheader", tmp_path=tmp_path
+            )
+            assert modes.split() == ["Exclusive_Process", "Exclusive_Process"]
+            table = await smi(record, tmp_path=tmp_path)
+            assert table.count("M+C") == 2 and table.count("nvidia-cuda-mps-server") == 2, table
+            await world.delete_all(mps)
 
             # A bad config: the node falls back to unshared, and an Event names the field.
             await world.label("broken")
