@@ -126,3 +126,62 @@ def test_identity_stub_keeps_what_a_reflector_needs() -> None:
         "metadata": {"name": "p", "namespace": "ns", "uid": "u-1", "resourceVersion": "7"}
     }
     assert object_key(stub) == object_key(pod) == "ns/p"
+
+
+def _heartbeats(stop: asyncio.Event, chunks: list[bytes]) -> Any:
+    def node(rv: str, beat: str, capacity: str = "8") -> dict[str, Any]:
+        return {
+            "metadata": {"name": "n", "resourceVersion": rv, "labels": {"a": "b"}},
+            "status": {
+                "capacity": {"nvidia.com/gpu": capacity},
+                "conditions": [{"type": "Ready", "lastHeartbeatTime": beat}],
+            },
+        }
+
+    async def list_fn(**kwargs: Any) -> _Response:
+        if kwargs.get("watch"):
+            return _Response(content=_Content(chunks, stop))
+        return _Response({"metadata": {"resourceVersion": "1"}, "items": [node("1", "t0")]})
+
+    lines = [
+        json.dumps({"type": "MODIFIED", "object": node(rv, beat, cap)}).encode() + b"\n"
+        for rv, beat, cap in [
+            ("2", "t1", "8"),
+            ("3", "t2", "8"),
+            ("4", "t2", "7"),
+            ("5", "t3", "7"),
+        ]
+    ]
+    # All events in one chunk, then one split across two chunks.
+    chunks.extend([b"".join(lines[:3]), lines[3][:10], lines[3][10:]])
+    return list_fn
+
+
+async def test_heartbeats_of_slim_nodes_update_the_cache_without_an_event() -> None:
+    from fgo_common.kube.watch import slim_node
+
+    stop = asyncio.Event()
+    reflector = Reflector(_heartbeats(stop, []), name="nodes", transform=slim_node)
+    events = await _collect(reflector, stop)
+    # Heartbeats (only conditions and resourceVersion move) are not delivered; a capacity
+    # change is; the cache always has the newest resourceVersion.
+    assert [e.type for e in events] == [ADDED, SYNCED, MODIFIED]
+    assert events[-1].obj["status"]["capacity"] == {"nvidia.com/gpu": "7"}
+    assert reflector.cache["n"]["metadata"]["resourceVersion"] == "5"
+    assert reflector.skipped == 3
+
+
+async def test_other_transforms_deliver_every_change_unless_asked() -> None:
+    stop = asyncio.Event()
+    reflector = Reflector(_heartbeats(stop, []), name="nodes")
+    events = await _collect(reflector, stop)
+    assert [e.type for e in events] == [ADDED, SYNCED, MODIFIED, MODIFIED, MODIFIED, MODIFIED]
+    stop = asyncio.Event()
+
+    def no_status(obj: dict[str, Any]) -> dict[str, Any]:
+        return {"metadata": obj["metadata"]}
+
+    reflector = Reflector(_heartbeats(stop, []), name="n", transform=no_status, skip_unchanged=True)
+    events = await _collect(reflector, stop)
+    assert [e.type for e in events] == [ADDED, SYNCED]
+    assert reflector.cache["n"]["metadata"]["resourceVersion"] == "5"

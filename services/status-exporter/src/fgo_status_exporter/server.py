@@ -124,10 +124,12 @@ def build_metrics_app(
         return await asyncio.get_running_loop().run_in_executor(executor, func, *args)
 
     last_scrape = [-PREPARE_WHILE_SCRAPED_SECONDS]  # monotonic time of the latest scrape
+    scraped = asyncio.Event()  # set by every scrape of /metrics; wakes the idle preparer
 
     async def metrics(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         last_scrape[0] = time.monotonic()
+        scraped.set()
         nodes = list(served())
         t = clock()
         gzip = accepts_gzip(request.headers.get("Accept-Encoding", ""))
@@ -245,6 +247,10 @@ def build_metrics_app(
     async def prepare_ahead(_: web.Application) -> AsyncIterator[None]:
         async def loop() -> None:
             while True:
+                if time.monotonic() - last_scrape[0] > PREPARE_WHILE_SCRAPED_SECONDS:
+                    # Nobody scrapes the page: sleep until someone does (no timer at idle).
+                    scraped.clear()
+                    await scraped.wait()
                 now = clock()
                 # Early in each bucket, render the next one (any instant in a bucket gives its
                 # page), and this one if scraping began in the previous bucket: one build per

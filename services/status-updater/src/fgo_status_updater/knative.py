@@ -19,11 +19,14 @@ import asyncio
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import httpx
 import structlog
 
 from fgo_status_updater.metrics import Metrics
+
+if TYPE_CHECKING:
+    import httpx  # imported when the first poll runs: most clusters poll no Prometheus
 
 log = structlog.get_logger(__name__)
 
@@ -31,7 +34,7 @@ METRIC = "revision_app_request_count"
 QUERY = f"sum by (namespace, pod) (rate({METRIC}[1m]))"
 # One query per poll: one connection, kept between polls (the default poll is every 15 s;
 # Prometheus keeps an idle connection for its read timeout, 5 min by default).
-_LIMITS = httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=120.0)
+_KEEPALIVE_EXPIRY_SECONDS = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +99,16 @@ class KnativePoller:
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
+            import httpx  # lazy: ~0.1 s of start-up for a feature most leave off
+
             self._http = httpx.AsyncClient(
                 base_url=self._url,
                 timeout=httpx.Timeout(self._timeout),
-                limits=_LIMITS,
+                limits=httpx.Limits(
+                    max_connections=1,
+                    max_keepalive_connections=1,
+                    keepalive_expiry=_KEEPALIVE_EXPIRY_SECONDS,
+                ),
                 transport=self._transport,
             )
         return self._http
@@ -126,6 +135,8 @@ class KnativePoller:
                 del self.values[uid]
         if not wanted:
             return
+        import httpx  # already loaded by the client (see _client)
+
         try:
             rates = await self._rates()
         except TimeoutError:

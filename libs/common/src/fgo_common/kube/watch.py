@@ -107,6 +107,26 @@ class ResourceNotServed(Exception):
         self.detail = detail
 
 
+def _same_but_version(old: Obj, new: Obj) -> bool:
+    """Whether two objects are equal but for ``metadata.resourceVersion`` (a heartbeat, once
+    the transform has dropped the conditions it bumps)."""
+    if old.keys() != new.keys():
+        return False
+    for field, value in old.items():
+        if field != "metadata":
+            if value != new[field]:
+                return False
+            continue
+        other = new[field]
+        if not isinstance(value, dict) or not isinstance(other, dict):
+            return bool(value == other)
+        if value.keys() != other.keys():
+            return False
+        if any(v != other[k] for k, v in value.items() if k != "resourceVersion"):
+            return False
+    return True
+
+
 class Reflector:
     """Keeps ``cache`` equal to the server's view of one resource and yields the changes."""
 
@@ -119,13 +139,22 @@ class Reflector:
         backoff: Backoff = _WATCH_BACKOFF,
         transform: Transform = drop_managed_fields,
         page_size: int = 250,
+        skip_unchanged: bool | None = None,
         **list_kwargs: Any,
     ) -> None:
         """``transform`` sees every object before it is cached or delivered (the cache holds
         what it returns): a service keeps only the fields it reads, which is what bounds its
-        memory at thousands of nodes."""
+        memory at thousands of nodes.
+
+        ``skip_unchanged``: a MODIFIED event whose transformed object equals the cached one but
+        for ``metadata.resourceVersion`` updates the cache and is not delivered. Default: on
+        for ``slim_node`` watches, where KWOK's (and kubelets') node heartbeats are such events
+        for every node every few seconds and would otherwise cost each consumer a pass per node
+        at idle (``skipped`` counts them)."""
         self._list_fn = list_fn
         self._transform = transform
+        self._skip_unchanged = transform is slim_node if skip_unchanged is None else skip_unchanged
+        self.skipped = 0
         self._page_size = page_size
         self._kwargs = list_kwargs
         self.name = name
@@ -202,6 +231,9 @@ class Reflector:
         ):
             return None  # replayed after a resume: already delivered
         self.cache[key] = obj
+        if self._skip_unchanged and old is not None and _same_but_version(old, obj):
+            self.skipped += 1
+            return None
         return WatchEvent(ADDED if old is None else MODIFIED, obj, old)
 
     async def _watch_stream(self) -> AsyncIterator[tuple[str, Obj]]:
@@ -221,8 +253,11 @@ class Reflector:
             buffer = b""
             async for chunk in resp.content.iter_any():
                 buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
+                if b"\n" not in chunk:
+                    continue
+                # One split per chunk (a relist-sized chunk holds many events).
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
                     if line.strip():
                         event = json.loads(line)
                         yield event["type"], event["object"]
