@@ -1,6 +1,8 @@
 """Cost of the fake libnvidia-ml.so.1 (docs/nvml.md): nvmlInit + one full device query, cold
-(the library runs the packaged nvidia-smi for a snapshot) and warm (the per-container cache file
-answers), and the CPU share of a 1 Hz polling loop, against the 8-GPU H100 test node.
+(the library runs the packaged nvidia-smi for a snapshot), cold with the node agents'
+nvml-node.snap present (no exec), and warm (the per-container cache file answers); the node
+agent's CPU per refresh of nvml-node.snap; and the CPU share of a 1 Hz polling loop, against
+the 8-GPU H100 test node.
 
     uv run python services/nvidia-smi/bench_nvml.py [--runs 20] [--poll-seconds 60]
         [--binary PATH]
@@ -87,6 +89,29 @@ def _client(env: dict[str, str], mode: str, seconds: float = 0.0) -> dict[str, f
     return result
 
 
+NODE_FRAMES = 60  # fgo_common.nvmlnode.DEFAULT_FRAMES
+
+
+def _node_snapshot(binary: Path, state_dir: Path) -> float:
+    """One refresh as the agent does it (the bundle's node mode + atomic write); CPU ms."""
+    import resource
+
+    from fgo_common.nvmlnode import SNAPSHOT_FLAG, write_nvml_node_file
+
+    def cpu() -> float:
+        c = resource.getrusage(resource.RUSAGE_CHILDREN)
+        s = resource.getrusage(resource.RUSAGE_SELF)
+        return (c.ru_utime + c.ru_stime + s.ru_utime + s.ru_stime) * 1000
+
+    before = cpu()
+    env = {"PATH": "/usr/bin:/bin", "FGO_STATE_DIR": str(state_dir), "FGO_SEED": "0"}
+    out = subprocess.run(
+        [str(binary), SNAPSHOT_FLAG, str(NODE_FRAMES)], env=env, capture_output=True, check=True
+    ).stdout
+    write_nvml_node_file(str(state_dir), out)
+    return cpu() - before
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -116,13 +141,36 @@ def main() -> int:
             "FGO_NVML_SMI": str(binary),
             "FGO_NVML_CACHE_DIR": str(cache),
         }
-        cold, warm = [], []
+        cold, warm, cold_file = [], [], []
         for _ in range(args.runs):
             for stale in cache.iterdir():
                 stale.unlink()
             cold.append(_client(env, "once"))
             warm.append(_client(env, "once"))
-        for name, rows in (("cold (exec nvidia-smi)", cold), ("warm (cache file)", warm)):
+        # The node agents' file (fgo_common.nvmlnode): what one refresh costs the agent, then
+        # cold clients (no cache file) that find it.
+        state_dir = tmp_path / "state"
+        writes = []
+        for _ in range(max(3, args.runs // 4)):
+            writes.append(_node_snapshot(binary, state_dir))
+        print(
+            f"node agent: one nvml-node.snap refresh ({NODE_FRAMES} frames, 8 GPUs, "
+            f"{(state_dir / 'nvml-node.snap').stat().st_size // 1024} KiB): CPU p50 "
+            f"{statistics.median(writes):.0f} ms p95 {_pct(writes, 0.95):.0f} ms; every "
+            f"{NODE_FRAMES * 5} s = {3600 / (NODE_FRAMES * 5):.0f} refreshes/h = "
+            f"{statistics.median(writes) * 3600 / (NODE_FRAMES * 5) / 1000:.1f} s CPU per hour "
+            f"({statistics.median(writes) / (NODE_FRAMES * 5) / 10:.3f} % of one core) plus one "
+            "refresh per record change"
+        )
+        for _ in range(args.runs):
+            for stale in cache.iterdir():
+                stale.unlink()
+            cold_file.append(_client(env, "once"))
+        for name, rows in (
+            ("cold (exec nvidia-smi)", cold),
+            ("warm (cache file)", warm),
+            ("cold (node agents' nvml-node.snap)", cold_file),
+        ):
             wall = [r["wall_ms"] for r in rows]
             cpu = [r["cpu_ms"] for r in rows]
             print(
@@ -130,7 +178,8 @@ def main() -> int:
                 f" ms p95 {_pct(wall, 0.95):.1f} ms; CPU p50 {statistics.median(cpu):.1f} ms"
                 f" p95 {_pct(cpu, 0.95):.1f} ms ({len(rows)} runs)"
             )
-        for frames in ("12", "3"):
+        (state_dir / "nvml-node.snap").unlink()
+        for frames in ("12", "3") if args.poll_seconds > 0 else ():
             for stale in cache.iterdir():
                 stale.unlink()
             poll = _client(dict(env, FGO_NVML_FRAMES=frames), "poll", args.poll_seconds)

@@ -1,7 +1,9 @@
 /*
  * fake libnvidia-ml.so.1: NVIDIA's NVML C ABI over the fake GPU operator's node state.
  *
- * No model lives here (design principle 3). The library runs the bundled nvidia-smi in its
+ * No model lives here (design principle 3). It first reads the node agents' snapshot of the
+ * whole node ($FGO_STATE_DIR/nvml-node.snap, see node_snapshot()) and applies what differs per
+ * container; failing that, the library runs the bundled nvidia-smi in its
  * hidden mode (`nvidia-smi --fgo-nvml-snapshot`, fgo_nvidia_smi/nvmlsnap.py), which samples the
  * visible GPUs with fgo_common.telemetry for the current and the next telemetry buckets, and
  * serves every call from the frame of the current 10-s bucket. The snapshot is kept in memory
@@ -473,9 +475,418 @@ static void write_cache(const char *text, const struct stat *st) {
     if (fclose(out) != 0 || rename(tmp, cache_path) != 0) unlink(tmp);
 }
 
-/* A snapshot whose frames cover `bucket`: the cache file, else a fresh exec. */
+/* ---------------------------------------------------------------- the node agents' snapshot */
+
+/*
+ * `$FGO_STATE_DIR/nvml-node.snap` (FGO-NVML-NODE 1, nvmlsnap.render_node): the whole node's
+ * frames, written ahead of time by the node agents with the same code as the exec path. What
+ * differs per container is applied here, exactly as fgo_nvidia_smi.state does it: the
+ * NVIDIA_VISIBLE_DEVICES selection (parse_visible) and renumbering, a Run:ai fraction's memory
+ * (GpuView.memory_* and _within), the pod's own process name (own_process_name). The result is
+ * the text the exec path would print, so everything after it is shared. Whatever this code
+ * cannot reproduce exactly (a fractional pod found by its UID, a non-ASCII variable, a seed or
+ * fraction spelled in a way only Python parses, a file of another topology.json or seed)
+ * returns NULL: the caller then runs nvidia-smi.
+ */
+#define NODE_FILE "nvml-node.snap"
+#define MIB 1048576LL
+
+typedef struct {
+    int index; /* record index */
+    char *uuid;
+    int nmig;
+    char *migs[MAX_MIGS]; /* MIG UUIDs in (gi, ci) order */
+    int whole, has_subset;
+    unsigned mask; /* visible MIG positions when has_subset */
+} vis_t;
+
+/* Trims spaces in place; -1 if s has a byte Python's strip/upper would treat differently. */
+static int ascii_trim(char **s) {
+    for (unsigned char *p = (unsigned char *)*s; *p; p++)
+        if (*p < 0x20 || *p >= 0x7f) return -1;
+    while (**s == ' ') (*s)++;
+    size_t n = strlen(*s);
+    while (n && (*s)[n - 1] == ' ') (*s)[--n] = 0;
+    return 0;
+}
+
+static int all_digits(const char *s) {
+    if (!*s) return 0;
+    for (; *s; s++)
+        if (*s < '0' || *s > '9') return 0;
+    return 1;
+}
+
+/* Decimal value of a digit string, -1 when it cannot be a GPU/MIG index. */
+static long small_int(const char *s) {
+    while (*s == '0' && s[1]) s++;
+    if (strlen(s) > 9) return -1;
+    return strtol(s, NULL, 10);
+}
+
+static void mark_mig(vis_t *g, const char *uuid) {
+    for (int j = 0; j < g->nmig; j++)
+        if (strcasecmp(g->migs[j], uuid) == 0) g->mask |= 1u << j;
+    g->has_subset = 1;
+}
+
+/* fgo_nvidia_smi.state.parse_visible over the V lines; -1: leave it to nvidia-smi. */
+static int select_visible(vis_t *v, int n, const char *env_spec) {
+    for (int i = 0; i < n; i++) v[i].whole = v[i].has_subset = 0, v[i].mask = 0;
+    if (!env_spec) {
+        for (int i = 0; i < n; i++) v[i].whole = 1;
+        return 0;
+    }
+    char *copy = strdup(env_spec), *text = copy;
+    if (!copy) return -1;
+    if (ascii_trim(&text) != 0) {
+        free(copy);
+        return -1;
+    }
+    if (strcasecmp(text, "all") == 0) {
+        for (int i = 0; i < n; i++) v[i].whole = 1;
+        free(copy);
+        return 0;
+    }
+    for (char *save = NULL, *tok = text;; tok = NULL) {
+        /* strtok would merge empty tokens, which are skipped anyway */
+        char *token = strtok_r(tok, ",", &save);
+        if (!token) break;
+        ascii_trim(&token);
+        if (!*token || strcasecmp(token, "none") == 0 || strcasecmp(token, "void") == 0) continue;
+        int done = 0;
+        for (int i = n - 1; i >= 0 && !done; i--) /* Python's dict: the last GPU wins */
+            if (strcasecmp(v[i].uuid, token) == 0) v[i].whole = 1, done = 1;
+        for (int i = n - 1; i >= 0 && !done; i--)
+            for (int j = 0; j < v[i].nmig && !done; j++)
+                if (strcasecmp(v[i].migs[j], token) == 0) mark_mig(&v[i], token), done = 1;
+        if (done) continue;
+        if (all_digits(token)) {
+            long idx = small_int(token);
+            for (int i = 0; i < n && !done; i++)
+                if (v[i].index == idx) v[i].whole = 1, done = 1;
+            if (done) continue;
+        }
+        char *colon = strchr(token, ':');
+        if (!colon) continue;
+        *colon = 0;
+        const char *gpu_part = token, *mig_part = colon + 1;
+        if (!all_digits(gpu_part) || !all_digits(mig_part)) continue;
+        long gi = small_int(gpu_part), pos = small_int(mig_part);
+        for (int i = n - 1; i >= 0; i--)
+            if (v[i].index == gi) {
+                if (pos >= 0 && pos < v[i].nmig) mark_mig(&v[i], v[i].migs[pos]);
+                break;
+            }
+    }
+    free(copy);
+    return 0;
+}
+
+/* RUNAI_NUM_OF_GPUS / GPU_PORTION as Settings.from_env reads them; -1: leave it to Python. */
+static int env_fraction(double *fraction) {
+    static const char *names[] = {"RUNAI_NUM_OF_GPUS", "GPU_PORTION"};
+    *fraction = 1.0;
+    for (int i = 0; i < 2; i++) {
+        const char *raw = getenv(names[i]);
+        if (!raw) continue;
+        char buf[64], *s = buf;
+        if (strlen(raw) >= sizeof buf) return -1;
+        strcpy(buf, raw);
+        if (ascii_trim(&s) != 0) return -1;
+        if (!*s) continue;
+        if (strspn(s, "0123456789.eE+-") != strlen(s)) return -1;
+        char *end;
+        double value = strtod(s, &end);
+        if (*end) return -1;
+        if (value > 0.0 && value < 1.0) {
+            *fraction = value;
+            return 0;
+        }
+        if (value >= 1.0) return 0;
+    }
+    return 0;
+}
+
+/* FGO_SEED as an integer; -1 when only Python would parse it. */
+static int env_seed(long long *seed) {
+    const char *raw = getenv("FGO_SEED");
+    char buf[32], *s = buf;
+    if (!raw) raw = "0";
+    if (strlen(raw) >= sizeof buf) return -1;
+    strcpy(buf, raw);
+    if (ascii_trim(&s) != 0) return -1;
+    if (!*s) s = "0";
+    const char *digits = (*s == '+' || *s == '-') ? s + 1 : s;
+    if (!all_digits(digits) || strlen(digits) > 18) return -1;
+    *seed = strtoll(s, NULL, 10);
+    return 0;
+}
+
+/* The container's own process name (own_process_name); "" when none, NULL: not ASCII. */
+static const char *own_name(char *buf, size_t size) {
+    buf[0] = 0;
+    int fd = open("/proc/1/cmdline", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return buf;
+    ssize_t n = read(fd, buf, size - 1);
+    close(fd);
+    if (n < 0) n = 0;
+    buf[n] = 0; /* argv[0] ends at the first NUL */
+    char *s = buf;
+    if (ascii_trim(&s) != 0) return NULL;
+    memmove(buf, s, strlen(s) + 1);
+    return buf;
+}
+
+static int env_set(const char *name) {
+    const char *v = getenv(name);
+    if (!v) return 0;
+    while (*v == ' ' || (*v >= '\t' && *v <= '\r')) v++;
+    return *v != 0;
+}
+
+/* Lines of `text` (modified in place: '\n' -> 0). */
+static int lines_of(char *text, char ***out) {
+    int cap = 1024, n = 0;
+    char **lines = malloc(sizeof *lines * (size_t)cap);
+    if (!lines) return -1;
+    for (char *p = text; *p;) {
+        char *end = strchr(p, '\n');
+        if (!end) break;
+        *end = 0;
+        if (n == cap) {
+            char **bigger = realloc(lines, sizeof *lines * (size_t)(cap *= 2));
+            if (!bigger) {
+                free(lines);
+                return -1;
+            }
+            lines = bigger;
+        }
+        lines[n++] = p;
+        p = end + 1;
+    }
+    *out = lines;
+    return n;
+}
+
+/* Writes fields [0, n) of a split line. */
+static void put_fields(FILE *out, char **f, int n) {
+    for (int i = 0; i < n; i++) fprintf(out, i ? "\t%s" : "%s", f[i]);
+    fputc('\n', out);
+}
+
+typedef struct {
+    const char *host, *own; /* own: NULL until read */
+    char own_buf[256];
+    int own_bad;
+} names_t;
+
+/* A P line of the node file, as this container's nvidia-smi would print it. */
+static int put_proc(FILE *out, char *line, const long long *clipped, int nclipped, names_t *nm) {
+    char *f[9];
+    if (split(line, f, 9) < 8) return -1;
+    long rank = strtol(f[7], NULL, 10);
+    char used[32];
+    if (clipped) { /* a Run:ai fraction: the model's memory clipped to the fraction's Used */
+        snprintf(used, sizeof used, "%lld", rank >= 0 && rank < nclipped ? clipped[rank] * MIB : 0);
+        f[2] = used;
+    }
+    if (*f[6] && strcmp(f[6], nm->host) == 0) {
+        if (!nm->own && !nm->own_bad) {
+            nm->own = own_name(nm->own_buf, sizeof nm->own_buf);
+            nm->own_bad = nm->own == NULL;
+        }
+        if (nm->own_bad) return -1;
+        if (*nm->own) f[5] = (char *)nm->own;
+    }
+    put_fields(out, f, 6);
+    return 0;
+}
+
+/* Reads and applies the node file; NULL when it cannot serve this container exactly. */
+static char *node_snapshot(const struct stat *topo) {
+    const char *spec = getenv("FGO_VISIBLE_DEVICES");
+    if (!spec) spec = getenv("NVIDIA_VISIBLE_DEVICES");
+    if (!spec && (env_set("FGO_POD_UID") || env_set("POD_UUID"))) return NULL; /* select_by_pod */
+    double fraction;
+    long long seed;
+    if (env_fraction(&fraction) != 0 || env_seed(&seed) != 0) return NULL;
+    const char *pinned = getenv("FGO_SMI_TIME"); /* nvidia-smi refuses a bad one: let it */
+    if (pinned && *pinned) {
+        char *end;
+        strtod(pinned, &end);
+        while (*end == ' ') end++;
+        if (*end || strspn(pinned, " 0123456789.eE+-") != strlen(pinned)) return NULL;
+    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/" NODE_FILE, env_or("FGO_STATE_DIR", "/run/fake-gpu-operator"));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return NULL;
+    size_t len = 0;
+    char *text = read_all(fd, &len);
+    close(fd);
+    if (!text) return NULL;
+    char **lines = NULL;
+    int n = lines_of(text, &lines);
+    char *result = NULL;
+    size_t result_len = 0;
+    FILE *out = NULL;
+    vis_t vis[MAX_GPUS];
+    int nvis = 0;
+    char expect[160];
+    snprintf(expect, sizeof expect, "S\t%llu\t%llu\t%lld\t%ld", (unsigned long long)topo->st_ino,
+             (unsigned long long)topo->st_size, (long long)topo->st_mtim.tv_sec,
+             topo->st_mtim.tv_nsec);
+    char seed_line[48];
+    snprintf(seed_line, sizeof seed_line, "K\t%lld", seed);
+    if (n < 6 || strcmp(lines[0], "FGO-NVML-NODE\t1") != 0 || strcmp(lines[n - 1], "E") != 0 ||
+        strcmp(lines[1], expect) != 0 || strcmp(lines[2], seed_line) != 0 ||
+        strncmp(lines[3], "T\t", 2) != 0 || strncmp(lines[4], "D\t", 2) != 0)
+        goto done;
+    int i = 5;
+    for (; i < n && lines[i][0] == 'V'; i++) {
+        if (nvis == MAX_GPUS) goto done;
+        char *f[3 + MAX_MIGS + 1];
+        int nf = split(lines[i], f, 3 + MAX_MIGS + 1);
+        if (nf < 3 || nf > 3 + MAX_MIGS) goto done; /* more MIG devices than we serve */
+        vis_t *v = &vis[nvis++];
+        v->index = atoi(f[1]);
+        v->uuid = f[2];
+        v->nmig = nf - 3;
+        for (int j = 0; j < v->nmig; j++) v->migs[j] = f[3 + j];
+        char *check = f[2];
+        if (ascii_trim(&check) != 0) goto done;
+    }
+    if (select_visible(vis, nvis, spec) != 0) goto done;
+    char host[256];
+    const char *env_host = getenv("HOSTNAME");
+    if (env_host && *env_host)
+        snprintf(host, sizeof host, "%s", env_host);
+    else if (gethostname(host, sizeof host) != 0)
+        host[0] = 0;
+    names_t nm = {.host = host};
+    out = open_memstream(&result, &result_len);
+    if (!out) goto done;
+    fprintf(out, "FGO-NVML\t1\n%s\n%s\n", lines[3], lines[4]);
+    int gpu = -1, ok = 1;
+    long long clipped[MAX_PROCS];
+    int nclipped = 0, scaled = 0;
+    while (i < n - 1 && ok) {
+        char *line = lines[i];
+        if (line[0] == 'F') {
+            fprintf(out, "%s\n", line);
+            gpu = -1;
+            i++;
+            continue;
+        }
+        if (line[0] != 'G') {
+            ok = 0;
+            break;
+        }
+        /* One GPU block: G, its own P lines, then M + P blocks. */
+        int end = i + 1;
+        while (end < n - 1 && (lines[end][0] == 'P' || lines[end][0] == 'M')) end++;
+        gpu++;
+        char *f[50];
+        int nf = split(line, f, 50);
+        if (gpu >= nvis || nf < 49 || strcmp(f[2], vis[gpu].uuid) != 0) {
+            ok = 0;
+            break;
+        }
+        vis_t *v = &vis[gpu];
+        int mig_enabled = atoi(f[34]);
+        if (!v->whole && !v->has_subset) {
+            i = end;
+            continue;
+        }
+        /* GpuView.memory_*: the fraction scales total and reserved, caps used. */
+        long long total = (long long)(ull(f[13]) / MIB), reserved = (long long)(ull(f[14]) / MIB);
+        long long used = (long long)(ull(f[15]) / MIB);
+        scaled = fraction < 1.0;
+        if (scaled) {
+            long long fb_reserved = reserved;
+            total = (long long)((double)total * fraction + 1e-6);
+            reserved = (long long)((double)fb_reserved * fraction);
+            if (used > total - reserved) used = total - reserved;
+        }
+        long long free_mib = total - reserved - used;
+        if (free_mib < 0) free_mib = 0;
+        char mem[4][32];
+        snprintf(mem[0], 32, "%lld", total * MIB);
+        snprintf(mem[1], 32, "%lld", reserved * MIB);
+        snprintf(mem[2], 32, "%lld", used * MIB);
+        snprintf(mem[3], 32, "%lld", free_mib * MIB);
+        for (int k = 0; k < 4; k++) f[13 + k] = mem[k];
+        /* _within: each pod's model memory, in the model's order, up to Used. */
+        nclipped = 0;
+        long long left = used > 0 ? used : 0;
+        for (char *p = f[48], *save = NULL, *tok; (tok = strtok_r(p, ",", &save)); p = NULL) {
+            if (nclipped == MAX_PROCS) break;
+            long long mib = atoll(tok);
+            clipped[nclipped] = mib < left ? mib : left;
+            left -= clipped[nclipped++];
+        }
+        put_fields(out, f, 48);
+        if (mig_enabled) {
+            /* all_processes: the visible MIG devices' processes, in MIG order */
+            int keep = 0;
+            for (int k = i + 1; k < end && ok; k++) {
+                if (lines[k][0] == 'M') {
+                    char copy[128];
+                    snprintf(copy, sizeof copy, "%s", lines[k]);
+                    char *mf[4];
+                    split(copy, mf, 4);
+                    int pos = atoi(mf[1]);
+                    keep = v->whole || (pos >= 0 && pos < 32 && (v->mask >> pos & 1u));
+                } else if (keep) {
+                    char copy[1024];
+                    snprintf(copy, sizeof copy, "%s", lines[k]);
+                    if (put_proc(out, copy, NULL, 0, &nm) != 0) ok = 0;
+                }
+            }
+        }
+        int keep = !mig_enabled && v->whole; /* a whole GPU's own processes */
+        for (int k = i + 1; k < end && ok; k++) {
+            if (lines[k][0] == 'M') {
+                char *mf[4];
+                char copy[1024];
+                snprintf(copy, sizeof copy, "%s", lines[k]);
+                split(copy, mf, 4);
+                int pos = atoi(mf[1]);
+                keep = mig_enabled && (v->whole || (pos >= 0 && pos < 32 && (v->mask >> pos & 1u)));
+                if (keep) fprintf(out, "%s\n", lines[k]);
+            } else if (keep) {
+                if (put_proc(out, lines[k], !mig_enabled && scaled ? clipped : NULL, nclipped,
+                             &nm) != 0)
+                    ok = 0;
+            }
+        }
+        i = end;
+    }
+    fputs("E\n", out);
+    if (fclose(out) != 0) ok = 0;
+    out = NULL;
+    if (!ok || i != n - 1) {
+        free(result);
+        result = NULL;
+    }
+done:
+    if (out) {
+        fclose(out);
+        free(result);
+        result = NULL;
+    }
+    free(lines);
+    free(text);
+    return result;
+}
+
+/* A snapshot whose frames cover `bucket`: the cache file, else the node agents' file, else a
+ * fresh exec. */
 static int load(long bucket, const struct stat *st) {
     char *text = read_cache(st);
+    if (text && adopt(text, st) == 0 && frame_for(bucket) >= 0) return 0;
+    text = node_snapshot(st);
     if (text && adopt(text, st) == 0 && frame_for(bucket) >= 0) return 0;
     text = exec_snapshot();
     if (!text) return -1;

@@ -33,9 +33,29 @@ def build_library(out: Path) -> Path:
     return out / "libnvidia-ml.so.1"
 
 
+# Which path the library takes (docs/nvml.md): "exec" runs nvidia-smi on nvmlInit; "file" reads
+# the node agents' nvml-node.snap, written by state() next to topology.json, and is given no
+# nvidia-smi to run, so a test passes in that mode only if the file served it.
+PATH_MODE = {"mode": "exec"}
+NO_SMI = "/nonexistent/fgo-nvml-file-mode/nvidia-smi"
+
+
+def write_node_file(directory: Path, seed: str = "0") -> Path:
+    """``nvml-node.snap`` as the node agents write it, at the pinned time."""
+    from fgo_common.nvmlnode import write_nvml_node_file
+    from fgo_nvidia_smi import nvmlsnap
+    from fgo_nvidia_smi.settings import Settings
+
+    env = {"FGO_STATE_DIR": str(directory), "FGO_SMI_TIME": PINNED, "FGO_SEED": seed}
+    text = nvmlsnap.render_node(Settings.from_env(env), nvmlsnap.DEFAULT_NODE_FRAMES)
+    return Path(write_nvml_node_file(str(directory), text.encode()))
+
+
 def state(tmp: Path, node: NodeTopology) -> Path:
     directory = tmp / "state"
     write_node_state(directory, node)
+    if PATH_MODE["mode"] == "file":
+        write_node_file(directory)
     return directory
 
 
@@ -50,6 +70,8 @@ def nvml_env(lib_dir: Path, cache_dir: Path, **extra: str) -> dict[str, str]:
         "HOSTNAME": "test-pod",
         "TZ": "UTC",
     }
+    if PATH_MODE["mode"] == "file":
+        env["FGO_NVML_SMI"] = NO_SMI
     env.update(extra)
     return env
 

@@ -4,11 +4,13 @@ UUIDs, memory, utilisation, processes; MIG handles; a lost GPU; no state -> no d
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fgo_common.identity import gpu_uuid
 from nvml_testlib import (
+    PATH_MODE,
     PINNED,
     build_library,
     have_cc,
@@ -21,6 +23,25 @@ from nvml_testlib import (
 from smi_fixtures import hgx_node, k80_node
 
 pytestmark = pytest.mark.skipif(not have_cc(), reason="no C compiler to build libnvidia-ml.so.1")
+
+# Every test runs for both of the library's paths (nvml_testlib.PATH_MODE); those about the exec
+# itself (what nvidia-smi's absence, its cache or its output does) only for the exec path.
+EXEC_ONLY = {
+    "test_no_nvidia_smi_to_ask_is_a_node_without_driver",
+    "test_cache_serves_the_next_process_and_follows_state_changes",
+    "test_malformed_snapshot_never_crashes",
+    "test_library_source_is_warning_free",
+}
+
+
+@pytest.fixture(autouse=True, params=["exec", "file"])
+def path_mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    if request.param == "file" and request.function.__name__ in EXEC_ONLY:
+        pytest.skip("about the exec path")
+    PATH_MODE["mode"] = request.param
+    yield request.param
+    PATH_MODE["mode"] = "exec"
+
 
 MIB = 1024 * 1024
 

@@ -5,10 +5,12 @@ tests/gonvml (its go.mod pins go-nvml); builds are cached in ~/.cache/fgo/nvml-g
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from nvml_testlib import (
+    PATH_MODE,
     PINNED,
     build_go_program,
     build_library,
@@ -26,6 +28,19 @@ pytestmark = [
     pytest.mark.skipif(not have_cc(), reason="no C compiler for cgo and the library"),
     pytest.mark.timeout(900),  # the first build compiles go-nvml's cgo bindings (~1-2 min)
 ]
+
+# Every test runs for both of the library's paths (nvml_testlib.PATH_MODE); those about the exec
+# itself (what nvidia-smi's absence, its cache or its output does) only for the exec path.
+EXEC_ONLY = set[str]()
+
+
+@pytest.fixture(autouse=True, params=["exec", "file"])
+def path_mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    if request.param == "file" and request.function.__name__ in EXEC_ONLY:
+        pytest.skip("about the exec path")
+    PATH_MODE["mode"] = request.param
+    yield request.param
+    PATH_MODE["mode"] = "exec"
 
 
 @pytest.fixture(scope="module")

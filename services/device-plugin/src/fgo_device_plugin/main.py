@@ -44,6 +44,7 @@ def node_mode(settings: Settings) -> TaskFactory:
             async with asyncio.TaskGroup() as group:
                 group.create_task(agent.follow_topology(ctx.stop), name="topology")
                 group.create_task(agent.manager.run(ctx.stop), name="plugins")
+                group.create_task(agent.nvml.run(ctx.stop), name="nvml-snapshot")
                 if agent.reporter is not None:
                     group.create_task(agent.reporter.run(ctx.stop), name="podresources")
                 group.create_task(

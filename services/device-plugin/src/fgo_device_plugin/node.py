@@ -13,6 +13,7 @@ from pathlib import Path
 
 import structlog
 from fgo_common.nodestate import nvml_host_library, write_node_state
+from fgo_common.nvmlnode import NvmlNodeSnapshot
 from fgo_common.topology import NodeTopology
 
 from fgo_device_plugin.allocate import ContainerSetup
@@ -54,8 +55,11 @@ class NodeAgent:
     resources: dict[str, Resource] = field(init=False, default_factory=dict)
     topology: NodeTopology | None = field(init=False, default=None)
     records_seen: int = field(init=False, default=0)
+    # nvml-node.snap next to topology.json: what the fake NVML library reads (docs/nvml.md).
+    nvml: NvmlNodeSnapshot = field(init=False)
 
     def __post_init__(self) -> None:
+        self.nvml = NvmlNodeSnapshot(self.settings.state_dir, self.settings.seed)
         if self.patch_pod is not None and self.settings.pod_resources_socket:
             self.reporter = AllocationReporter(
                 Path(self.settings.pod_resources_socket),
@@ -86,6 +90,7 @@ class NodeAgent:
         if topology is not None:
             # Small file, but still disk I/O: keep it off the event loop.
             await asyncio.to_thread(write_node_state, self.settings.state_dir, topology)
+            self.nvml.changed()
             resources = node_resources(topology, self.settings.mig_strategy)
         else:
             resources = {}

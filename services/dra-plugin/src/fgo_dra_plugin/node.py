@@ -28,6 +28,7 @@ from fgo_common.drapublish import publish_pool, withdraw_pool
 from fgo_common.kube.served import SliceApi
 from fgo_common.kube.watch import DELETED, SYNCED, Reflector, WatchEvent
 from fgo_common.nodestate import write_node_state
+from fgo_common.nvmlnode import NvmlNodeSnapshot
 from fgo_common.runtime.runner import ServiceContext
 from fgo_common.topology import TOPOLOGY_DATA_KEY, NodeTopology, TopologyFormatError
 from kubernetes_asyncio import client
@@ -103,6 +104,8 @@ class NodeAgent:
         self._slices: dict[str, Obj] = {}
         self._dirty = asyncio.Event()
         self._snapshot_written: NodeTopology | None = None
+        # nvml-node.snap next to topology.json: what the fake NVML library reads (docs/nvml.md).
+        self.nvml = NvmlNodeSnapshot(self.settings.state_dir, self.settings.seed)
         self.synced = asyncio.Event()
 
     # -- what the driver asks ---------------------------------------------------------------
@@ -163,6 +166,7 @@ class NodeAgent:
         if topology is not None and topology is not self._snapshot_written:
             await asyncio.to_thread(write_node_state, self.settings.state_dir, topology)
             self._snapshot_written = topology
+            self.nvml.changed()
         if not self.settings.publish_slices:
             return
         existing = list(self._slices.values())
@@ -207,6 +211,7 @@ class NodeAgent:
                 group.create_task(self._pump(self.configmaps, self._on_configmap, stop)),
                 group.create_task(self._pump(self.nodes, self._on_node, stop)),
                 group.create_task(self._pump(self.slices, self._on_slice, stop)),
+                group.create_task(self.nvml.run(stop)),
             ]
             synced = group.create_task(self._all_synced())
             stopped = group.create_task(stop.wait())

@@ -26,9 +26,13 @@ from fgo_nvidia_smi.state import (
 )
 
 FLAG = "--fgo-nvml-snapshot"
+NODE_FLAG = "--fgo-nvml-node-snapshot"
 FORMAT = "FGO-NVML\t1"
+NODE_FORMAT = "FGO-NVML-NODE\t1"
 DEFAULT_FRAMES = 12  # two minutes of buckets: one exec serves a 1 Hz poller for 2 minutes
 MAX_FRAMES = 360
+# The node file: ten minutes of buckets, rewritten by the agents after five (docs/nvml.md).
+DEFAULT_NODE_FRAMES = 60
 MIB = 1024 * 1024
 NO_ID = 0xFFFFFFFF  # NVML's "not a MIG process" gpuInstanceId / computeInstanceId
 
@@ -193,6 +197,116 @@ def render(settings: Settings, frames: int = DEFAULT_FRAMES) -> str:
                 out.extend(_process_lines(mig.processes))
     out.append("E")
     return "\n".join(out) + "\n"
+
+
+def _stamp(path: str) -> str:
+    import os
+
+    st = os.stat(path)  # noqa: PTH116 - pathlib costs start-up
+    return f"S\t{st.st_ino}\t{st.st_size}\t{st.st_mtime_ns // 10**9}\t{st.st_mtime_ns % 10**9}"
+
+
+def render_node(settings: Settings, frames: int = DEFAULT_NODE_FRAMES) -> str:
+    """The node-wide snapshot the node agents keep in the state dir (``nvml-node.snap``): every
+    GPU and MIG device of the node, unfiltered and unscaled, with what the library needs to do
+    per container what :func:`render` does through Settings: ``V`` lines (record index, GPU
+    UUID, MIG UUIDs by (gi, ci): what :func:`~fgo_nvidia_smi.state.parse_visible` matches), per
+    GPU the model's per-pod framebuffer in the model's order (for a Run:ai fraction's clipping,
+    :func:`~fgo_nvidia_smi.state._within`), per process its pod (for the container's own
+    process name) and its position in that list. ``S`` stamps the topology.json it was built
+    from; ``K`` is the seed. Same model, same code as :func:`render` (docs/nvml.md)."""
+    from fgo_common.nodestate import state_file
+    from fgo_common.telemetry import process_memory_mib
+
+    from fgo_nvidia_smi.state import _process_pid
+
+    path = state_file(settings.state_dir)
+    try:
+        stamp = _stamp(path)  # before the read: a newer file than this stamp is never trusted
+    except OSError as exc:
+        raise DriverUnavailableError(str(exc)) from exc
+    node = load_node(settings)
+    # Every GPU, whole, no fraction, and a hostname no pod has (own names are the library's).
+    settings = Settings(
+        state_dir=settings.state_dir,
+        visible_devices="all",
+        seed=settings.seed,
+        fixed_time=settings.fixed_time,
+        hostname="\x00",
+    )
+    now = settings.fixed_time
+    if now is None:
+        import time
+
+        now = time.time()
+    out = [NODE_FORMAT, stamp, f"K\t{settings.seed}", f"T\t{now!r}\t{BUCKET_SECONDS!r}\t{frames}"]
+    first = build_snapshot(node, settings, t=now)
+    out.append(f"D\t{_clean(first.driver_version)}\t{_cuda_int(first.cuda_version)}")
+    pods: dict[int, str] = {}
+    for rec in node.gpus:
+        for usages, holders in [(rec.status.usage, rec.status.holders)] + [
+            (m.usage, m.holders) for m in rec.mig_devices
+        ]:
+            for h in holders:
+                pods.setdefault(_process_pid(h.pod_uid or h.pod), h.pod)
+            for uid, usage in usages.items():
+                pods.setdefault(_process_pid(uid), usage.pod)
+    order: dict[str, list[tuple[int, int]]] = {}  # GPU UUID -> (pid, model MiB) in model order
+    for gpu in first.gpus:
+        order[gpu.uuid] = [
+            (_process_pid(uid), mib)
+            for uid, mib in process_memory_mib(gpu.record, gpu.profile).items()
+        ]
+        migs = sorted(gpu.record.mig_devices, key=lambda m: (m.gi_id, m.ci_id))
+        out.append(
+            "\t".join(
+                ["V", str(gpu.record.index), _clean(gpu.uuid)] + [_clean(m.uuid) for m in migs]
+            )
+        )
+
+    def procs(processes: list[Process], memory: list[tuple[int, int]]) -> list[str]:
+        pids = [pid for pid, _ in memory]
+        return [
+            f"{line}\t{_clean(pods.get(p.pid, ''))}\t{pids.index(p.pid) if p.pid in pids else -1}"
+            for line, p in zip(_process_lines(processes), processes, strict=True)
+        ]
+
+    for k in range(frames):
+        t = now + k * BUCKET_SECONDS
+        snap = first if k == 0 else build_snapshot(node, settings, t=t)
+        out.append(f"F\t{k}\t{math.floor(t / BUCKET_SECONDS)}")
+        for gpu in snap.gpus:
+            memory = order.get(gpu.uuid, [])
+            out.append(_gpu_line(gpu) + "\t" + ",".join(str(mib) for _, mib in memory))
+            # A MIG GPU's own list is its visible MIG devices' processes: the library builds it.
+            if not gpu.mig_enabled:
+                out.extend(procs(gpu.processes, memory))
+            for mig in gpu.migs:
+                out.append(_mig_line(gpu, mig))
+                out.extend(procs(mig.processes, []))
+    out.append("E")
+    return "\n".join(out) + "\n"
+
+
+def run_node(argv: list[str], out: TextIO, err: TextIO, environ: dict[str, str] | None) -> int:
+    """``nvidia-smi --fgo-nvml-node-snapshot [FRAMES]``: what node agents write to the state
+    dir; exit codes as :func:`run`."""
+    frames = DEFAULT_NODE_FRAMES
+    if argv:
+        try:
+            frames = max(1, min(MAX_FRAMES, int(argv[0])))
+        except ValueError:
+            err.write(f"nvidia-smi {NODE_FLAG}: frame count {argv[0]!r} is not an integer\n")
+            return 255
+    try:
+        out.write(render_node(Settings.from_env(environ), frames))
+    except SettingsError as exc:
+        err.write(f"nvidia-smi: {exc}\n")
+        return 255
+    except DriverUnavailableError as exc:
+        err.write(f"fake nvidia-smi: cannot read the simulated driver state: {exc}\n")
+        return 9
+    return 0
 
 
 def run(argv: list[str], out: TextIO, err: TextIO, environ: dict[str, str] | None) -> int:
