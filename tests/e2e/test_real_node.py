@@ -39,45 +39,39 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import pytest
 from e2elib import ClusterTarget, ForbiddenGuard, samples
 from fgo_common.annotations import ALLOCATED_DEVICES, parse_allocated_devices
-from fgo_common.topology import NodeTopology, node_topology_configmap_name
 from fgo_kubelet_api import podresources_v1 as podres
-from fgo_localcluster import realnode
-from fgo_localcluster.cluster import LocalCluster
-from fgo_localcluster.nodeconfig import SANDBOX_IMAGE
 from fgo_localcluster.nodes import POOL_LABEL
-from fgo_localcluster.operator import LocalOperator
-from fgo_localcluster.testing import HostSnapshot, NodeTraces, leftovers
+from fgo_localcluster.testing import NodeTraces, leftovers
+from realnodelib import (
+    NAMESPACE,
+    NODE,
+    TEST_IMAGE,
+    VALUES,
+    WORK,
+    RealNodeCluster,
+    ready,
+    real_node_cluster,
+    service_images,
+    wait_for,
+)
 
-T = TypeVar("T")
-
-HERE = Path(__file__).parent
-CHART = HERE.parents[1] / "charts" / "fake-gpu-operator"
-VALUES = HERE / "real-node-values.yaml"
-NAMESPACE = "gpu-operator"
-RELEASE = "gpu-operator"
-NODE = "real-node-1"
-WORK = "default"  # the GPU pods' namespace
 GPU = "nvidia.com/gpu"
-TEST_IMAGE = "localhost/fgo/gpu-test:bookworm"
 DRA_IMAGE = "ghcr.io/fake-gpu-operator/dra-plugin:0.1.0"
-SERVICE_IMAGES = tuple(
-    f"ghcr.io/fake-gpu-operator/{s}:0.1.0"
-    for s in ("device-plugin", "dra-plugin", "kwok-dra-plugin", "status-exporter", "status-updater")
+SERVICE_IMAGES = service_images(
+    "device-plugin", "dra-plugin", "kwok-dra-plugin", "status-exporter", "status-updater"
 )
 # Workload -> ServiceAccount (docs/chart.md, "What it installs").
 DAEMONSETS = {
@@ -102,63 +96,13 @@ SMI_LINE = re.compile(r"^GPU (\d+): (.+) \(UUID: (GPU-[0-9a-f-]+)\)$")
 # Bring-up (control plane, image imports, chart pods) is part of the first test's time.
 pytestmark = pytest.mark.timeout(600)
 
-
-def _progress(message: str) -> None:
-    print(f"fgo: {message}", flush=True)
-
-
-def wait_for(probe: Callable[[], T | None], *, timeout_s: float, what: str) -> T:
-    """Poll ``probe`` until it returns something other than None/False; fail naming ``what``."""
-    deadline = time.monotonic() + timeout_s
-    last: Exception | None = None
-    while True:
-        try:
-            result = probe()
-            if result is not None and result is not False:
-                return result
-        except (AssertionError, OSError, ValueError, KeyError, grpc.RpcError) as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            suffix = f" (last error: {last})" if last else ""
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}{suffix}")
-        time.sleep(0.25)  # noqa: TID251 - synchronous tests: there is no event loop to block
+_ready = ready
 
 
 @dataclass
-class Env:
-    cluster: LocalCluster
-    node: realnode.RealNode
-    host_before: HostSnapshot
+class Env(RealNodeCluster):
     guard: ForbiddenGuard
     timings: dict[str, float]
-    operator: LocalOperator
-
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
-        kubectl = str(self.cluster.bin_dir / "kubectl")
-        result = subprocess.run(
-            [kubectl, f"--kubeconfig={self.cluster.kubeconfig}", *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
-        return result.stdout
-
-    def get(self, kind: str, name: str = "", namespace: str | None = None) -> dict[str, Any]:
-        args = ["get", kind] + ([name] if name else []) + ["-o", "json"]
-        if namespace:
-            args += ["-n", namespace]
-        return dict(json.loads(self.kubectl(*args)))
-
-    def apply(self, *docs: dict[str, Any]) -> None:
-        self.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs))
-
-    def pods(self, namespace: str = NAMESPACE, selector: str = "") -> list[dict[str, Any]]:
-        args = ["pods", "-n", namespace, "-o", "json"] + (["-l", selector] if selector else [])
-        return list(json.loads(self.kubectl("get", *args))["items"])
 
     def workload_pods(self, kind: str, name: str) -> list[dict[str, Any]]:
         labels = self.get(kind, name, NAMESPACE)["spec"]["selector"]["matchLabels"]
@@ -166,16 +110,6 @@ class Env:
         return [
             p for p in self.pods(selector=selector) if not p["metadata"].get("deletionTimestamp")
         ]
-
-    def host_path(self, node_path: str) -> Path:
-        return self.node.layout.host_path(node_path)
-
-
-def _ready(pod: dict[str, Any]) -> bool:
-    conditions = pod.get("status", {}).get("conditions", [])
-    return pod.get("status", {}).get("phase") == "Running" and any(
-        c["type"] == "Ready" and c["status"] == "True" for c in conditions
-    )
 
 
 def _describe(env: Env) -> str:
@@ -199,41 +133,22 @@ def _wait_chart_ready(env: Env, daemonsets: dict[str, str], timeout_s: float) ->
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    assert os.geteuid() == 0, "the real node needs root (namespaces, mounts, veth, cgroups)"
-    index = dict(realnode.images_from_index())
-    wanted = [SANDBOX_IMAGE, TEST_IMAGE, *SERVICE_IMAGES]
-    missing = [name for name in wanted if name not in index]
-    assert not missing, (
-        f"images {missing} are not in the image index {realnode.image_index_path()}; "
-        "run `make images`"
-    )
-    host_before = HostSnapshot.take()
     timings: dict[str, float] = {}
-    t0 = time.monotonic()
-    cluster = LocalCluster(tmp_path_factory.mktemp("rn-e2e") / "cluster", progress=_progress)
+    state_dir = tmp_path_factory.mktemp("rn-e2e") / "cluster"
     try:
-        cluster.start_sync(wait=True)
-        timings["control plane up"] = time.monotonic() - t0
-        node = realnode.RealNode(cluster.state_dir, NODE, _progress)
-        bin_dir = asyncio.run(realnode.resolve_node_bin_dir(_progress, build=False))
-        t1 = time.monotonic()
-        asyncio.run(node.add("default", bin_dir, images=[(n, index[n]) for n in wanted]))
-        timings["add-real-node (image imports)"] = time.monotonic() - t1
-        operator = LocalOperator.for_cluster(
-            cluster, CHART, namespace=NAMESPACE, release=RELEASE, progress=_progress
-        )
-        t2 = time.monotonic()
-        # helm only: the Deployments are not started as local processes here.
-        asyncio.run(operator.install([VALUES]))
-        guard = ForbiddenGuard(ClusterTarget(cluster.kubeconfig, cluster.bin_dir, NAMESPACE))
-        env = Env(cluster, node, host_before, guard, timings, operator)
-        _wait_chart_ready(env, DAEMONSETS, timeout_s=240)
-        timings["helm install -> every chart pod Ready"] = time.monotonic() - t2
-        guard.reset()
-        yield env
+        with real_node_cluster(state_dir, SERVICE_IMAGES, timings) as base:
+            guard = ForbiddenGuard(
+                ClusterTarget(base.cluster.kubeconfig, base.cluster.bin_dir, NAMESPACE)
+            )
+            env = Env(base.cluster, base.node, base.host_before, base.operator, guard, timings)
+            t0 = time.monotonic()
+            _wait_chart_ready(env, DAEMONSETS, timeout_s=240)
+            timings["helm install -> every chart pod Ready"] = (
+                timings.pop("helm install") + time.monotonic() - t0
+            )
+            guard.reset()
+            yield env
     finally:
-        # The last test takes the cluster down itself; this is for a failed run.
-        cluster.stop_sync()
         print("real-node e2e timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
 
 
@@ -368,15 +283,9 @@ def kubelet_allocations(env: Env) -> dict[str, list[str]]:
     return out
 
 
-def topology(env: Env) -> NodeTopology:
-    name = node_topology_configmap_name("topology", NODE)
-    cm = env.get("configmap", name, NAMESPACE)
-    return NodeTopology.from_yaml(cm["data"]["topology.yml"], NODE)
-
-
 def holders(env: Env) -> dict[str, list[str]]:
     return {
-        g.id: sorted(f"{h.namespace}/{h.pod}" for h in g.status.holders) for g in topology(env).gpus
+        g.id: sorted(f"{h.namespace}/{h.pod}" for h in g.status.holders) for g in env.record().gpus
     }
 
 
@@ -515,14 +424,14 @@ def _check_gpu_pod(env: Env, name: str) -> str:
 def test_gpu_pod_sees_exactly_the_gpu_the_kubelet_allocated(env: Env) -> None:
     env.apply(gpu_pod("gpu-1", gpus=1))
     uuid = _check_gpu_pod(env, "gpu-1")
-    assert uuid in {g.id for g in topology(env).gpus}
+    assert uuid in {g.id for g in env.record().gpus}
 
 
 def test_second_pod_gets_the_other_gpu_and_a_third_stays_pending(env: Env) -> None:
     env.apply(gpu_pod("gpu-2", gpus=1))
     second = _check_gpu_pod(env, "gpu-2")
     first = exec_smi(env, "gpu-1")[0]
-    assert {first, second} == {g.id for g in topology(env).gpus}
+    assert {first, second} == {g.id for g in env.record().gpus}
     env.apply(gpu_pod("gpu-3", gpus=1))
 
     def insufficient() -> str | None:
@@ -639,7 +548,7 @@ def test_dra_plugin_runs_registers_and_publishes_the_node_slice(env: Env) -> Non
         for d in slices[0]["spec"]["devices"]
         if "uuid" in d.get("attributes", {})
     }
-    assert uuids == {g.id for g in topology(env).gpus}
+    assert uuids == {g.id for g in env.record().gpus}
 
 
 def _claim_uuid(env: Env, pod_name: str) -> tuple[str, str]:
