@@ -104,6 +104,8 @@ def toggle(description: str, **extra: Schema) -> Schema:
 
 
 MAX_REPLICAS = 1024  # fgo_common.dpsharing.MAX_REPLICAS
+# A config name is a node label value (nvidia.com/device-plugin.config).
+LABEL_VALUE = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 
 
 def replicated_resources(strategy: str, *, rename: bool) -> Schema:
@@ -186,7 +188,7 @@ def device_plugin_config() -> Schema:
                     "type": "object",
                     "description": "Config name -> NVIDIA config (a mapping, or its YAML text as "
                     "in the GPU operator's ConfigMap)",
-                    "propertyNames": {"pattern": r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"},
+                    "propertyNames": {"pattern": LABEL_VALUE},
                     "additionalProperties": {"oneOf": [{"type": "string"}, nvidia_config]},
                 }
             ),
