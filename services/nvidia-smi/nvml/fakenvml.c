@@ -802,6 +802,10 @@ static char *node_snapshot(const struct stat *topo) {
         /* GpuView.memory_*: the fraction scales total and reserved, caps used. */
         long long total = (long long)(ull(f[13]) / MIB), reserved = (long long)(ull(f[14]) / MIB);
         long long used = (long long)(ull(f[15]) / MIB);
+        if (total > (1LL << 40) || reserved > (1LL << 40) || used > (1LL << 40)) {
+            ok = 0; /* not a GPU's memory: a corrupt file */
+            break;
+        }
         scaled = fraction < 1.0;
         if (scaled) {
             long long fb_reserved = reserved;
@@ -823,6 +827,7 @@ static char *node_snapshot(const struct stat *topo) {
         for (char *p = f[48], *save = NULL, *tok; (tok = strtok_r(p, ",", &save)); p = NULL) {
             if (nclipped == MAX_PROCS) break;
             long long mib = atoll(tok);
+            if (mib < 0 || mib > (1LL << 40)) mib = 0;
             clipped[nclipped] = mib < left ? mib : left;
             left -= clipped[nclipped++];
         }
@@ -835,8 +840,7 @@ static char *node_snapshot(const struct stat *topo) {
                     char copy[128];
                     snprintf(copy, sizeof copy, "%s", lines[k]);
                     char *mf[4];
-                    split(copy, mf, 4);
-                    int pos = atoi(mf[1]);
+                    int pos = split(copy, mf, 4) >= 2 ? atoi(mf[1]) : -1;
                     keep = v->whole || (pos >= 0 && pos < 32 && (v->mask >> pos & 1u));
                 } else if (keep) {
                     char copy[1024];
@@ -851,8 +855,7 @@ static char *node_snapshot(const struct stat *topo) {
                 char *mf[4];
                 char copy[1024];
                 snprintf(copy, sizeof copy, "%s", lines[k]);
-                split(copy, mf, 4);
-                int pos = atoi(mf[1]);
+                int pos = split(copy, mf, 4) >= 2 ? atoi(mf[1]) : -1;
                 keep = mig_enabled && (v->whole || (pos >= 0 && pos < 32 && (v->mask >> pos & 1u)));
                 if (keep) fprintf(out, "%s\n", lines[k]);
             } else if (keep) {

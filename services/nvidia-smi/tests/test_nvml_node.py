@@ -254,3 +254,35 @@ def test_node_agent_writer_keeps_the_file_current(driver: Path, tmp_path: Path) 
     asyncio.run(scenario())
     assert (directory / NVML_NODE_FILE).stat().st_mode & 0o777 == 0o644
     assert writer.cpu_seconds > 0
+
+
+def test_a_corrupt_node_file_never_crashes(driver: Path, tmp_path: Path) -> None:
+    """Whatever is in the file (the stamp and the end marker kept, so the parser goes deep):
+    the library either serves a view or falls back; never a signal."""
+    directory = _write(tmp_path, shaped_node())
+    path = directory / "nvml-node.snap"
+    lines = path.read_text().splitlines()
+    head, body = lines[:3], lines[3:-1]
+    rng = random.Random(2626)
+    env = {"FGO_STATE_DIR": str(directory), "FGO_SMI_TIME": PINNED, "HOSTNAME": "me-pod"}
+    variants: list[list[str]] = [body[: rng.randrange(len(body))] for _ in range(30)]
+    for _ in range(60):
+        mutated = list(body)
+        for _ in range(rng.randint(1, 4)):
+            k = rng.randrange(len(mutated))
+            fields = mutated[k].split("\t")
+            choice = rng.randrange(4)
+            if choice == 0:
+                mutated[k] = "\t".join(fields[: rng.randrange(len(fields) + 1)])
+            elif choice == 1:
+                del mutated[k]
+            elif choice == 2:
+                mutated.insert(k, rng.choice(["M", "P", "G", "F", "V", "M\t", "P\tx", ""]))
+            else:
+                fields[rng.randrange(len(fields))] = rng.choice(["", "-1", "x" * 300, "99" * 20])
+                mutated[k] = "\t".join(fields)
+        variants.append(mutated)
+    for variant in variants:
+        path.write_text("\n".join([*head, *variant, "E"]) + "\n")
+        result = subprocess.run([str(driver)], env=env, capture_output=True, check=False)
+        assert result.returncode in (0, 3), result.returncode
