@@ -7,6 +7,7 @@ the diff like code.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -271,3 +272,26 @@ def test_extra_metrics_are_appended_after_the_defaults() -> None:
     helps = [line.split()[2] for line in text.splitlines() if line.startswith("# HELP")]
     assert helps[-1] == "DCGM_FI_PROF_SM_ACTIVE"
     assert len(helps) == 26
+
+
+def test_time_sliced_replicas_give_one_series_per_sharer_and_the_gpu_total_once() -> None:
+    """Device-plugin time-slicing (docs/sharing.md): four replica holders on one GPU, one pod
+    holding two replicas. dcgm-exporter attributes a shared GPU to each pod using it, so one
+    series per pod; the value is the GPU's (the sharers' sum, capped at the board), not a
+    per-pod share."""
+    topology = node("gpu-node-1", "H100", 1)
+    for pod, uid in (("a", "ua"), ("b", "ub"), ("c", "uc")):
+        hold(topology, 0, pod=pod, uid=uid, util=(40, 40), fb_mib=20000)
+    gpu = topology.gpus[0]
+    gpu.status.holders.append(gpu.status.holders[0])  # pod a holds a second replica
+    gpu.status.holders = [
+        dataclasses.replace(h, resource="nvidia.com/gpu", sharing="TimeSlicing")
+        for h in gpu.status.holders
+    ]
+    text = scrape(topology, DEFAULT)
+    util = [line for line in text.splitlines() if line.startswith("DCGM_FI_DEV_GPU_UTIL")]
+    assert [parse_line(line)[1][-1] for line in util] == [("pod", "a"), ("pod", "b"), ("pod", "c")]
+    assert {parse_line(line)[2] for line in util} == {"100"}  # 3 x 40 %, capped at the board
+    used = [line for line in text.splitlines() if line.startswith("DCGM_FI_DEV_FB_USED")]
+    assert len(used) == 3
+    assert {int(parse_line(line)[2]) for line in used} == {60000}  # the board's framebuffer use
