@@ -60,3 +60,37 @@ def test_nvml_mount_needs_the_bundle_mount() -> None:
         bundle_container_dir=SMI_CONTAINER_DIR,
     )
     assert MountSpec(NVML_CONTAINER_PATH, "/x/libnvidia-ml.so.1") in with_bundle.mounts()
+
+
+async def test_agent_keeps_the_nvml_node_snapshot_next_to_the_record(
+    sock_dir: Path, tmp_path: Path
+) -> None:
+    """Every record the agent writes is followed by nvml-node.snap (fgo_common.nvmlnode), built
+    by the nvidia-smi it carries (here the workspace's) from that very topology.json."""
+    import asyncio
+    import sys
+
+    from fgo_common.nvmlnode import NVML_NODE_FILE
+    from fgo_device_plugin.metrics import Metrics
+    from fgo_device_plugin.node import NodeAgent
+
+    config = settings(sock_dir)
+    agent = NodeAgent(config, StaticTopologySource(topology(2)), Metrics())
+    agent.nvml.smi = str(Path(sys.executable).parent / "nvidia-smi")
+    stop = asyncio.Event()
+    writer = asyncio.create_task(agent.nvml.run(stop))
+    snap = Path(config.state_dir) / NVML_NODE_FILE
+    try:
+        for count in (2, 3):
+            await agent.apply(topology(count))
+            st = (Path(config.state_dir) / "topology.json").stat()
+            stamp = f"S\t{st.st_ino}\t{st.st_size}\t{st.st_mtime_ns // 10**9}\t"
+            async with asyncio.timeout(30):
+                while not (snap.is_file() and stamp in snap.read_text()):
+                    await asyncio.sleep(0.05)
+            text = snap.read_text()
+            assert text.startswith("FGO-NVML-NODE\t1\n") and text.endswith("\nE\n")
+            assert sum(line.startswith("V\t") for line in text.splitlines()) == count
+    finally:
+        stop.set()
+        await asyncio.wait_for(writer, 10)
