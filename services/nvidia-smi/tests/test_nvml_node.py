@@ -286,3 +286,26 @@ def test_a_corrupt_node_file_never_crashes(driver: Path, tmp_path: Path) -> None
         path.write_text("\n".join([*head, *variant, "E"]) + "\n")
         result = subprocess.run([str(driver)], env=env, capture_output=True, check=False)
         assert result.returncode in (0, 3), result.returncode
+
+
+def test_node_mode_exit_codes(tmp_path: Path) -> None:
+    """``nvidia-smi --fgo-nvml-node-snapshot``: 9 without a readable record (the agent then
+    writes nothing), 255 on a bad frame count or seed, never a traceback."""
+    import io
+
+    from fgo_nvidia_smi.main import run
+
+    def call(argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        return run(argv, out, err, env), out.getvalue(), err.getvalue()
+
+    missing = {"FGO_STATE_DIR": str(tmp_path / "none")}
+    assert call(["--fgo-nvml-node-snapshot"], missing)[0] == 9
+    directory = _write(tmp_path, k80_node(2))
+    env = {"FGO_STATE_DIR": str(directory)}
+    assert call(["--fgo-nvml-node-snapshot", "x"], env)[0] == 255
+    assert call(["--fgo-nvml-node-snapshot"], {**env, "FGO_SEED": "q"})[0] == 255
+    rc, out, err = call(["--fgo-nvml-node-snapshot", "2"], env)
+    assert (rc, err) == (0, "")
+    assert out.startswith("FGO-NVML-NODE\t1\nS\t") and out.endswith("\nE\n")
+    assert out.count("\nF\t") == 2
