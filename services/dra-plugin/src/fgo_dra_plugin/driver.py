@@ -244,11 +244,19 @@ class Driver:
         allocation = (claim.get("status") or {}).get("allocation")
         if not allocation:
             raise ClaimError(f"ResourceClaim {ref.namespace}/{ref.name} is not allocated")
-        results = [
+        results: list[Obj] = [
             r
             for r in ((allocation.get("devices") or {}).get("results") or [])
             if r.get("driver") == self.driver_name
         ]
+        return await self._prepare_results(ref, allocation, results)
+
+    async def _prepare_results(
+        self, ref: ClaimRef, allocation: Obj, results: Sequence[Obj]
+    ) -> tuple[PreparedDevice, ...]:
+        """The claim's allocation results of our driver -> prepared devices (what the
+        checkpoint keeps and :meth:`claim_spec` turns into CDI edits). GPUs here; the
+        compute-domain channel driver overrides it (``fgo_dra_plugin.channels``)."""
         current = self._current_devices()
         if results and current is None:
             raise ClaimError(
@@ -347,11 +355,16 @@ class Driver:
         for daemon_id in {d.mps_daemon_id for d in devices if d.mps_daemon_id}:
             shutil.rmtree(self.mps_root / daemon_id, ignore_errors=True)
 
-    async def _write_spec(self, uid: str, devices: Sequence[PreparedDevice]) -> None:
+    def claim_spec(self, uid: str, devices: Sequence[PreparedDevice]) -> dict[str, Any]:
+        """The CDI spec of one prepared claim (rebuilt from the checkpoint after a restart).
+        GPUs here; the channel driver overrides it."""
         edits = {d.device: SharingEdits(d.env, d.mounts) for d in devices if d.env or d.mounts}
-        spec = claim_spec(
+        return claim_spec(
             self.cdi.kind, uid, [(d.device, d.uuid) for d in devices], self.setup, edits
         )
+
+    async def _write_spec(self, uid: str, devices: Sequence[PreparedDevice]) -> None:
+        spec = self.claim_spec(uid, devices)
         await asyncio.to_thread(self.cdi.write, uid, spec)
 
     async def _commit(

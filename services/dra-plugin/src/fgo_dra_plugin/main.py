@@ -40,8 +40,9 @@ def main() -> int:
     return service_main(
         component=COMPONENT,
         prog="fgo-dra-plugin",
-        description="Kubelet DRA plugin for the gpu.nvidia.com driver: publishes the node's "
-        "ResourceSlices and prepares claimed GPUs as CDI devices.",
+        description="Kubelet DRA plugin for the gpu.nvidia.com driver (or, with "
+        "DRIVER_MODE=compute-domain, compute-domain.nvidia.com IMEX channels): publishes the "
+        "node's ResourceSlices and prepares claimed devices as CDI devices.",
         settings_cls=Settings,
         start=_start,
     )

@@ -17,6 +17,7 @@ from fgo_common.runtime.runner import ServiceContext
 from kubernetes_asyncio import client
 
 from fgo_dra_plugin.cdi import CdiKind, CdiStore, ContainerSetup
+from fgo_dra_plugin.channels import ChannelDriver, ChannelNode
 from fgo_dra_plugin.driver import Driver, DriverMetrics
 from fgo_dra_plugin.node import NodeAgent
 from fgo_dra_plugin.server import PluginServers
@@ -56,13 +57,22 @@ class DraPlugin:
         self.settings = settings
         self.ctx = ctx
         self._resource: Any = slice_api or SliceApi(api)
-        self.node = NodeAgent(api, settings, ctx.registry, self._resource)
-        self.driver = Driver(
+        # One driver per process (DRIVER_MODE): the GPU driver, or the compute-domain channel
+        # driver with its device resolution, CDI edits and channel publisher plugged in.
+        self.node: NodeAgent | ChannelNode
+        driver_cls: type[Driver]
+        if settings.compute_domain:
+            self.node = ChannelNode(api, settings, ctx.registry, self._resource)
+            driver_cls = ChannelDriver
+        else:
+            self.node = NodeAgent(api, settings, ctx.registry, self._resource)
+            driver_cls = Driver
+        self.driver = driver_cls(
             driver_name=settings.driver,
             node_name=settings.node_name,
             fetch_claim=self.fetch_claim,
             current_devices=self.node.current_devices,
-            cdi=CdiStore(Path(settings.cdi_root), CdiKind.parse(settings.cdi_kind)),
+            cdi=CdiStore(Path(settings.cdi_root), CdiKind.parse(settings.effective_cdi_kind)),
             setup=container_setup(settings),
             checkpoint_path=settings.checkpoint_path,
             metrics=DriverMetrics(ctx.registry),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
+from fgo_common import computedomain
 from fgo_common.dradevices import (
     UNHEALTHY_POLICIES,
     DeviceNaming,
@@ -37,8 +38,24 @@ _CDI_KIND = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*\.[a-z]+/[a-zA-Z0-9][a-zA-Z
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
+# Which kubelet driver this process serves (one per process, each in its own DaemonSet).
+MODE_GPU = "gpu"
+MODE_COMPUTE_DOMAIN = "compute-domain"
+DRIVER_MODES = (MODE_GPU, MODE_COMPUTE_DOMAIN)
+DEFAULT_CDI_KIND = "k8s.gpu.nvidia.com/claim"
+# NVIDIA's compute-domain kubelet plugin: vendor k8s.compute-domain.nvidia.com, class claim.
+COMPUTE_DOMAIN_CDI_KIND = f"k8s.{computedomain.DRIVER}/claim"
+
+
 @dataclass(frozen=True)
 class Settings:
+    driver_mode: str = env_field(
+        "DRIVER_MODE", MODE_GPU,
+        "which driver this process serves: `gpu` (gpu.nvidia.com: GPUs and MIG from the "
+        "topology record) or `compute-domain` (compute-domain.nvidia.com: the node's IMEX "
+        "channel slice and channel claims, docs/computedomains.md)",
+        choices=DRIVER_MODES,
+    )  # fmt: skip
     node_name: str = env_field("NODE_NAME", "", "this node (downward API spec.nodeName); required")
     pod_namespace: str = env_field(
         "POD_NAMESPACE", "", "namespace of this pod (downward API); default topology namespace"
@@ -71,8 +88,9 @@ class Settings:
         "CDI_ROOT", "/var/run/cdi", "directory of the CDI spec files the container runtime reads"
     )
     cdi_kind: str = env_field(
-        "CDI_KIND", "k8s.gpu.nvidia.com/claim",
-        "CDI `vendor/class` of our per-claim devices (the NVIDIA DRA driver's kind)",
+        "CDI_KIND", DEFAULT_CDI_KIND,
+        "CDI `vendor/class` of our per-claim devices (the NVIDIA DRA driver's kind; in "
+        f"compute-domain mode the default becomes {COMPUTE_DOMAIN_CDI_KIND})",
     )  # fmt: skip
     visible_devices_env_name: str = env_field(
         "VISIBLE_DEVICES_ENV_NAME", "NVIDIA_VISIBLE_DEVICES",
@@ -178,8 +196,18 @@ class Settings:
         return DRA[self.dra_driver_version]
 
     @property
+    def compute_domain(self) -> bool:
+        return self.driver_mode == MODE_COMPUTE_DOMAIN
+
+    @property
     def driver(self) -> str:
-        return self.names.driver
+        return computedomain.DRIVER if self.compute_domain else self.names.driver
+
+    @property
+    def effective_cdi_kind(self) -> str:
+        if self.compute_domain and self.cdi_kind == DEFAULT_CDI_KIND:
+            return COMPUTE_DOMAIN_CDI_KIND
+        return self.cdi_kind
 
     @property
     def unhealthy_policy(self) -> UnhealthyPolicy:
