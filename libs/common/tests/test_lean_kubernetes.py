@@ -131,3 +131,27 @@ def test_unknown_attribute_is_an_attribute_error() -> None:
         "    print(json.dumps({'error': str(exc)}))"
     )
     assert result == {"error": "module 'kubernetes_asyncio.client' has no attribute 'NoSuchThing'"}
+
+
+def test_urllib3_is_executed_only_when_used() -> None:
+    """kubernetes-asyncio imports urllib3 for basic-auth headers only: deferred until read."""
+    code = """
+import json, sys
+import fgo_status_exporter.main
+from kubernetes_asyncio.client import Configuration
+before = "urllib3.connectionpool" in sys.modules
+c = Configuration(); c.username = "a"; c.password = "b"
+token = c.get_basic_auth_token()
+import urllib3, urllib3.exceptions
+print(json.dumps({"before": before, "token": token, "after": "urllib3.connectionpool" in sys.modules,
+                  "version": bool(urllib3.__version__), "same": urllib3 is sys.modules["urllib3"],
+                  "exc": urllib3.exceptions.MaxRetryError.__name__}))
+"""
+    assert _run(code) == {
+        "before": False,
+        "token": "Basic YTpi",
+        "after": True,
+        "version": True,
+        "same": True,
+        "exc": "MaxRetryError",
+    }
