@@ -117,8 +117,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         return [ServedNode(t, name) for name, t in sorted(store.nodes.items())]
 
     # Real HTTP scrapes first (the service's memory profile), then the phases in-process.
+    def served_node(name: str) -> ServedNode | None:
+        topology = store.nodes.get(name)
+        return None if topology is None else ServedNode(topology, name)
+
     reset_peak_rss()
-    server = TestServer(build_metrics_app(collector, served))
+    server = TestServer(
+        build_metrics_app(
+            collector, served, served_node=served_node, served_names=lambda: list(store.nodes)
+        )
+    )
     await server.start_server()
     url = str(server.make_url("/metrics"))
     results: dict[str, dict[str, float]] = {}
@@ -136,6 +144,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "cpu_per_scrape_s": round(statistics.median(cpus), 3),
             "body_bytes": int(statistics.median(sizes)),
         }
+    # Per-node targets (/metrics/<node>, as listed by /http_sd): each node's first scrape in a
+    # bucket builds its page, as Prometheus scraping every target once per interval does.
+    for encoding in ("gzip", "identity"):
+        latencies, cpus, sizes = [], [], []
+        for name in sorted(store.nodes)[: args.node_targets]:
+            cpu_before = time.process_time()
+            latency, size = await scrape(str(server.make_url(f"/metrics/{name}")), encoding)
+            cpus.append(time.process_time() - cpu_before)
+            latencies.append(latency)
+            sizes.append(size)
+        if latencies:
+            results[f"node-target-{encoding}"] = {
+                "latency_p50_s": round(statistics.median(latencies), 4),
+                "latency_max_s": round(max(latencies), 4),
+                "cpu_per_scrape_s": round(statistics.median(cpus), 4),
+                "body_bytes": int(statistics.median(sizes)),
+            }
     await server.close()
     gc.collect()
     rss_after_scrapes = rss_mib()
@@ -183,6 +208,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument(
+        "--node-targets", type=int, default=50, help="per-node targets scraped (/metrics/<node>)"
+    )
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--gpu-type", default="H100")
     parser.add_argument("--scrapes", type=int, default=5)
