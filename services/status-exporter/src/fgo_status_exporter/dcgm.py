@@ -414,8 +414,10 @@ class DcgmCollector:
         """Forget the cached label text of nodes not named (swap in a new dict: a concurrent
         scrape may read)."""
         keep = set(node_names)
-        if any(name not in keep for name in self._shape_cache):
-            self._shape_cache = {k: v for k, v in self._shape_cache.items() if k in keep}
+        cache = self._shape_cache
+        names = list(cache)  # one copy in C: a page build in another thread may be inserting
+        if any(name not in keep for name in names):
+            self._shape_cache = {name: cache[name] for name in names if name in keep}
 
     # -- rendering --------------------------------------------------------------------------
 
