@@ -178,6 +178,16 @@ def main() -> int:
                 f" ms p95 {_pct(wall, 0.95):.1f} ms; CPU p50 {statistics.median(cpu):.1f} ms"
                 f" p95 {_pct(cpu, 0.95):.1f} ms ({len(rows)} runs)"
             )
+        if args.poll_seconds > 0:
+            for stale in cache.iterdir():
+                stale.unlink()
+            poll = _client(env, "poll", args.poll_seconds)
+            share = poll["poll_cpu_ms"] / 1000 / poll["poll_wall_s"] * 100
+            print(
+                f"1 Hz polling (full query of 8 GPUs), node agents' file: {poll['polls']:.0f} "
+                f"polls in {poll['poll_wall_s']:.0f} s, CPU {poll['poll_cpu_ms']:.0f} ms = "
+                f"{share:.2f} % of one core"
+            )
         (state_dir / "nvml-node.snap").unlink()
         for frames in ("12", "3") if args.poll_seconds > 0 else ():
             for stale in cache.iterdir():
