@@ -837,6 +837,22 @@ def build() -> Schema:
                     "kwok-compute-domain-dra-plugin, which takes every KWOK node)"
                 ),
                 "healthcheckPort": compat(IGNORED),
+                "kubeletPlugin": obj(
+                    "The kubelet plugin of driver compute-domain.nvidia.com on nodes with a "
+                    "kubelet: DaemonSet fgo-compute-domain-dra-plugin, the dra-plugin image with "
+                    "DRIVER_MODE=compute-domain (the node's channel-0 ResourceSlice, channel "
+                    "claims prepared with CDI device-node stand-ins); kubelet and CDI paths are "
+                    "draPlugin's",
+                    {
+                        "enabled": boolean("Run it (with computeDomainDraPlugin.enabled)"),
+                        "image": image("dra-plugin"),
+                        **scheduling(True),
+                        "healthcheckPort": integer(
+                            "gRPC health port (liveness probe)", minimum=1, maximum=65535
+                        ),
+                        "extraEnv": extra_env(),
+                    },
+                ),
             },
         ),
         "deviceClasses": obj(

@@ -164,3 +164,46 @@ def test_reference_image_refused_when_enabled(helm: Helm) -> None:
     assert "compute-domain-controller" in error
     # Disabled (the reference's default), the key is accepted and nothing is rendered.
     assert "compute-domain" not in " ".join(helm.render(sets=[reference]).names())
+
+
+def test_kubelet_plugin_daemonset_for_real_nodes(helm: Helm) -> None:
+    rendered = helm.render(sets=ON)
+    ds = rendered.get("DaemonSet", "fgo-compute-domain-dra-plugin")
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "fgo-compute-domain-dra-plugin"
+    # the reference's selector label, which the status-updater sets on real pool nodes
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.deploy.compute-domain-dra-plugin": "true"}
+    (container,) = pod["containers"]
+    assert container["image"].rsplit(":", 1)[0].endswith("/dra-plugin")
+    env = {e["name"]: e.get("value", "") for e in container["env"]}
+    assert env["DRIVER_MODE"] == "compute-domain"
+    assert env["KUBELET_PLUGINS_DIRECTORY_PATH"] == "/var/lib/kubelet/plugins"
+    assert env["CDI_ROOT"] == "/var/run/cdi"
+    assert container["livenessProbe"]["grpc"] == {"port": 51516, "service": "liveness"}
+    labels = ds["spec"]["template"]["metadata"]["labels"]
+    assert labels["app"] == labels["component"] == "compute-domain-dra-plugin"
+    role = rendered.get("ClusterRole", "fgo-fgo-compute-domain-dra-plugin")
+    by_resource = {r: set(rule["verbs"]) for rule in role["rules"] for r in rule["resources"]}
+    assert by_resource == {
+        "resourceclaims": {"get"},
+        "resourceslices": {"list", "watch", "create", "patch", "delete"},
+        "nodes": {"list", "watch"},
+    }
+
+
+def test_kubelet_plugin_follows_draplugin_paths_and_can_be_off(helm: Helm) -> None:
+    rendered = helm.render(
+        sets=[
+            *ON,
+            "draPlugin.cdiRoot=/etc/cdi",
+            "computeDomainDraPlugin.kubeletPlugin.healthcheckPort=9000",
+        ]
+    )
+    container = rendered.get("DaemonSet", "fgo-compute-domain-dra-plugin")["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    env = {e["name"]: e.get("value", "") for e in container["env"]}
+    assert env["CDI_ROOT"] == "/etc/cdi" and env["HEALTHCHECK_PORT"] == "9000"
+    off = helm.render(sets=[*ON, "computeDomainDraPlugin.kubeletPlugin.enabled=false"])
+    assert "DaemonSet/fgo-compute-domain-dra-plugin" not in off.names()
+    assert "Deployment/fgo-compute-domain-controller" in off.names()

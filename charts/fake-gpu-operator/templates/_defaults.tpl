@@ -202,6 +202,27 @@ computeDomainDraPlugin:
   # -- Publish a channel-0 ResourceSlice (driver compute-domain.nvidia.com) for every KWOK GPU
   # node (label nvidia.com/gpu.present=true, set by the status-exporter's GFD labels).
   kwokChannels: true
+  # -- The kubelet plugin of driver compute-domain.nvidia.com on nodes with a kubelet
+  # (DaemonSet fgo-compute-domain-dra-plugin: the dra-plugin image with
+  # DRIVER_MODE=compute-domain): publishes the node's channel-0 ResourceSlice and prepares channel
+  # claims (CDI device-node stand-ins for /dev/nvidia-caps-imex-channels/channel<N>). Kubelet
+  # and CDI paths are draPlugin's. Runs where the status-updater sets
+  # nvidia.com/gpu.deploy.compute-domain-dra-plugin=true (the reference's selector).
+  kubeletPlugin:
+    enabled: true
+    image: {repository: dra-plugin, tag: "", pullPolicy: ""}
+    healthcheckPort: 51516
+    resources:
+      requests: {cpu: 20m, memory: 48Mi}
+      limits: {cpu: 200m, memory: 192Mi}
+    nodeSelector:
+      nvidia.com/gpu.deploy.compute-domain-dra-plugin: "true"
+    tolerations:
+      - {key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}
+    affinity: {}
+    priorityClassName: system-node-critical
+    podAnnotations: {}
+    extraEnv: []
   image: {repository: compute-domain-controller, tag: "", pullPolicy: ""}
   resources:
     requests: {cpu: 50m, memory: 64Mi}
