@@ -500,6 +500,52 @@ def test_device_plugin_pod_recreated_allocations_survive(env: Env) -> None:
     assert exec_smi(env, "gpu-1") == before["gpu-1"]
 
 
+TIME_SLICING_PHASE = [
+    "devicePlugin.config.default=ts2",
+    "devicePlugin.config.configs.ts2.version=v1",
+    "devicePlugin.config.configs.ts2.sharing.timeSlicing.resources[0].name=nvidia.com/gpu",
+    "devicePlugin.config.configs.ts2.sharing.timeSlicing.resources[0].replicas=2",
+]
+
+
+def test_time_slicing_replicas_through_the_real_kubelet(env: Env) -> None:
+    """docs/sharing.md on the kubelet path: a device-plugin config with 2 replicas makes the
+    plugin advertise 4 replica IDs (`<uuid>::<n>`), the kubelet allocates replica IDs to new
+    pods while gpu-1 and gpu-3 keep their GPUs, and Allocate maps each replica ID to its GPU's
+    UUID in the container; back to unshared afterwards."""
+    before = kubelet_allocations(env)
+    asyncio.run(env.operator.install([VALUES], TIME_SLICING_PHASE))
+    assert wait_for(
+        lambda: node_gpus(env) == ("4", "4"), timeout_s=90, what=f"{GPU} 4/4 (2 GPUs x 2)"
+    )
+    for name in ("ts-1", "ts-2"):
+        env.apply(gpu_pod(name, gpus=1))
+    for name in ("ts-1", "ts-2"):
+        wait_pod_ready(env, name)
+    allocations = kubelet_allocations(env)
+    assert {k: v for k, v in allocations.items() if k in before} == before
+    gpus = {g.id for g in env.record().gpus}
+    for name in ("ts-1", "ts-2"):
+        (replica,) = allocations[f"{WORK}/{name}"]
+        uuid, sep, n = replica.partition("::")
+        assert sep and uuid in gpus and n in ("0", "1"), replica
+        assert exec_smi(env, name) == [uuid], (name, replica)
+        env_out = env.kubectl("exec", "-n", WORK, name, "-c", "main", "--", "env")
+        assert f"NVIDIA_VISIBLE_DEVICES={uuid}" in env_out.splitlines()
+    record = env.record()
+    assert record.sharing is not None and record.sharing.strategy == "time-slicing"
+    holders_now = holders(env)
+    for name in ("ts-1", "ts-2"):
+        assert any(f"{WORK}/{name}" in pods for pods in holders_now.values()), holders_now
+    for name in ("ts-1", "ts-2"):
+        env.kubectl("delete", "pod", "-n", WORK, name, "--wait=true", "--timeout=60s")
+    asyncio.run(env.operator.install([VALUES]))
+    assert wait_for(
+        lambda: node_gpus(env) == ("2", "2"), timeout_s=90, what=f"{GPU} 2/2 again (unshared)"
+    )
+    assert kubelet_allocations(env) == before
+
+
 def test_kubectl_logs_and_exec_on_the_node(env: Env) -> None:
     """Through the apiserver to the kubelet's API (serving certificate from the cluster CA)."""
     dp = the_pod(env, "daemonset", "fgo-device-plugin")
