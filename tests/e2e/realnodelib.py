@@ -118,11 +118,14 @@ class RealNodeCluster:
 
 @contextmanager
 def real_node_cluster(
-    state_dir: Path, service_images: Sequence[str], timings: dict[str, float] | None = None
+    state_dir: Path,
+    service_images: Sequence[str],
+    timings: dict[str, float] | None = None,
+    sets: Sequence[str] = (),
 ) -> Iterator[RealNodeCluster]:
     """Control plane up, the real node added with the sandbox, test and service images, the
-    chart installed with VALUES (helm only: nothing runs as a local process). Taken down on
-    exit (a test that checks the teardown itself may have done so already)."""
+    chart installed with VALUES and ``sets`` (helm only: nothing runs as a local process).
+    Taken down on exit (a test that checks the teardown itself may have done so already)."""
     assert os.geteuid() == 0, "the real node needs root (namespaces, mounts, veth, cgroups)"
     index = dict(realnode.images_from_index())
     wanted = [SANDBOX_IMAGE, TEST_IMAGE, *service_images]
@@ -147,7 +150,7 @@ def real_node_cluster(
             cluster, CHART, namespace=NAMESPACE, release=RELEASE, progress=progress
         )
         t2 = time.monotonic()
-        asyncio.run(operator.install([VALUES]))
+        asyncio.run(operator.install([VALUES], list(sets)))
         times["helm install"] = time.monotonic() - t2
         yield RealNodeCluster(cluster, node, host_before, operator)
     finally:
