@@ -138,7 +138,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     try:
         with real_node_cluster(state_dir, SERVICE_IMAGES, timings) as base:
             guard = ForbiddenGuard(
-                ClusterTarget(base.cluster.kubeconfig, base.cluster.bin_dir, NAMESPACE)
+                ClusterTarget(base.cluster.kubeconfig, base.cluster.bin_dir, NAMESPACE),
+                kubelet_logs=[base.node.layout.root / "logs" / "kubelet.log"],
             )
             env = Env(base.cluster, base.node, base.host_before, base.operator, guard, timings)
             t0 = time.monotonic()
@@ -539,11 +540,77 @@ def test_time_slicing_replicas_through_the_real_kubelet(env: Env) -> None:
         assert any(f"{WORK}/{name}" in pods for pods in holders_now.values()), holders_now
     for name in ("ts-1", "ts-2"):
         env.kubectl("delete", "pod", "-n", WORK, name, "--wait=true", "--timeout=60s")
+    _nvml_pod_sees_its_gpu(env, gpus)
     asyncio.run(env.operator.install([VALUES]))
     assert wait_for(
         lambda: node_gpus(env) == ("2", "2"), timeout_s=90, what=f"{GPU} 2/2 again (unshared)"
     )
     assert kubelet_allocations(env) == before
+
+
+# NVML's C API through ctypes (the test image has no Python; a service image has, without
+# nvidia-ml-py): what every NVML binding does underneath, with nvml.h's struct layout.
+NVML_PROBE = """
+import ctypes, json, subprocess
+nvml = ctypes.CDLL("libnvidia-ml.so.1")
+class Memory(ctypes.Structure):
+    _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong),
+                ("used", ctypes.c_ulonglong)]
+def check(rc):
+    if rc != 0:
+        raise SystemExit(f"NVML error {rc}: {nvml.nvmlErrorString(rc)}")
+nvml.nvmlErrorString.restype = ctypes.c_char_p
+check(nvml.nvmlInit_v2())
+count = ctypes.c_uint()
+check(nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)))
+text = ctypes.create_string_buffer(96)
+check(nvml.nvmlSystemGetDriverVersion(text, 96))
+out = {"driver": text.value.decode(), "gpus": []}
+for i in range(count.value):
+    handle = ctypes.c_void_p()
+    check(nvml.nvmlDeviceGetHandleByIndex_v2(i, ctypes.byref(handle)))
+    check(nvml.nvmlDeviceGetUUID(handle, text, 96))
+    uuid = text.value.decode()
+    check(nvml.nvmlDeviceGetName(handle, text, 96))
+    memory = Memory()
+    check(nvml.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(memory)))
+    out["gpus"].append({"uuid": uuid, "name": text.value.decode(), "total": memory.total})
+check(nvml.nvmlShutdown())
+out["smi"] = subprocess.run(["nvidia-smi", "--query-gpu=uuid,name,memory.total,driver_version",
+                             "--format=csv,noheader,nounits"], capture_output=True, text=True).stdout
+print(json.dumps(out))
+"""
+
+
+def _nvml_pod_sees_its_gpu(env: Env, gpus: set[str]) -> None:
+    """docs/nvml.md on the kubelet path: a process in a GPU pod loads the libnvidia-ml.so.1 that
+    Allocate mounted and sees exactly the pod's GPU, with the name, memory and driver the fake
+    nvidia-smi in the same container prints."""
+    pod = gpu_pod("nvml-probe", gpus=1)
+    pod["spec"]["restartPolicy"] = "Never"
+    container = pod["spec"]["containers"][0]
+    container["image"] = "ghcr.io/fake-gpu-operator/status-updater:0.1.0"
+    container["command"] = ["python", "-c", NVML_PROBE]
+    env.apply(pod)
+
+    def finished() -> str | None:
+        phase = env.get("pod", "nvml-probe", WORK).get("status", {}).get("phase")
+        if phase in ("Succeeded", "Failed"):
+            return str(env.kubectl("logs", "-n", WORK, "nvml-probe"))
+        return None
+
+    log = wait_for(finished, timeout_s=90, what="the NVML probe pod finishing")
+    annotations = env.get("pod", "nvml-probe", WORK)["metadata"]["annotations"]
+    (replica,) = parse_allocated_devices(annotations[ALLOCATED_DEVICES])[GPU]
+    uuid = replica.partition("::")[0]  # the device ID the kubelet allocated: <uuid>::<n>
+    assert uuid in gpus, replica
+    seen = json.loads(log.strip().splitlines()[-1])
+    assert [g["uuid"] for g in seen["gpus"]] == [uuid], log
+    # The same GPU, name, memory and driver as the fake nvidia-smi in the same container.
+    smi_uuid, name, total_mib, driver = seen["smi"].strip().split(", ")
+    assert (smi_uuid, seen["gpus"][0]["name"], seen["driver"]) == (uuid, name, driver), log
+    assert seen["gpus"][0]["total"] == int(total_mib) << 20, log
+    env.kubectl("delete", "pod", "-n", WORK, "nvml-probe", "--wait=true", "--timeout=60s")
 
 
 def test_kubectl_logs_and_exec_on_the_node(env: Env) -> None:
